@@ -1,0 +1,1 @@
+"""The double-entry ledger: pure postings, SQL store, migrations and reconciliation."""

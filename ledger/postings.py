@@ -1,0 +1,297 @@
+"""Which entries each business event makes: the ledger's rules as pure data, no IO.
+
+A ``Posting`` is one balanced ledger transaction waiting to be written: a kind (``capture``, ``refund``,
+…), an external reference unique within that kind (the payment, refund or payout id, which makes reposting
+a no-op), and its entries. It refuses to exist unbalanced, so a bug in a builder fails here, in the caller's
+process, before it reaches the database (which refuses it again: see ``ledger/migrations/0002_ledger.sql``).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import date
+from typing import Literal
+
+from payray.money import CurrencyMismatch, Money
+
+Direction = Literal["debit", "credit"]
+Scope = Literal["house", "merchant"]
+
+#: The chart of accounts: name → (normal side, scope). Mirrors the ``account_types`` table.
+CHART: dict[str, tuple[Direction, Scope]] = {
+    "psp_receivable": ("debit", "house"),
+    "bank_cash": ("debit", "house"),
+    "platform_fees": ("credit", "house"),
+    "payouts_in_transit": ("credit", "house"),
+    "merchant_payable": ("credit", "merchant"),
+    "dispute_hold": ("credit", "merchant"),
+}
+
+CAPTURE = "capture"
+REFUND = "refund"
+PAYOUT = "payout"
+SETTLEMENT = "settlement"
+DISPUTE_HOLD = "dispute_hold"
+DISPUTE_RELEASE = "dispute_release"
+DISPUTE_LOSS = "dispute_loss"
+
+
+class InvalidPosting(ValueError):
+    """A posting whose entries cannot form a valid double-entry transaction."""
+
+
+@dataclass(frozen=True, slots=True)
+class AccountRef:
+    """An account by name, currency and owner (``None`` for the platform's own house accounts)."""
+
+    name: str
+    currency: str
+    merchant_id: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.name not in CHART:
+            raise InvalidPosting(f"unknown account {self.name!r}; expected one of {sorted(CHART)}")
+        scope = CHART[self.name][1]
+        if scope == "house" and self.merchant_id is not None:
+            raise InvalidPosting(f"house account {self.name} cannot belong to merchant {self.merchant_id}")
+        if scope == "merchant" and not self.merchant_id:
+            raise InvalidPosting(f"merchant account {self.name} needs a merchant id")
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    account: AccountRef
+    direction: Direction
+    amount: Money
+
+    def __post_init__(self) -> None:
+        if self.direction not in ("debit", "credit"):
+            raise InvalidPosting(f"direction must be 'debit' or 'credit', got {self.direction!r}")
+        if not isinstance(self.amount, Money):
+            raise TypeError(f"entry amount must be Money, got {type(self.amount).__name__}")
+        if self.amount.currency != self.account.currency:
+            raise CurrencyMismatch(
+                f"{self.amount.currency} entry on {self.account.currency} account {self.account.name}"
+            )
+        if not self.amount.is_positive():
+            raise InvalidPosting(f"entry amounts must be positive, got {self.amount.amount}")
+
+
+@dataclass(frozen=True, slots=True)
+class Posting:
+    """One ledger transaction: at least two entries, debits equal credits in every currency.
+
+    ``require_funds`` asks the database to refuse the posting (``balance_insufficient``) if it would leave a
+    ``merchant_payable`` balance it debits below zero: the durable backstop behind the wallet's own check.
+    """
+
+    kind: str
+    external_ref: str
+    merchant_id: str | None
+    entries: tuple[Entry, ...]
+    description: str = ""
+    posting_date: date | None = None
+    require_funds: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.kind or not self.external_ref:
+            raise InvalidPosting("a posting needs a kind and an external reference")
+        if not isinstance(self.entries, tuple):
+            object.__setattr__(self, "entries", tuple(self.entries))
+        if len(self.entries) < 2:
+            raise InvalidPosting(f"{self.kind} {self.external_ref}: at least two entries are required")
+        net: dict[str, int] = defaultdict(int)
+        for entry in self.entries:
+            owner = entry.account.merchant_id
+            if owner is not None and owner != self.merchant_id:
+                raise InvalidPosting(
+                    f"{self.kind} {self.external_ref} for merchant {self.merchant_id} "
+                    f"touches an account of merchant {owner}"
+                )
+            sign = 1 if entry.direction == "debit" else -1
+            net[entry.amount.currency] += sign * entry.amount.amount
+        unbalanced = {currency: n for currency, n in net.items() if n != 0}
+        if unbalanced:
+            raise InvalidPosting(
+                f"{self.kind} {self.external_ref} does not balance (debits - credits: {unbalanced})"
+            )
+
+    @property
+    def currencies(self) -> frozenset[str]:
+        return frozenset(entry.amount.currency for entry in self.entries)
+
+
+def debit(account: AccountRef, amount: Money) -> Entry:
+    return Entry(account, "debit", amount)
+
+
+def credit(account: AccountRef, amount: Money) -> Entry:
+    return Entry(account, "credit", amount)
+
+
+def _lines(*entries: Entry | None) -> tuple[Entry, ...]:
+    return tuple(e for e in entries if e is not None)
+
+
+def _line(account: AccountRef, direction: Direction, amount: Money) -> Entry | None:
+    """An entry, or nothing for a zero amount (a zero line is noise, and the database refuses it)."""
+    return Entry(account, direction, amount) if amount.amount != 0 else None
+
+
+def _check_amount_and_fee(amount: Money, fee: Money, what: str) -> None:
+    if amount.currency != fee.currency:
+        raise CurrencyMismatch(f"{what} in {amount.currency} with a fee in {fee.currency}")
+    if not amount.is_positive():
+        raise ValueError(f"{what} amount must be positive, got {amount.amount}")
+    if fee.amount < 0 or fee > amount:
+        raise ValueError(f"{what} fee must be between 0 and the amount ({amount.amount}), got {fee.amount}")
+
+
+def fee_for(amount: Money, fee_bps: int) -> Money:
+    """Our fee on ``amount`` at ``fee_bps`` basis points, rounded half up, never more than the amount."""
+    if fee_bps < 0:
+        raise ValueError(f"fee_bps must be non-negative, got {fee_bps}")
+    if amount.amount < 0:
+        raise ValueError(f"cannot take a fee on a negative amount ({amount.amount})")
+    fee = amount.fraction_bps(fee_bps)
+    return fee if fee <= amount else amount
+
+
+def capture_posting(
+    payment_id: str, merchant_id: str, amount: Money, fee: Money, *, posting_date: date | None = None
+) -> Posting:
+    """Captured at the PSP: the PSP owes us ``amount``; the merchant is owed it less our fee."""
+    _check_amount_and_fee(amount, fee, "capture")
+    currency = amount.currency
+    return Posting(
+        kind=CAPTURE,
+        external_ref=payment_id,
+        merchant_id=merchant_id,
+        entries=_lines(
+            _line(AccountRef("psp_receivable", currency), "debit", amount),
+            _line(AccountRef("merchant_payable", currency, merchant_id), "credit", amount - fee),
+            _line(AccountRef("platform_fees", currency), "credit", fee),
+        ),
+        description=f"capture of {payment_id}",
+        posting_date=posting_date,
+    )
+
+
+def refund_posting(
+    refund_id: str, merchant_id: str, amount: Money, fee_returned: Money, *, posting_date: date | None = None
+) -> Posting:
+    """The reverse of a capture for ``amount``; ``fee_returned`` is the part of our fee we give back."""
+    _check_amount_and_fee(amount, fee_returned, "refund")
+    currency = amount.currency
+    return Posting(
+        kind=REFUND,
+        external_ref=refund_id,
+        merchant_id=merchant_id,
+        entries=_lines(
+            _line(AccountRef("merchant_payable", currency, merchant_id), "debit", amount - fee_returned),
+            _line(AccountRef("platform_fees", currency), "debit", fee_returned),
+            _line(AccountRef("psp_receivable", currency), "credit", amount),
+        ),
+        description=f"refund {refund_id}",
+        posting_date=posting_date,
+    )
+
+
+def payout_posting(
+    payout_id: str, merchant_id: str, amount: Money, *, posting_date: date | None = None
+) -> Posting:
+    """Funds leave the merchant's available balance on their way to its bank."""
+    if not amount.is_positive():
+        raise ValueError(f"payout amount must be positive, got {amount.amount}")
+    currency = amount.currency
+    return Posting(
+        kind=PAYOUT,
+        external_ref=payout_id,
+        merchant_id=merchant_id,
+        entries=(
+            debit(AccountRef("merchant_payable", currency, merchant_id), amount),
+            credit(AccountRef("payouts_in_transit", currency), amount),
+        ),
+        description=f"payout {payout_id}",
+        posting_date=posting_date,
+        require_funds=True,
+    )
+
+
+def settlement_posting(settlement_ref: str, amount: Money, *, posting_date: date | None = None) -> Posting:
+    """The PSP paid captured funds into our bank (from reconciliation's matched rows)."""
+    if not amount.is_positive():
+        raise ValueError(f"settlement amount must be positive, got {amount.amount}")
+    currency = amount.currency
+    return Posting(
+        kind=SETTLEMENT,
+        external_ref=settlement_ref,
+        merchant_id=None,
+        entries=(
+            debit(AccountRef("bank_cash", currency), amount),
+            credit(AccountRef("psp_receivable", currency), amount),
+        ),
+        description=f"settlement {settlement_ref}",
+        posting_date=posting_date,
+    )
+
+
+def dispute_hold_posting(
+    dispute_id: str, merchant_id: str, amount: Money, *, posting_date: date | None = None
+) -> Posting:
+    """A dispute opened: the disputed amount moves from the merchant's balance to a hold."""
+    if not amount.is_positive():
+        raise ValueError(f"disputed amount must be positive, got {amount.amount}")
+    currency = amount.currency
+    return Posting(
+        kind=DISPUTE_HOLD,
+        external_ref=dispute_id,
+        merchant_id=merchant_id,
+        entries=(
+            debit(AccountRef("merchant_payable", currency, merchant_id), amount),
+            credit(AccountRef("dispute_hold", currency, merchant_id), amount),
+        ),
+        description=f"hold for dispute {dispute_id}",
+        posting_date=posting_date,
+    )
+
+
+def dispute_release_posting(
+    dispute_id: str, merchant_id: str, amount: Money, *, posting_date: date | None = None
+) -> Posting:
+    """A dispute won: the hold returns to the merchant's balance."""
+    if not amount.is_positive():
+        raise ValueError(f"released amount must be positive, got {amount.amount}")
+    currency = amount.currency
+    return Posting(
+        kind=DISPUTE_RELEASE,
+        external_ref=dispute_id,
+        merchant_id=merchant_id,
+        entries=(
+            debit(AccountRef("dispute_hold", currency, merchant_id), amount),
+            credit(AccountRef("merchant_payable", currency, merchant_id), amount),
+        ),
+        description=f"release of dispute {dispute_id}",
+        posting_date=posting_date,
+    )
+
+
+def dispute_loss_posting(
+    dispute_id: str, merchant_id: str, amount: Money, *, posting_date: date | None = None
+) -> Posting:
+    """A dispute lost: the PSP claws the held funds back."""
+    if not amount.is_positive():
+        raise ValueError(f"lost amount must be positive, got {amount.amount}")
+    currency = amount.currency
+    return Posting(
+        kind=DISPUTE_LOSS,
+        external_ref=dispute_id,
+        merchant_id=merchant_id,
+        entries=(
+            debit(AccountRef("dispute_hold", currency, merchant_id), amount),
+            credit(AccountRef("psp_receivable", currency), amount),
+        ),
+        description=f"loss of dispute {dispute_id}",
+        posting_date=posting_date,
+    )

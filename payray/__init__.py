@@ -1,0 +1,1 @@
+"""payray's pure core: money, the charge state machine, fingerprints, errors, settings and the CLI."""

@@ -1,0 +1,72 @@
+"""Configuration, read once from ``PAYRAY_*`` (and Stripe/Ray) environment variables and passed down."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the service needs to know about its surroundings.
+
+    ``None`` for a URL means "not configured": ``payray up`` then starts the embedded default.
+    """
+
+    home: Path = Path(".payray")
+    database_url: str | None = None
+    redis_url: str | None = None
+    stripe_api_key: str | None = None
+    stripe_api_base: str | None = None
+    stripe_webhook_secrets: tuple[str, ...] = ()
+    ray_address: str | None = None
+    admin_key: str | None = None
+    ray_namespace: str = "payray"
+    ledger_writers: int = 2
+    api_replicas: int = 1
+    fee_bps: int = 290
+    psp_timeout_s: float = 10.0
+    psp_max_retries: int = 2
+    idempotency_ttl_ms: int = 86_400_000
+    in_flight_lease_ms: int = 60_000
+    db_pool_size: int = 8
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+        secrets = tuple(s.strip() for s in env.get("STRIPE_WEBHOOK_SECRET", "").split(",") if s.strip())
+        return cls(
+            home=Path(env.get("PAYRAY_HOME", ".payray")),
+            database_url=env.get("PAYRAY_DATABASE_URL") or None,
+            redis_url=env.get("PAYRAY_REDIS_URL") or None,
+            stripe_api_key=env.get("STRIPE_API_KEY") or None,
+            stripe_api_base=env.get("STRIPE_API_BASE") or None,
+            stripe_webhook_secrets=secrets,
+            ray_address=env.get("RAY_ADDRESS") or None,
+            admin_key=env.get("PAYRAY_ADMIN_KEY") or None,
+            ray_namespace=env.get("PAYRAY_RAY_NAMESPACE", "payray"),
+            ledger_writers=_positive_int(env, "PAYRAY_LEDGER_WRITERS", 2),
+            api_replicas=_positive_int(env, "PAYRAY_API_REPLICAS", 1),
+            fee_bps=_positive_int(env, "PAYRAY_FEE_BPS", 290, allow_zero=True),
+            psp_timeout_s=float(env.get("PAYRAY_PSP_TIMEOUT_S", "10")),
+            psp_max_retries=_positive_int(env, "PAYRAY_PSP_MAX_RETRIES", 2, allow_zero=True),
+            db_pool_size=_positive_int(env, "PAYRAY_DB_POOL_SIZE", 8),
+        )
+
+    def with_(self, **changes: object) -> Settings:
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+
+def _positive_int(env: Mapping[str, str], name: str, default: int, *, allow_zero: bool = False) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be an integer, got {raw!r}") from None
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ValueError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
+    return value

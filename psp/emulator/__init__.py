@@ -1,0 +1,1 @@
+"""A Stripe-compatible PSP emulator with fault injection."""

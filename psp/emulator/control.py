@@ -1,0 +1,120 @@
+"""Control routes under ``/_emulator/`` (never part of Stripe's API): faults, clock, reset, stats, record."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aiohttp import web
+from pydantic import ValidationError
+
+from psp.emulator.errors import invalid
+from psp.emulator.faults import FaultConfig
+from psp.emulator.routes import Handler, json_response
+from psp.emulator.runtime import EMULATOR
+
+
+async def _json_body(request: web.Request) -> dict[str, Any]:
+    raw = await request.read()
+    if not raw.strip():
+        return {}
+    try:
+        body = json.loads(raw)
+    except ValueError as exc:
+        raise invalid(f"Invalid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise invalid("The body must be a JSON object.")
+    return body
+
+
+async def get_faults(request: web.Request) -> web.StreamResponse:
+    return json_response(request.app[EMULATOR].faults.config.model_dump(mode="json"))
+
+
+async def set_faults(request: web.Request) -> web.StreamResponse:
+    """Replaces the whole fault configuration (``{}`` clears it) and re-seeds the random source."""
+    try:
+        config = FaultConfig.model_validate(await _json_body(request))
+    except ValidationError as exc:
+        detail = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise invalid(f"Invalid fault configuration: {detail}") from None
+    request.app[EMULATOR].faults.configure(config)
+    return json_response(config.model_dump(mode="json"))
+
+
+async def clear_faults(request: web.Request) -> web.StreamResponse:
+    request.app[EMULATOR].faults.configure(FaultConfig())
+    return json_response(FaultConfig().model_dump(mode="json"))
+
+
+async def injections(request: web.Request) -> web.StreamResponse:
+    try:
+        limit = int(request.query.get("limit", "1000"))
+    except ValueError:
+        raise invalid("limit must be an integer", param="limit") from None
+    return json_response(request.app[EMULATOR].faults.report(max(0, limit), request.query.get("kind")))
+
+
+async def reset(request: web.Request) -> web.StreamResponse:
+    request.app[EMULATOR].reset()
+    return json_response({"reset": True})
+
+
+async def get_clock(request: web.Request) -> web.StreamResponse:
+    return json_response(request.app[EMULATOR].clock.state())
+
+
+async def set_clock(request: web.Request) -> web.StreamResponse:
+    """``{"now": <unix ts> | null, "frozen": true}``: pin the clock (frozen, or running on from ``now``)."""
+    body = await _json_body(request)
+    now = body.get("now")
+    frozen = body.get("frozen", True)
+    if (now is not None and (isinstance(now, bool) or not isinstance(now, int | float))) or not isinstance(
+        frozen, bool
+    ):
+        raise invalid('Expected {"now": <unix timestamp> | null, "frozen": <bool>}')
+    clock = request.app[EMULATOR].clock
+    clock.set(now, frozen=frozen)
+    return json_response(clock.state())
+
+
+async def stats(request: web.Request) -> web.StreamResponse:
+    """Counts, and capture counts per idempotency key / payray payment id (asked for, or duplicated)."""
+    store = request.app[EMULATOR].store
+    by_key = store.captures_by_idempotency_key
+    by_payment = store.captures_by_payment_id
+    keys = request.query.getall("idempotency_key", [])
+    payments = request.query.getall("payray_payment_id", [])
+    doubled = sorted(store.payment_ids_captured_twice)
+    body = {
+        "payment_intents": store.count("payment_intent"),
+        "charges": store.count("charge"),
+        "captures": store.captures,
+        "refunds": store.count("refund"),
+        "customers": store.count("customer"),
+        "balance_transactions": store.count("balance_transaction"),
+        "events": store.count("event"),
+        "idempotency_keys": store.idempotency_count(),
+        "captures_by_idempotency_key": {k: by_key.get(k, 0) for k in keys},
+        "captures_by_payray_payment_id": {pid: by_payment.get(pid, 0) for pid in payments},
+        "payray_payment_ids_captured_more_than_once": doubled[:100],
+        "duplicate_capture_count": len(doubled),
+    }
+    return json_response(body)
+
+
+async def health(request: web.Request) -> web.StreamResponse:
+    return json_response({"ok": True})
+
+
+ROUTES: list[tuple[str, str, Handler]] = [
+    ("GET", "/_emulator/health", health),
+    ("GET", "/_emulator/faults", get_faults),
+    ("POST", "/_emulator/faults", set_faults),
+    ("DELETE", "/_emulator/faults", clear_faults),
+    ("GET", "/_emulator/injections", injections),
+    ("POST", "/_emulator/reset", reset),
+    ("GET", "/_emulator/clock", get_clock),
+    ("POST", "/_emulator/clock", set_clock),
+    ("GET", "/_emulator/stats", stats),
+]

@@ -1,0 +1,49 @@
+"""The emulator's parts wired together, independent of the HTTP server that drives them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from aiohttp import web
+
+from psp.emulator.clock import Clock
+from psp.emulator.engine import Engine
+from psp.emulator.faults import FaultConfig, Faults
+from psp.emulator.idempotency import IdempotencyTable
+from psp.emulator.store import Journal, Store
+
+
+@dataclass
+class Emulator:
+    store: Store
+    clock: Clock
+    engine: Engine
+    idempotency: IdempotencyTable
+    faults: Faults
+    api_key: str | None = None
+
+    @classmethod
+    def create(cls, data_dir: Path | None = None, api_key: str | None = None) -> Emulator:
+        """Replays the journal in ``data_dir`` (memory only when None)."""
+        clock = Clock()
+        store = Store(Journal(data_dir) if data_dir is not None else None)
+        return cls(
+            store=store,
+            clock=clock,
+            engine=Engine(store, clock),
+            idempotency=IdempotencyTable(store),
+            faults=Faults(),
+            api_key=api_key,
+        )
+
+    def reset(self) -> None:
+        """Forget every object, key, fault and clock override; truncates the journal."""
+        self.store.reset()
+        self.idempotency.clear_in_flight()
+        self.faults.configure(FaultConfig())
+        self.faults.clear_record()
+        self.clock.set(None)
+
+
+EMULATOR = web.AppKey("emulator", Emulator)

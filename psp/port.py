@@ -1,0 +1,89 @@
+"""The PSP port: what the payment service needs from a payment service provider, and nothing more.
+
+The service only ever learns one of three outcomes. ``unknown`` is a first-class answer (timeouts, 5xx after
+retries, lost replies) because treating it as either success or failure is how payments get lost or doubled.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+PspStatus = Literal["captured", "declined", "unknown"]
+
+
+class PspError(Exception):
+    """Root of the errors a PSP adapter raises; PSP-side outcomes are results, never these."""
+
+
+class PspConfigurationError(PspError):
+    """Our side is misconfigured or buggy (bad API key, reused idempotency key): retrying will not help."""
+
+
+@dataclass(frozen=True)
+class PspChargeResult:
+    status: PspStatus
+    psp_reference: str | None = None
+    charge_id: str | None = None
+    amount: int | None = None
+    currency: str | None = None
+    failure_code: str | None = None
+    failure_message: str | None = None
+    detail: str | None = None
+
+
+@dataclass(frozen=True)
+class PspRefundResult:
+    """``refunded``, ``failed`` (the PSP said no: nothing moved), or ``unknown`` (retry with the same key)."""
+
+    status: Literal["refunded", "failed", "unknown"]
+    refund_reference: str | None = None
+    detail: str | None = None
+
+
+@dataclass(frozen=True)
+class PspCapture:
+    """One captured charge at the PSP, as the invariant checks and reconciliation see it."""
+
+    payment_id: str | None
+    psp_reference: str
+    amount: int
+    currency: str
+
+
+class PaymentServiceProvider(Protocol):
+    async def capture(
+        self,
+        *,
+        payment_id: str,
+        amount: int,
+        currency: str,
+        payment_method: str,
+        idempotency_key: str,
+        metadata: dict[str, str],
+        description: str | None = None,
+        customer: str | None = None,
+    ) -> PspChargeResult:
+        """Charge and capture at once; never raises for PSP-side outcomes (declines, timeouts, 5xx)."""
+        ...
+
+    async def lookup(self, *, payment_id: str) -> PspChargeResult | None:
+        """The PSP's charge for our payment (found by metadata ``payray_payment_id``); None if never seen."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+    async def refund(
+        self, *, payment_id: str, psp_reference: str, amount: int, idempotency_key: str
+    ) -> PspRefundResult:
+        """Refund (part of) a captured charge; never raises for PSP-side outcomes."""
+        ...
+
+    def list_captures(self) -> AsyncIterator[PspCapture]:
+        """Every captured charge the PSP holds for us, newest first, a page at a time."""
+        ...
+
+    async def ping(self) -> bool:
+        """Whether the PSP answers an authenticated request now."""
+        ...

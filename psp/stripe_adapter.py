@@ -1,0 +1,260 @@
+"""The PSP port implemented with the real ``stripe`` SDK's async client (Stripe, or the emulator by base URL).
+
+The SDK already retries connection errors, 409 and 5xx with backoff, re-sending the same Idempotency-Key; this
+adapter only turns what remains into one of the port's three outcomes.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import stripe
+
+from psp.port import PspCapture, PspChargeResult, PspConfigurationError, PspRefundResult
+
+log = logging.getLogger(__name__)
+
+PAYMENT_ID_KEY = "payray_payment_id"
+LIST_FALLBACK_LIMIT = 1_000
+
+
+def _failure_code(code: str | None, decline_code: str | None) -> str | None:
+    """The issuer's reason when it says more than ``card_declined`` (``generic_decline`` does not)."""
+    if code in (None, "card_declined") and decline_code and decline_code != "generic_decline":
+        return decline_code
+    return code or decline_code
+
+
+def _get(obj: Any, name: str) -> Any:
+    """Field access that works on StripeObjects, plain dicts and None alike."""
+    if obj is None:
+        return None
+    try:
+        return obj[name]
+    except (KeyError, TypeError):
+        return getattr(obj, name, None)
+
+
+def _id_of(value: Any) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    found = _get(value, "id")
+    return found if isinstance(found, str) else None
+
+
+def result_from_intent(intent: Any) -> PspChargeResult:
+    """Map a PaymentIntent to the port's outcome (used after a create and by ``lookup``)."""
+    status = _get(intent, "status")
+    common: dict[str, Any] = {
+        "psp_reference": _get(intent, "id"),
+        "charge_id": _id_of(_get(intent, "latest_charge")),
+        "currency": _get(intent, "currency"),
+    }
+    if status == "succeeded":
+        return PspChargeResult("captured", amount=_get(intent, "amount_received"), **common)
+    error = _get(intent, "last_payment_error")
+    amount = _get(intent, "amount")
+    if status == "requires_action":
+        return PspChargeResult(
+            "declined",
+            amount=amount,
+            failure_code="authentication_required",
+            failure_message="The card requires authentication, which this integration does not support.",
+            **common,
+        )
+    if status in ("requires_payment_method", "requires_confirmation", "canceled"):
+        code = _failure_code(_get(error, "code"), _get(error, "decline_code"))
+        return PspChargeResult(
+            "declined",
+            amount=amount,
+            failure_code=code or ("canceled" if status == "canceled" else "payment_incomplete"),
+            failure_message=_get(error, "message") or f"PaymentIntent status is {status}",
+            **common,
+        )
+    return PspChargeResult("unknown", amount=amount, detail=f"PaymentIntent status is {status}", **common)
+
+
+def _unknown(exc: stripe.StripeError, what: str) -> PspChargeResult:
+    status = exc.http_status
+    detail = f"{what}: {type(exc).__name__}" + (f" (HTTP {status})" if status else "")
+    if exc.user_message:
+        detail += f": {exc.user_message.splitlines()[0][:200]}"
+    return PspChargeResult("unknown", detail=detail)
+
+
+class StripePsp:
+    """``PaymentServiceProvider`` over Stripe's PaymentIntents API."""
+
+    def __init__(
+        self,
+        api_key: str,
+        api_base: str | None = None,
+        timeout_s: float = 10.0,
+        max_network_retries: int = 2,
+    ) -> None:
+        self._http = stripe.HTTPXClient(timeout=timeout_s)
+        self._client = stripe.StripeClient(
+            api_key,
+            base_addresses={"api": api_base} if api_base else None,
+            max_network_retries=max_network_retries,
+            http_client=self._http,
+        )
+
+    async def capture(
+        self,
+        *,
+        payment_id: str,
+        amount: int,
+        currency: str,
+        payment_method: str,
+        idempotency_key: str,
+        metadata: dict[str, str],
+        description: str | None = None,
+        customer: str | None = None,
+    ) -> PspChargeResult:
+        params: dict[str, Any] = {
+            "amount": amount,
+            "currency": currency.lower(),
+            "payment_method": payment_method,
+            "payment_method_types": ["card"],
+            "confirm": True,
+            "capture_method": "automatic",
+            "metadata": {**metadata, PAYMENT_ID_KEY: payment_id},
+        }
+        if description is not None:
+            params["description"] = description
+        if customer is not None:
+            params["customer"] = customer
+        try:
+            intent = await self._client.v1.payment_intents.create_async(
+                params,  # type: ignore[arg-type]
+                options={"idempotency_key": idempotency_key},
+            )
+        except stripe.CardError as exc:
+            error = exc.error
+            return PspChargeResult(
+                "declined",
+                psp_reference=_id_of(_get(error, "payment_intent")),
+                charge_id=_id_of(_get(error, "charge")),
+                amount=amount,
+                currency=currency.lower(),
+                failure_code=_failure_code(exc.code, _get(error, "decline_code")),
+                failure_message=exc.user_message,
+            )
+        except stripe.InvalidRequestError as exc:
+            return PspChargeResult(
+                "declined",
+                amount=amount,
+                currency=currency.lower(),
+                failure_code=exc.code or "invalid_request",
+                failure_message=exc.user_message,
+            )
+        except stripe.IdempotencyError as exc:
+            raise PspConfigurationError(
+                f"idempotency key reused with other parameters: {exc.user_message}"
+            ) from exc
+        except (stripe.AuthenticationError, stripe.PermissionError) as exc:
+            raise PspConfigurationError(f"the PSP refused our credentials: {exc.user_message}") from exc
+        except stripe.StripeError as exc:
+            log.warning("PSP capture outcome unknown for payment %s: %r", payment_id, exc)
+            return _unknown(exc, "capture")
+        except Exception as exc:
+            # Whatever broke after the request left, the charge may exist: recovery must look it up.
+            log.exception("PSP capture failed unexpectedly for payment %s", payment_id)
+            return PspChargeResult("unknown", detail=f"capture: {type(exc).__name__}: {exc}"[:300])
+        return result_from_intent(intent)
+
+    async def lookup(self, *, payment_id: str) -> PspChargeResult | None:
+        """Search by metadata; several intents for one payment (never expected) → the captured one wins."""
+        escaped = payment_id.replace("\\", "\\\\").replace("'", "\\'")
+        try:
+            try:
+                found = await self._client.v1.payment_intents.search_async(
+                    {"query": f"metadata['{PAYMENT_ID_KEY}']:'{escaped}'", "limit": 100}
+                )
+                intents = list(found.data)
+            except stripe.InvalidRequestError:
+                intents = await self._scan_recent(payment_id)
+        except (stripe.AuthenticationError, stripe.PermissionError) as exc:
+            raise PspConfigurationError(f"the PSP refused our credentials: {exc.user_message}") from exc
+        except stripe.StripeError as exc:
+            return _unknown(exc, "lookup")
+        except Exception as exc:
+            log.exception("PSP lookup failed unexpectedly for payment %s", payment_id)
+            return PspChargeResult("unknown", detail=f"lookup: {type(exc).__name__}: {exc}"[:300])
+        if not intents:
+            return None
+        results = [result_from_intent(i) for i in intents]
+        for wanted in ("captured", "unknown"):
+            for result in results:
+                if result.status == wanted:
+                    return result
+        return results[0]
+
+    async def _scan_recent(self, payment_id: str) -> list[Any]:
+        """Where search is unavailable: the most recent intents, newest first, bounded."""
+        matches: list[Any] = []
+        seen = 0
+        page = await self._client.v1.payment_intents.list_async({"limit": 100})
+        while True:
+            for intent in page.data:
+                seen += 1
+                if _get(_get(intent, "metadata"), PAYMENT_ID_KEY) == payment_id:
+                    matches.append(intent)
+            if not page.has_more or seen >= LIST_FALLBACK_LIMIT or not page.data:
+                return matches
+            page = await self._client.v1.payment_intents.list_async(
+                {"limit": 100, "starting_after": page.data[-1].id}
+            )
+
+    async def refund(
+        self, *, payment_id: str, psp_reference: str, amount: int, idempotency_key: str
+    ) -> PspRefundResult:
+        params = {"payment_intent": psp_reference, "amount": amount, "metadata": {PAYMENT_ID_KEY: payment_id}}
+        try:
+            refund = await self._client.v1.refunds.create_async(
+                params,  # type: ignore[arg-type]
+                options={"idempotency_key": idempotency_key},
+            )
+        except (stripe.InvalidRequestError, stripe.CardError) as exc:
+            return PspRefundResult("failed", detail=f"{exc.code}: {exc.user_message}"[:300])
+        except stripe.IdempotencyError as exc:
+            raise PspConfigurationError(f"refund key reused with other parameters: {exc.user_message}") from exc
+        except (stripe.AuthenticationError, stripe.PermissionError) as exc:
+            raise PspConfigurationError(f"the PSP refused our credentials: {exc.user_message}") from exc
+        except stripe.StripeError as exc:
+            return PspRefundResult("unknown", detail=_unknown(exc, "refund").detail)
+        except Exception as exc:
+            log.exception("PSP refund failed unexpectedly for payment %s", payment_id)
+            return PspRefundResult("unknown", detail=f"refund: {type(exc).__name__}: {exc}"[:300])
+        if _get(refund, "status") in ("succeeded", "pending"):
+            return PspRefundResult("refunded", refund_reference=_get(refund, "id"))
+        return PspRefundResult("failed", refund_reference=_get(refund, "id"), detail=f"status {_get(refund, 'status')}")
+
+    async def list_captures(self) -> AsyncIterator[PspCapture]:
+        params: dict[str, Any] = {"limit": 100}
+        while True:
+            page = await self._client.v1.payment_intents.list_async(params)  # type: ignore[arg-type]
+            for intent in page.data:
+                if _get(intent, "status") == "succeeded":
+                    yield PspCapture(
+                        payment_id=_get(_get(intent, "metadata"), PAYMENT_ID_KEY),
+                        psp_reference=intent.id,
+                        amount=int(_get(intent, "amount_received") or 0),
+                        currency=str(_get(intent, "currency")),
+                    )
+            if not page.has_more or not page.data:
+                return
+            params = {"limit": 100, "starting_after": page.data[-1].id}
+
+    async def ping(self) -> bool:
+        try:
+            await self._client.v1.payment_intents.list_async({"limit": 1})
+        except Exception:
+            return False
+        return True
+
+    async def aclose(self) -> None:
+        await self._http.close_async()

@@ -1,0 +1,292 @@
+"""The payment API: FastAPI routes inside a Ray Serve deployment.
+
+``__init__`` only records configuration; clients (Postgres pool, Redis, PSP, actor handles) are built on the
+first request inside the replica's event loop, so importing this module or constructing the deployment
+does no IO.
+"""
+
+
+import asyncio
+import time
+from typing import Any
+
+import logging
+
+import psycopg
+import psycopg_pool
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from psycopg_pool import AsyncConnectionPool
+from ray import serve
+from ray.exceptions import RayError
+from redis.asyncio import Redis
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ledger import store as ledger_store
+from payray.errors import (
+    ClientError,
+    DependencyFailure,
+    IdempotencyKeyReused,
+    InvalidRequest,
+    NotFound,
+    PayrayError,
+)
+from payray.settings import Settings
+from psp.stripe_adapter import StripePsp
+from serve_app import merchants_db
+from serve_app import payments_db as db
+from serve_app.auth import Authenticator
+from serve_app.bodies import MAX_BODY_BYTES, parse_body
+from serve_app.charge_flow import ChargeFlow
+from serve_app.charges import ChargeService, check_idempotency_key
+from serve_app.fast_keys import FastKeys
+from serve_app.invariants import check_invariants
+from serve_app.metrics import ApiMetrics
+from serve_app.render import charge_object, dumps, error_object, list_object
+from serve_app.schemas import ChargeCreate, MerchantCreate
+from serve_app.wallets import WalletDirectory
+
+api = FastAPI(
+    title="payray",
+    version="1",
+    description="Idempotent payments in front of a PSP, with a double-entry ledger.",
+)
+
+JSON = "application/json"
+log = logging.getLogger("payray.api")
+
+
+def json_response(status: int, body: bytes, headers: dict[str, str] | None = None) -> Response:
+    return Response(content=body, status_code=status, media_type=JSON, headers=headers)
+
+
+def _error_response(request: Request, exc: PayrayError) -> Response:
+    status = exc.status
+    # Stripe's SDKs map idempotency errors to IdempotencyError only on a 400; speak their dialect to them.
+    if isinstance(exc, IdempotencyKeyReused) and request.headers.get("stripe-version"):
+        status = 400
+    return json_response(status, dumps(error_object(exc)))
+
+
+@api.exception_handler(PayrayError)
+async def _payray_error(request: Request, exc: PayrayError) -> Response:
+    return _error_response(request, exc)
+
+
+@api.exception_handler(Exception)
+async def _unexpected_error(request: Request, exc: Exception) -> Response:
+    """Anything unplanned is a 500 in the error envelope; a dependency outage is a 503."""
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    if isinstance(exc, psycopg.OperationalError | psycopg_pool.PoolTimeout | RayError | asyncio.TimeoutError):
+        return _error_response(request, DependencyFailure(f"a dependency is unavailable: {type(exc).__name__}"))
+    error = PayrayError("An unexpected error occurred; it has been logged.")
+    return _error_response(request, error)
+
+
+@api.exception_handler(RequestValidationError)
+async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
+    first = exc.errors()[0] if exc.errors() else {}
+    param = str(first.get("loc", ["", ""])[-1]) or None
+    return _error_response(request, InvalidRequest(f"{param}: {first.get('msg', 'invalid')}", param=param))
+
+
+@api.exception_handler(StarletteHTTPException)
+async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+    if exc.status_code == 404:
+        return _error_response(request, NotFound(f"Unrecognized request URL ({request.method} {request.url.path})."))
+    error = ClientError(str(exc.detail))
+    error.status = exc.status_code
+    return _error_response(request, error)
+
+
+def _limit(raw: str | None) -> int:
+    if raw is None:
+        return 10
+    if not raw.isdigit() or not 1 <= int(raw) <= 100:
+        raise InvalidRequest("limit must be an integer from 1 to 100", param="limit")
+    return int(raw)
+
+
+async def _read_body(request: Request) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        from payray.errors import PayloadTooLarge
+
+        raise PayloadTooLarge(f"request body is larger than {MAX_BODY_BYTES} bytes")
+    return await request.body()
+
+
+@serve.deployment(max_ongoing_requests=256, ray_actor_options={"num_cpus": 0})
+@serve.ingress(api)
+class PaymentApi:
+    def __init__(self, settings: Settings, psp_api_key: str, psp_api_base: str | None) -> None:
+        self._settings = settings
+        self._psp_key = psp_api_key
+        self._psp_base = psp_api_base
+        self._ready = asyncio.Lock()
+        self._built = False
+        self.metrics = ApiMetrics()
+
+    async def _build(self) -> None:
+        if self._built:
+            return
+        async with self._ready:
+            if self._built:
+                return
+            s = self._settings
+            assert s.database_url and s.redis_url
+            self.pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
+                s.database_url, min_size=2, max_size=s.db_pool_size, open=False, kwargs={"autocommit": True}
+            )
+            await self.pool.open(wait=True, timeout=30)
+            self.redis = Redis.from_url(s.redis_url, socket_timeout=0.5, socket_connect_timeout=0.5)
+            self.fast_keys = FastKeys(self.redis, s.idempotency_ttl_ms, s.in_flight_lease_ms)
+            self.psp = StripePsp(self._psp_key, self._psp_base, s.psp_timeout_s, s.psp_max_retries)
+            self.wallets = WalletDirectory(s.database_url, s.ledger_writers, s.ray_namespace)
+            self.flow = ChargeFlow(
+                self.pool,
+                self.psp,
+                self.wallets,
+                s.fee_bps,
+                on_transition=lambda t: self.metrics.transitions.labels(t.event.value, t.target.value).inc(),
+            )
+            self.charges = ChargeService(self.pool, self.fast_keys, self.flow, s.in_flight_lease_ms)
+            self.auth = Authenticator(s.admin_key, self._merchant_for_key)
+            self._built = True
+
+    async def _merchant_for_key(self, key: str) -> str | None:
+        async with self.pool.connection() as conn:
+            return await merchants_db.merchant_for_key(conn, key)
+
+    async def _merchant(self, request: Request) -> str:
+        await self._build()
+        return await self.auth.merchant(request.headers.get("authorization"))
+
+    async def _admin(self, request: Request) -> None:
+        await self._build()
+        self.auth.admin(request.headers.get("authorization"))
+
+    def _observe(self, route: str, started: float, status: int) -> None:
+        self.metrics.requests.labels(route, str(status)).inc()
+        self.metrics.latency.labels(route).observe(time.perf_counter() - started)
+
+    # -- charges -------------------------------------------------------------------------------------------
+
+    @api.post("/v1/charges")
+    async def create_charge(self, request: Request) -> Response:
+        started = time.perf_counter()
+        merchant_id = await self._merchant(request)
+        key = check_idempotency_key(request.headers.get("idempotency-key"))
+        body = parse_body(ChargeCreate, await _read_body(request), request.headers.get("content-type"))
+        answer = await self.charges.create(merchant_id, key, body)
+        headers = {"Idempotent-Replayed": "true"} if answer.replayed else None
+        if answer.replayed:
+            self.metrics.replays.inc()
+        self._observe("POST /v1/charges", started, answer.status)
+        return json_response(answer.status, answer.body, headers)
+
+    @api.get("/v1/charges/{charge_id}")
+    async def get_charge(self, charge_id: str, request: Request) -> Response:
+        merchant_id = await self._merchant(request)
+        async with self.pool.connection() as conn:
+            payment = await db.load_payment(conn, charge_id, merchant_id)
+        if payment is None:
+            raise NotFound(f"No such charge: '{charge_id}'", param="id")
+        return json_response(200, dumps(charge_object(payment)))
+
+    @api.get("/v1/charges")
+    async def list_charges(self, request: Request) -> Response:
+        merchant_id = await self._merchant(request)
+        limit = _limit(request.query_params.get("limit"))
+        after = request.query_params.get("starting_after")
+        async with self.pool.connection() as conn:
+            if after is not None and await db.load_payment(conn, after, merchant_id) is None:
+                raise NotFound(f"No such charge: '{after}'", param="starting_after")
+            payments = await db.list_payments(conn, merchant_id, limit + 1, after)
+        data = [charge_object(p) for p in payments[:limit]]
+        return json_response(200, dumps(list_object("/v1/charges", data, len(payments) > limit)))
+
+    # -- balance ---------------------------------------------------------------------------------------------
+
+    @api.get("/v1/balance")
+    async def balance(self, request: Request) -> Response:
+        merchant_id = await self._merchant(request)
+        balances = await self.wallets.balances(merchant_id)
+        available = [{"amount": amount, "currency": cur} for cur, amount in sorted(balances.items())]
+        pending = [{"amount": 0, "currency": cur} for cur in sorted(balances)]
+        body = {"object": "balance", "livemode": False, "available": available, "pending": pending}
+        return json_response(200, dumps(body))
+
+    # -- admin -----------------------------------------------------------------------------------------------
+
+    @api.post("/v1/merchants")
+    async def create_merchant(self, request: Request) -> Response:
+        await self._admin(request)
+        body = parse_body(MerchantCreate, await _read_body(request), request.headers.get("content-type"))
+        async with self.pool.connection() as conn:
+            merchant = await merchants_db.create_merchant(conn, body.name)
+        return json_response(200, dumps(merchant))
+
+    @api.get("/v1/admin/ledger/trial_balance")
+    async def trial_balance(self, request: Request) -> Response:
+        await self._admin(request)
+        totals = await asyncio.to_thread(self._trial_balance)
+        return json_response(200, dumps({"object": "trial_balance", "currencies": totals}))
+
+    def _trial_balance(self) -> dict[str, Any]:
+        assert self._settings.database_url
+        with psycopg.connect(self._settings.database_url, autocommit=True) as conn:
+            return dict(ledger_store.trial_balance(conn))
+
+    @api.get("/v1/admin/invariants")
+    async def invariants(self, request: Request) -> Response:
+        await self._admin(request)
+        assert self._settings.database_url
+        report = await check_invariants(self._settings.database_url, self.psp, self.wallets)
+        return json_response(200, dumps(report))
+
+    # -- operations ------------------------------------------------------------------------------------------
+
+    @api.get("/healthz")
+    async def healthz(self) -> Response:
+        await self._build()
+        checks: dict[str, bool] = {}
+        try:
+            async with self.pool.connection(timeout=2) as conn:
+                await conn.execute("SELECT 1")
+            checks["postgres"] = True
+        except Exception:
+            checks["postgres"] = False
+        checks["redis"] = await self.fast_keys.ping()
+        try:
+            checks["ray"] = await asyncio.wait_for(self.wallets.ready(), timeout=5)
+        except Exception:
+            checks["ray"] = False
+        checks["psp"] = await self.psp.ping()
+        ok = all(checks.values())
+        if not ok:
+            failing = ", ".join(name for name, good in checks.items() if not good)
+            body = error_object(DependencyFailure(f"dependencies down: {failing}"))
+            body["checks"] = checks
+            return json_response(503, dumps(body))
+        return json_response(200, dumps({"status": "ok", "checks": checks}))
+
+    @api.get("/metrics")
+    async def metrics_endpoint(self) -> Response:
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        return Response(generate_latest(self.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+def build_app(settings: Settings, psp_api_key: str, psp_api_base: str | None) -> Any:
+    """The Serve application, ready for ``serve.run``; ``serve_config.yaml`` points at ``app_from_env``."""
+    return PaymentApi.options(num_replicas=settings.api_replicas).bind(settings, psp_api_key, psp_api_base)
+
+
+def app_from_env(args: dict[str, str] | None = None) -> Any:
+    """Application builder for ``serve deploy serve_config.yaml``: configuration from the environment."""
+    settings = Settings.from_env()
+    if not settings.stripe_api_key:
+        raise ValueError("STRIPE_API_KEY must be set when deploying with serve_config.yaml")
+    return build_app(settings, settings.stripe_api_key, settings.stripe_api_base)

@@ -1,0 +1,241 @@
+"""The asyncio driver of the charge state machine: runs its commands against the PSP, ledger and wallet.
+
+The machine (``payray.charge``) decides; this module only acts. Each event is persisted (with the state
+it leads to) before the commands it triggers run, so a crash at any point leaves a state that
+``resume`` can finish from. Every command is idempotent: the PSP call reuses the payment's PSP
+idempotency key, and the ledger posting is keyed on the payment id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from psycopg_pool import AsyncConnectionPool
+
+from ledger.postings import capture_posting, fee_for, refund_posting
+from payray.charge import ChargeEvent, ChargeState, Command, Transition, step
+from payray.money import Money
+from psp.port import PaymentServiceProvider
+from serve_app import payments_db as db
+from serve_app.payments_db import Payment
+from serve_app.render import charge_object, decline_object, dumps
+from serve_app.wallets import WalletDirectory
+
+log = logging.getLogger("payray.charge")
+
+LEDGER_ATTEMPTS = 3
+
+_PSP_EVENTS = {
+    "captured": ChargeEvent.PSP_CAPTURED,
+    "declined": ChargeEvent.PSP_DECLINED,
+    "unknown": ChargeEvent.PSP_UNKNOWN,
+}
+
+#: Re-running the commands that led into a state is how an interrupted flow resumes.
+_RESUME: dict[ChargeState, tuple[Command, ...]] = {
+    ChargeState.PSP_PENDING: (Command.CALL_PSP,),
+    ChargeState.CAPTURED: (Command.POST_LEDGER,),
+    ChargeState.POSTED: (Command.RESPOND_SUCCEEDED,),
+    ChargeState.REFUND_PENDING: (Command.REFUND_AT_PSP,),
+    ChargeState.COMPENSATED: (Command.POST_COMPENSATION,),
+}
+
+
+@dataclass(frozen=True)
+class Reply:
+    """What the API answers, and stores under the idempotency key for replay."""
+
+    status: int
+    body: bytes
+    payment: Payment
+
+
+def reply_for(payment: Payment) -> Reply:
+    """The response a charge in its current state deserves."""
+    state = ChargeState(payment.state)
+    if state is ChargeState.SUCCEEDED:
+        return Reply(200, dumps(charge_object(payment)), payment)
+    if state in (ChargeState.DECLINED, ChargeState.FAILED):
+        return Reply(402, dumps(decline_object(payment)), payment)
+    return Reply(202, dumps(charge_object(payment)), payment)
+
+
+class ChargeFlow:
+    def __init__(
+        self,
+        pool: AsyncConnectionPool[Any],
+        psp: PaymentServiceProvider,
+        wallets: WalletDirectory,
+        fee_bps: int,
+        on_transition: Callable[[Transition], None] | None = None,
+    ) -> None:
+        self._pool = pool
+        self._psp = psp
+        self._wallets = wallets
+        self._fee_bps = fee_bps
+        self._on_transition = on_transition or (lambda t: None)
+
+    async def start(self, payment: Payment) -> Reply:
+        """Drive a freshly inserted payment (already ``psp_pending``) to its answer."""
+        return await self._run(payment, [Command.CALL_PSP])
+
+    async def resume(self, payment: Payment) -> Reply:
+        """Finish an interrupted or pending flow from its persisted state."""
+        state = ChargeState(payment.state)
+        if state is ChargeState.UNKNOWN:
+            return await self._advance(payment, ChargeEvent.PSP_RETRY)
+        if state is ChargeState.CREATED:
+            return await self._advance(payment, ChargeEvent.SUBMIT)
+        if state in _RESUME:
+            return await self._run(payment, list(_RESUME[state]))
+        reply = reply_for(payment)
+        async with self._pool.connection() as conn:
+            await db.store_response(conn, payment.id, reply.status, reply.body)
+        return reply
+
+    async def _advance(
+        self,
+        payment: Payment,
+        event: ChargeEvent,
+        fields: dict[str, Any] | None = None,
+        detail: dict[str, Any] | None = None,
+    ) -> Reply:
+        transition = step(payment.state, event)
+        return await self._persist_and_run(payment, [transition], fields or {}, detail or {})
+
+    async def _persist_and_run(
+        self,
+        payment: Payment,
+        chain: list[Transition],
+        fields: dict[str, Any],
+        detail: dict[str, Any],
+    ) -> Reply:
+        """Persist ``chain``; if it ends in an answer, store that answer in the same statement."""
+        commands = list(chain[-1].commands)
+        after = payment.evolve(state=chain[-1].target.value, **{k: v for k, v in fields.items() if v is not None})
+        if commands == [Command.RESPOND_SUCCEEDED]:
+            chain = [*chain, step(after.state, ChargeEvent.RESPONDED)]
+            after = after.evolve(state=chain[-1].target.value)
+            commands = []
+        response: Reply | None = None
+        outbox = None
+        if (commands and commands[0].value.startswith("respond_")) or not commands:
+            response = reply_for(after)
+            outbox = (f"charge.{charge_object(after)['status']}", charge_object(after))
+            commands = []
+        async with self._pool.connection() as conn:
+            stored = await db.apply_transitions(
+                conn,
+                payment,
+                chain,
+                fields=fields,
+                detail=detail,
+                response=(response.status, response.body) if response else None,
+                outbox=outbox,
+            )
+        if stored is None:
+            # Another driver moved this payment first; answer with what it has now.
+            async with self._pool.connection() as conn:
+                current = await db.load_payment(conn, payment.id)
+            assert current is not None
+            return reply_for(current)
+        for transition in chain:
+            self._on_transition(transition)
+        log.info(
+            "payment transition",
+            extra={"payment_id": payment.id, "merchant_id": payment.merchant_id, "to": stored.state},
+        )
+        if response is not None:
+            return Reply(response.status, response.body, stored)
+        return await self._run(stored, commands)
+
+    async def _run(self, payment: Payment, commands: list[Command]) -> Reply:
+        command = commands[0]
+        handler: dict[Command, Callable[[Payment], Awaitable[Reply]]] = {
+            Command.CALL_PSP: self._call_psp,
+            Command.POST_LEDGER: self._post_ledger,
+            Command.RESPOND_SUCCEEDED: self._respond_succeeded,
+            Command.REFUND_AT_PSP: self._refund_at_psp,
+            Command.POST_COMPENSATION: self._post_compensation,
+        }
+        return await handler[command](payment)
+
+    async def _call_psp(self, payment: Payment) -> Reply:
+        result = await self._psp.capture(
+            payment_id=payment.id,
+            amount=payment.amount,
+            currency=payment.currency,
+            payment_method=payment.payment_method,
+            idempotency_key=payment.psp_idempotency_key,
+            metadata={**payment.metadata, "payray_merchant_id": payment.merchant_id},
+            description=payment.description,
+            customer=payment.customer,
+        )
+        fields = {
+            "psp_reference": result.psp_reference,
+            "failure_code": result.failure_code if result.status == "declined" else None,
+            "failure_message": result.failure_message if result.status == "declined" else None,
+        }
+        detail = {"psp_status": result.status, "detail": result.detail} if result.detail else {}
+        return await self._advance(payment, _PSP_EVENTS[result.status], fields, detail)
+
+    def _capture_posting(self, payment: Payment) -> Any:
+        amount = Money(payment.amount, payment.currency)
+        return capture_posting(payment.id, payment.merchant_id, amount, fee_for(amount, self._fee_bps))
+
+    async def _post_ledger(self, payment: Payment) -> Reply:
+        posting = self._capture_posting(payment)
+        error = "ledger unavailable"
+        for attempt in range(LEDGER_ATTEMPTS):
+            try:
+                result = await self._wallets.apply(payment.merchant_id, posting)
+            except Exception as exc:  # a dead actor or database: retry, then compensate
+                error = f"{type(exc).__name__}: {exc}"
+                await asyncio.sleep(0.05 * 4**attempt)
+                continue
+            if result.error is None and result.transaction_id is not None:
+                return await self._advance(
+                    payment, ChargeEvent.LEDGER_POSTED, {"ledger_transaction_id": result.transaction_id}
+                )
+            error = result.error or "posting refused"
+            break
+        log.error("ledger posting failed; compensating", extra={"payment_id": payment.id, "error": error})
+        return await self._advance(payment, ChargeEvent.LEDGER_FAILED, detail={"error": error[:500]})
+
+    async def _respond_succeeded(self, payment: Payment) -> Reply:
+        return await self._advance(payment, ChargeEvent.RESPONDED)
+
+    async def _refund_at_psp(self, payment: Payment) -> Reply:
+        assert payment.psp_reference is not None
+        result = await self._psp.refund(
+            payment_id=payment.id,
+            psp_reference=payment.psp_reference,
+            amount=payment.amount,
+            idempotency_key=f"payray-compensate-{payment.id}",
+        )
+        if result.status == "refunded":
+            return await self._advance(payment, ChargeEvent.PSP_REFUNDED)
+        # The refund's fate is unknown: stay in refund_pending and let recovery retry with the same key.
+        return reply_for(payment)
+
+    async def _post_compensation(self, payment: Payment) -> Reply:
+        """Book the capture and its reversal, so the money the PSP moved twice is counted twice."""
+        amount = Money(payment.amount, payment.currency)
+        fee = fee_for(amount, self._fee_bps)
+        try:
+            await self._wallets.apply(payment.merchant_id, self._capture_posting(payment))
+            reversal = refund_posting(f"compensation-{payment.id}", payment.merchant_id, amount, fee)
+            result = await self._wallets.apply(payment.merchant_id, reversal)
+        except Exception:
+            return reply_for(payment)  # recovery retries; both postings are idempotent
+        if result.error is not None:
+            return reply_for(payment)
+        return await self._advance(
+            payment,
+            ChargeEvent.COMPENSATION_POSTED,
+            {"failure_code": "processing_error", "failure_message": "The charge was reversed after a processing error."},
+        )

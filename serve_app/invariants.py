@@ -1,0 +1,82 @@
+"""The invariants of DESIGN.md, checked live against Postgres, the wallet actors and the PSP.
+
+Used by ``GET /v1/admin/invariants`` and so by ``payray verify``, the load tests and every integration test.
+The ledger's own checks (``ledger.invariants``) are synchronous SQL; they run on a worker thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from typing import Any
+
+import psycopg
+
+from ledger import invariants as ledger_invariants
+from psp.port import PaymentServiceProvider
+from serve_app.wallets import WalletDirectory
+
+LEDGER_CAPTURES = "SELECT external_ref FROM ledger_transactions WHERE kind = 'capture'"
+UNFINISHED_PAYMENTS = "SELECT id FROM payments WHERE state NOT IN ('succeeded', 'declined', 'failed')"
+MERCHANTS_WITH_LEDGER = "SELECT DISTINCT merchant_id FROM accounts WHERE merchant_id IS NOT NULL"
+
+
+def _ledger_facts(database_url: str) -> dict[str, Any]:
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        return {
+            "unbalanced": ledger_invariants.unbalanced_transactions(conn),
+            "unbalanced_currencies": ledger_invariants.ledger_totals_balanced(conn),
+            "balance_rows_off": ledger_invariants.balances_match_entries(conn),
+            "captures": {row[0] for row in conn.execute(LEDGER_CAPTURES).fetchall()},
+            "unfinished": {row[0] for row in conn.execute(UNFINISHED_PAYMENTS).fetchall()},
+            "merchants": [row[0] for row in conn.execute(MERCHANTS_WITH_LEDGER).fetchall()],
+        }
+
+
+def _wallet_mismatches(database_url: str, balances: dict[str, dict[str, int]]) -> int:
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        return ledger_invariants.wallet_mismatches(conn, balances)
+
+
+async def check_invariants(
+    database_url: str, psp: PaymentServiceProvider, wallets: WalletDirectory
+) -> dict[str, Any]:
+    psp_captures = Counter([c.payment_id async for c in psp.list_captures() if c.payment_id])
+    facts = await asyncio.to_thread(_ledger_facts, database_url)
+    merchants: list[str] = facts["merchants"]
+    wallet_balances = dict(
+        zip(merchants, await asyncio.gather(*(wallets.balances(m) for m in merchants)), strict=True)
+    )
+    wallet_mismatches = await asyncio.to_thread(_wallet_mismatches, database_url, wallet_balances)
+
+    ledger_captures: set[str] = facts["captures"]
+    unfinished: set[str] = facts["unfinished"]
+    double_captures = sorted(pid for pid, n in psp_captures.items() if n > 1)
+    captured_not_booked = sorted(p for p in psp_captures if p not in ledger_captures and p not in unfinished)
+    booked_not_captured = sorted(p for p in ledger_captures if p not in psp_captures)
+    sections: dict[str, dict[str, Any]] = {
+        "no_double_capture": {
+            "ok": not double_captures,
+            "violations": len(double_captures),
+            "examples": double_captures[:10],
+        },
+        "ledger_balanced": {
+            "ok": facts["unbalanced"] == 0 and facts["unbalanced_currencies"] == 0 and facts["balance_rows_off"] == 0,
+            "unbalanced_transactions": facts["unbalanced"],
+            "unbalanced_currencies": facts["unbalanced_currencies"],
+            "balance_rows_off": facts["balance_rows_off"],
+        },
+        "wallets_match_ledger": {
+            "ok": wallet_mismatches == 0,
+            "violations": wallet_mismatches,
+            "wallets_checked": len(wallet_balances),
+        },
+        "psp_matches_ledger": {
+            "ok": not captured_not_booked and not booked_not_captured,
+            "captured_not_booked": len(captured_not_booked),
+            "booked_not_captured": len(booked_not_captured),
+            "examples": (captured_not_booked + booked_not_captured)[:10],
+            "unfinished_payments": len(unfinished),
+        },
+    }
+    return {"object": "invariants", **sections, "ok": all(s["ok"] for s in sections.values())}

@@ -1,0 +1,261 @@
+"""SQL for payments, their transitions and their durable idempotency records (psycopg 3, async)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import Any
+
+from psycopg import AsyncConnection
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+
+from payray.charge import Transition
+
+
+@dataclass(frozen=True)
+class Payment:
+    id: str
+    merchant_id: str
+    amount: int
+    currency: str
+    payment_method: str
+    state: str
+    idempotency_key: str
+    psp_idempotency_key: str
+    created_at: datetime
+    description: str | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+    customer: str | None = None
+    psp_reference: str | None = None
+    failure_code: str | None = None
+    failure_message: str | None = None
+    amount_refunded: int = 0
+    ledger_transaction_id: str | None = None
+
+    def evolve(self, **changes: Any) -> Payment:
+        return replace(self, **changes)
+
+
+_PAYMENT_COLUMNS = (
+    "id, merchant_id, amount, currency, payment_method, state, idempotency_key, psp_idempotency_key, "
+    "created_at, description, metadata, customer, psp_reference, failure_code, failure_message, "
+    "amount_refunded, ledger_transaction_id"
+)
+
+#: Claims the key and creates the payment in one statement: either both rows exist or neither does.
+INSERT_PAYMENT_WITH_KEY = f"""
+WITH claimed AS (
+    INSERT INTO idempotency_keys (merchant_id, key, fingerprint, payment_id, locked_until)
+    VALUES (%(merchant_id)s, %(key)s, %(fingerprint)s, %(id)s, now() + %(lease_ms)s * interval '1 millisecond')
+    ON CONFLICT (merchant_id, key) DO NOTHING
+    RETURNING payment_id
+), payment AS (
+    INSERT INTO payments (id, merchant_id, amount, currency, payment_method, state, idempotency_key,
+                          psp_idempotency_key, description, metadata, customer)
+    SELECT %(id)s, %(merchant_id)s, %(amount)s, %(currency)s, %(payment_method)s, %(state)s, %(key)s,
+           %(psp_idempotency_key)s, %(description)s, %(metadata)s, %(customer)s
+    FROM claimed
+    RETURNING {_PAYMENT_COLUMNS}
+), history AS (
+    INSERT INTO payment_transitions (payment_id, from_state, event, to_state)
+    SELECT payment.id, steps.from_state, steps.event, steps.to_state
+    FROM payment, jsonb_to_recordset(%(steps)s) AS steps(from_state text, event text, to_state text)
+)
+SELECT * FROM payment
+"""
+
+SELECT_KEY = """
+SELECT fingerprint, payment_id, response_status, response_body,
+       (locked_until IS NOT NULL AND locked_until > now()) AS leased
+FROM idempotency_keys WHERE merchant_id = %s AND key = %s
+"""
+
+#: Take over an abandoned key (its holder crashed, or it answered 202 and the charge is still open).
+TAKE_OVER_KEY = """
+UPDATE idempotency_keys SET locked_until = now() + %(lease_ms)s * interval '1 millisecond'
+WHERE merchant_id = %(merchant_id)s AND key = %(key)s AND fingerprint = %(fingerprint)s
+  AND (locked_until IS NULL OR locked_until <= now())
+  AND (response_status IS NULL OR response_status = 202)
+RETURNING payment_id
+"""
+
+RELEASE_KEY = """
+UPDATE idempotency_keys SET locked_until = NULL WHERE merchant_id = %s AND key = %s
+"""
+
+SELECT_PAYMENT = f"SELECT {_PAYMENT_COLUMNS} FROM payments WHERE id = %s"
+SELECT_MERCHANT_PAYMENT = f"SELECT {_PAYMENT_COLUMNS} FROM payments WHERE id = %s AND merchant_id = %s"
+
+LIST_PAYMENTS = f"""
+SELECT {_PAYMENT_COLUMNS} FROM payments
+WHERE merchant_id = %(merchant_id)s
+  AND (%(after_id)s::text IS NULL OR (created_at, id) < (
+        SELECT created_at, id FROM payments WHERE id = %(after_id)s AND merchant_id = %(merchant_id)s))
+ORDER BY created_at DESC, id DESC
+LIMIT %(limit)s
+"""
+
+#: Applies a chain of transitions (guarded by the expected current state), writes their history, and
+#: optionally stores the response under the payment's idempotency key and an outbox event, atomically.
+APPLY_TRANSITIONS = f"""
+WITH moved AS (
+    UPDATE payments SET
+        state = %(to_state)s,
+        psp_reference = COALESCE(%(psp_reference)s, psp_reference),
+        failure_code = COALESCE(%(failure_code)s, failure_code),
+        failure_message = COALESCE(%(failure_message)s, failure_message),
+        ledger_transaction_id = COALESCE(%(ledger_transaction_id)s, ledger_transaction_id),
+        updated_at = now()
+    WHERE id = %(id)s AND state = %(from_state)s
+    RETURNING {_PAYMENT_COLUMNS}
+), history AS (
+    INSERT INTO payment_transitions (payment_id, from_state, event, to_state, detail)
+    SELECT moved.id, steps.from_state, steps.event, steps.to_state, %(detail)s
+    FROM moved, jsonb_to_recordset(%(steps)s) AS steps(from_state text, event text, to_state text)
+), answered AS (
+    UPDATE idempotency_keys AS k SET
+        response_status = %(response_status)s, response_body = %(response_body)s,
+        completed_at = now(), locked_until = NULL
+    FROM moved
+    WHERE %(response_status)s::int IS NOT NULL
+      AND k.merchant_id = moved.merchant_id AND k.key = moved.idempotency_key
+), announced AS (
+    INSERT INTO outbox (topic, aggregate_id, payload)
+    SELECT %(topic)s, moved.id, %(outbox_payload)s FROM moved WHERE %(topic)s::text IS NOT NULL
+)
+SELECT * FROM moved
+"""
+
+STORE_RESPONSE = """
+UPDATE idempotency_keys AS k SET response_status = %(status)s, response_body = %(body)s,
+       completed_at = now(), locked_until = NULL
+FROM payments AS p
+WHERE p.id = %(id)s AND k.merchant_id = p.merchant_id AND k.key = p.idempotency_key
+"""
+
+
+def _payment(row: dict[str, Any]) -> Payment:
+    return Payment(**row)
+
+
+def _steps(transitions: list[Transition]) -> Jsonb:
+    return Jsonb(
+        [{"from_state": t.source.value, "event": t.event.value, "to_state": t.target.value} for t in transitions]
+    )
+
+
+@dataclass(frozen=True)
+class KeyRecord:
+    fingerprint: bytes
+    payment_id: str | None
+    response_status: int | None
+    response_body: bytes | None
+    leased: bool
+
+
+async def insert_payment(
+    conn: AsyncConnection[Any],
+    payment: Payment,
+    fingerprint: bytes,
+    transitions: list[Transition],
+    lease_ms: int,
+) -> Payment | None:
+    """Create the payment and claim its key; ``None`` if the key was already taken."""
+    params = {
+        "id": payment.id,
+        "merchant_id": payment.merchant_id,
+        "key": payment.idempotency_key,
+        "fingerprint": fingerprint,
+        "lease_ms": lease_ms,
+        "amount": payment.amount,
+        "currency": payment.currency,
+        "payment_method": payment.payment_method,
+        "state": payment.state,
+        "psp_idempotency_key": payment.psp_idempotency_key,
+        "description": payment.description,
+        "metadata": Jsonb(payment.metadata),
+        "customer": payment.customer,
+        "steps": _steps(transitions),
+    }
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(INSERT_PAYMENT_WITH_KEY, params)
+        row = await cur.fetchone()
+    return _payment(row) if row else None
+
+
+async def load_key(conn: AsyncConnection[Any], merchant_id: str, key: str) -> KeyRecord | None:
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(SELECT_KEY, (merchant_id, key))
+        row = await cur.fetchone()
+    return KeyRecord(**row) if row else None
+
+
+async def take_over_key(
+    conn: AsyncConnection[Any], merchant_id: str, key: str, fingerprint: bytes, lease_ms: int
+) -> str | None:
+    cur = await conn.execute(
+        TAKE_OVER_KEY, {"merchant_id": merchant_id, "key": key, "fingerprint": fingerprint, "lease_ms": lease_ms}
+    )
+    row = await cur.fetchone()
+    return row[0] if row else None
+
+
+async def release_key(conn: AsyncConnection[Any], merchant_id: str, key: str) -> None:
+    await conn.execute(RELEASE_KEY, (merchant_id, key))
+
+
+async def load_payment(conn: AsyncConnection[Any], payment_id: str, merchant_id: str | None = None) -> Payment | None:
+    async with conn.cursor(row_factory=dict_row) as cur:
+        if merchant_id is None:
+            await cur.execute(SELECT_PAYMENT, (payment_id,))
+        else:
+            await cur.execute(SELECT_MERCHANT_PAYMENT, (payment_id, merchant_id))
+        row = await cur.fetchone()
+    return _payment(row) if row else None
+
+
+async def list_payments(
+    conn: AsyncConnection[Any], merchant_id: str, limit: int, starting_after: str | None
+) -> list[Payment]:
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(LIST_PAYMENTS, {"merchant_id": merchant_id, "after_id": starting_after, "limit": limit})
+        return [_payment(row) for row in await cur.fetchall()]
+
+
+async def apply_transitions(
+    conn: AsyncConnection[Any],
+    payment: Payment,
+    transitions: list[Transition],
+    *,
+    fields: dict[str, Any] | None = None,
+    detail: dict[str, Any] | None = None,
+    response: tuple[int, bytes] | None = None,
+    outbox: tuple[str, dict[str, Any]] | None = None,
+) -> Payment | None:
+    """Persist ``transitions`` (a chain starting at ``payment.state``); ``None`` if the state moved meanwhile."""
+    fields = fields or {}
+    params = {
+        "id": payment.id,
+        "from_state": transitions[0].source.value,
+        "to_state": transitions[-1].target.value,
+        "psp_reference": fields.get("psp_reference"),
+        "failure_code": fields.get("failure_code"),
+        "failure_message": fields.get("failure_message"),
+        "ledger_transaction_id": fields.get("ledger_transaction_id"),
+        "detail": Jsonb(detail or {}),
+        "steps": _steps(transitions),
+        "response_status": response[0] if response else None,
+        "response_body": response[1] if response else None,
+        "topic": outbox[0] if outbox else None,
+        "outbox_payload": Jsonb(outbox[1]) if outbox else None,
+    }
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(APPLY_TRANSITIONS, params)
+        row = await cur.fetchone()
+    return _payment(row) if row else None
+
+
+async def store_response(conn: AsyncConnection[Any], payment_id: str, status: int, body: bytes) -> None:
+    await conn.execute(STORE_RESPONSE, {"id": payment_id, "status": status, "body": body})
+

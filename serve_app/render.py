@@ -1,0 +1,73 @@
+"""API objects and the error envelope, rendered to the exact bytes that are sent and stored for replay."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from payray.charge import public_status
+from payray.errors import PayrayError
+from serve_app.payments_db import Payment
+
+
+def dumps(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def charge_object(p: Payment) -> dict[str, Any]:
+    status = public_status(p.state)
+    return {
+        "id": p.id,
+        "object": "charge",
+        "amount": p.amount,
+        "amount_captured": p.amount if status == "succeeded" else 0,
+        "amount_refunded": p.amount_refunded,
+        "captured": status == "succeeded",
+        "created": int(p.created_at.timestamp()),
+        "currency": p.currency,
+        "customer": p.customer,
+        "description": p.description,
+        "failure_code": p.failure_code,
+        "failure_message": p.failure_message,
+        "livemode": False,
+        "merchant": p.merchant_id,
+        "metadata": p.metadata,
+        "paid": status == "succeeded",
+        "payment_method": p.payment_method,
+        "psp_reference": p.psp_reference,
+        "refunded": p.amount_refunded == p.amount,
+        "status": status,
+    }
+
+
+def list_object(url: str, data: list[dict[str, Any]], has_more: bool) -> dict[str, Any]:
+    return {"object": "list", "url": url, "data": data, "has_more": has_more}
+
+
+def error_object(exc: PayrayError, **extra: Any) -> dict[str, Any]:
+    error: dict[str, Any] = {"type": exc.type, "message": exc.message}
+    if exc.code:
+        error["code"] = exc.code
+    if exc.param:
+        error["param"] = exc.param
+    error.update({k: v for k, v in extra.items() if v is not None})
+    return {"error": error}
+
+
+#: Card failures Stripe reports under their own error code; every other decline is ``card_declined``.
+_OWN_ERROR_CODES = frozenset({"expired_card", "incorrect_cvc", "incorrect_number", "processing_error"})
+
+
+def decline_object(p: Payment) -> dict[str, Any]:
+    """A 402 as Stripe sends it: the failed charge's id rides in ``error.charge``."""
+    reason = p.failure_code or "generic_decline"
+    code = reason if reason in _OWN_ERROR_CODES else "card_declined"
+    return {
+        "error": {
+            "type": "card_error",
+            "code": code,
+            "decline_code": reason,
+            "message": p.failure_message or "Your card was declined.",
+            "charge": p.id,
+        }
+    }

@@ -1,0 +1,39 @@
+"""The replica's view of the wallet actors: one named actor per merchant, created on first use."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from actors.ledger_pool import get_or_create_writers
+from actors.wallet import get_or_create_wallet
+from ledger.postings import Posting
+from ledger.store import PostingResult
+
+
+class WalletDirectory:
+    def __init__(self, database_url: str, pool_size: int, namespace: str) -> None:
+        self._database_url = database_url
+        self._namespace = namespace
+        self._writers = get_or_create_writers(database_url, pool_size, namespace)
+        self._handles: dict[str, Any] = {}
+
+    def wallet(self, merchant_id: str) -> Any:
+        handle = self._handles.get(merchant_id)
+        if handle is None:
+            handle = get_or_create_wallet(merchant_id, self._database_url, self._writers, self._namespace)
+            self._handles[merchant_id] = handle
+        return handle
+
+    async def apply(self, merchant_id: str, posting: Posting) -> PostingResult:
+        """Post through the merchant's wallet, which takes the resulting balance as its own."""
+        result: PostingResult = await self.wallet(merchant_id).credit.remote(posting)
+        return result
+
+    async def balances(self, merchant_id: str) -> dict[str, int]:
+        result: dict[str, int] = await self.wallet(merchant_id).balances.remote()
+        return result
+
+    async def ready(self) -> bool:
+        await asyncio.gather(*(w.ready.remote() for w in self._writers))
+        return True

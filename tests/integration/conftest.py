@@ -1,0 +1,30 @@
+"""Fixtures shared by the integration tests: one Ray for the session, and the running stack on it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import ray
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[None]:
+    """A local Ray for the session; ``num_cpus`` makes Ray pick free ports (never Redis's 6379)."""
+    ray.init(num_cpus=2, include_dashboard=False, namespace="payray-test", log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+from tests.integration.stack_fixtures import (  # noqa: E402  (the stack's fixtures, on this session's Ray)
+    Merchant,
+    admin,
+    faults,
+    invariants_hold,
+    merchant,
+    new_merchant,
+    psp_control,
+    stack,
+)
+
+__all__ = ["Merchant", "admin", "faults", "invariants_hold", "merchant", "new_merchant", "psp_control", "stack"]

@@ -1,0 +1,110 @@
+"""The running stack for integration tests: one Ray, one Serve app, one PSP emulator per session."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from payray.settings import Settings
+from payray.stack import Stack, StackInfo, free_port
+
+
+@dataclass
+class Merchant:
+    id: str
+    api_key: str
+    client: httpx.Client
+
+    def charge(self, key: str | None = None, **body: Any) -> httpx.Response:
+        payload = {"amount": 1000, "currency": "usd", "payment_method": "pm_card_visa", **body}
+        headers = {"Idempotency-Key": key or uuid.uuid4().hex}
+        return self.client.post("/v1/charges", json=payload, headers=headers)
+
+
+@pytest.fixture(scope="session")
+def stack(
+    ray_cluster: None, database_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[StackInfo]:
+    home: Path = tmp_path_factory.mktemp("payray-home")
+    settings = Settings(
+        home=home,
+        database_url=database_url,
+        redis_url=redis_url,
+        admin_key="sk_admin_" + uuid.uuid4().hex,
+        ray_namespace="payray-test",
+        psp_timeout_s=2.0,
+        psp_max_retries=1,
+    )
+    running = Stack(settings, port=free_port(), num_cpus=2)
+    info = running.start()
+    try:
+        yield info
+    finally:
+        running.stop()
+
+
+@pytest.fixture(scope="session")
+def admin(stack: StackInfo) -> Iterator[httpx.Client]:
+    with httpx.Client(
+        base_url=stack.base_url, headers={"Authorization": f"Bearer {stack.admin_key}"}, timeout=60
+    ) as client:
+        yield client
+
+
+@pytest.fixture(scope="session")
+def psp_control(stack: StackInfo) -> Iterator[httpx.Client]:
+    assert stack.psp_api_base
+    with httpx.Client(base_url=stack.psp_api_base, timeout=30) as client:
+        yield client
+
+
+@pytest.fixture
+def new_merchant(stack: StackInfo, admin: httpx.Client) -> Iterator[Callable[[], Merchant]]:
+    clients: list[httpx.Client] = []
+
+    def make() -> Merchant:
+        created = admin.post("/v1/merchants", json={"name": f"shop-{uuid.uuid4().hex[:8]}"})
+        assert created.status_code == 200, created.text
+        body = created.json()
+        client = httpx.Client(
+            base_url=stack.base_url, headers={"Authorization": f"Bearer {body['api_key']}"}, timeout=60
+        )
+        clients.append(client)
+        return Merchant(body["id"], body["api_key"], client)
+
+    yield make
+    for client in clients:
+        client.close()
+
+
+@pytest.fixture
+def merchant(new_merchant: Callable[[], Merchant]) -> Merchant:
+    return new_merchant()
+
+
+@pytest.fixture
+def faults(psp_control: httpx.Client) -> Iterator[Callable[..., None]]:
+    """Set PSP faults for one test; they are cleared afterwards."""
+
+    def set_faults(**config: Any) -> None:
+        response = psp_control.post("/_emulator/faults", json=config)
+        assert response.status_code == 200, response.text
+
+    yield set_faults
+    psp_control.post("/_emulator/faults", json={})
+
+
+@pytest.fixture
+def invariants_hold(admin: httpx.Client) -> Iterator[None]:
+    """After the test, the three invariants hold (the same check as ``payray verify``)."""
+    yield
+    response = admin.get("/v1/admin/invariants")
+    assert response.status_code == 200, response.text
+    report = response.json()
+    assert report["ok"], report

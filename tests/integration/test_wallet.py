@@ -1,0 +1,205 @@
+"""The wallet without Ray, on a real ledger writer and Postgres."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import psycopg
+import pytest
+
+from actors.ledger_writer import LedgerWriter
+from actors.wallet import InsufficientFunds, Wallet
+from ledger import invariants, store
+from ledger.postings import Posting, capture_posting, fee_for, payout_posting
+from ledger.store import PostingResult
+from payray.errors import ClientError, DependencyFailure
+from payray.money import Money
+
+T = TypeVar("T")
+
+
+def run(scenario: Callable[[LedgerWriter], Awaitable[T]], database_url: str) -> T:
+    async def main() -> T:
+        writer = LedgerWriter(database_url, shard=3)
+        try:
+            return await scenario(writer)
+        finally:
+            await writer.close()
+
+    return asyncio.run(main())
+
+
+def new_merchant() -> str:
+    return f"acct_wal_{uuid.uuid4().hex[:10]}"
+
+
+def capture(merchant: str, amount: int, currency: str = "usd") -> Posting:
+    money = Money(amount, currency)
+    return capture_posting(f"ch_{uuid.uuid4().hex[:12]}", merchant, money, fee_for(money, 290))
+
+
+def funding(merchant: str, amount: int) -> Posting:
+    """A capture with no fee: the merchant's balance grows by exactly ``amount``."""
+    return capture_posting(f"ch_{uuid.uuid4().hex[:12]}", merchant, Money(amount, "usd"), Money(0, "usd"))
+
+
+def payout(merchant: str, amount: int, payout_id: str | None = None) -> Posting:
+    return payout_posting(payout_id or f"po_{uuid.uuid4().hex[:12]}", merchant, Money(amount, "usd"))
+
+
+def ledger_balances(database_url: str, merchant: str) -> dict[str, int]:
+    with psycopg.connect(database_url) as conn:
+        return {c: b.available for c, b in store.merchant_balances(conn, merchant).items()}
+
+
+class FlakyLedger:
+    """A ledger that fails on demand, after (or instead of) reaching the real writer."""
+
+    def __init__(self, writer: LedgerWriter) -> None:
+        self.writer = writer
+        self.fail_after_posting = False
+
+    async def post(self, posting: Posting) -> PostingResult:
+        result = await self.writer.post(posting)
+        if self.fail_after_posting:
+            raise ConnectionError("the answer was lost on the way back")
+        return result
+
+
+def test_credits_update_the_wallet_and_match_the_ledger(database_url: str) -> None:
+    merchant = new_merchant()
+
+    async def scenario(writer: LedgerWriter) -> tuple[dict[str, int], dict[str, int]]:
+        wallet = Wallet(merchant, database_url, writer)
+        assert await wallet.balances() == {}
+        postings = [capture(merchant, 1000 + i) for i in range(50)] + [capture(merchant, 700, "eur")]
+        results = await asyncio.gather(*(wallet.credit(p) for p in postings))
+        assert all(r.created for r in results)
+        reborn = Wallet(merchant, database_url, writer)  # a restarted actor rebuilds from Postgres
+        return await wallet.balances(), await reborn.balances()
+
+    held, rebuilt = run(scenario, database_url)
+    expected_usd = sum(1000 + i - Money(1000 + i, "usd").fraction_bps(290).amount for i in range(50))
+    assert (
+        held == rebuilt == ledger_balances(database_url, merchant) == {"eur": 700 - 20, "usd": expected_usd}
+    )
+    with psycopg.connect(database_url) as conn:
+        assert invariants.wallet_mismatches(conn, {merchant: held}) == 0
+
+
+def test_concurrent_debits_never_overdraw(database_url: str) -> None:
+    merchant = new_merchant()
+
+    async def scenario(writer: LedgerWriter) -> list[PostingResult | BaseException]:
+        wallet = Wallet(merchant, database_url, writer)
+        await wallet.credit(funding(merchant, 10_000))
+        assert await wallet.balances() == {"usd": 10_000}
+        return await asyncio.gather(
+            *(wallet.debit(payout(merchant, 1000), Money(1000, "usd")) for _ in range(30)),
+            return_exceptions=True,
+        )
+
+    outcomes = run(scenario, database_url)
+    paid = [o for o in outcomes if isinstance(o, PostingResult)]
+    refused = [o for o in outcomes if isinstance(o, InsufficientFunds)]
+    assert len(paid) == 10 and all(r.created for r in paid)
+    assert len(refused) == 20
+    assert ledger_balances(database_url, merchant) == {"usd": 0}
+
+
+def test_insufficient_funds_is_a_client_error_with_its_code(database_url: str) -> None:
+    merchant = new_merchant()
+
+    async def scenario(writer: LedgerWriter) -> None:
+        wallet = Wallet(merchant, database_url, writer)
+        with pytest.raises(InsufficientFunds) as refused:
+            await wallet.debit(payout(merchant, 1), Money(1, "usd"))
+        assert isinstance(refused.value, ClientError)
+        assert refused.value.code == "balance_insufficient" and refused.value.status == 400
+
+    run(scenario, database_url)
+    assert ledger_balances(database_url, merchant) == {}
+
+
+def test_a_retried_debit_answers_its_first_result_even_when_funds_are_gone(database_url: str) -> None:
+    merchant = new_merchant()
+    payout_id = f"po_{uuid.uuid4().hex[:12]}"
+
+    async def scenario(writer: LedgerWriter) -> tuple[PostingResult, PostingResult]:
+        wallet = Wallet(merchant, database_url, writer)
+        await wallet.credit(funding(merchant, 1000))  # 1000 available
+        first = await wallet.debit(payout(merchant, 1000, payout_id), Money(1000, "usd"))
+        retried = await Wallet(merchant, database_url, writer).debit(
+            payout(merchant, 1000, payout_id), Money(1000, "usd")
+        )
+        return first, retried
+
+    first, retried = run(scenario, database_url)
+    assert first.created and not retried.created
+    assert retried.transaction_id == first.transaction_id and retried.error is None
+    assert ledger_balances(database_url, merchant) == {"usd": 0}
+
+
+def test_postgres_refuses_what_a_stale_wallet_would_allow(database_url: str) -> None:
+    """Two incarnations of one wallet (an old one still running while its successor starts) each believe
+    the whole balance is theirs; the database's funds check keeps the merchant from going negative."""
+    merchant = new_merchant()
+
+    async def scenario(writer: LedgerWriter) -> tuple[PostingResult | BaseException, ...]:
+        await Wallet(merchant, database_url, writer).credit(funding(merchant, 1000))
+        old, new = Wallet(merchant, database_url, writer), Wallet(merchant, database_url, writer)
+        assert await old.balances() == await new.balances() == {"usd": 1000}
+        return await asyncio.gather(
+            old.debit(payout(merchant, 1000), Money(1000, "usd")),
+            new.debit(payout(merchant, 1000), Money(1000, "usd")),
+            return_exceptions=True,
+        )
+
+    outcomes = run(scenario, database_url)
+    assert sum(isinstance(o, PostingResult) and o.created for o in outcomes) == 1
+    assert sum(isinstance(o, InsufficientFunds) for o in outcomes) == 1
+    assert ledger_balances(database_url, merchant) == {"usd": 0}
+
+
+def test_a_ledger_failure_resyncs_the_wallet_from_postgres(database_url: str) -> None:
+    merchant = new_merchant()
+
+    async def scenario(writer: LedgerWriter) -> dict[str, int]:
+        ledger = FlakyLedger(writer)
+        wallet = Wallet(merchant, database_url, ledger)
+        await wallet.credit(funding(merchant, 1000))
+        ledger.fail_after_posting = True
+        with pytest.raises(DependencyFailure):
+            await wallet.credit(funding(merchant, 2000))  # posted, but the answer is lost
+        ledger.fail_after_posting = False
+        return await wallet.balances()
+
+    assert run(scenario, database_url) == {"usd": 1000 + 2000} == ledger_balances(database_url, merchant)
+
+
+def test_a_refused_posting_resyncs_and_reports_its_error(database_url: str) -> None:
+    merchant = new_merchant()
+
+    async def scenario(writer: LedgerWriter) -> tuple[PostingResult, dict[str, int]]:
+        wallet = Wallet(merchant, database_url, writer)
+        first = funding(merchant, 1000)
+        await wallet.credit(first)
+        conflicting = capture_posting(first.external_ref, merchant, Money(5000, "usd"), Money(0, "usd"))
+        result = await wallet.credit(conflicting)
+        return result, await wallet.balances()
+
+    result, balances = run(scenario, database_url)
+    assert result.error_code == "idempotency_conflict"
+    assert balances == {"usd": 1000} == ledger_balances(database_url, merchant)
+
+
+def test_a_wallet_only_takes_its_own_merchant_postings(database_url: str) -> None:
+    async def scenario(writer: LedgerWriter) -> None:
+        wallet = Wallet(new_merchant(), database_url, writer)
+        with pytest.raises(ValueError):
+            await wallet.credit(capture(new_merchant(), 100))
+
+    run(scenario, database_url)

@@ -1,0 +1,118 @@
+"""The charge state machine: its table, its safety (never two captures) and its liveness."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from payray.charge import (
+    AFTER_CAPTURE,
+    TERMINAL_STATES,
+    TRANSITIONS,
+    ChargeEvent,
+    ChargeState,
+    Command,
+    allowed_events,
+    is_terminal,
+    psp_idempotency_key,
+    public_status,
+    step,
+)
+from payray.errors import IllegalTransition
+
+
+def test_terminal_states_have_no_way_out() -> None:
+    for state in TERMINAL_STATES:
+        assert allowed_events(state) == []
+        assert is_terminal(state)
+
+
+def test_every_state_is_reachable_from_created_and_can_finish() -> None:
+    reachable, frontier = {ChargeState.CREATED}, [ChargeState.CREATED]
+    while frontier:
+        state = frontier.pop()
+        for event in allowed_events(state):
+            target = step(state, event).target
+            if target not in reachable:
+                reachable.add(target)
+                frontier.append(target)
+    assert reachable == set(ChargeState)
+    for state in ChargeState:
+        finishing, seen = [state], {state}
+        while finishing and not any(is_terminal(s) for s in finishing):
+            nxt = [step(s, e).target for s in finishing for e in allowed_events(s)]
+            finishing = [s for s in nxt if s not in seen]
+            seen.update(finishing)
+        assert any(is_terminal(s) for s in seen), f"{state} cannot reach a terminal state"
+
+
+def test_illegal_event_names_state_and_event() -> None:
+    with pytest.raises(IllegalTransition) as raised:
+        step(ChargeState.SUCCEEDED, ChargeEvent.PSP_CAPTURED)
+    assert raised.value.state == "succeeded" and raised.value.event == "psp_captured"
+
+
+def test_call_psp_is_never_a_command_after_capture() -> None:
+    for (source, _event), (target, commands) in TRANSITIONS.items():
+        if source in AFTER_CAPTURE or target in AFTER_CAPTURE:
+            assert Command.CALL_PSP not in commands, (source, target)
+
+
+def test_public_status() -> None:
+    assert public_status("succeeded") == "succeeded"
+    assert public_status("declined") == "failed"
+    assert public_status("unknown") == "pending"
+    assert psp_idempotency_key("ch_1") == psp_idempotency_key("ch_1") != psp_idempotency_key("ch_2")
+
+
+@given(st.lists(st.integers(min_value=0, max_value=50), max_size=60))
+def test_no_event_sequence_captures_twice(choices: list[int]) -> None:
+    """Walk the machine with arbitrary legal events, the PSP capturing on every call it is asked to make.
+
+    The PSP deduplicates by idempotency key, as Stripe does; the property is that the machine never
+    asks for a capture under a second key nor after the money moved, so captures stay at most one.
+    """
+    payment_id = "ch_prop"
+    state = ChargeState.CREATED
+    keys_captured: set[str] = set()
+    captured_events = 0
+    history = []
+    for choice in choices:
+        events = allowed_events(state)
+        if not events:
+            break
+        transition = step(state, events[choice % len(events)])
+        history.append(transition)
+        if transition.event is ChargeEvent.PSP_CAPTURED:
+            captured_events += 1
+        if Command.CALL_PSP in transition.commands:
+            assert state not in AFTER_CAPTURE and captured_events == 0
+            keys_captured.add(psp_idempotency_key(payment_id))
+        state = transition.target
+    assert len(keys_captured) <= 1
+    assert captured_events <= 1
+    # Every terminal state was reached through recorded transitions only, each from the previous target.
+    for before, after in zip(history, history[1:], strict=False):
+        assert after.source == before.target
+    if history:
+        assert history[0].source is ChargeState.CREATED
+
+
+@given(st.lists(st.integers(min_value=0, max_value=50), max_size=40))
+def test_replaying_a_recorded_log_gives_the_same_commands(choices: list[int]) -> None:
+    state, log, commands = ChargeState.CREATED, [], []
+    for choice in choices:
+        events = allowed_events(state)
+        if not events:
+            break
+        transition = step(state, events[choice % len(events)])
+        log.append(transition.event)
+        commands.append(transition.commands)
+        state = transition.target
+    replayed, state = [], ChargeState.CREATED
+    for event in log:
+        transition = step(state, event)
+        replayed.append(transition.commands)
+        state = transition.target
+    assert replayed == commands

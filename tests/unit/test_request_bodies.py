@@ -1,0 +1,44 @@
+"""Strict validation of charge bodies, JSON or form; a wrong type is refused, never coerced."""
+
+from __future__ import annotations
+
+import pytest
+
+from payray.errors import InvalidRequest, PayloadTooLarge
+from serve_app.bodies import parse_body
+from serve_app.schemas import ChargeCreate
+
+FORM = "application/x-www-form-urlencoded"
+
+
+def test_form_integers_are_decimal_strings() -> None:
+    body = parse_body(ChargeCreate, b"amount=100&currency=usd&payment_method=pm_card_visa", FORM)
+    assert body.amount == 100
+
+
+@pytest.mark.parametrize(
+    ("raw", "param", "code"),
+    [
+        (b"amount=1.5&currency=usd&payment_method=pm_card_visa", "amount", "parameter_invalid"),
+        (b"amount=0&currency=usd&payment_method=pm_card_visa", "amount", "parameter_invalid"),
+        (b"amount=10&currency=usd&payment_method=4000%200000%200000%200002", "payment_method", "parameter_invalid"),
+        (b"amount=10&currency=usd&payment_method=pm_card_visa&cvc=1", "cvc", "parameter_unknown"),
+        (b"amount=10&currency=usd", "payment_method", "parameter_missing"),
+        (b"amount=10&currency=usd&payment_method=pm_card_visa&metadata[k]=" + b"v" * 501, "metadata", "parameter_invalid"),
+    ],
+)
+def test_form_errors_name_the_field(raw: bytes, param: str, code: str) -> None:
+    with pytest.raises(InvalidRequest) as raised:
+        parse_body(ChargeCreate, raw, FORM)
+    assert raised.value.param is not None and raised.value.param.startswith(param)
+    assert raised.value.code == code
+
+
+def test_oversized_body_is_413() -> None:
+    with pytest.raises(PayloadTooLarge):
+        parse_body(ChargeCreate, b"{" + b" " * 70_000 + b"}", "application/json")
+
+
+def test_json_constants_are_refused() -> None:
+    with pytest.raises(InvalidRequest):
+        parse_body(ChargeCreate, b'{"amount": Infinity}', "application/json")
