@@ -37,11 +37,15 @@ def _parser() -> argparse.ArgumentParser:
     create = merchant_commands.add_parser("create", help="create a merchant and print its API key as JSON")
     create.add_argument("name", help="the merchant's display name")
 
-    verify = commands.add_parser("verify", help="check the invariants against a running stack; exit 1 on violation")
+    verify = commands.add_parser(
+        "verify", help="check the invariants against a running stack; exit 1 on violation"
+    )
     verify.add_argument("--url", help="the API's base URL (default: the stack `payray up` started)")
     verify.add_argument("--admin-key", help="the admin key (default: the one `payray up` stored)")
 
-    emulator = commands.add_parser("psp-emulator", help="run the Stripe-compatible PSP emulator", add_help=False)
+    emulator = commands.add_parser(
+        "psp-emulator", help="run the Stripe-compatible PSP emulator", add_help=False
+    )
     emulator.add_argument("args", nargs=argparse.REMAINDER)
     return parser
 
@@ -169,5 +173,3 @@ def _verify(settings: Settings, args: argparse.Namespace) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-
-

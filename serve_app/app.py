@@ -5,12 +5,10 @@ first request inside the replica's event loop, so importing this module or const
 does no IO.
 """
 
-
 import asyncio
+import logging
 import time
 from typing import Any
-
-import logging
 
 import psycopg
 import psycopg_pool
@@ -79,7 +77,9 @@ async def _unexpected_error(request: Request, exc: Exception) -> Response:
     """Anything unplanned is a 500 in the error envelope; a dependency outage is a 503."""
     log.exception("unhandled error on %s %s", request.method, request.url.path)
     if isinstance(exc, psycopg.OperationalError | psycopg_pool.PoolTimeout | RayError | asyncio.TimeoutError):
-        return _error_response(request, DependencyFailure(f"a dependency is unavailable: {type(exc).__name__}"))
+        return _error_response(
+            request, DependencyFailure(f"a dependency is unavailable: {type(exc).__name__}")
+        )
     error = PayrayError("An unexpected error occurred; it has been logged.")
     return _error_response(request, error)
 
@@ -94,7 +94,9 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> Re
 @api.exception_handler(StarletteHTTPException)
 async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
     if exc.status_code == 404:
-        return _error_response(request, NotFound(f"Unrecognized request URL ({request.method} {request.url.path})."))
+        return _error_response(
+            request, NotFound(f"Unrecognized request URL ({request.method} {request.url.path}).")
+        )
     error = ClientError(str(exc.detail))
     error.status = exc.status_code
     return _error_response(request, error)
@@ -281,7 +283,8 @@ class PaymentApi:
 
 def build_app(settings: Settings, psp_api_key: str, psp_api_base: str | None) -> Any:
     """The Serve application, ready for ``serve.run``; ``serve_config.yaml`` points at ``app_from_env``."""
-    return PaymentApi.options(num_replicas=settings.api_replicas).bind(settings, psp_api_key, psp_api_base)
+    deployment: Any = PaymentApi
+    return deployment.options(num_replicas=settings.api_replicas).bind(settings, psp_api_key, psp_api_base)
 
 
 def app_from_env(args: dict[str, str] | None = None) -> Any:

@@ -64,9 +64,11 @@ def parse_body(model: type[M], raw: bytes, content_type: str | None) -> M:
     except ValidationError as exc:
         errors = exc.errors(include_url=False)
         first = errors[0]
-        param = validation_param(errors)
-        code = "parameter_unknown" if first["type"] == "extra_forbidden" else (
-            "parameter_missing" if first["type"] == "missing" else "parameter_invalid"
+        param = validation_param(list(errors))  # type: ignore[arg-type]
+        code = (
+            "parameter_unknown"
+            if first["type"] == "extra_forbidden"
+            else ("parameter_missing" if first["type"] == "missing" else "parameter_invalid")
         )
         message = f"{param}: {first['msg']}" if param else str(first["msg"])
         raise InvalidRequest(message, code=code, param=param) from None

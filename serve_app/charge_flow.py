@@ -116,7 +116,9 @@ class ChargeFlow:
     ) -> Reply:
         """Persist ``chain``; if it ends in an answer, store that answer in the same statement."""
         commands = list(chain[-1].commands)
-        after = payment.evolve(state=chain[-1].target.value, **{k: v for k, v in fields.items() if v is not None})
+        after = payment.evolve(
+            state=chain[-1].target.value, **{k: v for k, v in fields.items() if v is not None}
+        )
         if commands == [Command.RESPOND_SUCCEEDED]:
             chain = [*chain, step(after.state, ChargeEvent.RESPONDED)]
             after = after.evolve(state=chain[-1].target.value)
@@ -237,5 +239,8 @@ class ChargeFlow:
         return await self._advance(
             payment,
             ChargeEvent.COMPENSATION_POSTED,
-            {"failure_code": "processing_error", "failure_message": "The charge was reversed after a processing error."},
+            {
+                "failure_code": "processing_error",
+                "failure_message": "The charge was reversed after a processing error.",
+            },
         )

@@ -23,6 +23,9 @@ from serve_app.fast_keys import FastKeys, FastRecord
 from serve_app.payments_db import Payment
 from serve_app.schemas import ChargeCreate
 
+KEY_REUSED = "An Idempotency-Key can only be reused with the same parameters it was first used with."
+KEY_IN_USE = "A request with this Idempotency-Key is still being processed; retry later."
+
 
 @dataclass(frozen=True)
 class Answer:
@@ -74,11 +77,11 @@ class ChargeService:
     @staticmethod
     def _answer_from_fast(record: FastRecord, fingerprint: bytes) -> Answer | None:
         if record.fingerprint != fingerprint:
-            raise IdempotencyKeyReused(
-                "Keys for idempotent requests can only be used with the same parameters they were first used with."
-            )
+            raise IdempotencyKeyReused(KEY_REUSED)
         if record.status is None:
-            raise IdempotencyKeyInUse("A request with this Idempotency-Key is still being processed; retry later.")
+            raise IdempotencyKeyInUse(
+                "A request with this Idempotency-Key is still being processed; retry later."
+            )
         if record.status != 202 and record.body is not None:
             return Answer(record.status, record.body, replayed=True)
         return None  # pending: Postgres knows the charge's current state
@@ -121,10 +124,7 @@ class ChargeService:
             if record is None:  # pragma: no cover - keys are never deleted within their TTL
                 raise IdempotencyKeyInUse("This Idempotency-Key is being released; retry.")
             if record.fingerprint != fingerprint:
-                raise IdempotencyKeyReused(
-                    "Keys for idempotent requests can only be used with the same parameters they were first "
-                    "used with."
-                )
+                raise IdempotencyKeyReused(KEY_REUSED)
             if record.response_status is not None and record.response_status != 202:
                 assert record.response_body is not None
                 payment = await db.load_payment(conn, record.payment_id or "")
@@ -132,7 +132,9 @@ class ChargeService:
                 return Reply(record.response_status, record.response_body, payment), True
             payment_id = await db.take_over_key(conn, merchant_id, key, fingerprint, self._lease_ms)
             if payment_id is None:
-                raise IdempotencyKeyInUse("A request with this Idempotency-Key is still being processed; retry later.")
+                raise IdempotencyKeyInUse(
+                    "A request with this Idempotency-Key is still being processed; retry later."
+                )
             payment = await db.load_payment(conn, payment_id)
         assert payment is not None
         try:

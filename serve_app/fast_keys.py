@@ -59,7 +59,9 @@ class FastKeys:
             return None
         return _decode(raw)
 
-    async def remember(self, merchant_id: str, key: str, fingerprint: bytes, status: int, body: bytes) -> None:
+    async def remember(
+        self, merchant_id: str, key: str, fingerprint: bytes, status: int, body: bytes
+    ) -> None:
         if not self._available():
             return
         value = json.dumps({"fp": fingerprint.hex(), "s": status, "b": base64.b64encode(body).decode()})

@@ -61,7 +61,9 @@ async def check_invariants(
             "examples": double_captures[:10],
         },
         "ledger_balanced": {
-            "ok": facts["unbalanced"] == 0 and facts["unbalanced_currencies"] == 0 and facts["balance_rows_off"] == 0,
+            "ok": facts["unbalanced"] == 0
+            and facts["unbalanced_currencies"] == 0
+            and facts["balance_rows_off"] == 0,
             "unbalanced_transactions": facts["unbalanced"],
             "unbalanced_currencies": facts["unbalanced_currencies"],
             "balance_rows_off": facts["balance_rows_off"],

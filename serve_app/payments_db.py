@@ -47,7 +47,8 @@ _PAYMENT_COLUMNS = (
 INSERT_PAYMENT_WITH_KEY = f"""
 WITH claimed AS (
     INSERT INTO idempotency_keys (merchant_id, key, fingerprint, payment_id, locked_until)
-    VALUES (%(merchant_id)s, %(key)s, %(fingerprint)s, %(id)s, now() + %(lease_ms)s * interval '1 millisecond')
+    VALUES (%(merchant_id)s, %(key)s, %(fingerprint)s, %(id)s,
+            now() + %(lease_ms)s * interval '1 millisecond')
     ON CONFLICT (merchant_id, key) DO NOTHING
     RETURNING payment_id
 ), payment AS (
@@ -141,7 +142,10 @@ def _payment(row: dict[str, Any]) -> Payment:
 
 def _steps(transitions: list[Transition]) -> Jsonb:
     return Jsonb(
-        [{"from_state": t.source.value, "event": t.event.value, "to_state": t.target.value} for t in transitions]
+        [
+            {"from_state": t.source.value, "event": t.event.value, "to_state": t.target.value}
+            for t in transitions
+        ]
     )
 
 
@@ -195,7 +199,8 @@ async def take_over_key(
     conn: AsyncConnection[Any], merchant_id: str, key: str, fingerprint: bytes, lease_ms: int
 ) -> str | None:
     cur = await conn.execute(
-        TAKE_OVER_KEY, {"merchant_id": merchant_id, "key": key, "fingerprint": fingerprint, "lease_ms": lease_ms}
+        TAKE_OVER_KEY,
+        {"merchant_id": merchant_id, "key": key, "fingerprint": fingerprint, "lease_ms": lease_ms},
     )
     row = await cur.fetchone()
     return row[0] if row else None
@@ -205,7 +210,9 @@ async def release_key(conn: AsyncConnection[Any], merchant_id: str, key: str) ->
     await conn.execute(RELEASE_KEY, (merchant_id, key))
 
 
-async def load_payment(conn: AsyncConnection[Any], payment_id: str, merchant_id: str | None = None) -> Payment | None:
+async def load_payment(
+    conn: AsyncConnection[Any], payment_id: str, merchant_id: str | None = None
+) -> Payment | None:
     async with conn.cursor(row_factory=dict_row) as cur:
         if merchant_id is None:
             await cur.execute(SELECT_PAYMENT, (payment_id,))
@@ -219,7 +226,9 @@ async def list_payments(
     conn: AsyncConnection[Any], merchant_id: str, limit: int, starting_after: str | None
 ) -> list[Payment]:
     async with conn.cursor(row_factory=dict_row) as cur:
-        await cur.execute(LIST_PAYMENTS, {"merchant_id": merchant_id, "after_id": starting_after, "limit": limit})
+        await cur.execute(
+            LIST_PAYMENTS, {"merchant_id": merchant_id, "after_id": starting_after, "limit": limit}
+        )
         return [_payment(row) for row in await cur.fetchall()]
 
 
@@ -233,7 +242,7 @@ async def apply_transitions(
     response: tuple[int, bytes] | None = None,
     outbox: tuple[str, dict[str, Any]] | None = None,
 ) -> Payment | None:
-    """Persist ``transitions`` (a chain starting at ``payment.state``); ``None`` if the state moved meanwhile."""
+    """Persist a chain of transitions starting at ``payment.state``; ``None`` if the state moved meanwhile."""
     fields = fields or {}
     params = {
         "id": payment.id,
@@ -258,4 +267,3 @@ async def apply_transitions(
 
 async def store_response(conn: AsyncConnection[Any], payment_id: str, status: int, body: bytes) -> None:
     await conn.execute(STORE_RESPONSE, {"id": payment_id, "status": status, "body": body})
-

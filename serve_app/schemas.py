@@ -21,7 +21,9 @@ class StrictBody(BaseModel):
 
 def _currency(value: str) -> str:
     if value not in CURRENCY_EXPONENTS:
-        raise ValueError(f"unsupported currency {value!r}; supported: {', '.join(sorted(CURRENCY_EXPONENTS))}")
+        raise ValueError(
+            f"unsupported currency {value!r}; supported: {', '.join(sorted(CURRENCY_EXPONENTS))}"
+        )
     return value
 
 

@@ -60,4 +60,3 @@ def redis_url(services_dir: Path) -> Iterator[str]:
     server = EmbeddedRedis(services_dir / "redis")
     yield server.start()
     server.stop()
-

@@ -27,4 +27,13 @@ from tests.integration.stack_fixtures import (  # noqa: E402  (the stack's fixtu
     stack,
 )
 
-__all__ = ["Merchant", "admin", "faults", "invariants_hold", "merchant", "new_merchant", "psp_control", "stack"]
+__all__ = [
+    "Merchant",
+    "admin",
+    "faults",
+    "invariants_hold",
+    "merchant",
+    "new_merchant",
+    "psp_control",
+    "stack",
+]

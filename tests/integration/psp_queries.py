@@ -16,7 +16,9 @@ def payment_intents(psp: httpx.Client, **metadata: str) -> list[dict[str, Any]]:
     while True:
         params = {"query": query, "limit": "100", **({"page": page} if page else {})}
         response = psp.get(
-            "/v1/payment_intents/search", params=params, headers={"Authorization": f"Bearer {EMULATOR_API_KEY}"}
+            "/v1/payment_intents/search",
+            params=params,
+            headers={"Authorization": f"Bearer {EMULATOR_API_KEY}"},
         )
         assert response.status_code == 200, response.text
         body = response.json()

@@ -19,8 +19,12 @@ pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("invariants_hold"
 
 def rows_for(database_url: str, merchant_id: str) -> dict[str, int]:
     with psycopg.connect(database_url) as conn:
-        payments = conn.execute("SELECT count(*) FROM payments WHERE merchant_id = %s", (merchant_id,)).fetchone()
-        keys = conn.execute("SELECT count(*) FROM idempotency_keys WHERE merchant_id = %s", (merchant_id,)).fetchone()
+        payments = conn.execute(
+            "SELECT count(*) FROM payments WHERE merchant_id = %s", (merchant_id,)
+        ).fetchone()
+        keys = conn.execute(
+            "SELECT count(*) FROM idempotency_keys WHERE merchant_id = %s", (merchant_id,)
+        ).fetchone()
         ledger = conn.execute(
             "SELECT count(*) FROM ledger_transactions WHERE merchant_id = %s", (merchant_id,)
         ).fetchone()
@@ -70,7 +74,9 @@ def test_replay_returns_the_first_response_byte_for_byte(merchant: Merchant, pay
     assert "Idempotent-Replayed" not in first.headers
 
 
-def test_twenty_concurrent_identical_requests_capture_once(merchant: Merchant, psp_control: httpx.Client) -> None:
+def test_twenty_concurrent_identical_requests_capture_once(
+    merchant: Merchant, psp_control: httpx.Client
+) -> None:
     with ThreadPoolExecutor(20) as pool:
         responses = list(pool.map(lambda _: merchant.charge("same-key", amount=777), range(20)))
     statuses = sorted(r.status_code for r in responses)
@@ -127,7 +133,12 @@ def test_invalid_body_is_rejected_and_changes_nothing(
     ("case", "content", "content_type", "status"),
     [
         ("malformed json", b'{"amount": 10', "application/json", 400),
-        ("nan", b'{"amount": NaN, "currency": "usd", "payment_method": "pm_card_visa"}', "application/json", 400),
+        (
+            "nan",
+            b'{"amount": NaN, "currency": "usd", "payment_method": "pm_card_visa"}',
+            "application/json",
+            400,
+        ),
         ("65 KiB body", b'{"description": "' + b"x" * 65 * 1024 + b'"}', "application/json", 413),
         ("unsupported type", b"amount=1", "text/plain", 400),
         ("malformed form", b"amount[=1", "application/x-www-form-urlencoded", 400),
@@ -192,7 +203,9 @@ def test_list_paginates_newest_first(merchant: Merchant) -> None:
     ids = [merchant.charge(amount=100 + i).json()["id"] for i in range(5)]
     first = merchant.client.get("/v1/charges", params={"limit": 2}).json()
     assert [c["id"] for c in first["data"]] == ids[::-1][:2] and first["has_more"]
-    rest = merchant.client.get("/v1/charges", params={"limit": 10, "starting_after": first["data"][-1]["id"]}).json()
+    rest = merchant.client.get(
+        "/v1/charges", params={"limit": 10, "starting_after": first["data"][-1]["id"]}
+    ).json()
     assert [c["id"] for c in rest["data"]] == ids[::-1][2:] and not rest["has_more"]
     assert merchant.client.get("/v1/charges", params={"limit": 0}).status_code == 400
     assert merchant.client.get("/v1/charges", params={"limit": 101}).status_code == 400

@@ -17,14 +17,24 @@ def sdk(stack_url: str, merchant: Merchant) -> stripe.StripeClient:
 def test_stripe_sdk_creates_retrieves_and_lists_charges(stack: object, merchant: Merchant) -> None:
     client = sdk(stack.base_url, merchant)  # type: ignore[attr-defined]
     created = client.v1.charges.create(
-        params={"amount": 1999, "currency": "usd", "payment_method": "pm_card_visa", "metadata": {"sku": "a-1"}},
+        params={
+            "amount": 1999,
+            "currency": "usd",
+            "payment_method": "pm_card_visa",
+            "metadata": {"sku": "a-1"},
+        },
         options={"idempotency_key": "sdk-1"},
     )
     assert created.status == "succeeded" and created.amount == 1999 and created.metadata["sku"] == "a-1"
     assert client.v1.charges.retrieve(created.id).id == created.id
     assert [c.id for c in client.v1.charges.list(params={"limit": 5}).data] == [created.id]
     again = client.v1.charges.create(
-        params={"amount": 1999, "currency": "usd", "payment_method": "pm_card_visa", "metadata": {"sku": "a-1"}},
+        params={
+            "amount": 1999,
+            "currency": "usd",
+            "payment_method": "pm_card_visa",
+            "metadata": {"sku": "a-1"},
+        },
         options={"idempotency_key": "sdk-1"},
     )
     assert again.id == created.id
@@ -33,7 +43,9 @@ def test_stripe_sdk_creates_retrieves_and_lists_charges(stack: object, merchant:
 def test_stripe_sdk_raises_card_error_on_decline(stack: object, merchant: Merchant) -> None:
     client = sdk(stack.base_url, merchant)  # type: ignore[attr-defined]
     with pytest.raises(stripe.CardError) as raised:
-        client.v1.charges.create(params={"amount": 500, "currency": "usd", "payment_method": "pm_card_chargeDeclined"})
+        client.v1.charges.create(
+            params={"amount": 500, "currency": "usd", "payment_method": "pm_card_chargeDeclined"}
+        )
     assert raised.value.http_status == 402
     assert raised.value.code == "card_declined"
 

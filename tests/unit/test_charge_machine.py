@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -93,7 +95,7 @@ def test_no_event_sequence_captures_twice(choices: list[int]) -> None:
     assert len(keys_captured) <= 1
     assert captured_events <= 1
     # Every terminal state was reached through recorded transitions only, each from the previous target.
-    for before, after in zip(history, history[1:], strict=False):
+    for before, after in itertools.pairwise(history):
         assert after.source == before.target
     if history:
         assert history[0].source is ChargeState.CREATED

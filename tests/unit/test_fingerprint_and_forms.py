@@ -38,7 +38,11 @@ _key = st.from_regex(r"[a-z_]{1,10}", fullmatch=True)
 @given(
     st.dictionaries(
         _key,
-        st.one_of(_text, st.dictionaries(_key, _text, min_size=1, max_size=4), st.lists(_text, min_size=1, max_size=4)),
+        st.one_of(
+            _text,
+            st.dictionaries(_key, _text, min_size=1, max_size=4),
+            st.lists(_text, min_size=1, max_size=4),
+        ),
         max_size=6,
     )
 )

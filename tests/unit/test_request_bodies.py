@@ -21,10 +21,18 @@ def test_form_integers_are_decimal_strings() -> None:
     [
         (b"amount=1.5&currency=usd&payment_method=pm_card_visa", "amount", "parameter_invalid"),
         (b"amount=0&currency=usd&payment_method=pm_card_visa", "amount", "parameter_invalid"),
-        (b"amount=10&currency=usd&payment_method=4000%200000%200000%200002", "payment_method", "parameter_invalid"),
+        (
+            b"amount=10&currency=usd&payment_method=4000%200000%200000%200002",
+            "payment_method",
+            "parameter_invalid",
+        ),
         (b"amount=10&currency=usd&payment_method=pm_card_visa&cvc=1", "cvc", "parameter_unknown"),
         (b"amount=10&currency=usd", "payment_method", "parameter_missing"),
-        (b"amount=10&currency=usd&payment_method=pm_card_visa&metadata[k]=" + b"v" * 501, "metadata", "parameter_invalid"),
+        (
+            b"amount=10&currency=usd&payment_method=pm_card_visa&metadata[k]=" + b"v" * 501,
+            "metadata",
+            "parameter_invalid",
+        ),
     ],
 )
 def test_form_errors_name_the_field(raw: bytes, param: str, code: str) -> None:
