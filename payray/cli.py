@@ -29,6 +29,12 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     up.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
     up.add_argument("--num-cpus", type=int, default=2, help="CPUs for the local Ray (default 2)")
+    up.add_argument(
+        "--proxy",
+        choices=("auto", "haproxy", "default"),
+        default="auto",
+        help="Serve ingress: HAProxy (throughput-optimized; 'auto' uses it when available) or Serve's own",
+    )
 
     commands.add_parser("migrate", help="apply pending database migrations")
 
@@ -69,19 +75,32 @@ def main(argv: list[str] | None = None) -> int:
 def _up(settings: Settings, args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from payray.stack import Stack
+    from payray.stack import Stack, haproxy_available
 
     if not 0 < args.port < 65536:
         print(f"payray up: error: --port must be 1..65535, got {args.port}", file=sys.stderr)
         return 2
+    if args.proxy == "haproxy" and not haproxy_available():
+        print("payray up: error: --proxy haproxy needs HAProxy (apt-get install haproxy)", file=sys.stderr)
+        return 2
+    use_haproxy = args.proxy == "haproxy" or (args.proxy == "auto" and haproxy_available())
     console = Console()
-    stack = Stack(settings, host=args.host, port=args.port, num_cpus=args.num_cpus, say=console.print)
+    stack = Stack(
+        settings,
+        host=args.host,
+        port=args.port,
+        num_cpus=args.num_cpus,
+        haproxy=use_haproxy,
+        say=console.print,
+    )
     with console.status("starting Postgres, Redis, the PSP, Ray and the API…"):
         info = stack.start()
     console.print(f"[bold green]payray is up[/] at [bold]{info.base_url}[/]")
     console.print(f"  admin key:         {info.admin_key}")
     console.print(f"  demo merchant:     {info.demo_merchant_id}")
     console.print(f"  demo merchant key: {info.demo_key}")
+    ingress = "HAProxy (throughput-optimized)" if use_haproxy else "Serve proxy"
+    console.print(f"  ingress:           {ingress}")
     if info.psp_api_base:
         console.print(f"  PSP:               {info.psp_api_base}")
     console.print(

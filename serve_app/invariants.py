@@ -18,7 +18,6 @@ from serve_app.wallets import WalletDirectory
 
 LEDGER_CAPTURES = "SELECT external_ref FROM ledger_transactions WHERE kind = 'capture'"
 UNFINISHED_PAYMENTS = "SELECT id FROM payments WHERE state NOT IN ('succeeded', 'declined', 'failed')"
-MERCHANTS_WITH_LEDGER = "SELECT DISTINCT merchant_id FROM accounts WHERE merchant_id IS NOT NULL"
 
 
 def _ledger_facts(database_url: str) -> dict[str, Any]:
@@ -29,7 +28,6 @@ def _ledger_facts(database_url: str) -> dict[str, Any]:
             "balance_rows_off": ledger_invariants.balances_match_entries(conn),
             "captures": {row[0] for row in conn.execute(LEDGER_CAPTURES).fetchall()},
             "unfinished": {row[0] for row in conn.execute(UNFINISHED_PAYMENTS).fetchall()},
-            "merchants": [row[0] for row in conn.execute(MERCHANTS_WITH_LEDGER).fetchall()],
         }
 
 
@@ -43,7 +41,7 @@ async def check_invariants(
 ) -> dict[str, Any]:
     psp_captures = Counter([c.payment_id async for c in psp.list_captures() if c.payment_id])
     facts = await asyncio.to_thread(_ledger_facts, database_url)
-    merchants: list[str] = facts["merchants"]
+    merchants = await asyncio.to_thread(wallets.live_merchants)
     wallet_balances = dict(
         zip(merchants, await asyncio.gather(*(wallets.balances(m) for m in merchants)), strict=True)
     )

@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import ray
+
 from actors.ledger_pool import get_or_create_writers
-from actors.wallet import get_or_create_wallet
+from actors.wallet import get_or_create_wallet, wallet_name
 from ledger.postings import Posting
 from ledger.store import PostingResult
 
@@ -33,6 +35,15 @@ class WalletDirectory:
     async def balances(self, merchant_id: str) -> dict[str, int]:
         result: dict[str, int] = await self.wallet(merchant_id).balances.remote()
         return result
+
+    def live_merchants(self) -> list[str]:
+        """Merchants whose wallet actor is running now (checking others would only create them)."""
+        prefix = wallet_name("")
+        return [
+            actor["name"][len(prefix) :]
+            for actor in ray.util.list_named_actors(all_namespaces=True)
+            if actor["namespace"] == self._namespace and actor["name"].startswith(prefix)
+        ]
 
     async def ready(self) -> bool:
         await asyncio.gather(*(w.ready.remote() for w in self._writers))

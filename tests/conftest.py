@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
@@ -36,9 +37,9 @@ def postgres_server_url(services_dir: Path) -> Iterator[str]:
     server.stop()
 
 
-@pytest.fixture(scope="session")
-def database_url(postgres_server_url: str) -> Iterator[str]:
-    """A fresh, migrated database for this test session, dropped at the end."""
+@contextmanager
+def fresh_database(postgres_server_url: str) -> Iterator[str]:
+    """A new, migrated database on the server, dropped afterwards."""
     name = f"payray_test_{uuid.uuid4().hex[:10]}"
     with psycopg.connect(postgres_server_url, autocommit=True) as admin:
         admin.execute(f'CREATE DATABASE "{name}"')
@@ -49,6 +50,13 @@ def database_url(postgres_server_url: str) -> Iterator[str]:
     yield url
     with psycopg.connect(postgres_server_url, autocommit=True) as admin:
         admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def database_url(postgres_server_url: str) -> Iterator[str]:
+    """A database for tests that write the ledger directly (the running stack has its own)."""
+    with fresh_database(postgres_server_url) as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

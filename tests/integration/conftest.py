@@ -19,6 +19,7 @@ def ray_cluster() -> Iterator[None]:
 from tests.integration.stack_fixtures import (  # noqa: E402  (the stack's fixtures, on this session's Ray)
     Merchant,
     admin,
+    api_database_url,
     faults,
     invariants_hold,
     merchant,
@@ -30,6 +31,7 @@ from tests.integration.stack_fixtures import (  # noqa: E402  (the stack's fixtu
 __all__ = [
     "Merchant",
     "admin",
+    "api_database_url",
     "faults",
     "invariants_hold",
     "merchant",

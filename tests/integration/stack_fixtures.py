@@ -13,6 +13,7 @@ import pytest
 
 from payray.settings import Settings
 from payray.stack import Stack, StackInfo, free_port
+from tests.conftest import fresh_database
 
 
 @dataclass
@@ -29,9 +30,14 @@ class Merchant:
 
 @pytest.fixture(scope="session")
 def stack(
-    ray_cluster: None, database_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory
+    ray_cluster: None, postgres_server_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[StackInfo]:
-    home: Path = tmp_path_factory.mktemp("payray-home")
+    """The stack on its own database, so the invariants see only what went through the API."""
+    with fresh_database(postgres_server_url) as database_url:
+        yield from _running_stack(database_url, redis_url, tmp_path_factory.mktemp("payray-home"))
+
+
+def _running_stack(database_url: str, redis_url: str, home: Path) -> Iterator[StackInfo]:
     settings = Settings(
         home=home,
         database_url=database_url,
@@ -81,6 +87,12 @@ def new_merchant(stack: StackInfo, admin: httpx.Client) -> Iterator[Callable[[],
     yield make
     for client in clients:
         client.close()
+
+
+@pytest.fixture(scope="session")
+def api_database_url(stack: StackInfo) -> str:
+    """The database behind the running stack."""
+    return stack.database_url
 
 
 @pytest.fixture

@@ -118,12 +118,12 @@ BAD_BODIES: list[tuple[str, Any, int]] = [
 
 @pytest.mark.parametrize(("case", "body", "status"), BAD_BODIES, ids=[c[0] for c in BAD_BODIES])
 def test_invalid_body_is_rejected_and_changes_nothing(
-    merchant: Merchant, database_url: str, psp_control: httpx.Client, case: str, body: Any, status: int
+    merchant: Merchant, api_database_url: str, psp_control: httpx.Client, case: str, body: Any, status: int
 ) -> None:
     response = merchant.client.post("/v1/charges", json=body, headers={"Idempotency-Key": "bad-1"})
     assert response.status_code == status, response.text
     assert response.json()["error"]["type"] == "invalid_request_error"
-    assert rows_for(database_url, merchant.id) == {"payments": 0, "keys": 0, "ledger": 0}
+    assert rows_for(api_database_url, merchant.id) == {"payments": 0, "keys": 0, "ledger": 0}
     assert payment_intents(psp_control, payray_merchant_id=merchant.id) == []
     # The key was not stored: the fixed request may use it.
     assert merchant.charge("bad-1").status_code == 200
@@ -145,26 +145,26 @@ def test_invalid_body_is_rejected_and_changes_nothing(
     ],
 )
 def test_malformed_body_is_rejected_and_changes_nothing(
-    merchant: Merchant, database_url: str, case: str, content: bytes, content_type: str, status: int
+    merchant: Merchant, api_database_url: str, case: str, content: bytes, content_type: str, status: int
 ) -> None:
     response = merchant.client.post(
         "/v1/charges", content=content, headers={"Idempotency-Key": "bad-2", "Content-Type": content_type}
     )
     assert response.status_code == status, response.text
     assert "error" in response.json()
-    assert rows_for(database_url, merchant.id) == {"payments": 0, "keys": 0, "ledger": 0}
+    assert rows_for(api_database_url, merchant.id) == {"payments": 0, "keys": 0, "ledger": 0}
 
 
 @pytest.mark.parametrize("key", [None, "", "x" * 256, "naïve-key".encode("latin-1")])
 def test_missing_or_invalid_idempotency_key_is_rejected(
-    merchant: Merchant, database_url: str, key: str | bytes | None
+    merchant: Merchant, api_database_url: str, key: str | bytes | None
 ) -> None:
     headers = {} if key is None else {"Idempotency-Key": key}
     response = merchant.client.post("/v1/charges", json=VALID, headers=headers)
     assert response.status_code == 400
     expected = "idempotency_key_missing" if not key else "idempotency_key_invalid"
     assert response.json()["error"]["code"] == expected
-    assert rows_for(database_url, merchant.id) == {"payments": 0, "keys": 0, "ledger": 0}
+    assert rows_for(api_database_url, merchant.id) == {"payments": 0, "keys": 0, "ledger": 0}
 
 
 def test_form_encoded_body_as_stripe_sdks_send_it(merchant: Merchant) -> None:
