@@ -4,7 +4,7 @@ Starts the stack on the embedded defaults (or uses ``--url`` with ``--admin-key`
 drives ``POST /v1/charges`` at a fixed concurrency for a fixed number of requests from one asyncio client,
 and prints a table and writes JSON. Loopback only; bounded in requests.
 
-    .venv/bin/python -m bench.charge_throughput --charges 2000 --concurrency 32
+    .venv/bin/python -m bench.charge_throughput --charges 2000 --concurrency 32 [--proxy default]
 """
 
 from __future__ import annotations
@@ -89,6 +89,9 @@ def main() -> None:
     parser.add_argument("--merchants", type=int, default=8)
     parser.add_argument("--url")
     parser.add_argument("--admin-key")
+    parser.add_argument(
+        "--proxy", choices=("haproxy", "default"), default="haproxy", help="ingress of the stack"
+    )
     parser.add_argument("--json", type=Path, default=Path("bench/out/charge_throughput.json"))
     args = parser.parse_args()
 
@@ -99,7 +102,7 @@ def main() -> None:
         from payray.stack import Stack, free_port
 
         home = Path(tempfile.mkdtemp(prefix="payray-bench-"))
-        stack = Stack(Settings(home=home), port=free_port())
+        stack = Stack(Settings(home=home), port=free_port(), haproxy=args.proxy == "haproxy")
         info = stack.start()
         url, admin_key = info.base_url, info.admin_key
     try:
@@ -110,7 +113,8 @@ def main() -> None:
     finally:
         if stack is not None:
             stack.stop()
-    table = Table(title=f"POST /v1/charges, {args.concurrency} concurrent, loopback")
+    ingress = args.url or f"{args.proxy} ingress"
+    table = Table(title=f"POST /v1/charges, {args.concurrency} concurrent, loopback, {ingress}")
     for column in ("scenario", "requests", "per second", "p50 ms", "p95 ms", "p99 ms", "statuses"):
         table.add_column(column)
     for name, row in (("fresh keys", fresh), ("replay of one key", replay)):

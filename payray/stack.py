@@ -74,7 +74,8 @@ class Stack:
             self.stop()
             raise
         info = StackInfo(base_url, admin_key, demo_id, demo_key, psp_base, database_url, redis_url)
-        (home / "stack.json").write_text(json.dumps({"base_url": base_url, "admin_key": admin_key}))
+        stored = {"base_url": base_url, "admin_key": admin_key, "psp_api_base": psp_base}
+        _write_private(home / "stack.json", json.dumps(stored))
         return info
 
     def stop(self) -> None:
@@ -158,9 +159,16 @@ def _stored_secret(path: Path, make: Callable[[], str]) -> str:
     if path.exists():
         return path.read_text().strip()
     value = make()
-    path.write_text(value)
-    os.chmod(path, 0o600)
+    _write_private(path, value)
     return value
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write a file only its owner can read, from its first byte (it holds keys)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # also when the file was already there
+    with os.fdopen(fd, "w") as file:
+        file.write(text)
 
 
 def _demo_merchant(home: Path, database_url: str) -> tuple[str, str]:
@@ -177,6 +185,5 @@ def _demo_merchant(home: Path, database_url: str) -> tuple[str, str]:
             "INSERT INTO merchants (id, name, api_key_hash) VALUES (%s, %s, %s)",
             (merchant_id, "Demo merchant", hash_api_key(key)),
         )
-    path.write_text(json.dumps({"id": merchant_id, "api_key": key}))
-    os.chmod(path, 0o600)
+    _write_private(path, json.dumps({"id": merchant_id, "api_key": key}))
     return merchant_id, key

@@ -45,6 +45,10 @@ _RESUME: dict[ChargeState, tuple[Command, ...]] = {
 }
 
 
+#: Commands whose whole job is to answer the client with the charge's current state.
+_ANSWERS = frozenset({Command.RESPOND_DECLINED, Command.RESPOND_PENDING, Command.RESPOND_FAILED})
+
+
 @dataclass(frozen=True)
 class Reply:
     """What the API answers, and stores under the idempotency key for replay."""
@@ -78,6 +82,13 @@ class ChargeFlow:
         self._wallets = wallets
         self._fee_bps = fee_bps
         self._on_transition = on_transition or (lambda t: None)
+        self._handlers: dict[Command, Callable[[Payment], Awaitable[Reply]]] = {
+            Command.CALL_PSP: self._call_psp,
+            Command.POST_LEDGER: self._post_ledger,
+            Command.RESPOND_SUCCEEDED: self._respond_succeeded,
+            Command.REFUND_AT_PSP: self._refund_at_psp,
+            Command.POST_COMPENSATION: self._post_compensation,
+        }
 
     async def start(self, payment: Payment) -> Reply:
         """Drive a freshly inserted payment (already ``psp_pending``) to its answer."""
@@ -123,11 +134,13 @@ class ChargeFlow:
             chain = [*chain, step(after.state, ChargeEvent.RESPONDED)]
             after = after.evolve(state=chain[-1].target.value)
             commands = []
+        # A transition that decides the answer stores it (and announces it) in the same statement.
         response: Reply | None = None
         outbox = None
-        if (commands and commands[0].value.startswith("respond_")) or not commands:
+        if not commands or commands[0] in _ANSWERS:
             response = reply_for(after)
-            outbox = (f"charge.{charge_object(after)['status']}", charge_object(after))
+            charge = charge_object(after)
+            outbox = (f"charge.{charge['status']}", charge)
             commands = []
         async with self._pool.connection() as conn:
             stored = await db.apply_transitions(
@@ -156,15 +169,9 @@ class ChargeFlow:
         return await self._run(stored, commands)
 
     async def _run(self, payment: Payment, commands: list[Command]) -> Reply:
-        command = commands[0]
-        handler: dict[Command, Callable[[Payment], Awaitable[Reply]]] = {
-            Command.CALL_PSP: self._call_psp,
-            Command.POST_LEDGER: self._post_ledger,
-            Command.RESPOND_SUCCEEDED: self._respond_succeeded,
-            Command.REFUND_AT_PSP: self._refund_at_psp,
-            Command.POST_COMPENSATION: self._post_compensation,
-        }
-        return await handler[command](payment)
+        """Run the (single) command a transition asked for; each ends by advancing the machine again."""
+        (command,) = commands
+        return await self._handlers[command](payment)
 
     async def _call_psp(self, payment: Payment) -> Reply:
         result = await self._psp.capture(

@@ -15,6 +15,9 @@ from payray.settings import Settings
 from payray.stack import Stack, StackInfo, free_port
 from tests.conftest import fresh_database
 
+#: The stack's actors (writers bound to its database, wallets) live apart from the actor tests' own.
+STACK_NAMESPACE = "payray-stack-test"
+
 
 @dataclass
 class Merchant:
@@ -43,7 +46,7 @@ def _running_stack(database_url: str, redis_url: str, home: Path) -> Iterator[St
         database_url=database_url,
         redis_url=redis_url,
         admin_key="sk_admin_" + uuid.uuid4().hex,
-        ray_namespace="payray-test",
+        ray_namespace=STACK_NAMESPACE,
         psp_timeout_s=2.0,
         psp_max_retries=1,
     )

@@ -12,7 +12,7 @@ import psycopg
 import pytest
 
 from payray.stack import StackInfo
-from tests.integration.stack_fixtures import Merchant
+from tests.integration.stack_fixtures import STACK_NAMESPACE, Merchant
 
 pytestmark = pytest.mark.integration
 
@@ -89,7 +89,7 @@ def test_payray_verify_fails_when_a_wallet_disagrees_with_the_ledger(
     report = json.loads(done.stdout)
     assert report["ok"] is False and report["wallets_match_ledger"]["violations"] == 1
 
-    wallet = ray.get_actor(f"wallet:{merchant.id}", namespace="payray-test")
+    wallet = ray.get_actor(f"wallet:{merchant.id}", namespace=STACK_NAMESPACE)
     ray.get(wallet.resync.remote())  # the wallet rebuilds from the ledger, its source of truth
     healed = _payray("verify", "--url", stack.base_url, "--admin-key", stack.admin_key, env=dict(os.environ))
     assert healed.returncode == 0, healed.stdout

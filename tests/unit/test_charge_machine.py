@@ -55,6 +55,11 @@ def test_illegal_event_names_state_and_event() -> None:
     assert raised.value.state == "succeeded" and raised.value.event == "psp_captured"
 
 
+def test_each_transition_asks_for_at_most_one_command() -> None:
+    """The drivers run one command, then feed its outcome back as the next event."""
+    assert all(len(commands) <= 1 for _target, commands in TRANSITIONS.values())
+
+
 def test_call_psp_is_never_a_command_after_capture() -> None:
     for (source, _event), (target, commands) in TRANSITIONS.items():
         if source in AFTER_CAPTURE or target in AFTER_CAPTURE:
