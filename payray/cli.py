@@ -1,10 +1,12 @@
-"""``payray …``: run the stack, migrate, create merchants, verify the invariants, run the PSP emulator."""
+"""``payray …``: the stack, migrations, merchants, invariants, load tests and the PSP emulator."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
+import subprocess
 import sys
 import threading
 import urllib.error
@@ -46,14 +48,37 @@ def _parser() -> argparse.ArgumentParser:
     verify = commands.add_parser(
         "verify", help="check the invariants against a running stack; exit 1 on violation"
     )
-    verify.add_argument("--url", help="the API's base URL (default: the stack `payray up` started)")
-    verify.add_argument("--admin-key", help="the admin key (default: the one `payray up` stored)")
+    _target_arguments(verify)
+
+    load = commands.add_parser(
+        "loadtest", help="run Locust headless against a running stack, then verify; exit 1 on violation"
+    )
+    _target_arguments(load)
+    load.add_argument("--psp-url", help="the PSP emulator's URL (default: the one `payray up` started)")
+    load.add_argument("--users", type=int, default=20, help="peak concurrent users (default 20)")
+    load.add_argument("--spawn-rate", type=float, default=10.0, help="users started per second (default 10)")
+    load.add_argument("--run-time", default="60s", help="how long: 60, 60s, 2m, 1h (default 60s, at most 1h)")
+    load.add_argument("--shape", choices=("steady", "ramp", "spike"), default="steady", help="load over time")
+    load.add_argument(
+        "--psp-faults",
+        choices=("none", "latency", "flaky", "timeouts", "chaos"),
+        default="none",
+        help="fault profile set on the PSP emulator for the run (default none)",
+    )
+    load.add_argument("--merchants", type=int, default=4, help="merchants created for the run (default 4)")
+    load.add_argument("--csv", metavar="PREFIX", help="write Locust's CSV statistics to PREFIX_*.csv")
+    load.add_argument("--html", metavar="FILE", help="write Locust's HTML report to FILE")
 
     emulator = commands.add_parser(
         "psp-emulator", help="run the Stripe-compatible PSP emulator", add_help=False
     )
     emulator.add_argument("args", nargs=argparse.REMAINDER)
     return parser
+
+
+def _target_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--url", help="the API's base URL (default: the stack `payray up` started)")
+    parser.add_argument("--admin-key", help="the admin key (default: the one `payray up` stored)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,7 +93,13 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"payray: error: {exc}", file=sys.stderr)
         return 2
-    handlers = {"up": _up, "migrate": _migrate, "merchant": _merchant_create, "verify": _verify}
+    handlers = {
+        "up": _up,
+        "migrate": _migrate,
+        "merchant": _merchant_create,
+        "verify": _verify,
+        "loadtest": _loadtest,
+    }
     return handlers[args.command](settings, args)
 
 
@@ -109,11 +140,12 @@ def _up(settings: Settings, args: argparse.Namespace) -> int:
     )
     console.print("Ctrl-C stops everything payray started.")
     stopped = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stopped.set())
+    # Also when started in the background by a shell, which would have SIGINT ignored.
+    for stop_signal in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(stop_signal, lambda *_: stopped.set())
     try:
-        stopped.wait()
-    except KeyboardInterrupt:
-        pass
+        while not stopped.wait(1.0):
+            pass
     finally:
         with console.status("stopping…"):
             stack.stop()
@@ -169,25 +201,82 @@ def _merchant_create(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def _verify(settings: Settings, args: argparse.Namespace) -> int:
-    stored_path = settings.home / "stack.json"
-    stored = json.loads(stored_path.read_text()) if stored_path.exists() else {}
+def _stored_stack(settings: Settings) -> dict[str, str]:
+    """What ``payray up`` left under PAYRAY_HOME about the stack it runs (empty when none)."""
+    path = settings.home / "stack.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _target(settings: Settings, args: argparse.Namespace) -> tuple[str, str] | None:
+    stored = _stored_stack(settings)
     url = args.url or stored.get("base_url")
     key = args.admin_key or settings.admin_key or stored.get("admin_key")
-    if not url or not key:
+    return (url.rstrip("/"), key) if url and key else None
+
+
+def _fetch_invariants(url: str, admin_key: str) -> dict[str, object]:
+    request = urllib.request.Request(
+        url + "/v1/admin/invariants", headers={"Authorization": f"Bearer {admin_key}"}
+    )
+    with urllib.request.urlopen(request, timeout=300) as response:
+        report: dict[str, object] = json.loads(response.read())
+    return report
+
+
+def _verify(settings: Settings, args: argparse.Namespace) -> int:
+    target = _target(settings, args)
+    if target is None:
         print("payray verify: error: no running stack found; pass --url and --admin-key", file=sys.stderr)
         return 2
-    request = urllib.request.Request(
-        url.rstrip("/") + "/v1/admin/invariants", headers={"Authorization": f"Bearer {key}"}
-    )
     try:
-        with urllib.request.urlopen(request, timeout=120) as response:
-            report = json.loads(response.read())
+        report = _fetch_invariants(*target)
     except (urllib.error.URLError, OSError) as exc:
-        print(f"payray verify: error: cannot reach {url}: {exc}", file=sys.stderr)
+        print(f"payray verify: error: cannot reach {target[0]}: {exc}", file=sys.stderr)
         return 2
     print(json.dumps(report, indent=2))
     return 0 if report.get("ok") else 1
+
+
+def _loadtest(settings: Settings, args: argparse.Namespace) -> int:
+    from loadtest.options import MAX_MERCHANTS, MAX_USERS, is_loopback
+    from loadtest.run import LoadRun, parse_run_time
+
+    def error(message: str) -> int:
+        print(f"payray loadtest: error: {message}", file=sys.stderr)
+        return 2
+
+    target = _target(settings, args)
+    if target is None:
+        return error("no running stack found; pass --url and --admin-key")
+    url, admin_key = target
+    psp_url = args.psp_url or _stored_stack(settings).get("psp_api_base")
+    try:
+        run_time_s = parse_run_time(args.run_time)
+    except ValueError as exc:
+        return error(str(exc))
+    if not is_loopback(url) or (psp_url and not is_loopback(psp_url)):
+        return error("load tests target loopback only (127.0.0.1, ::1, localhost)")
+    if not 1 <= args.users <= MAX_USERS or not 0 < args.spawn_rate <= MAX_USERS:
+        return error(f"--users must be 1..{MAX_USERS} and --spawn-rate in (0, {MAX_USERS}]")
+    if not 1 <= args.merchants <= MAX_MERCHANTS:
+        return error(f"--merchants must be 1..{MAX_MERCHANTS}")
+    if args.psp_faults != "none" and not psp_url:
+        return error("--psp-faults needs the emulator: pass --psp-url")
+    run = LoadRun(
+        url, args.users, args.spawn_rate, run_time_s, args.shape, args.psp_faults, args.merchants,
+        args.csv, args.html,
+    )  # fmt: skip
+    env = {**os.environ, "PAYRAY_ADMIN_KEY": admin_key}
+    if psp_url:
+        env["PAYRAY_PSP_URL"] = psp_url
+    locust = subprocess.run(run.command(), env=env, check=False)
+    try:
+        report = _fetch_invariants(url, admin_key)
+    except (urllib.error.URLError, OSError) as exc:
+        return error(f"cannot verify the invariants at {url}: {exc}")
+    print(json.dumps(report, indent=2))
+    print(f"locust exit status {locust.returncode}; invariants {'hold' if report.get('ok') else 'VIOLATED'}")
+    return 0 if report.get("ok") and locust.returncode == 0 else 1
 
 
 if __name__ == "__main__":

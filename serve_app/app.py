@@ -228,6 +228,7 @@ class PaymentApi:
         body = parse_body(MerchantCreate, await _read_body(request), request.headers.get("content-type"))
         async with self.pool.connection() as conn:
             merchant = await merchants_db.create_merchant(conn, body.name)
+        await self.wallets.open(merchant["id"])
         return json_response(200, dumps(merchant))
 
     @api.get("/v1/admin/ledger/trial_balance")

@@ -27,6 +27,10 @@ class WalletDirectory:
             self._handles[merchant_id] = handle
         return handle
 
+    async def open(self, merchant_id: str) -> None:
+        """Start the merchant's wallet and load it now, so its first charge does not wait for a process."""
+        await self.balances(merchant_id)
+
     async def apply(self, merchant_id: str, posting: Posting) -> PostingResult:
         """Post through the merchant's wallet, which takes the resulting balance as its own."""
         result: PostingResult = await self.wallet(merchant_id).credit.remote(posting)

@@ -1,0 +1,211 @@
+"""Merchants' backends charging through payray, as Locust users: ``locust -f loadtest/locustfile.py``.
+
+Each user is one merchant's backend. It charges with a fresh idempotency key; when the answer does not come
+(client timeout, connection error) or says "try again" (409 in flight, 5xx), it retries with the *same* key
+after a jittered backoff, as Stripe's clients do. A share of its settled charges it sends once more with the
+same key, as a client that lost the response would, and checks the replay is the first answer byte for byte.
+It also reads its balance. Payray options (each also an environment variable):
+
+    --shape steady|ramp|spike      PAYRAY_LOAD_SHAPE      how users come and go over --run-time
+    --merchants N                  PAYRAY_LOAD_MERCHANTS  merchants created for the run (users share them)
+    --psp-faults PROFILE           PAYRAY_PSP_FAULTS      none, latency, flaky, timeouts, chaos
+    --charge-weight / --balance-weight                    the mix of tasks
+    --replay-share, --client-timeout, --max-retries, --max-fail-ratio
+
+The admin key (to create merchants) and the emulator's URL come from ``--admin-key`` / ``--psp-url`` or
+from the ``stack.json`` that ``payray up`` leaves under ``PAYRAY_HOME``. Loopback hosts only; runs are
+bounded (``--run-time`` defaults to 60 s; see ``loadtest.options`` for the ceilings).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import os
+import random
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import gevent.pool
+import requests
+from locust import FastHttpUser, LoadTestShape, events, task
+from locust.env import Environment
+from locust.runners import MasterRunner
+
+from loadtest.options import DEFAULT_RUN_TIME_S, add_arguments, check_options
+from loadtest.profiles import PROFILES
+from loadtest.shapes import SHAPES
+
+log = logging.getLogger("payray.loadtest")
+
+PAYMENT_METHODS = ("pm_card_visa",) * 18 + (
+    "pm_card_chargeDeclined",
+    "pm_card_chargeDeclinedInsufficientFunds",
+)
+CURRENCIES = ("usd", "usd", "usd", "eur", "jpy")
+#: Statuses that settle a charge: a replay must answer them byte for byte.
+SETTLED = (200, 402)
+#: Statuses a client retries with the same key: the outcome is not known yet.
+RETRYABLE = (0, 409, 429, 500, 502, 503, 504)
+
+_merchant_keys: list[str] = []
+_next_merchant = itertools.count()
+
+
+@events.init_command_line_parser.add_listener
+def _payray_options(parser: Any) -> None:
+    add_arguments(parser)
+
+
+def _options(environment: Environment) -> Any:
+    """The parsed command line; the listeners below only run under Locust's own command line."""
+    assert environment.parsed_options is not None
+    return environment.parsed_options
+
+
+def _stored_stack() -> dict[str, Any]:
+    path = Path(os.environ.get("PAYRAY_HOME", ".payray")) / "stack.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+@events.init.add_listener
+def _on_init(environment: Environment, **_: Any) -> None:
+    options = environment.parsed_options
+    if options is None:  # used as a library, without Locust's command line
+        return
+    stored = _stored_stack()
+    options.host = options.host or stored.get("base_url")
+    environment.host = options.host
+    options.admin_key = options.admin_key or stored.get("admin_key")
+    options.psp_url = options.psp_url or stored.get("psp_api_base")
+    options.run_time = options.run_time or DEFAULT_RUN_TIME_S
+    options.num_users = options.num_users or 1
+    options.spawn_rate = options.spawn_rate or options.num_users
+    problems = check_options(options)
+    if problems:
+        for problem in problems:
+            log.error(problem)
+        raise SystemExit(2)
+    MerchantBackend.network_timeout = options.client_timeout
+    MerchantBackend.connection_timeout = options.client_timeout
+    if not isinstance(environment.runner, MasterRunner):  # a master runs no users
+        _merchant_keys[:] = _create_merchants(options)
+
+
+def _create_merchants(options: Any) -> list[str]:
+    """The run's merchants, created through the API before the clock starts (each opens its wallet)."""
+    admin = {"Authorization": f"Bearer {options.admin_key}"}
+    run = uuid.uuid4().hex[:6]
+
+    def create(i: int) -> str:
+        response = requests.post(
+            f"{options.host}/v1/merchants", json={"name": f"load-{run}-{i}"}, headers=admin, timeout=120
+        )
+        response.raise_for_status()
+        return str(response.json()["api_key"])
+
+    return list(gevent.pool.Pool(8).imap(create, range(options.merchants)))
+
+
+@events.test_start.add_listener
+def _on_test_start(environment: Environment, **_: Any) -> None:
+    options = _options(environment)
+    if options.psp_url:
+        faults = PROFILES[options.psp_faults].faults
+        requests.post(f"{options.psp_url}/_emulator/faults", json=faults, timeout=10).raise_for_status()
+    log.info("%d merchants, PSP faults %r", len(_merchant_keys), options.psp_faults)
+
+
+@events.test_stop.add_listener
+def _on_test_stop(environment: Environment, **_: Any) -> None:
+    options = _options(environment)
+    if options.psp_url and options.psp_faults != "none":
+        requests.delete(f"{options.psp_url}/_emulator/faults", timeout=10).raise_for_status()
+
+
+@events.quitting.add_listener
+def _on_quitting(environment: Environment, **_: Any) -> None:
+    """Fail the run when more requests failed, after the client's retries, than the fault profile allows."""
+    options = _options(environment)
+    allowed = options.max_fail_ratio
+    if allowed is None:
+        allowed = PROFILES[options.psp_faults].max_fail_ratio
+    ratio = environment.stats.total.fail_ratio
+    if ratio > allowed:
+        log.error("%.2f %% of requests failed; at most %.2f %% allowed", 100 * ratio, 100 * allowed)
+        environment.process_exit_code = 1
+
+
+class MerchantBackend(FastHttpUser):
+    """One merchant's backend: charges (retrying with the same key), replays, balance reads."""
+
+    def on_start(self) -> None:
+        options = _options(self.environment)
+        self.api_key = _merchant_keys[next(_next_merchant) % len(_merchant_keys)]
+        self.options = options
+        self.headers = {"Authorization": f"Bearer {self.api_key}"}
+
+    @task
+    def act(self) -> None:
+        o = self.options
+        if random.random() * (o.charge_weight + o.balance_weight) < o.charge_weight:
+            self.charge()
+        else:
+            self.client.get("/v1/balance", headers=self.headers, name="GET /v1/balance")
+
+    def charge(self) -> None:
+        key = uuid.uuid4().hex
+        body = {
+            "amount": random.randint(100, 100_000),
+            "currency": random.choice(CURRENCIES),
+            "payment_method": random.choice(PAYMENT_METHODS),
+            "description": "load test",
+        }
+        status, payload = self._send(key, body, "POST /v1/charges")
+        for attempt in range(1, self.options.max_retries + 1):
+            if status not in RETRYABLE:
+                break
+            time.sleep(min(2.0, 0.1 * 2**attempt) * random.uniform(0.5, 1.5))
+            status, payload = self._send(key, body, "POST /v1/charges [retry, same key]")
+        if status in SETTLED and random.random() < self.options.replay_share:
+            self._replay(key, body, status, payload)
+
+    def _send(self, key: str, body: dict[str, Any], name: str) -> tuple[int, bytes]:
+        headers = {**self.headers, "Idempotency-Key": key}
+        with self.client.post(
+            "/v1/charges", json=body, headers=headers, name=name, catch_response=True
+        ) as response:
+            status = response.status_code or 0
+            if status in (200, 202, 402):
+                response.success()
+            else:
+                response.failure(f"HTTP {status}: {(response.text or response.error or '')!s:.200}")
+            return status, response.content or b""
+
+    def _replay(self, key: str, body: dict[str, Any], status: int, payload: bytes) -> None:
+        headers = {**self.headers, "Idempotency-Key": key}
+        with self.client.post(
+            "/v1/charges", json=body, headers=headers, name="POST /v1/charges [replay]", catch_response=True
+        ) as response:
+            if response.status_code != status or response.content != payload:
+                response.failure(f"replay differs: {response.status_code} vs {status}")
+            elif response.headers.get("Idempotent-Replayed") != "true":
+                response.failure("replay without Idempotent-Replayed: true")
+            else:
+                response.success()
+
+
+class PayrayShape(LoadTestShape):
+    """The ``--shape`` chosen on the command line, within ``--users``, ``--spawn-rate`` and ``--run-time``."""
+
+    use_common_options = True
+
+    def tick(self) -> tuple[int, float] | None:
+        assert self.runner is not None
+        options = _options(self.runner.environment)
+        return SHAPES[options.shape](
+            self.get_run_time(), options.num_users, options.spawn_rate, float(options.run_time)
+        )
