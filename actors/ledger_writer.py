@@ -100,6 +100,10 @@ class LedgerWriter:
             self._full.set()
         return await future
 
+    async def post_many(self, postings: list[Posting]) -> list[PostingResult]:
+        """``post`` for each, in order: one actor call for a wallet's batch instead of one per posting."""
+        return list(await asyncio.gather(*(self.post(p) for p in postings)))
+
     async def ready(self) -> bool:
         """True once connected (and the entry partitions exist); raises ``DependencyFailure`` otherwise."""
         self._start()

@@ -19,7 +19,7 @@ import asyncio
 import dataclasses
 import logging
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Iterable, Sequence
 from typing import Protocol
 
 import psycopg
@@ -46,6 +46,8 @@ class InsufficientFunds(ClientError):
 class Ledger(Protocol):
     async def post(self, posting: Posting) -> PostingResult: ...
 
+    async def post_many(self, postings: list[Posting]) -> list[PostingResult]: ...
+
 
 class Wallet:
     """The balances of one merchant. Testable without Ray: pass any ``Ledger``."""
@@ -66,6 +68,13 @@ class Wallet:
         self._check_owner(posting)
         await self._ensure_loaded()
         return await self._post(posting)
+
+    async def credit_many(self, postings: list[Posting]) -> list[PostingResult]:
+        """``credit`` for each, in order, in one call to the ledger: what callers batch stays batched."""
+        for posting in postings:
+            self._check_owner(posting)
+        await self._ensure_loaded()
+        return await self._through_ledger(self._ledger.post_many(postings))
 
     async def debit(self, posting: Posting, amount: Money) -> PostingResult:
         """Post a movement out of the merchant's balance if ``amount`` is available, else refuse it.
@@ -149,18 +158,27 @@ class Wallet:
                 raise DependencyFailure(f"cannot load the wallet of {self.merchant_id}: {exc}") from exc
 
     async def _post(self, posting: Posting) -> PostingResult:
+        async def one() -> list[PostingResult]:
+            return [await self._ledger.post(posting)]
+
+        (result,) = await self._through_ledger(one())
+        return result
+
+    async def _through_ledger(self, request: Awaitable[list[PostingResult]]) -> list[PostingResult]:
+        """The ledger's results, their balances taken as ours; after any failure, rebuilt from Postgres."""
         try:
-            result = await self._ledger.post(posting)
+            results = await request
         except Exception as exc:
             await self._resync_after_failure()
             if isinstance(exc, PayrayError):
                 raise
             raise DependencyFailure(f"ledger unavailable for {self.merchant_id}: {exc}") from exc
-        if result.error is not None:
+        if any(result.error is not None for result in results):
             await self._resync_after_failure()
-        else:
-            self._apply(result.merchant_balances.values())
-        return result
+        for result in results:
+            if result.error is None:
+                self._apply(result.merchant_balances.values())
+        return results
 
     async def _resync_after_failure(self) -> None:
         try:
@@ -202,6 +220,10 @@ class RemoteLedger:
     async def post(self, posting: Posting) -> PostingResult:
         result: PostingResult = await self._writer.post.remote(posting)
         return result
+
+    async def post_many(self, postings: list[Posting]) -> list[PostingResult]:
+        results: list[PostingResult] = await self._writer.post_many.remote(postings)
+        return results
 
 
 @ray.remote(**ACTOR_OPTIONS)

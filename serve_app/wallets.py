@@ -11,6 +11,7 @@ from actors.ledger_pool import get_or_create_writers
 from actors.wallet import get_or_create_wallet, wallet_name
 from ledger.postings import Posting
 from ledger.store import PostingResult
+from serve_app.batching import NaturalBatcher
 
 
 class WalletDirectory:
@@ -19,6 +20,7 @@ class WalletDirectory:
         self._namespace = namespace
         self._writers = get_or_create_writers(database_url, pool_size, namespace)
         self._handles: dict[str, Any] = {}
+        self._credits: dict[str, NaturalBatcher[Posting, PostingResult]] = {}
 
     def wallet(self, merchant_id: str) -> Any:
         handle = self._handles.get(merchant_id)
@@ -32,9 +34,20 @@ class WalletDirectory:
         await self.balances(merchant_id)
 
     async def apply(self, merchant_id: str, posting: Posting) -> PostingResult:
-        """Post through the merchant's wallet, which takes the resulting balance as its own."""
-        result: PostingResult = await self.wallet(merchant_id).credit.remote(posting)
-        return result
+        """Post through the merchant's wallet, which takes the resulting balance as its own.
+
+        Postings for one merchant that arrive while its wallet is busy go to it together, in one call.
+        """
+        batcher = self._credits.get(merchant_id)
+        if batcher is None:
+            wallet = self.wallet(merchant_id)
+
+            async def send(postings: list[Posting]) -> list[PostingResult]:
+                results: list[PostingResult] = await wallet.credit_many.remote(postings)
+                return results
+
+            batcher = self._credits[merchant_id] = NaturalBatcher(send)
+        return await batcher.submit(posting)
 
     async def balances(self, merchant_id: str) -> dict[str, int]:
         result: dict[str, int] = await self.wallet(merchant_id).balances.remote()

@@ -203,3 +203,33 @@ def test_a_wallet_only_takes_its_own_merchant_postings(database_url: str) -> Non
             await wallet.credit(capture(new_merchant(), 100))
 
     run(scenario, database_url)
+
+
+def test_a_batch_of_credits_is_one_ledger_call_and_matches_the_ledger(database_url: str) -> None:
+    merchant = new_merchant()
+
+    postings = [funding(merchant, 100 + i) for i in range(30)]
+
+    async def scenario(writer: LedgerWriter) -> tuple[list[PostingResult], dict[str, int]]:
+        wallet = Wallet(merchant, database_url, writer)
+        results = await wallet.credit_many(postings)
+        again = await wallet.credit_many(postings[:5])  # a retried batch posts nothing twice
+        assert [r.created for r in again] == [False] * 5
+        return results, await wallet.balances()
+
+    results, held = run(scenario, database_url)
+    assert [r.external_ref for r in results] == [p.external_ref for p in postings]
+    assert all(r.created for r in results)
+    assert held == ledger_balances(database_url, merchant) == {"usd": sum(100 + i for i in range(30))}
+
+
+def test_a_batch_with_another_merchants_posting_is_refused_whole(database_url: str) -> None:
+    merchant = new_merchant()
+
+    async def scenario(writer: LedgerWriter) -> None:
+        wallet = Wallet(merchant, database_url, writer)
+        with pytest.raises(ValueError, match="sent to the wallet of"):
+            await wallet.credit_many([funding(merchant, 100), funding(new_merchant(), 100)])
+
+    run(scenario, database_url)
+    assert ledger_balances(database_url, merchant) == {}
