@@ -92,7 +92,11 @@ def _on_init(environment: Environment, **_: Any) -> None:
     MerchantBackend.network_timeout = options.client_timeout
     MerchantBackend.connection_timeout = options.client_timeout
     if not isinstance(environment.runner, MasterRunner):  # a master runs no users
-        _merchant_keys[:] = _create_merchants(options)
+        try:
+            _merchant_keys[:] = _create_merchants(options)
+        except requests.RequestException as exc:
+            log.error("cannot create the run's merchants at %s (is the stack up?): %s", options.host, exc)
+            raise SystemExit(2) from None
 
 
 def _create_merchants(options: Any) -> list[str]:
@@ -100,14 +104,21 @@ def _create_merchants(options: Any) -> list[str]:
     admin = {"Authorization": f"Bearer {options.admin_key}"}
     run = uuid.uuid4().hex[:6]
 
-    def create(i: int) -> str:
-        response = requests.post(
-            f"{options.host}/v1/merchants", json={"name": f"load-{run}-{i}"}, headers=admin, timeout=120
-        )
-        response.raise_for_status()
+    def create(i: int) -> str | requests.RequestException:
+        try:
+            response = requests.post(
+                f"{options.host}/v1/merchants", json={"name": f"load-{run}-{i}"}, headers=admin, timeout=120
+            )
+            response.raise_for_status()
+        except requests.RequestException as exc:  # returned, not raised: gevent would print each one
+            return exc
         return str(response.json()["api_key"])
 
-    return list(gevent.pool.Pool(8).imap(create, range(options.merchants)))
+    created = list(gevent.pool.Pool(8).imap(create, range(options.merchants)))
+    for outcome in created:
+        if isinstance(outcome, requests.RequestException):
+            raise outcome
+    return [str(key) for key in created]
 
 
 @events.test_start.add_listener

@@ -24,6 +24,9 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser() -> argparse.ArgumentParser:
+    from loadtest.profiles import PROFILES
+    from loadtest.shapes import SHAPES
+
     parser = _Parser(prog="payray", description="Idempotent payments on Ray: API, ledger, PSP emulator.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser, metavar="COMMAND")
 
@@ -58,10 +61,10 @@ def _parser() -> argparse.ArgumentParser:
     load.add_argument("--users", type=int, default=20, help="peak concurrent users (default 20)")
     load.add_argument("--spawn-rate", type=float, default=10.0, help="users started per second (default 10)")
     load.add_argument("--run-time", default="60s", help="how long: 60, 60s, 2m, 1h (default 60s, at most 1h)")
-    load.add_argument("--shape", choices=("steady", "ramp", "spike"), default="steady", help="load over time")
+    load.add_argument("--shape", choices=sorted(SHAPES), default="steady", help="load over time")
     load.add_argument(
         "--psp-faults",
-        choices=("none", "latency", "flaky", "timeouts", "chaos"),
+        choices=sorted(PROFILES),
         default="none",
         help="fault profile set on the PSP emulator for the run (default none)",
     )
