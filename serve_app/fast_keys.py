@@ -24,9 +24,19 @@ class FastRecord:
     body: bytes | None
 
 
+# Claim or read in one round trip (``SET … NX GET`` needs Redis 7; the embedded Redis is 6.2).
+_CLAIM = """
+local held = redis.call('GET', KEYS[1])
+if held then return held end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return false
+"""
+
+
 class FastKeys:
     def __init__(self, redis: Redis, ttl_ms: int, lease_ms: int, breaker_s: float = 1.0) -> None:
         self._redis = redis
+        self._claim = redis.register_script(_CLAIM)
         self._ttl_ms = ttl_ms
         self._lease_ms = lease_ms
         self._breaker_s = breaker_s
@@ -48,16 +58,11 @@ class FastKeys:
             return None
         value = json.dumps({"fp": fingerprint.hex(), "s": None, "b": None})
         try:
-            claimed = await self._redis.set(self.name(merchant_id, key), value, nx=True, px=self._lease_ms)
-            if claimed:
-                return True
-            raw = await self._redis.get(self.name(merchant_id, key))
+            held = await self._claim(keys=[self.name(merchant_id, key)], args=[value, self._lease_ms])
         except (RedisError, OSError):
             self._trip()
             return None
-        if raw is None:  # expired between SET and GET: let Postgres decide
-            return None
-        return _decode(raw)
+        return True if held is None else _decode(held)
 
     async def remember(
         self, merchant_id: str, key: str, fingerprint: bytes, status: int, body: bytes
