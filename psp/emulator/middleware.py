@@ -16,10 +16,10 @@ from typing import Any
 
 from aiohttp import web
 
+from payray.forms import decode_form
 from psp.emulator.engine import RequestContext
 from psp.emulator.errors import StripeError, invalid
 from psp.emulator.faults import Injection, PostFault
-from psp.emulator.forms import FormError, decode_form
 from psp.emulator.idempotency import Proceed, Replay, fingerprint
 from psp.emulator.ids import new_id
 from psp.emulator.routes import CONTEXT, PARAMS, Handler, json_response
@@ -84,15 +84,15 @@ def _api_key(request: web.Request, emulator: Emulator) -> str:
 async def _params(request: web.Request) -> dict[str, Any]:
     try:
         if request.method in ("GET", "DELETE"):
-            return decode_form(request.query_string)
+            return decode_form(request.query_string, strict=False)
         body = await request.read()
         if request.content_type == "application/json" and body:
             parsed = json.loads(body)
             if not isinstance(parsed, dict):
                 raise invalid("The JSON body must be an object.")
             return parsed
-        return decode_form(body)
-    except (FormError, ValueError) as exc:
+        return decode_form(body, strict=False)
+    except ValueError as exc:  # FormDecodeError and JSON errors alike
         raise invalid(f"Invalid request body: {exc}") from None
 
 

@@ -50,3 +50,15 @@ def test_oversized_body_is_413() -> None:
 def test_json_constants_are_refused() -> None:
     with pytest.raises(InvalidRequest):
         parse_body(ChargeCreate, b'{"amount": Infinity}', "application/json")
+
+
+def test_form_metadata_with_numeric_keys_stays_metadata() -> None:
+    raw = b"amount=100&currency=usd&payment_method=pm_card_visa&metadata[0]=a&metadata[1]=b"
+    assert parse_body(ChargeCreate, raw, FORM).metadata == {"0": "a", "1": "b"}
+
+
+@pytest.mark.parametrize("description", [b"%FF", b"\xff"])
+def test_a_form_that_is_not_utf8_is_a_clear_400(description: bytes) -> None:
+    with pytest.raises(InvalidRequest) as refused:
+        parse_body(ChargeCreate, b"amount=100&currency=usd&description=" + description, FORM)
+    assert refused.value.code == "invalid_form"

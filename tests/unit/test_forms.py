@@ -1,4 +1,4 @@
-"""The bracket-notation form decoder, checked against the stripe SDK's own encoder."""
+"""The bracket-notation form decoder of the API and the PSP emulator, checked against the SDK's encoder."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from stripe._encode import _api_encode
 
-from psp.emulator.forms import FormError, decode_form, decode_pairs, split_key
+from payray.forms import FormDecodeError as FormError
+from payray.forms import decode_form, decode_pairs, split_key
 
 
 def stripe_encode(params: dict[str, Any]) -> str:
