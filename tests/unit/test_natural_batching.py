@@ -12,14 +12,18 @@ from serve_app.batching import NaturalBatcher
 
 
 class Recorder:
-    def __init__(self, fail_on: int | None = None, short: bool = False) -> None:
+    def __init__(self, fail_on: int | None = None, short: bool = False, held: bool = False) -> None:
         self.batches: list[list[int]] = []
         self.fail_on = fail_on
         self.short = short
+        # while held, a call stays in flight until the test releases it
+        self.release = asyncio.Event()
+        if not held:
+            self.release.set()
 
     async def send(self, items: list[int]) -> list[int]:
         self.batches.append(items)
-        await asyncio.sleep(0.001)
+        await self.release.wait()
         if self.fail_on is not None and self.fail_on in items:
             raise ConnectionError(f"lost the batch with {self.fail_on}")
         return [item * 10 for item in items][: len(items) - 1 if self.short else None]
@@ -74,14 +78,17 @@ def test_a_short_answer_is_an_error_for_everyone_in_the_batch() -> None:
 
 
 def test_items_arriving_during_a_call_travel_together_in_the_next() -> None:
-    recorder = Recorder()
-
-    async def scenario() -> list[int]:
+    async def scenario() -> tuple[list[int], list[list[int]]]:
+        recorder = Recorder(held=True)
         batcher = NaturalBatcher(recorder.send)
         first = asyncio.create_task(batcher.submit(1))
-        await asyncio.sleep(0)  # the first call is now in flight
-        rest = asyncio.gather(*(batcher.submit(i) for i in range(2, 7)))
-        return [await first, *await rest]
+        while not recorder.batches:  # until the first call is in flight
+            await asyncio.sleep(0)
+        rest = [asyncio.create_task(batcher.submit(i)) for i in range(2, 7)]
+        await asyncio.sleep(0)  # a yield, not a wait: the five queue up behind the held call
+        recorder.release.set()
+        return [await first, *[await task for task in rest]], recorder.batches
 
-    assert asyncio.run(scenario()) == [10, 20, 30, 40, 50, 60]
-    assert recorder.batches == [[1], [2, 3, 4, 5, 6]]
+    results, batches = asyncio.run(scenario())
+    assert results == [10, 20, 30, 40, 50, 60]
+    assert batches == [[1], [2, 3, 4, 5, 6]]
