@@ -147,8 +147,7 @@ def _up(settings: Settings, args: argparse.Namespace) -> int:
     for stop_signal in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(stop_signal, lambda *_: stopped.set())
     try:
-        while not stopped.wait(1.0):
-            pass
+        stopped.wait()  # the handlers above run on the main thread and wake it
     finally:
         with console.status("stopping…"):
             stack.stop()
