@@ -20,13 +20,10 @@ bounded (``--run-time`` defaults to 60 s; see ``loadtest.options`` for the ceili
 from __future__ import annotations
 
 import itertools
-import json
 import logging
-import os
 import random
 import time
 import uuid
-from pathlib import Path
 from typing import Any
 
 import gevent.pool
@@ -38,6 +35,7 @@ from locust.runners import MasterRunner
 from loadtest.options import DEFAULT_RUN_TIME_S, add_arguments, check_options
 from loadtest.profiles import PROFILES
 from loadtest.shapes import SHAPES
+from payray.settings import running_stack
 
 log = logging.getLogger("payray.loadtest")
 
@@ -66,17 +64,12 @@ def _options(environment: Environment) -> Any:
     return environment.parsed_options
 
 
-def _stored_stack() -> dict[str, Any]:
-    path = Path(os.environ.get("PAYRAY_HOME", ".payray")) / "stack.json"
-    return json.loads(path.read_text()) if path.exists() else {}
-
-
 @events.init.add_listener
 def _on_init(environment: Environment, **_: Any) -> None:
     options = environment.parsed_options
     if options is None:  # used as a library, without Locust's command line
         return
-    stored = _stored_stack()
+    stored = running_stack()
     options.host = options.host or stored.get("base_url")
     environment.host = options.host
     options.admin_key = options.admin_key or stored.get("admin_key")

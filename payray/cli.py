@@ -13,7 +13,7 @@ import urllib.error
 import urllib.request
 from typing import NoReturn
 
-from payray.settings import Settings
+from payray.settings import Settings, running_stack
 
 
 class _Parser(argparse.ArgumentParser):
@@ -203,14 +203,8 @@ def _merchant_create(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def _stored_stack(settings: Settings) -> dict[str, str]:
-    """What ``payray up`` left under PAYRAY_HOME about the stack it runs (empty when none)."""
-    path = settings.home / "stack.json"
-    return json.loads(path.read_text()) if path.exists() else {}
-
-
 def _target(settings: Settings, args: argparse.Namespace) -> tuple[str, str] | None:
-    stored = _stored_stack(settings)
+    stored = running_stack(settings.home)
     url = args.url or stored.get("base_url")
     key = args.admin_key or settings.admin_key or stored.get("admin_key")
     return (url.rstrip("/"), key) if url and key else None
@@ -251,7 +245,7 @@ def _loadtest(settings: Settings, args: argparse.Namespace) -> int:
     if target is None:
         return error("no running stack found; pass --url and --admin-key")
     url, admin_key = target
-    psp_url = args.psp_url or _stored_stack(settings).get("psp_api_base")
+    psp_url = args.psp_url or running_stack(settings.home).get("psp_api_base")
     try:
         run_time_s = parse_run_time(args.run_time)
     except ValueError as exc:

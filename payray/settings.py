@@ -2,10 +2,22 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
+
+DEFAULT_HOME = ".payray"
+#: What ``payray up`` writes under PAYRAY_HOME about the stack it runs: its URL, admin key and PSP URL.
+STACK_FILE = "stack.json"
+
+
+def running_stack(home: Path | None = None) -> dict[str, str]:
+    """What `payray up` left under `home` (default: PAYRAY_HOME) about the stack it runs; empty if none."""
+    path = (home or Path(os.environ.get("PAYRAY_HOME", DEFAULT_HOME))) / STACK_FILE
+    stored: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
+    return stored
 
 
 @dataclass(frozen=True)
@@ -38,7 +50,7 @@ class Settings:
         env = os.environ if environ is None else environ
         secrets = tuple(s.strip() for s in env.get("STRIPE_WEBHOOK_SECRET", "").split(",") if s.strip())
         return cls(
-            home=Path(env.get("PAYRAY_HOME", ".payray")),
+            home=Path(env.get("PAYRAY_HOME", DEFAULT_HOME)),
             database_url=env.get("PAYRAY_DATABASE_URL") or None,
             redis_url=env.get("PAYRAY_REDIS_URL") or None,
             stripe_api_key=env.get("STRIPE_API_KEY") or None,

@@ -22,7 +22,7 @@ import psycopg
 from ledger.migrate import migrate
 from payray.ids import hash_api_key, new_api_key, new_id
 from payray.services import EmbeddedPostgres, EmbeddedRedis
-from payray.settings import Settings
+from payray.settings import STACK_FILE, Settings
 
 EMULATOR_API_KEY = "sk_test_payray_emulator"
 APP_NAME = "payray"
@@ -75,7 +75,7 @@ class Stack:
             raise
         info = StackInfo(base_url, admin_key, demo_id, demo_key, psp_base, database_url, redis_url)
         stored = {"base_url": base_url, "admin_key": admin_key, "psp_api_base": psp_base}
-        _write_private(home / "stack.json", json.dumps(stored))
+        _write_private(home / STACK_FILE, json.dumps(stored))
         return info
 
     def stop(self) -> None:
