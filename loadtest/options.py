@@ -47,21 +47,45 @@ def is_loopback(url: str) -> bool:
     return bool(infos) and all(ipaddress.ip_address(info[4][0]).is_loopback for info in infos)
 
 
-def check_options(options: Any) -> list[str]:
-    """What is wrong with the run's options, as one line each (empty: go)."""
+def check_run(
+    host: str | None,
+    psp_url: str | None,
+    users: int,
+    spawn_rate: float,
+    run_time_s: int | None,
+    merchants: int,
+    psp_faults: str,
+) -> list[str]:
+    """The bounds every run keeps, however it is started: loopback targets, users, time and merchants."""
     problems = []
-    if not options.host or not is_loopback(options.host):
-        problems.append(f"--host must be a loopback URL (127.0.0.1, ::1, localhost), got {options.host!r}")
-    if options.psp_url and not is_loopback(options.psp_url):
-        problems.append(f"--psp-url must be a loopback URL, got {options.psp_url!r}")
-    if not 1 <= options.num_users <= MAX_USERS:
-        problems.append(f"--users must be 1..{MAX_USERS}, got {options.num_users}")
-    if not 0 < options.spawn_rate <= MAX_USERS:
-        problems.append(f"--spawn-rate must be in (0, {MAX_USERS}], got {options.spawn_rate}")
-    if not 1 <= (options.run_time or 0) <= MAX_RUN_TIME_S:
-        problems.append(f"--run-time must be 1 s to {MAX_RUN_TIME_S} s, got {options.run_time}")
-    if not 1 <= options.merchants <= MAX_MERCHANTS:
-        problems.append(f"--merchants must be 1..{MAX_MERCHANTS}, got {options.merchants}")
+    if not host or not is_loopback(host):
+        problems.append(f"the target must be a loopback URL (127.0.0.1, ::1, localhost), got {host!r}")
+    if psp_url and not is_loopback(psp_url):
+        problems.append(f"--psp-url must be a loopback URL, got {psp_url!r}")
+    if not 1 <= users <= MAX_USERS:
+        problems.append(f"--users must be 1..{MAX_USERS}, got {users}")
+    if not 0 < spawn_rate <= MAX_USERS:
+        problems.append(f"--spawn-rate must be in (0, {MAX_USERS}], got {spawn_rate}")
+    if not 1 <= (run_time_s or 0) <= MAX_RUN_TIME_S:
+        problems.append(f"--run-time must be 1 s to {MAX_RUN_TIME_S} s, got {run_time_s}")
+    if not 1 <= merchants <= MAX_MERCHANTS:
+        problems.append(f"--merchants must be 1..{MAX_MERCHANTS}, got {merchants}")
+    if psp_faults != "none" and not psp_url:
+        problems.append("--psp-faults needs the emulator's URL: pass --psp-url or set PAYRAY_PSP_URL")
+    return problems
+
+
+def check_options(options: Any) -> list[str]:
+    """What is wrong with Locust's parsed options, as one line each (empty: go)."""
+    problems = check_run(
+        options.host,
+        options.psp_url,
+        options.num_users,
+        options.spawn_rate,
+        options.run_time,
+        options.merchants,
+        options.psp_faults,
+    )
     if (
         options.charge_weight < 0
         or options.balance_weight < 0
@@ -78,6 +102,4 @@ def check_options(options: Any) -> list[str]:
         problems.append(
             "no admin key: pass --admin-key, set PAYRAY_ADMIN_KEY, or start the stack with `payray up`"
         )
-    if options.psp_faults != "none" and not options.psp_url:
-        problems.append("--psp-faults needs the emulator's URL: pass --psp-url or set PAYRAY_PSP_URL")
     return problems

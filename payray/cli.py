@@ -234,7 +234,7 @@ def _verify(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _loadtest(settings: Settings, args: argparse.Namespace) -> int:
-    from loadtest.options import MAX_MERCHANTS, MAX_USERS, is_loopback
+    from loadtest.options import check_run
     from loadtest.run import LoadRun, parse_run_time
 
     def error(message: str) -> int:
@@ -250,14 +250,11 @@ def _loadtest(settings: Settings, args: argparse.Namespace) -> int:
         run_time_s = parse_run_time(args.run_time)
     except ValueError as exc:
         return error(str(exc))
-    if not is_loopback(url) or (psp_url and not is_loopback(psp_url)):
-        return error("load tests target loopback only (127.0.0.1, ::1, localhost)")
-    if not 1 <= args.users <= MAX_USERS or not 0 < args.spawn_rate <= MAX_USERS:
-        return error(f"--users must be 1..{MAX_USERS} and --spawn-rate in (0, {MAX_USERS}]")
-    if not 1 <= args.merchants <= MAX_MERCHANTS:
-        return error(f"--merchants must be 1..{MAX_MERCHANTS}")
-    if args.psp_faults != "none" and not psp_url:
-        return error("--psp-faults needs the emulator: pass --psp-url")
+    problems = check_run(
+        url, psp_url, args.users, args.spawn_rate, run_time_s, args.merchants, args.psp_faults
+    )
+    if problems:
+        return error("; ".join(problems))
     run = LoadRun(
         url, args.users, args.spawn_rate, run_time_s, args.shape, args.psp_faults, args.merchants,
         args.csv, args.html,
