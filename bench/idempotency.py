@@ -29,6 +29,7 @@ from redis.asyncio import Redis
 from rich.console import Console
 from rich.table import Table
 
+from bench.loadgen import closed_loop
 from ledger.migrate import migrate
 from payray.charge import ChargeEvent, ChargeState, psp_idempotency_key, step
 from payray.ids import hash_api_key, new_api_key, new_id
@@ -42,15 +43,7 @@ MERCHANT = "acct_benchidem"
 
 async def _rate(n: int, concurrency: int, one: Callable[[int], Awaitable[None]]) -> float:
     """Operations per second with ``concurrency`` of them in flight."""
-    indices = iter(range(n))
-
-    async def worker() -> None:
-        for i in indices:
-            await one(i)
-
-    started = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return n / (time.perf_counter() - started)
+    return n / await closed_loop(n, concurrency, one)
 
 
 async def _latency_ms(n: int, one: Callable[[int], Awaitable[None]]) -> tuple[float, float]:

@@ -31,6 +31,7 @@ from rich.console import Console
 from rich.table import Table
 
 from actors.ledger_pool import get_or_create_writers, writer_for
+from bench.loadgen import closed_loop
 from ledger import store
 from ledger.migrate import migrate
 from ledger.postings import Posting, capture_posting
@@ -54,17 +55,14 @@ def _postings(n: int, merchants: list[str]) -> list[Posting]:
 
 async def _through_pool(writers: list[Any], postings: list[Posting], window: int) -> float:
     """Seconds to post everything with at most ``window`` postings in flight."""
-    slots = asyncio.Semaphore(window)
 
-    async def post(posting: Posting) -> None:
-        async with slots:
-            assert posting.merchant_id is not None
-            result = await writer_for(writers, posting.merchant_id).post.remote(posting)
-            assert result.created
+    async def post(i: int) -> None:
+        posting = postings[i]
+        assert posting.merchant_id is not None
+        result = await writer_for(writers, posting.merchant_id).post.remote(posting)
+        assert result.created
 
-    started = time.perf_counter()
-    await asyncio.gather(*(post(p) for p in postings))
-    return time.perf_counter() - started
+    return await closed_loop(len(postings), window, post)
 
 
 def _unbatched(database_url: str, postings: list[Posting]) -> float:

@@ -10,7 +10,7 @@ import os
 import statistics
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -36,13 +36,29 @@ class Run:
         return asdict(self)
 
 
+async def closed_loop(n: int, concurrency: int, one: Callable[[int], Awaitable[object]]) -> float:
+    """Run ``one(0) … one(n - 1)`` with ``concurrency`` workers, each starting its next when one returns.
+
+    Returns the elapsed seconds.
+    """
+    indices = iter(range(n))
+
+    async def worker() -> None:
+        for i in indices:
+            await one(i)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return time.perf_counter() - started
+
+
 async def _drive(base_url: str, make: Callable[[int], Request], n: int, concurrency: int) -> Run:
     latencies: list[float] = []
     statuses: Counter[int] = Counter()
-    next_index = iter(range(n))
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector) as session:
 
-    async def worker(session: aiohttp.ClientSession) -> None:
-        for i in next_index:
+        async def one(i: int) -> None:
             method, path, headers, body = make(i)
             started = time.perf_counter()
             async with session.request(method, base_url + path, headers=headers, data=body) as response:
@@ -50,11 +66,9 @@ async def _drive(base_url: str, make: Callable[[int], Request], n: int, concurre
                 statuses[response.status] += 1
             latencies.append(time.perf_counter() - started)
 
-    connector = aiohttp.TCPConnector(limit=concurrency)
-    async with aiohttp.ClientSession(connector=connector) as session:
-        cpu_before, started = _cpu(), time.perf_counter()
-        await asyncio.gather(*(worker(session) for _ in range(concurrency)))
-        elapsed, cpu = time.perf_counter() - started, _cpu() - cpu_before
+        cpu_before = _cpu()
+        elapsed = await closed_loop(n, concurrency, one)
+        cpu = _cpu() - cpu_before
     q = statistics.quantiles(latencies, n=100) if len(latencies) > 1 else latencies * 99
     return Run(
         requests=n,

@@ -22,6 +22,7 @@ import ray
 from rich.console import Console
 from rich.table import Table
 
+from bench.loadgen import closed_loop
 from ledger.postings import Posting, capture_posting
 from payray.money import Money
 
@@ -57,13 +58,10 @@ def _cpu_all() -> float:
 
 
 async def _calls(actor: Any, item: Any, n: int, in_flight: int) -> None:
-    slots = asyncio.Semaphore(in_flight)
+    async def one(_i: int) -> None:
+        await actor.take.remote(item)
 
-    async def one() -> None:
-        async with slots:
-            await actor.take.remote(item)
-
-    await asyncio.gather(*(one() for _ in range(n)))
+    await closed_loop(n, in_flight, one)
 
 
 def _measure(actor: Any, item: Any, n: int, in_flight: int) -> dict[str, float]:
