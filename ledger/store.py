@@ -1,9 +1,11 @@
 """The ledger's SQL: post batches of postings, read balances, the trial balance and a transaction's entries.
 
-Every write goes through ``ledger_post_batch`` (``ledger/migrations/0002_ledger.sql``): one round trip per
-batch, a subtransaction per posting, idempotent on ``(kind, external_ref)``. Functions here run in the
-connection's current transaction; on an autocommit connection a batch commits as part of its one statement,
-which is what the ledger writers use. Each query has a synchronous and an ``_async`` twin sharing the SQL.
+Every write goes through ``ledger_post_batch`` (``ledger/migrations/0002_ledger.sql`` and ``0003``): one
+round trip per batch, written set-based when the whole batch is clean and posting by posting (each in its own
+subtransaction, so a refused posting fails alone) when it is not; idempotent on ``(kind, external_ref)``.
+Functions here run in the connection's current transaction; on an autocommit connection a batch commits as
+part of its one statement, which is what the ledger writers use. Each query has a synchronous and an
+``_async`` twin sharing the SQL.
 """
 
 from __future__ import annotations

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import date
 from typing import Any
 
 import psycopg
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from psycopg.types.json import Jsonb
 
 from ledger import invariants, store
 from ledger.postings import (
@@ -17,9 +20,12 @@ from ledger.postings import (
     capture_posting,
     credit,
     debit,
+    dispute_hold_posting,
+    dispute_release_posting,
     fee_for,
     payout_posting,
     refund_posting,
+    settlement_posting,
 )
 from payray.money import Money
 
@@ -241,3 +247,133 @@ def test_trial_balance_and_invariants_hold(conn: psycopg.Connection[Any], mercha
     assert invariants.wallet_mismatches(conn, {merchant: {"usd": 1, "gbp": 99 - 3, "eur": 5}}) == 2
     assert invariants.wallet_mismatches(conn, {"acct_nobody": {"usd": 0}}) == 0
     assert invariants.wallet_mismatches(conn, {}) == 0
+
+
+# -- the set-based path and the posting-at-a-time path agree ------------------------------------------------
+
+KINDS = ("capture", "refund", "payout", "dispute_hold", "dispute_release", "settlement")
+Operation = tuple[str, int, int, str, int]
+
+operation = st.tuples(
+    st.sampled_from(KINDS),
+    st.integers(0, 1),  # which of the two merchants
+    st.integers(1, 5_000),
+    st.sampled_from(["usd", "eur"]),
+    st.integers(0, 3),  # 0: a new key; k > 0: repeat the key of the k-th operation before this one
+)
+
+
+def build(kind: str, key: str, merchant: str, amount: int, currency: str) -> Posting:
+    money = Money(amount, currency)
+    if kind == "capture":
+        return capture_posting(key, merchant, money, fee_for(money, 290))
+    if kind == "refund":
+        return refund_posting(key, merchant, money, Money(0, currency))
+    if kind == "payout":
+        return payout_posting(key, merchant, money)
+    if kind == "dispute_hold":
+        return dispute_hold_posting(key, merchant, money)
+    if kind == "dispute_release":
+        return dispute_release_posting(key, merchant, money)
+    return settlement_posting(key, money)
+
+
+def post_each(
+    conn: psycopg.Connection[Any], postings: list[Posting], shard: int
+) -> list[store.PostingResult]:
+    documents = [store.posting_document(p) for p in postings]
+    rows = conn.execute("SELECT * FROM ledger_post_batch_each(%s, %s)", (Jsonb(documents), shard)).fetchall()
+    return store._results(rows)
+
+
+def play(
+    conn: psycopg.Connection[Any],
+    post: Callable[[psycopg.Connection[Any], list[Posting], int], list[store.PostingResult]],
+    shard: int,
+    batches: list[list[Operation]],
+) -> list[list[tuple[Any, ...]]]:
+    """Post ``batches`` for two fresh merchants on house shard ``shard``; what a caller sees of each result,
+    with the world's own names and ids left out."""
+    tag = uuid.uuid4().hex[:8]
+    merchants = [f"acct_eq_{tag}_{i}" for i in range(2)]
+    keys: list[str] = []
+    seen = []
+    for ops in batches:
+        postings = []
+        for kind, who, amount, currency, repeat in ops:
+            key = keys[-repeat] if 0 < repeat <= len(keys) else f"eq_{tag}_{len(keys)}"
+            keys.append(key)
+            postings.append(build(kind, key, merchants[who], amount, currency))
+        seen.append(
+            [
+                (
+                    r.created,
+                    r.error_code,
+                    r.transaction_id is None,
+                    sorted((c, b.available, b.version) for c, b in r.merchant_balances.items()),
+                )
+                for r in post(conn, postings, shard)
+            ]
+        )
+    return seen
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(opening=st.lists(operation, max_size=6), batch=st.lists(operation, min_size=4, max_size=14))
+def test_the_set_based_path_answers_like_the_posting_at_a_time_path(
+    conn: psycopg.Connection[Any], opening: list[Operation], batch: list[Operation]
+) -> None:
+    """Two mirrored worlds (own merchants, own house shard) get the same batches: one through
+    ``ledger_post_batch`` (set-based whenever it can be), one posting by posting. Callers cannot tell them
+    apart, and both ledgers stay consistent."""
+    at_once = play(conn, store.post_batch, 40, [opening, batch])
+    one_by_one = play(conn, post_each, 41, [opening, batch])
+    assert at_once == one_by_one
+    assert invariants.balances_match_entries(conn) == 0
+    assert invariants.unbalanced_transactions(conn) == 0
+
+
+def test_a_clean_batch_is_written_at_once_and_a_conflict_is_not(
+    conn: psycopg.Connection[Any], merchant: str
+) -> None:
+    first, second = capture(merchant, 1000), capture(merchant, 2000)
+    documents = Jsonb([store.posting_document(p) for p in (first, second)])
+    rows = conn.execute("SELECT created FROM ledger_post_batch_at_once(%s, 0)", (documents,)).fetchall()
+    assert rows == [(True,), (True,)]
+    # a repost with the same entries stays on the set-based path...
+    rows = conn.execute("SELECT created FROM ledger_post_batch_at_once(%s, 0)", (documents,)).fetchall()
+    assert rows == [(False,), (False,)]
+    # ...a repost with other entries, or a refused posting, sends the batch posting by posting
+    changed = store.posting_document(capture(merchant, 1500, payment_id=first.external_ref))
+    with pytest.raises(psycopg.Error, match="conflicting repost") as refused:
+        conn.execute("SELECT * FROM ledger_post_batch_at_once(%s, 0)", (Jsonb([changed]),))
+    assert refused.value.sqlstate == "PY002"
+    overdraft = payout_posting(ref("po"), merchant, Money(10_000, "usd"))
+    with pytest.raises(psycopg.Error, match="overdraws usd"):
+        conn.execute(
+            "SELECT * FROM ledger_post_batch_at_once(%s, 0)", (Jsonb([store.posting_document(overdraft)]),)
+        )
+    assert count_transactions(conn, overdraft.external_ref) == 0
+
+
+def test_after_a_set_based_batch_the_deferred_checks_are_back_on(
+    conn: psycopg.Connection[Any], merchant: str
+) -> None:
+    """The batch lowers the per-row checks only for its own, already checked rows: an entry written by hand
+    later in the same database transaction is checked at commit as usual."""
+    postings = [capture(merchant, 1000 + i) for i in range(4)]
+    with pytest.raises(psycopg.errors.CheckViolation, match="does not balance"), conn.transaction():
+        results = store.post_batch(conn, postings, shard=0)
+        assert all(r.created for r in results)
+        txn = results[0].transaction_id
+        conn.execute(
+            """
+            INSERT INTO ledger_entries (transaction_id, account_id, direction, amount, currency, posting_date)
+            SELECT t.id, a.id, 'debit', 1, 'usd', t.posting_date
+              FROM ledger_transactions t, accounts a
+             WHERE t.id = %s AND a.name = 'merchant_payable' AND a.merchant_id = %s
+            """,
+            (txn, merchant),
+        )
+    assert all(count_transactions(conn, p.external_ref) == 0 for p in postings)
+    assert invariants.balances_match_entries(conn) == 0
