@@ -34,6 +34,7 @@ from ledger.migrate import migrate
 from payray.charge import ChargeEvent, ChargeState, psp_idempotency_key, step
 from payray.ids import hash_api_key, new_api_key, new_id
 from payray.services import EmbeddedPostgres, EmbeddedRedis
+from serve_app import keys_db
 from serve_app import payments_db as db
 from serve_app.fast_keys import FastKeys
 
@@ -99,7 +100,7 @@ async def _measure(database_url: str, redis_url: str, claims: int, concurrency: 
 
         async def pg_replay(i: int) -> None:
             async with pool.connection() as conn:
-                assert await db.load_key(conn, MERCHANT, f"{run}-p-{i}") is not None
+                assert await keys_db.load_key(conn, MERCHANT, f"{run}-p-{i}") is not None
 
         result = {
             "redis_claims_per_s": round(await _rate(claims, concurrency, redis_claim)),

@@ -30,6 +30,7 @@ CHART: dict[str, tuple[Direction, Scope]] = {
 
 CAPTURE = "capture"
 REFUND = "refund"
+REFUND_REVERSAL = "refund_reversal"
 PAYOUT = "payout"
 SETTLEMENT = "settlement"
 DISPUTE_HOLD = "dispute_hold"
@@ -76,6 +77,10 @@ class Entry:
             )
         if not self.amount.is_positive():
             raise InvalidPosting(f"entry amounts must be positive, got {self.amount.amount}")
+
+    def reversed(self) -> Entry:
+        """The same amount on the same account, on the other side."""
+        return Entry(self.account, "credit" if self.direction == "debit" else "debit", self.amount)
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +163,19 @@ def fee_for(amount: Money, fee_bps: int) -> Money:
     return fee if fee <= amount else amount
 
 
+def refund_fee_share(fee: Money, charged: int, refunded_before: int, refunding: int) -> Money:
+    """The part of a charge's ``fee`` that a refund of ``refunding`` returns, after ``refunded_before``.
+
+    Shares are taken cumulatively (floor of ``fee * refunded / charged`` after minus before), so any sequence
+    of partial refunds returns exactly ``fee`` once the whole charge is refunded, never a cent more.
+    """
+    if not (refunded_before >= 0 and refunding > 0 and refunded_before + refunding <= charged):
+        raise ValueError(f"cannot refund {refunding} after {refunded_before} of a charge of {charged}")
+    after = fee.amount * (refunded_before + refunding) // charged
+    before = fee.amount * refunded_before // charged
+    return Money(after - before, fee.currency)
+
+
 def capture_posting(
     payment_id: str, merchant_id: str, amount: Money, fee: Money, *, posting_date: date | None = None
 ) -> Posting:
@@ -194,6 +212,21 @@ def refund_posting(
             _line(AccountRef("psp_receivable", currency), "credit", amount),
         ),
         description=f"refund {refund_id}",
+        posting_date=posting_date,
+    )
+
+
+def refund_reversal_posting(
+    refund_id: str, merchant_id: str, amount: Money, fee_returned: Money, *, posting_date: date | None = None
+) -> Posting:
+    """A refund the PSP refused after we booked it: exactly the reverse of its ``refund_posting``."""
+    booked = refund_posting(refund_id, merchant_id, amount, fee_returned, posting_date=posting_date)
+    return Posting(
+        kind=REFUND_REVERSAL,
+        external_ref=refund_id,
+        merchant_id=merchant_id,
+        entries=tuple(entry.reversed() for entry in booked.entries),
+        description=f"reversal of refund {refund_id}",
         posting_date=posting_date,
     )
 

@@ -52,6 +52,16 @@ class PspCapture:
     currency: str
 
 
+@dataclass(frozen=True)
+class PspRefund:
+    """A refund at the PSP that carries one of our refund ids, as the invariant checks see it."""
+
+    refund_id: str
+    psp_reference: str
+    amount: int
+    status: str
+
+
 class PaymentServiceProvider(Protocol):
     async def capture(
         self,
@@ -75,9 +85,20 @@ class PaymentServiceProvider(Protocol):
     async def aclose(self) -> None: ...
 
     async def refund(
-        self, *, payment_id: str, psp_reference: str, amount: int, idempotency_key: str
+        self,
+        *,
+        payment_id: str,
+        psp_reference: str,
+        amount: int,
+        idempotency_key: str,
+        refund_id: str | None = None,
     ) -> PspRefundResult:
-        """Refund (part of) a captured charge; never raises for PSP-side outcomes."""
+        """Refund (part of) a captured charge; never raises for PSP-side outcomes. ``refund_id`` (our refund,
+        if this is one) rides in the PSP refund's metadata."""
+        ...
+
+    def list_refunds(self) -> AsyncIterator[PspRefund]:
+        """Every refund the PSP holds that carries one of our refund ids, newest first, a page at a time."""
         ...
 
     def list_captures(self) -> AsyncIterator[PspCapture]:

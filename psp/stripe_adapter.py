@@ -13,11 +13,12 @@ from typing import Any
 import aiohttp
 import stripe
 
-from psp.port import PspCapture, PspChargeResult, PspConfigurationError, PspRefundResult
+from psp.port import PspCapture, PspChargeResult, PspConfigurationError, PspRefund, PspRefundResult
 
 log = logging.getLogger(__name__)
 
 PAYMENT_ID_KEY = "payray_payment_id"
+REFUND_ID_KEY = "payray_refund_id"
 LIST_FALLBACK_LIMIT = 1_000
 
 
@@ -212,9 +213,16 @@ class StripePsp:
             )
 
     async def refund(
-        self, *, payment_id: str, psp_reference: str, amount: int, idempotency_key: str
+        self,
+        *,
+        payment_id: str,
+        psp_reference: str,
+        amount: int,
+        idempotency_key: str,
+        refund_id: str | None = None,
     ) -> PspRefundResult:
-        params = {"payment_intent": psp_reference, "amount": amount, "metadata": {PAYMENT_ID_KEY: payment_id}}
+        metadata = {PAYMENT_ID_KEY: payment_id, **({REFUND_ID_KEY: refund_id} if refund_id else {})}
+        params = {"payment_intent": psp_reference, "amount": amount, "metadata": metadata}
         try:
             refund = await self._client.v1.refunds.create_async(
                 params,  # type: ignore[arg-type]
@@ -248,6 +256,23 @@ class StripePsp:
                         psp_reference=intent.id,
                         amount=int(_get(intent, "amount_received") or 0),
                         currency=str(_get(intent, "currency")),
+                    )
+            if not page.has_more or not page.data:
+                return
+            params = {"limit": 100, "starting_after": page.data[-1].id}
+
+    async def list_refunds(self) -> AsyncIterator[PspRefund]:
+        params: dict[str, Any] = {"limit": 100}
+        while True:
+            page = await self._client.v1.refunds.list_async(params)  # type: ignore[arg-type]
+            for refund in page.data:
+                refund_id = _get(_get(refund, "metadata"), REFUND_ID_KEY)
+                if refund_id:
+                    yield PspRefund(
+                        refund_id=str(refund_id),
+                        psp_reference=refund.id,
+                        amount=int(_get(refund, "amount") or 0),
+                        status=str(_get(refund, "status")),
                     )
             if not page.has_more or not page.data:
                 return

@@ -32,17 +32,21 @@ from payray.errors import (
 )
 from payray.settings import Settings
 from psp.stripe_adapter import StripePsp
-from serve_app import merchants_db
+from serve_app import merchants_db, refunds_db
 from serve_app import payments_db as db
 from serve_app.auth import Authenticator
 from serve_app.bodies import MAX_BODY_BYTES, parse_body
 from serve_app.charge_flow import ChargeFlow
-from serve_app.charges import ChargeService, check_idempotency_key
+from serve_app.charges import ChargeService
 from serve_app.fast_keys import FastKeys
+from serve_app.idempotent import IdempotentRequests, check_idempotency_key
 from serve_app.invariants import check_invariants
 from serve_app.metrics import ApiMetrics
-from serve_app.render import charge_object, dumps, error_object, list_object
-from serve_app.schemas import ChargeCreate, MerchantCreate
+from serve_app.payouts import PayoutService, list_payouts, load_payout, payout_object
+from serve_app.refund_flow import RefundFlow
+from serve_app.refunds import RefundService
+from serve_app.render import charge_object, dumps, error_object, list_object, refund_object
+from serve_app.schemas import ChargeCreate, MerchantCreate, PayoutCreate, RefundCreate
 from serve_app.wallets import WalletDirectory
 
 api = FastAPI(
@@ -153,7 +157,11 @@ class PaymentApi:
                 s.fee_bps,
                 on_transition=lambda t: self.metrics.transitions.labels(t.event.value, t.target.value).inc(),
             )
-            self.charges = ChargeService(self.pool, self.fast_keys, self.flow, s.in_flight_lease_ms)
+            self.requests = IdempotentRequests(self.pool, self.fast_keys, s.in_flight_lease_ms)
+            self.charges = ChargeService(self.pool, self.requests, self.flow)
+            refund_flow = RefundFlow(self.pool, self.psp, self.wallets)
+            self.refunds = RefundService(self.pool, self.requests, refund_flow, s.fee_bps)
+            self.payouts = PayoutService(self.pool, self.requests, self.wallets)
             self.auth = Authenticator(s.admin_key, self._merchant_for_key)
             self._built = True
 
@@ -209,6 +217,43 @@ class PaymentApi:
         data = [charge_object(p) for p in payments[:limit]]
         return json_response(200, dumps(list_object("/v1/charges", data, len(payments) > limit)))
 
+    # -- refunds -------------------------------------------------------------------------------------------
+
+    @api.post("/v1/refunds")
+    async def create_refund(self, request: Request) -> Response:
+        started = time.perf_counter()
+        merchant_id = await self._merchant(request)
+        key = check_idempotency_key(request.headers.get("idempotency-key"))
+        body = parse_body(RefundCreate, await _read_body(request), request.headers.get("content-type"))
+        answer = await self.refunds.create(merchant_id, key, body)
+        headers = {"Idempotent-Replayed": "true"} if answer.replayed else None
+        self._observe("POST /v1/refunds", started, answer.status)
+        return json_response(answer.status, answer.body, headers)
+
+    @api.get("/v1/refunds/{refund_id}")
+    async def get_refund(self, refund_id: str, request: Request) -> Response:
+        merchant_id = await self._merchant(request)
+        async with self.pool.connection() as conn:
+            refund = await refunds_db.load_refund(conn, refund_id, merchant_id)
+        if refund is None:
+            raise NotFound(f"No such refund: '{refund_id}'", param="id")
+        return json_response(200, dumps(refund_object(refund)))
+
+    @api.get("/v1/refunds")
+    async def list_refunds(self, request: Request) -> Response:
+        merchant_id = await self._merchant(request)
+        limit = _limit(request.query_params.get("limit"))
+        charge = request.query_params.get("charge")
+        after = request.query_params.get("starting_after")
+        async with self.pool.connection() as conn:
+            if charge is not None and await db.load_payment(conn, charge, merchant_id) is None:
+                raise NotFound(f"No such charge: '{charge}'", param="charge")
+            if after is not None and await refunds_db.load_refund(conn, after, merchant_id) is None:
+                raise NotFound(f"No such refund: '{after}'", param="starting_after")
+            refunds = await refunds_db.list_refunds(conn, merchant_id, charge, limit + 1, after)
+        data = [refund_object(r) for r in refunds[:limit]]
+        return json_response(200, dumps(list_object("/v1/refunds", data, len(refunds) > limit)))
+
     # -- balance ---------------------------------------------------------------------------------------------
 
     @api.get("/v1/balance")
@@ -219,6 +264,38 @@ class PaymentApi:
         pending = [{"amount": 0, "currency": cur} for cur in sorted(balances)]
         body = {"object": "balance", "livemode": False, "available": available, "pending": pending}
         return json_response(200, dumps(body))
+
+    @api.post("/v1/payouts")
+    async def create_payout(self, request: Request) -> Response:
+        started = time.perf_counter()
+        merchant_id = await self._merchant(request)
+        key = check_idempotency_key(request.headers.get("idempotency-key"))
+        body = parse_body(PayoutCreate, await _read_body(request), request.headers.get("content-type"))
+        answer = await self.payouts.create(merchant_id, key, body)
+        headers = {"Idempotent-Replayed": "true"} if answer.replayed else None
+        self._observe("POST /v1/payouts", started, answer.status)
+        return json_response(answer.status, answer.body, headers)
+
+    @api.get("/v1/payouts/{payout_id}")
+    async def get_payout(self, payout_id: str, request: Request) -> Response:
+        merchant_id = await self._merchant(request)
+        async with self.pool.connection() as conn:
+            payout = await load_payout(conn, payout_id, merchant_id)
+        if payout is None:
+            raise NotFound(f"No such payout: '{payout_id}'", param="id")
+        return json_response(200, dumps(payout_object(payout)))
+
+    @api.get("/v1/payouts")
+    async def list_payouts(self, request: Request) -> Response:
+        merchant_id = await self._merchant(request)
+        limit = _limit(request.query_params.get("limit"))
+        after = request.query_params.get("starting_after")
+        async with self.pool.connection() as conn:
+            if after is not None and await load_payout(conn, after, merchant_id) is None:
+                raise NotFound(f"No such payout: '{after}'", param="starting_after")
+            payouts = await list_payouts(conn, merchant_id, limit + 1, after)
+        data = [payout_object(p) for p in payouts[:limit]]
+        return json_response(200, dumps(list_object("/v1/payouts", data, len(payouts) > limit)))
 
     # -- admin -----------------------------------------------------------------------------------------------
 

@@ -11,6 +11,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from payray.charge import Transition
+from serve_app.keys_db import CLAIM_KEY
 
 
 @dataclass(frozen=True)
@@ -45,13 +46,7 @@ _PAYMENT_COLUMNS = (
 
 #: Claims the key and creates the payment in one statement: either both rows exist or neither does.
 INSERT_PAYMENT_WITH_KEY = f"""
-WITH claimed AS (
-    INSERT INTO idempotency_keys (merchant_id, key, fingerprint, payment_id, locked_until)
-    VALUES (%(merchant_id)s, %(key)s, %(fingerprint)s, %(id)s,
-            now() + %(lease_ms)s * interval '1 millisecond')
-    ON CONFLICT (merchant_id, key) DO NOTHING
-    RETURNING payment_id
-), payment AS (
+WITH claimed AS ({CLAIM_KEY}), payment AS (
     INSERT INTO payments (id, merchant_id, amount, currency, payment_method, state, idempotency_key,
                           psp_idempotency_key, description, metadata, customer)
     SELECT %(id)s, %(merchant_id)s, %(amount)s, %(currency)s, %(payment_method)s, %(state)s, %(key)s,
@@ -64,25 +59,6 @@ WITH claimed AS (
     FROM payment, jsonb_to_recordset(%(steps)s) AS steps(from_state text, event text, to_state text)
 )
 SELECT * FROM payment
-"""
-
-SELECT_KEY = """
-SELECT fingerprint, payment_id, response_status, response_body,
-       (locked_until IS NOT NULL AND locked_until > now()) AS leased
-FROM idempotency_keys WHERE merchant_id = %s AND key = %s
-"""
-
-#: Take over an abandoned key (its holder crashed, or it answered 202 and the charge is still open).
-TAKE_OVER_KEY = """
-UPDATE idempotency_keys SET locked_until = now() + %(lease_ms)s * interval '1 millisecond'
-WHERE merchant_id = %(merchant_id)s AND key = %(key)s AND fingerprint = %(fingerprint)s
-  AND (locked_until IS NULL OR locked_until <= now())
-  AND (response_status IS NULL OR response_status = 202)
-RETURNING payment_id
-"""
-
-RELEASE_KEY = """
-UPDATE idempotency_keys SET locked_until = NULL WHERE merchant_id = %s AND key = %s
 """
 
 SELECT_PAYMENT = f"SELECT {_PAYMENT_COLUMNS} FROM payments WHERE id = %s"
@@ -149,15 +125,6 @@ def _steps(transitions: list[Transition]) -> Jsonb:
     )
 
 
-@dataclass(frozen=True)
-class KeyRecord:
-    fingerprint: bytes
-    payment_id: str | None
-    response_status: int | None
-    response_body: bytes | None
-    leased: bool
-
-
 async def insert_payment(
     conn: AsyncConnection[Any],
     payment: Payment,
@@ -186,28 +153,6 @@ async def insert_payment(
         await cur.execute(INSERT_PAYMENT_WITH_KEY, params)
         row = await cur.fetchone()
     return _payment(row) if row else None
-
-
-async def load_key(conn: AsyncConnection[Any], merchant_id: str, key: str) -> KeyRecord | None:
-    async with conn.cursor(row_factory=dict_row) as cur:
-        await cur.execute(SELECT_KEY, (merchant_id, key))
-        row = await cur.fetchone()
-    return KeyRecord(**row) if row else None
-
-
-async def take_over_key(
-    conn: AsyncConnection[Any], merchant_id: str, key: str, fingerprint: bytes, lease_ms: int
-) -> str | None:
-    cur = await conn.execute(
-        TAKE_OVER_KEY,
-        {"merchant_id": merchant_id, "key": key, "fingerprint": fingerprint, "lease_ms": lease_ms},
-    )
-    row = await cur.fetchone()
-    return row[0] if row else None
-
-
-async def release_key(conn: AsyncConnection[Any], merchant_id: str, key: str) -> None:
-    await conn.execute(RELEASE_KEY, (merchant_id, key))
 
 
 async def load_payment(

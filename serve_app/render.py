@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from payray import refund as refund_machine
 from payray.charge import public_status
 from payray.errors import PayrayError
 from serve_app.payments_db import Payment
+from serve_app.refunds_db import Refund
 
 
 def dumps(obj: Any) -> bytes:
@@ -37,6 +39,22 @@ def charge_object(p: Payment) -> dict[str, Any]:
         "psp_reference": p.psp_reference,
         "refunded": p.amount_refunded == p.amount,
         "status": status,
+    }
+
+
+def refund_object(r: Refund) -> dict[str, Any]:
+    return {
+        "id": r.id,
+        "object": "refund",
+        "amount": r.amount,
+        "charge": r.payment_id,
+        "created": int(r.created_at.timestamp()),
+        "currency": r.currency,
+        "failure_reason": r.failure_reason,
+        "metadata": r.metadata,
+        "psp_reference": r.psp_reference,
+        "reason": r.reason,
+        "status": refund_machine.public_status(r.state),
     }
 
 

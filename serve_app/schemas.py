@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator
 
@@ -57,6 +57,22 @@ class ChargeCreate(StrictBody):
         if not _TOKEN.match(value):
             raise ValueError("payment_method must be a PSP token such as pm_card_visa")
         return value
+
+
+class RefundCreate(StrictBody):
+    charge: Annotated[StrictStr, Field(pattern=r"^ch_[A-Za-z0-9]{1,64}$")]
+    amount: Amount | None = None
+    reason: Literal["duplicate", "fraudulent", "requested_by_customer"] | None = None
+    metadata: dict[StrictStr, StrictStr] = Field(default_factory=dict)
+
+    _check_metadata = field_validator("metadata")(_metadata)
+
+
+class PayoutCreate(StrictBody):
+    amount: Amount
+    currency: StrictStr
+
+    _check_currency = field_validator("currency")(_currency)
 
 
 class MerchantCreate(StrictBody):

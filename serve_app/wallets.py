@@ -11,6 +11,7 @@ from actors.ledger_pool import get_or_create_writers
 from actors.wallet import get_or_create_wallet, wallet_name
 from ledger.postings import Posting
 from ledger.store import PostingResult
+from payray.money import Money
 from serve_app.batching import NaturalBatcher
 
 
@@ -48,6 +49,15 @@ class WalletDirectory:
 
             batcher = self._credits[merchant_id] = NaturalBatcher(send)
         return await batcher.submit(posting)
+
+    async def debit(self, merchant_id: str, posting: Posting, amount: Money) -> PostingResult:
+        """Post a movement out of the merchant's balance if the wallet holds ``amount`` available.
+
+        Raises ``InsufficientFunds`` (from the wallet actor) when it does not. Not batched: each debit is
+        checked against the balance that the debits before it left.
+        """
+        result: PostingResult = await self.wallet(merchant_id).debit.remote(posting, amount)
+        return result
 
     async def balances(self, merchant_id: str) -> dict[str, int]:
         result: dict[str, int] = await self.wallet(merchant_id).balances.remote()

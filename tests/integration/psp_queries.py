@@ -1,4 +1,4 @@
-"""Ask the PSP emulator, over Stripe's own search API, what it captured."""
+"""Ask the PSP emulator, over Stripe's own API, what it captured and refunded."""
 
 from __future__ import annotations
 
@@ -30,3 +30,14 @@ def payment_intents(psp: httpx.Client, **metadata: str) -> list[dict[str, Any]]:
 
 def captures_for_merchant(psp: httpx.Client, merchant_id: str) -> list[dict[str, Any]]:
     return [pi for pi in payment_intents(psp, payray_merchant_id=merchant_id) if pi["status"] == "succeeded"]
+
+
+def refunds_of(psp: httpx.Client, payment_intent: str) -> list[dict[str, Any]]:
+    """The PSP's refunds of one PaymentIntent, newest first."""
+    response = psp.get(
+        "/v1/refunds",
+        params={"payment_intent": payment_intent, "limit": "100"},
+        headers={"Authorization": f"Bearer {EMULATOR_API_KEY}"},
+    )
+    assert response.status_code == 200, response.text
+    return response.json()["data"]  # type: ignore[no-any-return]

@@ -30,6 +30,14 @@ class Merchant:
         headers = {"Idempotency-Key": key or uuid.uuid4().hex}
         return self.client.post("/v1/charges", json=payload, headers=headers)
 
+    def refund(self, charge: str, key: str | None = None, **body: Any) -> httpx.Response:
+        headers = {"Idempotency-Key": key or uuid.uuid4().hex}
+        return self.client.post("/v1/refunds", json={"charge": charge, **body}, headers=headers)
+
+    def available(self, currency: str = "usd") -> int:
+        balance = self.client.get("/v1/balance").json()
+        return next((b["amount"] for b in balance["available"] if b["currency"] == currency), 0)
+
 
 @pytest.fixture(scope="session")
 def stack(

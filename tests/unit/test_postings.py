@@ -24,7 +24,9 @@ from ledger.postings import (
     dispute_release_posting,
     fee_for,
     payout_posting,
+    refund_fee_share,
     refund_posting,
+    refund_reversal_posting,
     settlement_posting,
 )
 from payray.money import CURRENCY_EXPONENTS, MAX_CHARGE_AMOUNT, CurrencyMismatch, Money
@@ -247,3 +249,56 @@ def test_entries_given_as_a_list_become_a_tuple() -> None:
     )
     assert isinstance(posting.entries, tuple)
     assert hash(posting) == hash(Posting("capture", "ch_1", "acct_1", posting.entries))
+
+
+@given(
+    st.integers(min_value=1, max_value=MAX_CHARGE_AMOUNT),
+    bps,
+    st.lists(st.integers(min_value=1, max_value=MAX_CHARGE_AMOUNT), min_size=1, max_size=8),
+)
+def test_partial_refunds_return_exactly_the_fee_once_the_charge_is_refunded(
+    amount: int, fee_bps: int, cuts: list[int]
+) -> None:
+    fee = fee_for(Money(amount, "usd"), fee_bps)
+    # split the charge into partial refunds of arbitrary sizes that add up to it
+    parts, left = [], amount
+    for cut in cuts:
+        if left == 0:
+            break
+        part = min(left, cut)
+        parts.append(part)
+        left -= part
+    if left:
+        parts.append(left)
+    returned, refunded = 0, 0
+    for part in parts:
+        share = refund_fee_share(fee, amount, refunded, part)
+        assert 0 <= share.amount <= part
+        returned += share.amount
+        refunded += part
+        assert returned <= fee.amount
+        assert returned == fee.amount * refunded // amount
+    assert returned == fee.amount
+
+
+def test_refund_fee_share_refuses_an_over_refund() -> None:
+    with pytest.raises(ValueError):
+        refund_fee_share(Money(29, "usd"), 1000, 600, 401)
+    with pytest.raises(ValueError):
+        refund_fee_share(Money(29, "usd"), 1000, 0, 0)
+
+
+@given(st.integers(min_value=1, max_value=MAX_CHARGE_AMOUNT), currencies, bps)
+def test_a_refund_reversal_undoes_its_refund(amount: int, currency: str, fee_bps: int) -> None:
+    money = Money(amount, currency)
+    fee = fee_for(money, fee_bps)
+    refund = refund_posting("re_1", "acct_1", money, fee)
+    reversal = refund_reversal_posting("re_1", "acct_1", money, fee)
+    assert_balanced(reversal)
+    assert reversal.kind == "refund_reversal" and reversal.external_ref == "re_1"
+    net: defaultdict[tuple[str, str | None], int] = defaultdict(int)
+    for posting in (refund, reversal):
+        for entry in posting.entries:
+            sign = 1 if entry.direction == "debit" else -1
+            net[(entry.account.name, entry.account.merchant_id)] += sign * entry.amount.amount
+    assert all(n == 0 for n in net.values())

@@ -1,0 +1,152 @@
+"""The asyncio driver of the refund state machine (``payray.refund``): wallet debit, PSP refund, reversal.
+
+As for charges, each transition is persisted (with the answer it decides, and its outbox row) before the
+command it triggers runs, and every command is idempotent: the wallet debit and the reversal are ledger
+postings keyed on the refund id, and the PSP refund carries a key derived from it.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from psycopg_pool import AsyncConnectionPool
+
+from actors.wallet import InsufficientFunds
+from ledger.postings import refund_posting, refund_reversal_posting
+from payray.errors import DependencyFailure
+from payray.money import Money
+from payray.refund import RESUME, RefundCommand, RefundEvent, RefundState, public_status, step
+from psp.port import PaymentServiceProvider
+from serve_app import refunds_db as db
+from serve_app.refunds_db import Refund
+from serve_app.render import dumps, refund_object
+from serve_app.wallets import WalletDirectory
+
+log = logging.getLogger("payray.refund")
+
+_PSP_EVENTS = {
+    "refunded": RefundEvent.PSP_REFUNDED,
+    "failed": RefundEvent.PSP_REFUSED,
+    "unknown": RefundEvent.PSP_UNKNOWN,
+}
+
+
+def reply_for(refund: Refund) -> tuple[int, bytes]:
+    """200 once the refund is settled either way; 202 while it is pending (a retry resumes it)."""
+    status = 202 if public_status(refund.state) == "pending" else 200
+    return status, dumps(refund_object(refund))
+
+
+class RefundFlow:
+    def __init__(
+        self, pool: AsyncConnectionPool[Any], psp: PaymentServiceProvider, wallets: WalletDirectory
+    ) -> None:
+        self._pool = pool
+        self._psp = psp
+        self._wallets = wallets
+
+    async def start(self, refund: Refund) -> tuple[int, bytes]:
+        """Drive a freshly inserted refund (``pending``, amount reserved on its charge) to its answer."""
+        return await self._run(refund, RefundCommand.DEBIT_WALLET)
+
+    async def resume(self, refund: Refund) -> tuple[int, bytes]:
+        """Finish an interrupted or pending refund from its persisted state."""
+        state = RefundState(refund.state)
+        if state is RefundState.PSP_UNKNOWN:
+            return await self._advance(refund, RefundEvent.PSP_RETRY)
+        if state in RESUME:
+            return await self._run(refund, RESUME[state])
+        return reply_for(refund)
+
+    async def _run(self, refund: Refund, command: RefundCommand) -> tuple[int, bytes]:
+        if command is RefundCommand.DEBIT_WALLET:
+            return await self._debit_wallet(refund)
+        if command is RefundCommand.REFUND_AT_PSP:
+            return await self._refund_at_psp(refund)
+        if command is RefundCommand.POST_REVERSAL:
+            return await self._post_reversal(refund)
+        return reply_for(refund)
+
+    async def _advance(
+        self,
+        refund: Refund,
+        event: RefundEvent,
+        fields: dict[str, Any] | None = None,
+        detail: dict[str, Any] | None = None,
+    ) -> tuple[int, bytes]:
+        transition = step(refund.state, event)
+        (command,) = transition.commands
+        after = refund.evolve(state=transition.target.value, **{k: v for k, v in (fields or {}).items() if v})
+        response = outbox = None
+        if command is RefundCommand.RESPOND:
+            response = reply_for(after)
+            outbox = (f"refund.{public_status(after.state)}", refund_object(after))
+        async with self._pool.connection() as conn:
+            stored = await db.apply_transition(
+                conn, refund, transition, fields=fields, detail=detail, response=response, outbox=outbox
+            )
+        if stored is None:  # another driver moved it first: answer with what it has now
+            async with self._pool.connection() as conn:
+                current = await db.load_refund(conn, refund.id)
+            assert current is not None
+            return reply_for(current)
+        log.info("refund transition", extra={"refund_id": refund.id, "to": stored.state})
+        return response if response is not None else await self._run(stored, command)
+
+    @staticmethod
+    def _posting_amount(refund: Refund) -> tuple[Money, Money]:
+        return Money(refund.amount, refund.currency), Money(refund.fee_returned, refund.currency)
+
+    async def _debit_wallet(self, refund: Refund) -> tuple[int, bytes]:
+        amount, fee_returned = self._posting_amount(refund)
+        posting = refund_posting(refund.id, refund.merchant_id, amount, fee_returned)
+        from_merchant = amount - fee_returned  # the platform gives back its share of the fee itself
+        try:
+            if from_merchant.is_positive():
+                result = await self._wallets.debit(refund.merchant_id, posting, from_merchant)
+            else:  # a refund of fee only: nothing leaves the merchant's balance
+                result = await self._wallets.apply(refund.merchant_id, posting)
+        except InsufficientFunds as exc:  # (Ray's wrapper of the wallet's error: answer with our own)
+            async with self._pool.connection() as conn:
+                await db.discard(conn, refund.id)
+            raise InsufficientFunds(
+                f"The available balance does not cover a refund of {amount}.", param="amount"
+            ) from exc
+        except Exception as exc:  # the refund stays pending; a retry with its key (or recovery) resumes it
+            log.warning("wallet debit failed", exc_info=True, extra={"refund_id": refund.id})
+            raise DependencyFailure("The merchant's wallet is unavailable; retry with the same key.") from exc
+        if result.error is not None or result.transaction_id is None:
+            raise DependencyFailure(f"the ledger refused refund {refund.id}: {result.error}")
+        return await self._advance(
+            refund, RefundEvent.FUNDS_HELD, {"ledger_transaction_id": result.transaction_id}
+        )
+
+    async def _refund_at_psp(self, refund: Refund) -> tuple[int, bytes]:
+        async with self._pool.connection() as conn:
+            psp_reference = await db.charge_psp_reference(conn, refund.payment_id)
+        result = await self._psp.refund(
+            payment_id=refund.payment_id,
+            psp_reference=psp_reference,
+            amount=refund.amount,
+            idempotency_key=refund.psp_idempotency_key,
+            refund_id=refund.id,
+        )
+        fields = {
+            "psp_reference": result.refund_reference,
+            "failure_reason": result.detail if result.status == "failed" else None,
+        }
+        detail = {"psp_status": result.status, "detail": result.detail} if result.detail else {}
+        return await self._advance(refund, _PSP_EVENTS[result.status], fields, detail)
+
+    async def _post_reversal(self, refund: Refund) -> tuple[int, bytes]:
+        amount, fee_returned = self._posting_amount(refund)
+        reversal = refund_reversal_posting(refund.id, refund.merchant_id, amount, fee_returned)
+        try:
+            result = await self._wallets.apply(refund.merchant_id, reversal)
+        except Exception:
+            log.warning("refund reversal not posted yet", exc_info=True, extra={"refund_id": refund.id})
+            return reply_for(refund)  # stays reversing: a retry or recovery posts it (idempotent)
+        if result.error is not None:
+            return reply_for(refund)
+        return await self._advance(refund, RefundEvent.REVERSAL_POSTED)

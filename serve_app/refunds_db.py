@@ -1,0 +1,256 @@
+"""SQL for refunds: created with their key and the reservation on the charge in one transaction, moved by
+guarded transitions, discarded whole when the merchant's balance refused them (psycopg 3, async)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import Any
+
+from psycopg import AsyncConnection
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+
+from ledger.postings import fee_for, refund_fee_share
+from payray.errors import ClientError, NotFound
+from payray.money import Money
+from payray.refund import RefundTransition
+from serve_app.keys_db import CLAIM_KEY
+
+
+class ChargeNotRefundable(ClientError):
+    code = "charge_not_refundable"
+
+
+class AmountTooLarge(ClientError):
+    code = "amount_too_large"
+
+
+@dataclass(frozen=True)
+class Refund:
+    id: str
+    merchant_id: str
+    payment_id: str
+    amount: int
+    fee_returned: int
+    currency: str
+    state: str
+    psp_idempotency_key: str
+    created_at: datetime
+    idempotency_key: str | None = None
+    reason: str | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+    psp_reference: str | None = None
+    failure_reason: str | None = None
+    ledger_transaction_id: str | None = None
+
+    def evolve(self, **changes: Any) -> Refund:
+        return replace(self, **changes)
+
+
+_COLUMNS = (
+    "id, merchant_id, payment_id, amount, fee_returned, currency, state, psp_idempotency_key, created_at, "
+    "idempotency_key, reason, metadata, psp_reference, failure_reason, ledger_transaction_id"
+)
+
+CLAIM = f"WITH claimed AS ({CLAIM_KEY}) SELECT 1 FROM claimed"
+
+#: The charge, locked until the refund is inserted: concurrent refunds of one charge queue here.
+LOCK_CHARGE = """
+SELECT state, currency, amount, amount_refunded
+FROM payments WHERE id = %(charge)s AND merchant_id = %(merchant_id)s
+FOR UPDATE
+"""
+
+RESERVE_AND_INSERT = f"""
+WITH reserved AS (
+    UPDATE payments SET amount_refunded = amount_refunded + %(amount)s, updated_at = now()
+    WHERE id = %(charge)s AND amount - amount_refunded >= %(amount)s
+    RETURNING id
+)
+INSERT INTO refunds (id, merchant_id, payment_id, amount, fee_returned, currency, reason, metadata, state,
+                     idempotency_key, psp_idempotency_key)
+SELECT %(id)s, %(merchant_id)s, reserved.id, %(amount)s, %(fee_returned)s, %(currency)s, %(reason)s,
+       %(metadata)s, %(state)s, %(key)s, %(psp_idempotency_key)s
+FROM reserved
+RETURNING {_COLUMNS}
+"""
+
+#: Moves a refund (guarded by its current state), records the step, stores the answer under its key,
+#: announces it in the outbox and, when it failed, gives the reserved amount back to the charge.
+APPLY_TRANSITION = f"""
+WITH moved AS (
+    UPDATE refunds SET
+        state = %(to_state)s,
+        psp_reference = COALESCE(%(psp_reference)s, psp_reference),
+        failure_reason = COALESCE(%(failure_reason)s, failure_reason),
+        ledger_transaction_id = COALESCE(%(ledger_transaction_id)s, ledger_transaction_id),
+        updated_at = now()
+    WHERE id = %(id)s AND state = %(from_state)s
+    RETURNING {_COLUMNS}
+), history AS (
+    INSERT INTO refund_transitions (refund_id, from_state, event, to_state, detail)
+    SELECT moved.id, %(from_state)s, %(event)s, %(to_state)s, %(detail)s FROM moved
+), released AS (
+    UPDATE payments p SET amount_refunded = p.amount_refunded - moved.amount, updated_at = now()
+    FROM moved WHERE p.id = moved.payment_id AND %(to_state)s = 'failed'
+), answered AS (
+    UPDATE idempotency_keys AS k SET
+        response_status = %(response_status)s, response_body = %(response_body)s,
+        completed_at = now(), locked_until = NULL
+    FROM moved
+    WHERE %(response_status)s::int IS NOT NULL
+      AND k.merchant_id = moved.merchant_id AND k.key = moved.idempotency_key
+), announced AS (
+    INSERT INTO outbox (topic, aggregate_id, payload)
+    SELECT %(topic)s, moved.id, %(outbox_payload)s FROM moved WHERE %(topic)s::text IS NOT NULL
+)
+SELECT * FROM moved
+"""
+
+#: A refund the balance did not cover: it never moved money, so it leaves nothing (row, key, reservation).
+DISCARD = """
+WITH gone AS (
+    DELETE FROM refunds WHERE id = %(id)s AND state = 'pending'
+    RETURNING id, merchant_id, payment_id, amount, idempotency_key
+), released AS (
+    UPDATE payments p SET amount_refunded = p.amount_refunded - gone.amount, updated_at = now()
+    FROM gone WHERE p.id = gone.payment_id
+)
+DELETE FROM idempotency_keys k USING gone
+WHERE k.merchant_id = gone.merchant_id AND k.key = gone.idempotency_key
+"""
+
+SELECT_REFUND = f"SELECT {_COLUMNS} FROM refunds WHERE id = %s"
+SELECT_MERCHANT_REFUND = f"SELECT {_COLUMNS} FROM refunds WHERE id = %s AND merchant_id = %s"
+
+LIST_REFUNDS = f"""
+SELECT {_COLUMNS} FROM refunds
+WHERE merchant_id = %(merchant_id)s
+  AND (%(charge)s::text IS NULL OR payment_id = %(charge)s)
+  AND (%(after_id)s::text IS NULL OR (created_at, id) < (
+        SELECT created_at, id FROM refunds WHERE id = %(after_id)s AND merchant_id = %(merchant_id)s))
+ORDER BY created_at DESC, id DESC
+LIMIT %(limit)s
+"""
+
+
+async def insert_refund(
+    conn: AsyncConnection[Any], refund: Refund, charge_id: str, fingerprint: bytes, lease_ms: int,
+    requested: int | None, fee_bps: int,
+) -> Refund | None:  # fmt: skip
+    """Claim the key, check the charge and reserve the amount on it, and insert the refund, atomically.
+
+    ``None`` if the key was already taken. Raises ``NotFound`` for a charge the merchant does not have,
+    ``ChargeNotRefundable`` unless it succeeded, ``AmountTooLarge`` past what is left to refund; then nothing
+    is written. ``requested`` ``None`` refunds what is left. The refund gives back its share of the charge's
+    fee at ``fee_bps``, so refunding a whole charge takes back exactly what its capture gave the merchant.
+    """
+    params: dict[str, Any] = {
+        "id": refund.id,
+        "merchant_id": refund.merchant_id,
+        "key": refund.idempotency_key,
+        "fingerprint": fingerprint,
+        "lease_ms": lease_ms,
+        "charge": charge_id,
+        "reason": refund.reason,
+        "metadata": Jsonb(refund.metadata),
+        "state": refund.state,
+        "psp_idempotency_key": refund.psp_idempotency_key,
+    }
+    async with conn.transaction():
+        claimed = await (await conn.execute(CLAIM, params)).fetchone()
+        if claimed is None:
+            return None
+        async with conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(LOCK_CHARGE, params)
+            charge = await cur.fetchone()
+            if charge is None:
+                raise NotFound(f"No such charge: '{charge_id}'", param="charge")
+            if charge["state"] != "succeeded":
+                raise ChargeNotRefundable(
+                    f"Charge {charge_id} has not succeeded; only succeeded charges can be refunded.",
+                    param="charge",
+                )
+            charged, refunded = int(charge["amount"]), int(charge["amount_refunded"])
+            refundable = charged - refunded
+            amount = refundable if requested is None else requested
+            if refundable == 0:
+                raise ChargeNotRefundable(f"Charge {charge_id} has already been refunded.", param="charge")
+            if amount > refundable:
+                raise AmountTooLarge(
+                    f"Refund amount ({amount}) is greater than unrefunded amount on charge ({refundable}).",
+                    param="amount",
+                )
+            fee = fee_for(Money(charged, charge["currency"]), fee_bps)
+            share = refund_fee_share(fee, charged, refunded, amount)
+            params.update(amount=amount, fee_returned=share.amount, currency=charge["currency"])
+            await cur.execute(RESERVE_AND_INSERT, params)
+            row = await cur.fetchone()
+    assert row is not None  # the charge row is locked: the reservation cannot fail after the checks
+    return Refund(**row)
+
+
+async def apply_transition(
+    conn: AsyncConnection[Any],
+    refund: Refund,
+    transition: RefundTransition,
+    *,
+    fields: dict[str, Any] | None = None,
+    detail: dict[str, Any] | None = None,
+    response: tuple[int, bytes] | None = None,
+    outbox: tuple[str, dict[str, Any]] | None = None,
+) -> Refund | None:
+    """Persist one transition from ``refund.state``; ``None`` if the state moved meanwhile."""
+    fields = fields or {}
+    params = {
+        "id": refund.id,
+        "from_state": transition.source.value,
+        "event": transition.event.value,
+        "to_state": transition.target.value,
+        "psp_reference": fields.get("psp_reference"),
+        "failure_reason": fields.get("failure_reason"),
+        "ledger_transaction_id": fields.get("ledger_transaction_id"),
+        "detail": Jsonb(detail or {}),
+        "response_status": response[0] if response else None,
+        "response_body": response[1] if response else None,
+        "topic": outbox[0] if outbox else None,
+        "outbox_payload": Jsonb(outbox[1]) if outbox else None,
+    }
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(APPLY_TRANSITION, params)
+        row = await cur.fetchone()
+    return Refund(**row) if row else None
+
+
+async def charge_psp_reference(conn: AsyncConnection[Any], payment_id: str) -> str:
+    row = await (
+        await conn.execute("SELECT psp_reference FROM payments WHERE id = %s", (payment_id,))
+    ).fetchone()
+    assert row is not None and row[0] is not None, f"refunded charge {payment_id} has no PSP reference"
+    return str(row[0])
+
+
+async def discard(conn: AsyncConnection[Any], refund_id: str) -> None:
+    await conn.execute(DISCARD, {"id": refund_id})
+
+
+async def load_refund(
+    conn: AsyncConnection[Any], refund_id: str, merchant_id: str | None = None
+) -> Refund | None:
+    async with conn.cursor(row_factory=dict_row) as cur:
+        if merchant_id is None:
+            await cur.execute(SELECT_REFUND, (refund_id,))
+        else:
+            await cur.execute(SELECT_MERCHANT_REFUND, (refund_id, merchant_id))
+        row = await cur.fetchone()
+    return Refund(**row) if row else None
+
+
+async def list_refunds(
+    conn: AsyncConnection[Any], merchant_id: str, charge: str | None, limit: int, starting_after: str | None
+) -> list[Refund]:
+    params = {"merchant_id": merchant_id, "charge": charge, "after_id": starting_after, "limit": limit}
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(LIST_REFUNDS, params)
+        return [Refund(**row) for row in await cur.fetchall()]
