@@ -4,13 +4,14 @@ Each user is one merchant's backend. It charges with a fresh idempotency key; wh
 (client timeout, connection error) or says "try again" (409 in flight, 5xx), it retries with the *same* key
 after a jittered backoff, as Stripe's clients do. A share of its settled charges it sends once more with the
 same key, as a client that lost the response would, and checks the replay is the first answer byte for byte.
-It also reads its balance. Payray options (each also an environment variable):
+It refunds a share of its succeeded charges (all or part, retried with the same key like a charge) and reads
+its balance. Payray options (each also an environment variable):
 
     --shape steady|ramp|spike      PAYRAY_LOAD_SHAPE      how users come and go over --run-time
     --merchants N                  PAYRAY_LOAD_MERCHANTS  merchants created for the run (users share them)
     --psp-faults PROFILE           PAYRAY_PSP_FAULTS      none, latency, flaky, timeouts, chaos
     --charge-weight / --balance-weight                    the mix of tasks
-    --replay-share, --client-timeout, --max-retries, --max-fail-ratio
+    --replay-share, --refund-share, --client-timeout, --max-retries, --max-fail-ratio
 
 The admin key (to create merchants) and the emulator's URL come from ``--admin-key`` / ``--psp-url`` or
 from the ``stack.json`` that ``payray up`` leaves under ``PAYRAY_HOME``. Loopback hosts only; runs are
@@ -20,6 +21,7 @@ bounded (``--run-time`` defaults to 60 s; see ``loadtest.options`` for the ceili
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import random
 import time
@@ -48,6 +50,9 @@ CURRENCIES = ("usd", "usd", "usd", "eur", "jpy")
 SETTLED = (200, 402)
 #: Statuses a client retries with the same key: the outcome is not known yet.
 RETRYABLE = (0, 409, 429, 500, 502, 503, 504)
+#: Refund answers that are not failures of payray: done or pending. A 400 ``balance_insufficient`` is not one
+#: either: the merchant's balance, drawn down by its other refunds, does not cover this one.
+REFUND_ANSWERS = (200, 202)
 
 _merchant_keys: list[str] = []
 _next_merchant = itertools.count()
@@ -149,7 +154,7 @@ def _on_quitting(environment: Environment, **_: Any) -> None:
 
 
 class MerchantBackend(FastHttpUser):
-    """One merchant's backend: charges (retrying with the same key), replays, balance reads."""
+    """One merchant's backend: charges and refunds (retrying with the same key), replays, balance reads."""
 
     def on_start(self) -> None:
         options = _options(self.environment)
@@ -166,32 +171,44 @@ class MerchantBackend(FastHttpUser):
             self.client.get("/v1/balance", headers=self.headers, name="GET /v1/balance")
 
     def charge(self) -> None:
-        key = uuid.uuid4().hex
         body = {
             "amount": random.randint(100, 100_000),
             "currency": random.choice(CURRENCIES),
             "payment_method": random.choice(PAYMENT_METHODS),
             "description": "load test",
         }
-        status, payload = self._send(key, body, "POST /v1/charges")
+        key, status, payload = self._post_until_known("/v1/charges", body, (200, 202, 402))
+        if status in SETTLED and random.random() < self.options.replay_share:
+            self._replay(key, body, status, payload)
+        if status == 200 and random.random() < self.options.refund_share:
+            charge = json.loads(payload)
+            amount = charge["amount"] if random.random() < 0.5 else random.randint(1, charge["amount"])
+            self._post_until_known("/v1/refunds", {"charge": charge["id"], "amount": amount}, REFUND_ANSWERS)
+
+    def _post_until_known(
+        self, path: str, body: dict[str, Any], answers: tuple[int, ...]
+    ) -> tuple[str, int, bytes]:
+        """POST with a fresh key, then again with the same key while the outcome is unknown."""
+        key = uuid.uuid4().hex
+        status, payload = self._send(path, key, body, f"POST {path}", answers)
         for attempt in range(1, self.options.max_retries + 1):
             if status not in RETRYABLE:
                 break
             time.sleep(min(2.0, 0.1 * 2**attempt) * random.uniform(0.5, 1.5))
-            status, payload = self._send(key, body, "POST /v1/charges [retry, same key]")
-        if status in SETTLED and random.random() < self.options.replay_share:
-            self._replay(key, body, status, payload)
+            status, payload = self._send(path, key, body, f"POST {path} [retry, same key]", answers)
+        return key, status, payload
 
-    def _send(self, key: str, body: dict[str, Any], name: str) -> tuple[int, bytes]:
+    def _send(
+        self, path: str, key: str, body: dict[str, Any], name: str, answers: tuple[int, ...]
+    ) -> tuple[int, bytes]:
         headers = {**self.headers, "Idempotency-Key": key}
-        with self.client.post(
-            "/v1/charges", json=body, headers=headers, name=name, catch_response=True
-        ) as response:
+        with self.client.post(path, json=body, headers=headers, name=name, catch_response=True) as response:
             status = response.status_code or 0
-            if status in (200, 202, 402):
+            text = response.text or ""
+            if status in answers or (status == 400 and '"balance_insufficient"' in text):
                 response.success()
             else:
-                response.failure(f"HTTP {status}: {(response.text or response.error or '')!s:.200}")
+                response.failure(f"HTTP {status}: {(text or response.error or '')!s:.200}")
             return status, response.content or b""
 
     def _replay(self, key: str, body: dict[str, Any], status: int, payload: bytes) -> None:

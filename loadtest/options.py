@@ -28,6 +28,7 @@ def add_arguments(parser: Any) -> None:
     group.add_argument("--charge-weight", type=float, default=9.0, env_var="PAYRAY_LOAD_CHARGE_WEIGHT")
     group.add_argument("--balance-weight", type=float, default=1.0, env_var="PAYRAY_LOAD_BALANCE_WEIGHT")
     group.add_argument("--replay-share", type=float, default=0.05, env_var="PAYRAY_LOAD_REPLAY_SHARE")
+    group.add_argument("--refund-share", type=float, default=0.1, env_var="PAYRAY_LOAD_REFUND_SHARE")
     group.add_argument("--client-timeout", type=float, default=5.0, env_var="PAYRAY_LOAD_CLIENT_TIMEOUT")
     group.add_argument("--max-retries", type=int, default=3, env_var="PAYRAY_LOAD_MAX_RETRIES")
     group.add_argument("--max-fail-ratio", type=float, default=None, env_var="PAYRAY_LOAD_MAX_FAIL_RATIO")
@@ -94,6 +95,8 @@ def check_options(options: Any) -> list[str]:
         problems.append("--charge-weight and --balance-weight must be >= 0, not both 0")
     if not 0 <= options.replay_share <= 1:
         problems.append(f"--replay-share must be in [0, 1], got {options.replay_share}")
+    if not 0 <= options.refund_share <= 1:
+        problems.append(f"--refund-share must be in [0, 1], got {options.refund_share}")
     if options.client_timeout <= 0 or options.max_retries < 0:
         problems.append("--client-timeout must be > 0 and --max-retries >= 0")
     if options.max_fail_ratio is not None and not 0 <= options.max_fail_ratio <= 1:

@@ -15,6 +15,10 @@ balance does not cover is discarded while still ``pending``, before anything mov
     psp_unknown --psp_refunded--> succeeded         [respond]
     psp_unknown --psp_refused--> reversing          [post_reversal]
     reversing --reversal_posted--> failed           [respond]            (terminal; debit given back)
+    booking --refund_booked--> succeeded            [respond]            (terminal)
+
+``booking`` is where a refund made at the PSP without us (seen first in a ``charge.refunded`` webhook) starts:
+the money already left, so the wallet books it whatever the balance (it may go below zero), with no PSP call.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ class RefundState(StrEnum):
     FUNDS_HELD = "funds_held"
     PSP_UNKNOWN = "psp_unknown"
     REVERSING = "reversing"
+    BOOKING = "booking"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
 
@@ -41,12 +46,14 @@ class RefundEvent(StrEnum):
     PSP_REFUSED = "psp_refused"
     PSP_RETRY = "psp_retry"
     REVERSAL_POSTED = "reversal_posted"
+    REFUND_BOOKED = "refund_booked"
 
 
 class RefundCommand(StrEnum):
     DEBIT_WALLET = "debit_wallet"
     REFUND_AT_PSP = "refund_at_psp"
     POST_REVERSAL = "post_reversal"
+    BOOK_REFUND = "book_refund"
     RESPOND = "respond"
 
 
@@ -61,6 +68,7 @@ TRANSITIONS: dict[tuple[RefundState, RefundEvent], tuple[RefundState, tuple[Refu
     (S.PSP_UNKNOWN, E.PSP_REFUNDED): (S.SUCCEEDED, (C.RESPOND,)),
     (S.PSP_UNKNOWN, E.PSP_REFUSED): (S.REVERSING, (C.POST_REVERSAL,)),
     (S.REVERSING, E.REVERSAL_POSTED): (S.FAILED, (C.RESPOND,)),
+    (S.BOOKING, E.REFUND_BOOKED): (S.SUCCEEDED, (C.RESPOND,)),
 }
 
 TERMINAL_STATES = frozenset({S.SUCCEEDED, S.FAILED})
@@ -73,6 +81,7 @@ RESUME: dict[RefundState, RefundCommand] = {
     S.PENDING: C.DEBIT_WALLET,
     S.FUNDS_HELD: C.REFUND_AT_PSP,
     S.REVERSING: C.POST_REVERSAL,
+    S.BOOKING: C.BOOK_REFUND,
 }
 
 
@@ -107,6 +116,11 @@ def holds_funds(state: RefundState | str) -> bool:
     """Whether the merchant's balance is debited in ``state`` (the ledger holds the refund posting and no
     reversal of it)."""
     return RefundState(state) in (S.FUNDS_HELD, S.PSP_UNKNOWN, S.REVERSING, S.SUCCEEDED)
+
+
+def refunded_at_psp(state: RefundState | str) -> bool:
+    """Whether the PSP has (or may have) refunded in ``state``: from here on the refund is never reversed."""
+    return RefundState(state) in (S.PSP_UNKNOWN, S.BOOKING, S.SUCCEEDED)
 
 
 def psp_refund_key(refund_id: str) -> str:

@@ -66,6 +66,8 @@ class RefundFlow:
             return await self._refund_at_psp(refund)
         if command is RefundCommand.POST_REVERSAL:
             return await self._post_reversal(refund)
+        if command is RefundCommand.BOOK_REFUND:
+            return await self._book(refund)
         return reply_for(refund)
 
     async def _advance(
@@ -138,6 +140,21 @@ class RefundFlow:
         }
         detail = {"psp_status": result.status, "detail": result.detail} if result.detail else {}
         return await self._advance(refund, _PSP_EVENTS[result.status], fields, detail)
+
+    async def _book(self, refund: Refund) -> tuple[int, bytes]:
+        """A refund the PSP made without us: the money is gone, so it is booked whatever the balance."""
+        amount, fee_returned = self._posting_amount(refund)
+        posting = refund_posting(refund.id, refund.merchant_id, amount, fee_returned)
+        try:
+            result = await self._wallets.apply(refund.merchant_id, posting)
+        except Exception:
+            log.warning("refund not booked yet", exc_info=True, extra={"refund_id": refund.id})
+            return reply_for(refund)  # stays booking: recovery books it (the posting is idempotent)
+        if result.error is not None or result.transaction_id is None:
+            return reply_for(refund)
+        return await self._advance(
+            refund, RefundEvent.REFUND_BOOKED, {"ledger_transaction_id": result.transaction_id}
+        )
 
     async def _post_reversal(self, refund: Refund) -> tuple[int, bytes]:
         amount, fee_returned = self._posting_amount(refund)

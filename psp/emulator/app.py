@@ -21,6 +21,7 @@ def build_app(
         app.router.add_route(method, path, handler)
 
     async def close_store(app: web.Application) -> None:
+        await app[EMULATOR].webhooks.close()
         app[EMULATOR].store.close()
 
     app.on_cleanup.append(close_store)

@@ -8,10 +8,12 @@ from typing import Any
 from aiohttp import web
 from pydantic import ValidationError
 
+from psp.emulator.engine import RequestContext
 from psp.emulator.errors import invalid
 from psp.emulator.faults import FaultConfig
 from psp.emulator.routes import Handler, json_response
 from psp.emulator.runtime import EMULATOR
+from psp.emulator.webhooks import WebhookConfig
 
 
 async def _json_body(request: web.Request) -> dict[str, Any]:
@@ -103,6 +105,53 @@ async def stats(request: web.Request) -> web.StreamResponse:
     return json_response(body)
 
 
+def _validated(model: Any, body: dict[str, Any], what: str) -> Any:
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        detail = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise invalid(f"Invalid {what}: {detail}") from None
+
+
+async def get_webhooks(request: web.Request) -> web.StreamResponse:
+    return json_response(request.app[EMULATOR].webhooks.status())
+
+
+async def set_webhooks(request: web.Request) -> web.StreamResponse:
+    """The endpoint events go to, its signing secret and the delivery faults; replaces any earlier one."""
+    config: WebhookConfig = _validated(WebhookConfig, await _json_body(request), "webhook configuration")
+    request.app[EMULATOR].webhooks.configure(config)
+    return json_response(config.model_dump(mode="json"))
+
+
+async def clear_webhooks(request: web.Request) -> web.StreamResponse:
+    request.app[EMULATOR].webhooks.configure(None)
+    return json_response({"config": None})
+
+
+async def flush_webhooks(request: web.Request) -> web.StreamResponse:
+    """Send what a reorder window holds, then wait (up to ``timeout_s``) until every delivery finished."""
+    sender = request.app[EMULATOR].webhooks
+    try:
+        timeout = float(request.query.get("timeout_s", "30"))
+    except ValueError:
+        raise invalid("timeout_s must be a number", param="timeout_s") from None
+    flushed = await sender.flush_held()
+    return json_response({"flushed": flushed, "idle": await sender.idle(min(timeout, 120.0))})
+
+
+async def open_dispute(request: web.Request) -> web.StreamResponse:
+    engine = request.app[EMULATOR].engine
+    dispute = engine.open_dispute(await _json_body(request), RequestContext())
+    return json_response(engine.render("dispute", dispute))
+
+
+async def close_dispute(request: web.Request) -> web.StreamResponse:
+    engine = request.app[EMULATOR].engine
+    dispute = engine.close_dispute(request.match_info["id"], await _json_body(request), RequestContext())
+    return json_response(engine.render("dispute", dispute))
+
+
 async def health(request: web.Request) -> web.StreamResponse:
     return json_response({"ok": True})
 
@@ -117,4 +166,10 @@ ROUTES: list[tuple[str, str, Handler]] = [
     ("GET", "/_emulator/clock", get_clock),
     ("POST", "/_emulator/clock", set_clock),
     ("GET", "/_emulator/stats", stats),
+    ("GET", "/_emulator/webhooks", get_webhooks),
+    ("POST", "/_emulator/webhooks", set_webhooks),
+    ("DELETE", "/_emulator/webhooks", clear_webhooks),
+    ("POST", "/_emulator/webhooks/flush", flush_webhooks),
+    ("POST", "/_emulator/disputes", open_dispute),
+    ("POST", "/_emulator/disputes/{id}/close", close_dispute),
 ]

@@ -34,6 +34,7 @@ PREFIXES: dict[str, str] = {
     "cus": "customer",
     "pm": "payment_method",
     "evt": "event",
+    "dp": "dispute",
 }
 CANCELABLE = frozenset(
     {"requires_payment_method", "requires_capture", "requires_confirmation", "requires_action"}
@@ -595,6 +596,14 @@ class Engine:
                 param="amount",
                 charge=charge["id"],
             )
+        if ctx.decide_decline(charge["id"]) is not None:  # a fault: the PSP refuses this refund
+            raise StripeError(
+                400,
+                "invalid_request_error",
+                f"The refund of charge {charge['id']} was declined.",
+                code="refund_declined",
+                charge=charge["id"],
+            )
         now = self.clock.now()
         refund_id = new_id("re", 24)
         txn = self._balance_transaction(
@@ -622,6 +631,51 @@ class Engine:
         self._emit("refund.created", "refund", refund, ctx)
         self._emit("charge.refunded", "charge", charge, ctx)
         return refund
+
+    # -- disputes (opened and closed by the control routes: a cardholder and a bank, not an API client) ------
+
+    def open_dispute(self, params: dict[str, Any], ctx: RequestContext) -> Obj:
+        """A cardholder disputes a captured charge: ``payment_intent`` or ``charge``, optional ``amount``."""
+        charge = self._refundable_charge(params)
+        amount = p.opt_int(params, "amount")
+        disputable = charge["amount"] - charge["amount_refunded"]
+        if amount is None:
+            amount = disputable
+        if not 0 < amount <= disputable:
+            raise invalid(f"A dispute is for 1 to {disputable}, not {amount}.", param="amount")
+        dispute = {
+            "id": new_id("dp", 24),
+            "object": "dispute",
+            "amount": amount,
+            "charge": charge["id"],
+            "created": self.clock.now(),
+            "currency": charge["currency"],
+            "livemode": False,
+            "metadata": {},
+            "payment_intent": charge.get("payment_intent"),
+            "reason": p.opt_str(params, "reason") or "fraudulent",
+            "status": "needs_response",
+        }
+        self.store.put("dispute", dispute)
+        charge["disputed"] = True
+        self.store.put("charge", charge)
+        self._emit("charge.dispute.created", "dispute", dispute, ctx)
+        return dispute
+
+    def close_dispute(self, dispute_id: str, params: dict[str, Any], ctx: RequestContext) -> Obj:
+        """The bank decides: ``status`` ``won`` (the merchant keeps the money) or ``lost``."""
+        dispute = self.store.get("dispute", dispute_id)
+        if dispute is None:
+            raise no_such("dispute", dispute_id)
+        status = p.opt_str(params, "status")
+        if status not in ("won", "lost"):
+            raise invalid("status must be won or lost.", param="status")
+        if dispute["status"] in ("won", "lost"):
+            raise unexpected_state(f"Dispute {dispute_id} is already closed ({dispute['status']}).")
+        dispute = {**dispute, "status": status}
+        self.store.put("dispute", dispute)
+        self._emit("charge.dispute.closed", "dispute", dispute, ctx)
+        return dispute
 
     def _refundable_charge(self, params: dict[str, Any]) -> Obj:
         pi_id = p.opt_str(params, "payment_intent")

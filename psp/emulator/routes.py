@@ -102,6 +102,8 @@ ROUTES: list[tuple[str, str, Handler]] = [
     ("GET", "/v1/refunds/{id}", retrieve("refund")),
     ("GET", "/v1/balance_transactions", list_of("balance_transaction", "/v1/balance_transactions")),
     ("GET", "/v1/balance_transactions/{id}", retrieve("balance_transaction")),
+    ("GET", "/v1/disputes", list_of("dispute", "/v1/disputes")),
+    ("GET", "/v1/disputes/{id}", retrieve("dispute")),
     ("GET", "/v1/events", list_of("event", "/v1/events")),
     ("GET", "/v1/events/{id}", retrieve("event")),
 ]

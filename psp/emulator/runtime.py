@@ -12,6 +12,7 @@ from psp.emulator.engine import Engine
 from psp.emulator.faults import FaultConfig, Faults
 from psp.emulator.idempotency import IdempotencyTable
 from psp.emulator.store import Journal, Store
+from psp.emulator.webhooks import WebhookSender
 
 
 @dataclass
@@ -21,6 +22,7 @@ class Emulator:
     engine: Engine
     idempotency: IdempotencyTable
     faults: Faults
+    webhooks: WebhookSender
     api_key: str | None = None
 
     @classmethod
@@ -28,12 +30,16 @@ class Emulator:
         """Replays the journal in ``data_dir`` (memory only when None)."""
         clock = Clock()
         store = Store(Journal(data_dir) if data_dir is not None else None)
+        engine = Engine(store, clock)
+        webhooks = WebhookSender()
+        engine.subscribe(webhooks.on_event)
         return cls(
             store=store,
             clock=clock,
-            engine=Engine(store, clock),
+            engine=engine,
             idempotency=IdempotencyTable(store),
             faults=Faults(),
+            webhooks=webhooks,
             api_key=api_key,
         )
 
@@ -43,6 +49,7 @@ class Emulator:
         self.idempotency.clear_in_flight()
         self.faults.configure(FaultConfig())
         self.faults.clear_record()
+        self.webhooks.configure(None)
         self.clock.set(None)
 
 

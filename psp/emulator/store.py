@@ -31,6 +31,7 @@ INDEXED_FIELDS: dict[str, tuple[str, ...]] = {
     "payment_intent": ("customer", "status"),
     "charge": ("customer", "payment_intent"),
     "refund": ("charge", "payment_intent"),
+    "dispute": ("charge", "payment_intent"),
     "balance_transaction": ("type", "source"),
     "event": ("type",),
 }

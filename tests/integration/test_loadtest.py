@@ -36,13 +36,13 @@ def _charge_rows(csv_prefix: Path) -> dict[str, dict[str, str]]:
         return {row["Name"]: row for row in csv.DictReader(stats)}
 
 
-def test_a_steady_run_charges_replays_and_ends_with_the_invariants_verified(
+def test_a_steady_run_charges_refunds_replays_and_ends_with_the_invariants_verified(
     stack: StackInfo, tmp_path: Path
 ) -> None:
     prefix, html = tmp_path / "steady", tmp_path / "steady.html"
     done = _loadtest(
         stack, "--users", "4", "--spawn-rate", "4", "--run-time", "10s", "--merchants", "2",
-        "--csv", str(prefix), "--html", str(html),
+        "--refund-share", "0.5", "--csv", str(prefix), "--html", str(html),
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "invariants hold" in done.stdout
@@ -50,6 +50,8 @@ def test_a_steady_run_charges_replays_and_ends_with_the_invariants_verified(
     charges = rows["POST /v1/charges"]
     assert int(charges["Request Count"]) > 0 and int(charges["Failure Count"]) == 0
     assert int(rows["GET /v1/balance"]["Request Count"]) > 0
+    refunds = rows["POST /v1/refunds"]
+    assert int(refunds["Request Count"]) > 0 and int(refunds["Failure Count"]) == 0
     assert "<html" in html.read_text().lower()
 
 

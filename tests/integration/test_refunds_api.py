@@ -13,7 +13,6 @@ import pytest
 from ledger import store
 from ledger.postings import refund_posting, refund_reversal_posting
 from payray.money import Money
-from payray.stack import EMULATOR_API_KEY
 from tests.integration.psp_queries import refunds_of
 from tests.integration.stack_fixtures import Merchant
 
@@ -195,21 +194,15 @@ def test_a_psp_timeout_answers_pending_and_a_retry_with_the_key_finishes_it(
 
 
 def test_a_refund_the_psp_refuses_is_given_back_to_the_merchant(
-    merchant: Merchant, psp_control: httpx.Client, api_database_url: str
+    merchant: Merchant, api_database_url: str, faults: Any
 ) -> None:
     charge = charged(merchant, 1000)
     available = merchant.available()
-    # refunded at the PSP behind payray's back: the PSP will refuse payray's own refund of it
-    outside = psp_control.post(
-        "/v1/refunds",
-        data={"payment_intent": charge["psp_reference"]},
-        headers={"Authorization": f"Bearer {EMULATOR_API_KEY}"},
-    )
-    assert outside.status_code == 200, outside.text
+    faults(decline_rate=1.0, only_paths=["/v1/refunds"])
     response = merchant.refund(charge["id"], amount=400)
     assert response.status_code == 200, response.text
     refund = response.json()
-    assert refund["status"] == "failed" and "charge_already_refunded" in refund["failure_reason"]
+    assert refund["status"] == "failed" and "refund_declined" in refund["failure_reason"]
     assert merchant.available() == available
     assert merchant.client.get(f"/v1/charges/{charge['id']}").json()["amount_refunded"] == 0
     with psycopg.connect(api_database_url) as conn:

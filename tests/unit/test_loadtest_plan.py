@@ -109,6 +109,7 @@ def test_the_locustfile_refuses_remote_hosts_and_unbounded_users() -> None:
         charge_weight=9.0,
         balance_weight=1.0,
         replay_share=0.05,
+        refund_share=0.1,
         client_timeout=5.0,
         max_retries=3,
         max_fail_ratio=None,
