@@ -12,6 +12,7 @@ import json
 import os
 import secrets
 import socket
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,6 +55,7 @@ class Stack:
     haproxy: bool = False
     say: Callable[[str], None] = print
     _stops: list[Callable[[], None]] = field(default_factory=list)
+    _emulator_started: bool = False
 
     def start(self) -> StackInfo:
         s = self.settings
@@ -67,8 +69,18 @@ class Stack:
             admin_key = s.admin_key or _stored_secret(
                 home / "admin_key", lambda: "sk_admin_" + secrets.token_urlsafe(24)
             )
-            settings = s.with_(database_url=database_url, redis_url=redis_url, admin_key=admin_key)
+            webhook_secrets = s.stripe_webhook_secrets or (
+                _stored_secret(home / "webhook_secret", lambda: "whsec_" + secrets.token_urlsafe(24)),
+            )
+            settings = s.with_(
+                database_url=database_url,
+                redis_url=redis_url,
+                admin_key=admin_key,
+                stripe_webhook_secrets=webhook_secrets,
+            )
             base_url = self._start_serve(settings, psp_key, psp_base)
+            if self._emulator_started:
+                _send_webhooks_to(psp_base, f"{base_url}/v1/webhooks/psp", webhook_secrets[0])
             demo_id, demo_key = _demo_merchant(home, database_url)
         except BaseException:
             self.stop()
@@ -106,6 +118,7 @@ class Stack:
         emulator = EmulatorProcess(home / "psp")
         base = emulator.start()
         self._stops.append(emulator.stop)
+        self._emulator_started = True
         return EMULATOR_API_KEY, base
 
     def _start_serve(self, settings: Settings, psp_key: str, psp_base: str | None) -> str:
@@ -152,6 +165,20 @@ def haproxy_available() -> bool:
 
 def _repo_root() -> str:
     return str(Path(__file__).resolve().parent.parent)
+
+
+def _send_webhooks_to(psp_base: str | None, url: str, secret: str) -> None:
+    """Point the emulator's webhook deliveries at our endpoint, signed with our (first) secret."""
+    assert psp_base is not None
+    request = urllib.request.Request(
+        f"{psp_base}/_emulator/webhooks",
+        data=json.dumps({"url": url, "secret": secret}).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        if answer.status != 200:
+            raise RuntimeError(f"the PSP emulator refused the webhook endpoint: {answer.status}")
 
 
 def _stored_secret(path: Path, make: Callable[[], str]) -> str:

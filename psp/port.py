@@ -54,9 +54,9 @@ class PspCapture:
 
 @dataclass(frozen=True)
 class PspRefund:
-    """A refund at the PSP that carries one of our refund ids, as the invariant checks see it."""
+    """A refund at the PSP; ``refund_id`` is ours when payray asked for it, None if made without us."""
 
-    refund_id: str
+    refund_id: str | None
     psp_reference: str
     amount: int
     status: str
@@ -98,7 +98,11 @@ class PaymentServiceProvider(Protocol):
         ...
 
     def list_refunds(self) -> AsyncIterator[PspRefund]:
-        """Every refund the PSP holds that carries one of our refund ids, newest first, a page at a time."""
+        """Every refund the PSP holds, ours or not, newest first, a page at a time."""
+        ...
+
+    async def refunds_for(self, *, psp_reference: str) -> list[PspRefund]:
+        """Every refund of one charge (by its PaymentIntent), ours or not."""
         ...
 
     def list_captures(self) -> AsyncIterator[PspCapture]:

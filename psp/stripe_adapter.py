@@ -262,21 +262,26 @@ class StripePsp:
             params = {"limit": 100, "starting_after": page.data[-1].id}
 
     async def list_refunds(self) -> AsyncIterator[PspRefund]:
-        params: dict[str, Any] = {"limit": 100}
+        async for refund in self._refunds({"limit": 100}):
+            yield refund
+
+    async def refunds_for(self, *, psp_reference: str) -> list[PspRefund]:
+        return [refund async for refund in self._refunds({"limit": 100, "payment_intent": psp_reference})]
+
+    async def _refunds(self, params: dict[str, Any]) -> AsyncIterator[PspRefund]:
         while True:
             page = await self._client.v1.refunds.list_async(params)  # type: ignore[arg-type]
             for refund in page.data:
                 refund_id = _get(_get(refund, "metadata"), REFUND_ID_KEY)
-                if refund_id:
-                    yield PspRefund(
-                        refund_id=str(refund_id),
-                        psp_reference=refund.id,
-                        amount=int(_get(refund, "amount") or 0),
-                        status=str(_get(refund, "status")),
-                    )
+                yield PspRefund(
+                    refund_id=str(refund_id) if refund_id else None,
+                    psp_reference=refund.id,
+                    amount=int(_get(refund, "amount") or 0),
+                    status=str(_get(refund, "status")),
+                )
             if not page.has_more or not page.data:
                 return
-            params = {"limit": 100, "starting_after": page.data[-1].id}
+            params = {**params, "starting_after": page.data[-1].id}
 
     async def ping(self) -> bool:
         try:

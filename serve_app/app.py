@@ -38,6 +38,7 @@ from serve_app.auth import Authenticator
 from serve_app.bodies import MAX_BODY_BYTES, parse_body
 from serve_app.charge_flow import ChargeFlow
 from serve_app.charges import ChargeService
+from serve_app.disputes import DisputeBooking, dispute_object, list_disputes, load_dispute
 from serve_app.fast_keys import FastKeys
 from serve_app.idempotent import IdempotentRequests, check_idempotency_key
 from serve_app.invariants import check_invariants
@@ -48,6 +49,7 @@ from serve_app.refunds import RefundService
 from serve_app.render import charge_object, dumps, error_object, list_object, refund_object
 from serve_app.schemas import ChargeCreate, MerchantCreate, PayoutCreate, RefundCreate
 from serve_app.wallets import WalletDirectory
+from serve_app.webhooks import WebhookReceiver
 
 api = FastAPI(
     title="payray",
@@ -162,6 +164,15 @@ class PaymentApi:
             refund_flow = RefundFlow(self.pool, self.psp, self.wallets)
             self.refunds = RefundService(self.pool, self.requests, refund_flow, s.fee_bps)
             self.payouts = PayoutService(self.pool, self.requests, self.wallets)
+            self.webhooks = WebhookReceiver(
+                self.pool,
+                self.psp,
+                self.flow,
+                refund_flow,
+                DisputeBooking(self.pool, self.wallets),
+                s.stripe_webhook_secrets,
+                s.fee_bps,
+            )
             self.auth = Authenticator(s.admin_key, self._merchant_for_key)
             self._built = True
 
@@ -296,6 +307,40 @@ class PaymentApi:
             payouts = await list_payouts(conn, merchant_id, limit + 1, after)
         data = [payout_object(p) for p in payouts[:limit]]
         return json_response(200, dumps(list_object("/v1/payouts", data, len(payouts) > limit)))
+
+    # -- PSP webhooks and disputes ---------------------------------------------------------------------------
+
+    @api.post("/v1/webhooks/psp")
+    async def psp_webhook(self, request: Request) -> Response:
+        """Authenticated by its signature, not a key: the PSP calls it."""
+        await self._build()
+        started = time.perf_counter()
+        answer = await self.webhooks.receive(
+            await _read_body(request), request.headers.get("stripe-signature")
+        )
+        self._observe("POST /v1/webhooks/psp", started, 200)
+        return json_response(200, dumps(answer))
+
+    @api.get("/v1/disputes/{dispute_id}")
+    async def get_dispute(self, dispute_id: str, request: Request) -> Response:
+        merchant_id = await self._merchant(request)
+        async with self.pool.connection() as conn:
+            dispute = await load_dispute(conn, dispute_id, merchant_id)
+        if dispute is None:
+            raise NotFound(f"No such dispute: '{dispute_id}'", param="id")
+        return json_response(200, dumps(dispute_object(dispute)))
+
+    @api.get("/v1/disputes")
+    async def list_disputes(self, request: Request) -> Response:
+        merchant_id = await self._merchant(request)
+        limit = _limit(request.query_params.get("limit"))
+        after = request.query_params.get("starting_after")
+        async with self.pool.connection() as conn:
+            if after is not None and await load_dispute(conn, after, merchant_id) is None:
+                raise NotFound(f"No such dispute: '{after}'", param="starting_after")
+            found = await list_disputes(conn, merchant_id, limit + 1, after)
+        data = [dispute_object(d) for d in found[:limit]]
+        return json_response(200, dumps(list_object("/v1/disputes", data, len(found) > limit)))
 
     # -- admin -----------------------------------------------------------------------------------------------
 

@@ -14,10 +14,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
 from ledger.postings import capture_posting, fee_for, refund_posting
-from payray.charge import ChargeEvent, ChargeState, Command, Transition, step
+from payray.charge import ChargeEvent, ChargeState, Command, Transition, allowed_events, step
 from payray.money import Money
 from psp.port import PaymentServiceProvider
 from serve_app import payments_db as db
@@ -47,6 +48,18 @@ _RESUME: dict[ChargeState, tuple[Command, ...]] = {
 
 #: Commands whose whole job is to answer the client with the charge's current state.
 _ANSWERS = frozenset({Command.RESPOND_DECLINED, Command.RESPOND_PENDING, Command.RESPOND_FAILED})
+
+
+@dataclass(frozen=True)
+class Persisted:
+    """A transition written to Postgres (``stored`` is None if the payment had moved on meanwhile) and what
+    is left to do about it once its transaction commits."""
+
+    payment: Payment
+    stored: Payment | None
+    chain: list[Transition]
+    commands: list[Command]
+    response: Reply | None
 
 
 @dataclass(frozen=True)
@@ -125,6 +138,29 @@ class ChargeFlow:
         fields: dict[str, Any],
         detail: dict[str, Any],
     ) -> Reply:
+        async with self._pool.connection() as conn:
+            persisted = await self._persist(conn, payment, chain, fields, detail)
+        return await self.finish(persisted)
+
+    async def apply_psp_outcome(
+        self, conn: AsyncConnection[Any], payment: Payment, outcome: str, fields: dict[str, Any]
+    ) -> Persisted | None:
+        """Persist, on ``conn`` and inside its transaction, an outcome the PSP reported out of band (a
+        webhook): ``captured`` or ``declined``. ``None`` when the payment is no longer waiting for it; else
+        run ``finish`` on the result once the transaction has committed."""
+        event = {"captured": ChargeEvent.PSP_CAPTURED, "declined": ChargeEvent.PSP_DECLINED}[outcome]
+        if event not in allowed_events(payment.state):
+            return None
+        return await self._persist(conn, payment, [step(payment.state, event)], fields, {"source": "webhook"})
+
+    async def _persist(
+        self,
+        conn: AsyncConnection[Any],
+        payment: Payment,
+        chain: list[Transition],
+        fields: dict[str, Any],
+        detail: dict[str, Any],
+    ) -> Persisted:
         """Persist ``chain``; if it ends in an answer, store that answer in the same statement."""
         commands = list(chain[-1].commands)
         after = payment.evolve(
@@ -142,31 +178,35 @@ class ChargeFlow:
             charge = charge_object(after)
             outbox = (f"charge.{charge['status']}", charge)
             commands = []
-        async with self._pool.connection() as conn:
-            stored = await db.apply_transitions(
-                conn,
-                payment,
-                chain,
-                fields=fields,
-                detail=detail,
-                response=(response.status, response.body) if response else None,
-                outbox=outbox,
-            )
-        if stored is None:
+        stored = await db.apply_transitions(
+            conn,
+            payment,
+            chain,
+            fields=fields,
+            detail=detail,
+            response=(response.status, response.body) if response else None,
+            outbox=outbox,
+        )
+        return Persisted(payment, stored, chain, commands, response)
+
+    async def finish(self, persisted: Persisted) -> Reply:
+        """After a transition committed: run what it asked for, or answer with what it decided."""
+        if persisted.stored is None:
             # Another driver moved this payment first; answer with what it has now.
             async with self._pool.connection() as conn:
-                current = await db.load_payment(conn, payment.id)
+                current = await db.load_payment(conn, persisted.payment.id)
             assert current is not None
             return reply_for(current)
-        for transition in chain:
+        stored = persisted.stored
+        for transition in persisted.chain:
             self._on_transition(transition)
         log.info(
             "payment transition",
-            extra={"payment_id": payment.id, "merchant_id": payment.merchant_id, "to": stored.state},
+            extra={"payment_id": stored.id, "merchant_id": stored.merchant_id, "to": stored.state},
         )
-        if response is not None:
-            return Reply(response.status, response.body, stored)
-        return await self._run(stored, commands)
+        if persisted.response is not None:
+            return Reply(persisted.response.status, persisted.response.body, stored)
+        return await self._run(stored, persisted.commands)
 
     async def _run(self, payment: Payment, commands: list[Command]) -> Reply:
         """Run the (single) command a transition asked for; each ends by advancing the machine again."""

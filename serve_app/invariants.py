@@ -25,6 +25,10 @@ EXCEPT
 SELECT external_ref FROM ledger_transactions WHERE kind = 'refund_reversal'
 """
 UNFINISHED_REFUNDS = "SELECT id FROM refunds WHERE state NOT IN ('succeeded', 'failed')"
+#: Refunds made at the PSP without us, learned from its webhooks: known by the PSP's id.
+LEARNED_REFUNDS = (
+    "SELECT psp_reference, id FROM refunds WHERE idempotency_key IS NULL AND psp_reference IS NOT NULL"
+)
 
 
 def _ledger_facts(database_url: str) -> dict[str, Any]:
@@ -37,6 +41,7 @@ def _ledger_facts(database_url: str) -> dict[str, Any]:
             "unfinished": {row[0] for row in conn.execute(UNFINISHED_PAYMENTS).fetchall()},
             "refunds": {row[0] for row in conn.execute(LEDGER_REFUNDS).fetchall()},
             "unfinished_refunds": {row[0] for row in conn.execute(UNFINISHED_REFUNDS).fetchall()},
+            "learned_refunds": dict(conn.execute(LEARNED_REFUNDS).fetchall()),
         }
 
 
@@ -49,8 +54,13 @@ async def check_invariants(
     database_url: str, psp: PaymentServiceProvider, wallets: WalletDirectory
 ) -> dict[str, Any]:
     psp_captures = Counter([c.payment_id async for c in psp.list_captures() if c.payment_id])
-    psp_refunds = {r.refund_id async for r in psp.list_refunds() if r.status in ("succeeded", "pending")}
+    at_psp = [r async for r in psp.list_refunds() if r.status in ("succeeded", "pending")]
     facts = await asyncio.to_thread(_ledger_facts, database_url)
+    learned: dict[str, str] = facts["learned_refunds"]
+    # ours by the id they carry, or by the PSP's id for those learned from a webhook; others are not payray's
+    psp_refunds = {
+        r.refund_id or learned[r.psp_reference] for r in at_psp if r.refund_id or r.psp_reference in learned
+    }
     merchants = await asyncio.to_thread(wallets.live_merchants)
     wallet_balances = dict(
         zip(merchants, await asyncio.gather(*(wallets.balances(m) for m in merchants)), strict=True)

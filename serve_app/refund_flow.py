@@ -10,13 +10,14 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
 from actors.wallet import InsufficientFunds
 from ledger.postings import refund_posting, refund_reversal_posting
 from payray.errors import DependencyFailure
 from payray.money import Money
-from payray.refund import RESUME, RefundCommand, RefundEvent, RefundState, public_status, step
+from payray.refund import RESUME, RefundCommand, RefundEvent, RefundState, allowed_events, public_status, step
 from psp.port import PaymentServiceProvider
 from serve_app import refunds_db as db
 from serve_app.refunds_db import Refund
@@ -77,17 +78,8 @@ class RefundFlow:
         fields: dict[str, Any] | None = None,
         detail: dict[str, Any] | None = None,
     ) -> tuple[int, bytes]:
-        transition = step(refund.state, event)
-        (command,) = transition.commands
-        after = refund.evolve(state=transition.target.value, **{k: v for k, v in (fields or {}).items() if v})
-        response = outbox = None
-        if command is RefundCommand.RESPOND:
-            response = reply_for(after)
-            outbox = (f"refund.{public_status(after.state)}", refund_object(after))
         async with self._pool.connection() as conn:
-            stored = await db.apply_transition(
-                conn, refund, transition, fields=fields, detail=detail, response=response, outbox=outbox
-            )
+            stored, command, response = await self._persist(conn, refund, event, fields or {}, detail or {})
         if stored is None:  # another driver moved it first: answer with what it has now
             async with self._pool.connection() as conn:
                 current = await db.load_refund(conn, refund.id)
@@ -95,6 +87,40 @@ class RefundFlow:
             return reply_for(current)
         log.info("refund transition", extra={"refund_id": refund.id, "to": stored.state})
         return response if response is not None else await self._run(stored, command)
+
+    async def apply_psp_refunded(
+        self, conn: AsyncConnection[Any], refund: Refund, psp_reference: str
+    ) -> bool:
+        """Persist, on ``conn`` and inside its transaction, that the PSP refunded a refund whose outcome we
+        did not know (a webhook); stores the answer under its key. False if it had moved on."""
+        if RefundEvent.PSP_REFUNDED not in allowed_events(refund.state):
+            return False
+        fields = {"psp_reference": psp_reference}
+        stored, _, _ = await self._persist(
+            conn, refund, RefundEvent.PSP_REFUNDED, fields, {"source": "webhook"}
+        )
+        return stored is not None
+
+    async def _persist(
+        self,
+        conn: AsyncConnection[Any],
+        refund: Refund,
+        event: RefundEvent,
+        fields: dict[str, Any],
+        detail: dict[str, Any],
+    ) -> tuple[Refund | None, RefundCommand, tuple[int, bytes] | None]:
+        """Write one transition; one that decides the answer stores it (and its outbox row) with it."""
+        transition = step(refund.state, event)
+        (command,) = transition.commands
+        after = refund.evolve(state=transition.target.value, **{k: v for k, v in fields.items() if v})
+        response = outbox = None
+        if command is RefundCommand.RESPOND:
+            response = reply_for(after)
+            outbox = (f"refund.{public_status(after.state)}", refund_object(after))
+        stored = await db.apply_transition(
+            conn, refund, transition, fields=fields, detail=detail, response=response, outbox=outbox
+        )
+        return stored, command, response
 
     @staticmethod
     def _posting_amount(refund: Refund) -> tuple[Money, Money]:

@@ -24,6 +24,7 @@ KINDS = (
     "payment_intent",
     "charge",
     "refund",
+    "dispute",
     "balance_transaction",
     "event",
 )

@@ -83,9 +83,12 @@ class WebhookSender:
         self._inflight: set[asyncio.Task[None]] = set()
 
     def configure(self, config: WebhookConfig | None) -> None:
+        """A new endpoint (or none): its own seed, record and counts; what a reorder window held is gone."""
         self.config = config
         self.rng = random.Random(config.seed if config and config.seed is not None else 0)
         self._held.clear()
+        self.record.clear()
+        self.counts.clear()
 
     def on_event(self, event: dict[str, Any]) -> None:
         """The engine's listener: runs inside the request that caused the event, so it only enqueues."""

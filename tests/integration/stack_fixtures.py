@@ -17,6 +17,8 @@ from tests.conftest import fresh_database
 
 #: The stack's actors (writers bound to its database, wallets) live apart from the actor tests' own.
 STACK_NAMESPACE = "payray-stack-test"
+#: Webhooks signed with either secret pass (a rotation in progress); the emulator signs with the first.
+WEBHOOK_SECRETS = ("whsec_current_" + uuid.uuid4().hex, "whsec_previous_" + uuid.uuid4().hex)
 
 
 @dataclass
@@ -57,6 +59,7 @@ def _running_stack(database_url: str, redis_url: str, home: Path) -> Iterator[St
         ray_namespace=STACK_NAMESPACE,
         psp_timeout_s=2.0,
         psp_max_retries=1,
+        stripe_webhook_secrets=WEBHOOK_SECRETS,
     )
     running = Stack(settings, port=free_port(), num_cpus=2)
     info = running.start()

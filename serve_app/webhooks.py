@@ -1,0 +1,275 @@
+"""``POST /v1/webhooks/psp``: the PSP's events, verified, applied exactly once and in any order.
+
+Verification is the Stripe SDK's own (``Stripe-Signature``, HMAC-SHA256 of ``"{t}.{body}"``, 300 s tolerance,
+any ``v1`` signature of any configured secret, so a secret can be rotated). An event is applied in one
+database transaction that also records its id: a redelivery finds the id and changes nothing, and a crash
+before the commit leaves nothing applied, so the PSP's retry applies it. What must follow outside the
+database (a ledger posting through the merchant's wallet) runs after the commit from the state the
+transaction left, which the flows (and recovery) resume from.
+
+Order does not matter: a ``charge.succeeded`` for a charge already settled changes nothing; a
+``charge.refunded`` carrying a refund payray never made creates it; a ``charge.dispute.closed`` seen before
+its ``charge.dispute.created`` opens and closes the dispute at once. An event about a charge or refund whose
+own request is still waiting for the PSP is answered 409 and left unrecorded: the PSP delivers it again.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import stripe
+from psycopg import AsyncConnection
+from psycopg_pool import AsyncConnectionPool
+
+from ledger.postings import fee_for, refund_fee_share
+from payray.charge import ChargeState
+from payray.errors import ClientError, PayrayError
+from payray.ids import new_id
+from payray.money import Money
+from payray.refund import RefundState
+from psp.port import PaymentServiceProvider
+from psp.stripe_adapter import PAYMENT_ID_KEY
+from serve_app import disputes
+from serve_app import payments_db as payments
+from serve_app import refunds_db as refunds
+from serve_app.charge_flow import ChargeFlow
+from serve_app.disputes import DisputeBooking
+from serve_app.refund_flow import RefundFlow
+
+log = logging.getLogger("payray.webhooks")
+
+TOLERANCE_S = 300
+
+RECORD_EVENT = """
+INSERT INTO webhook_events (id, type, object_id, effect) VALUES (%(id)s, %(type)s, %(object_id)s, %(effect)s)
+ON CONFLICT (id) DO NOTHING
+RETURNING id
+"""
+
+PAYMENT_BY_PSP = "SELECT id FROM payments WHERE psp_reference = %s"
+
+SET_EFFECT = "UPDATE webhook_events SET effect = %(effect)s WHERE id = %(id)s"
+
+LOCK_PAYMENT = "SELECT id FROM payments WHERE id = %s FOR UPDATE"
+
+#: A refund the PSP made without us, booked as ``booking``: the charge's refunded amount grows with it.
+LEARN_REFUND = """
+WITH counted AS (
+    UPDATE payments SET amount_refunded = amount_refunded + %(amount)s, updated_at = now()
+    WHERE id = %(payment_id)s
+      AND NOT EXISTS (SELECT 1 FROM refunds WHERE psp_reference = %(psp_reference)s)
+    RETURNING id, merchant_id, currency
+)
+INSERT INTO refunds (id, merchant_id, payment_id, amount, fee_returned, currency, state, psp_idempotency_key,
+                     psp_reference)
+SELECT %(id)s, merchant_id, id, %(amount)s, %(fee_returned)s, currency, 'booking', %(psp_key)s,
+       %(psp_reference)s
+FROM counted
+RETURNING id
+"""
+
+
+class InvalidSignature(ClientError):
+    code = "signature_invalid"
+
+
+class NotYet(PayrayError):
+    """The event concerns an operation whose own request is still waiting for the PSP's answer: apply it
+    later (nothing is recorded; the PSP redelivers with backoff, by which time that request has finished or
+    given up and left the operation waiting for exactly this news)."""
+
+    status = 409
+    type = "api_error"
+    code = "webhook_not_ready"
+
+
+#: What an applied event leaves to run after its transaction commits.
+FollowUp = Callable[[], Awaitable[object]]
+
+
+def verify(payload: bytes, header: str | None, secrets: tuple[str, ...]) -> dict[str, Any]:
+    """The event, if ``header`` signs ``payload`` with one of ``secrets`` recently enough; else raise."""
+    if not header:
+        raise InvalidSignature("Missing Stripe-Signature header.")
+    if not secrets:
+        raise InvalidSignature("No webhook signing secret is configured.")
+    try:
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidSignature("The payload is not UTF-8.") from None
+    for secret in secrets:
+        try:
+            stripe.WebhookSignature.verify_header(text, header, secret, TOLERANCE_S)
+        except stripe.SignatureVerificationError:
+            continue
+        try:
+            event = json.loads(text)
+        except ValueError:
+            raise InvalidSignature("The signed payload is not JSON.") from None
+        if not isinstance(event, dict) or not isinstance(event.get("id"), str) or "type" not in event:
+            raise InvalidSignature("The signed payload is not an event.")
+        return event
+    raise InvalidSignature("No signature matches a configured secret within the tolerance.")
+
+
+class WebhookReceiver:
+    def __init__(
+        self,
+        pool: AsyncConnectionPool[Any],
+        psp: PaymentServiceProvider,
+        charges: ChargeFlow,
+        refund_flow: RefundFlow,
+        booking: DisputeBooking,
+        secrets: tuple[str, ...],
+        fee_bps: int,
+    ) -> None:
+        self._pool = pool
+        self._psp = psp
+        self._charges = charges
+        self._refunds = refund_flow
+        self._booking = booking
+        self._secrets = secrets
+        self._fee_bps = fee_bps
+
+    async def receive(self, payload: bytes, signature: str | None) -> dict[str, Any]:
+        event = verify(payload, signature, self._secrets)
+        obj = (event.get("data") or {}).get("object") or {}
+        # what the PSP knows beyond the event (a charge's refunds) is read before the transaction opens
+        psp_refunds = None
+        if event["type"] == "charge.refunded" and obj.get("payment_intent"):
+            psp_refunds = await self._psp.refunds_for(psp_reference=str(obj["payment_intent"]))
+        params = {"id": event["id"], "type": event["type"], "object_id": obj.get("id"), "effect": "applying"}
+        async with self._pool.connection() as conn, conn.transaction():
+            # a concurrent delivery of the same event waits here for ours to commit, then finds it
+            if await (await conn.execute(RECORD_EVENT, params)).fetchone() is None:
+                return {"received": True, "id": event["id"], "effect": "duplicate: already applied"}
+            effect, follow_ups = await self._apply(conn, event["type"], obj, psp_refunds)
+            await conn.execute(SET_EFFECT, {"id": event["id"], "effect": effect})
+        for follow_up in follow_ups:
+            try:
+                await follow_up()
+            except Exception:  # recorded and resumable: recovery (or the client's retry) finishes it
+                log.warning("webhook follow-up failed", exc_info=True, extra={"event_id": event["id"]})
+        log.info("webhook applied", extra={"event_id": event["id"], "type": event["type"], "effect": effect})
+        return {"received": True, "id": event["id"], "effect": effect}
+
+    async def _apply(
+        self, conn: AsyncConnection[Any], type_: str, obj: dict[str, Any], psp_refunds: Any
+    ) -> tuple[str, list[FollowUp]]:
+        if type_ in ("charge.succeeded", "charge.failed"):
+            return await self._charge_outcome(conn, type_, obj)
+        if type_ == "charge.refunded":
+            return await self._charge_refunded(conn, obj, psp_refunds or [])
+        if type_ in ("charge.dispute.created", "charge.dispute.closed"):
+            return await self._dispute(conn, type_, obj)
+        return f"ignored: {type_} is not handled", []
+
+    async def _payment(self, conn: AsyncConnection[Any], obj: dict[str, Any]) -> payments.Payment | None:
+        payment_id = (obj.get("metadata") or {}).get(PAYMENT_ID_KEY)
+        if not payment_id and obj.get("payment_intent"):
+            row = await (await conn.execute(PAYMENT_BY_PSP, (obj["payment_intent"],))).fetchone()
+            payment_id = row[0] if row else None
+        if not payment_id:
+            return None
+        return await payments.load_payment(conn, str(payment_id))
+
+    async def _charge_outcome(
+        self, conn: AsyncConnection[Any], type_: str, obj: dict[str, Any]
+    ) -> tuple[str, list[FollowUp]]:
+        payment = await self._payment(conn, obj)
+        if payment is None:
+            return "ignored: not a payray charge", []
+        if payment.state == ChargeState.PSP_PENDING:
+            raise NotYet(f"{payment.id} is still waiting for the PSP's answer; deliver again later.")
+        if payment.state != ChargeState.UNKNOWN:
+            return f"no change: {payment.id} is {payment.state}", []
+        succeeded = type_ == "charge.succeeded"
+        fields: dict[str, Any] = {"psp_reference": obj.get("payment_intent")}
+        if not succeeded:
+            fields.update(failure_code=obj.get("failure_code"), failure_message=obj.get("failure_message"))
+        persisted = await self._charges.apply_psp_outcome(
+            conn, payment, "captured" if succeeded else "declined", fields
+        )
+        if persisted is None:
+            return f"no change: {payment.id} is {payment.state}", []
+        return f"{payment.id} {payment.state} -> {persisted.chain[-1].target.value}", [
+            lambda: self._charges.finish(persisted)
+        ]
+
+    async def _charge_refunded(
+        self, conn: AsyncConnection[Any], obj: dict[str, Any], psp_refunds: list[Any]
+    ) -> tuple[str, list[FollowUp]]:
+        payment = await self._payment(conn, obj)
+        if payment is None:
+            return "ignored: not a payray charge", []
+        await conn.execute(LOCK_PAYMENT, (payment.id,))  # one refund bookkeeper per charge at a time
+        effects: list[str] = []
+        follow_ups: list[FollowUp] = []
+        for psp_refund in psp_refunds:
+            if psp_refund.status not in ("succeeded", "pending"):
+                continue
+            if psp_refund.refund_id:  # ours: the PSP's word settles it, if we were left not knowing
+                refund = await refunds.load_refund(conn, psp_refund.refund_id)
+                if refund is not None and refund.state == RefundState.FUNDS_HELD:
+                    raise NotYet(f"{refund.id} is still waiting for the PSP's answer; deliver again later.")
+                if refund is None or refund.state != RefundState.PSP_UNKNOWN:
+                    continue
+                if await self._refunds.apply_psp_refunded(conn, refund, psp_refund.psp_reference):
+                    effects.append(f"{refund.id} psp_unknown -> succeeded")
+                continue
+            if payment.state != ChargeState.SUCCEEDED:  # a compensating refund of a charge that failed
+                continue
+            payment = await payments.load_payment(conn, payment.id) or payment  # refunded amount so far
+            learned = await self._learn_refund(conn, payment, psp_refund)
+            if learned is not None:
+                effects.append(f"{learned} learned from the PSP")
+                follow_ups.append(functools.partial(self._resume_refund, learned))
+        return ("; ".join(effects) or "no change"), follow_ups
+
+    async def _learn_refund(
+        self, conn: AsyncConnection[Any], payment: payments.Payment, psp_refund: Any
+    ) -> str | None:
+        refund_id = new_id("re")
+        fee = fee_for(Money(payment.amount, payment.currency), self._fee_bps)
+        amount = min(int(psp_refund.amount), payment.amount - payment.amount_refunded)
+        if amount <= 0:
+            log.error("the PSP refunded more than payray reserved", extra={"payment_id": payment.id})
+            return None
+        share = refund_fee_share(fee, payment.amount, payment.amount_refunded, amount)
+        params = {
+            "id": refund_id,
+            "payment_id": payment.id,
+            "amount": amount,
+            "fee_returned": share.amount,
+            "psp_key": f"psp-{psp_refund.psp_reference}",
+            "psp_reference": psp_refund.psp_reference,
+        }
+        row = await (await conn.execute(LEARN_REFUND, params)).fetchone()
+        return str(row[0]) if row else None
+
+    async def _resume_refund(self, refund_id: str) -> None:
+        async with self._pool.connection() as conn:
+            refund = await refunds.load_refund(conn, refund_id)
+        if refund is not None and refund.state == RefundState.BOOKING:
+            await self._refunds.resume(refund)
+
+    async def _dispute(
+        self, conn: AsyncConnection[Any], type_: str, obj: dict[str, Any]
+    ) -> tuple[str, list[FollowUp]]:
+        payment = await self._payment(conn, obj)
+        if payment is None:
+            return "ignored: not a payray charge", []
+        if type_ == "charge.dispute.created":
+            dispute = await disputes.record_opened(conn, payment.id, obj)
+        else:
+            outcome = obj.get("status")
+            if outcome not in ("won", "lost"):
+                return f"ignored: dispute closed as {outcome}", []
+            dispute = await disputes.record_closed(conn, payment.id, obj, outcome)
+        if dispute is None:
+            return "no change: dispute already known", []
+        return f"{dispute.id} {dispute.status}", [lambda: self._booking.book(dispute)]
