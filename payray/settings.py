@@ -44,6 +44,10 @@ class Settings:
     idempotency_ttl_ms: int = 86_400_000
     in_flight_lease_ms: int = 60_000
     db_pool_size: int = 8
+    #: how often the recovery janitor sweeps, and how long a row must sit untouched before it counts as
+    #: abandoned (longer than any live request waits on the PSP and the ledger)
+    recovery_interval_s: float = 30.0
+    recovery_grace_s: float = 120.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -65,6 +69,8 @@ class Settings:
             psp_timeout_s=float(env.get("PAYRAY_PSP_TIMEOUT_S", "10")),
             psp_max_retries=_positive_int(env, "PAYRAY_PSP_MAX_RETRIES", 2, allow_zero=True),
             db_pool_size=_positive_int(env, "PAYRAY_DB_POOL_SIZE", 8),
+            recovery_interval_s=float(env.get("PAYRAY_RECOVERY_INTERVAL_S", "30")),
+            recovery_grace_s=float(env.get("PAYRAY_RECOVERY_GRACE_S", "120")),
         )
 
     def with_(self, **changes: object) -> Settings:

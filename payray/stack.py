@@ -8,6 +8,7 @@ what the stack started is stopped.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -81,6 +82,7 @@ class Stack:
             base_url = self._start_serve(settings, psp_key, psp_base)
             if self._emulator_started:
                 _send_webhooks_to(psp_base, f"{base_url}/v1/webhooks/psp", webhook_secrets[0])
+            self._start_janitor(settings, psp_key, psp_base)
             demo_id, demo_key = _demo_merchant(home, database_url)
         except BaseException:
             self.stop()
@@ -120,6 +122,19 @@ class Stack:
         self._stops.append(emulator.stop)
         self._emulator_started = True
         return EMULATOR_API_KEY, base
+
+    def _start_janitor(self, settings: Settings, psp_key: str, psp_base: str | None) -> None:
+        import ray
+
+        from serve_app.janitor import JANITOR_NAME, start_janitor
+
+        start_janitor(settings, psp_key, psp_base)
+
+        def stop() -> None:
+            with contextlib.suppress(ValueError):
+                ray.kill(ray.get_actor(JANITOR_NAME, namespace=settings.ray_namespace))
+
+        self._stops.append(stop)
 
     def _start_serve(self, settings: Settings, psp_key: str, psp_base: str | None) -> str:
         import ray

@@ -12,6 +12,7 @@ from typing import Any
 
 import psycopg
 import psycopg_pool
+import ray
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
@@ -42,12 +43,13 @@ from serve_app.disputes import DisputeBooking, dispute_object, list_disputes, lo
 from serve_app.fast_keys import FastKeys
 from serve_app.idempotent import IdempotentRequests, check_idempotency_key
 from serve_app.invariants import check_invariants
+from serve_app.janitor import JANITOR_NAME
 from serve_app.metrics import ApiMetrics
-from serve_app.payouts import PayoutService, list_payouts, load_payout, payout_object
+from serve_app.payouts import PayoutFlow, PayoutService, list_payouts, load_payout, payout_object
 from serve_app.refund_flow import RefundFlow
 from serve_app.refunds import RefundService
 from serve_app.render import charge_object, dumps, error_object, list_object, refund_object
-from serve_app.schemas import ChargeCreate, MerchantCreate, PayoutCreate, RefundCreate
+from serve_app.schemas import ChargeCreate, MerchantCreate, PayoutCreate, RecoverySweep, RefundCreate
 from serve_app.wallets import WalletDirectory
 from serve_app.webhooks import WebhookReceiver
 
@@ -163,7 +165,7 @@ class PaymentApi:
             self.charges = ChargeService(self.pool, self.requests, self.flow)
             refund_flow = RefundFlow(self.pool, self.psp, self.wallets)
             self.refunds = RefundService(self.pool, self.requests, refund_flow, s.fee_bps)
-            self.payouts = PayoutService(self.pool, self.requests, self.wallets)
+            self.payouts = PayoutService(self.pool, self.requests, PayoutFlow(self.pool, self.wallets))
             self.webhooks = WebhookReceiver(
                 self.pool,
                 self.psp,
@@ -370,6 +372,14 @@ class PaymentApi:
         assert self._settings.database_url
         report = await check_invariants(self._settings.database_url, self.psp, self.wallets)
         return json_response(200, dumps(report))
+
+    @api.post("/v1/admin/recovery/sweep")
+    async def recovery_sweep(self, request: Request) -> Response:
+        """Run the recovery janitor's pass now; ``{"grace_s": n}`` narrows "stuck" to n seconds untouched."""
+        await self._admin(request)
+        body = parse_body(RecoverySweep, await _read_body(request), request.headers.get("content-type"))
+        janitor = ray.get_actor(JANITOR_NAME, namespace=self._settings.ray_namespace)
+        return json_response(200, dumps(await janitor.sweep.remote(body.grace_s)))
 
     # -- operations ------------------------------------------------------------------------------------------
 

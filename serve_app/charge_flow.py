@@ -121,6 +121,33 @@ class ChargeFlow:
             await db.store_response(conn, payment.id, reply.status, reply.body)
         return reply
 
+    async def recover(self, payment: Payment) -> Reply:
+        """Finish a payment nobody drives any more (recovery). One that never heard the PSP's answer asks the
+        PSP, by the payment id in the intent's metadata, what happened, rather than capturing again: found
+        captured or declined, it goes on from there; not found, it failed. Every other state resumes."""
+        state = ChargeState(payment.state)
+        if state not in (ChargeState.PSP_PENDING, ChargeState.UNKNOWN):
+            return await self.resume(payment)
+        found = await self._psp.lookup(payment_id=payment.id)
+        if found is not None and found.status == "captured":
+            return await self._advance(
+                payment, ChargeEvent.PSP_CAPTURED, {"psp_reference": found.psp_reference}
+            )
+        if found is not None and found.status == "declined":
+            fields = {
+                "psp_reference": found.psp_reference,
+                "failure_code": found.failure_code,
+                "failure_message": found.failure_message,
+            }
+            return await self._advance(payment, ChargeEvent.PSP_DECLINED, fields)
+        if found is not None:  # the PSP itself cannot say yet: the next sweep asks again
+            return reply_for(payment)
+        if state is ChargeState.PSP_PENDING:
+            payment = (
+                await self._advance(payment, ChargeEvent.PSP_UNKNOWN, detail={"source": "recovery"})
+            ).payment
+        return await self._advance(payment, ChargeEvent.PSP_NOT_FOUND, detail={"source": "recovery"})
+
     async def _advance(
         self,
         payment: Payment,

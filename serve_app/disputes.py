@@ -25,7 +25,7 @@ from serve_app.wallets import WalletDirectory
 
 log = logging.getLogger("payray.dispute")
 
-_COLUMNS = "id, merchant_id, payment_id, psp_dispute_id, amount, currency, reason, status, created_at"
+COLUMNS = "id, merchant_id, payment_id, psp_dispute_id, amount, currency, reason, status, created_at"
 
 
 @dataclass(frozen=True)
@@ -47,24 +47,24 @@ INSERT INTO disputes (id, merchant_id, payment_id, psp_dispute_id, amount, curre
 SELECT %(id)s, p.merchant_id, p.id, %(psp_dispute_id)s, %(amount)s, %(currency)s, %(reason)s, %(status)s
 FROM payments p WHERE p.id = %(payment_id)s
 ON CONFLICT (psp_dispute_id) DO NOTHING
-RETURNING {_COLUMNS}
+RETURNING {COLUMNS}
 """
 
 DECIDE = f"""
 UPDATE disputes SET status = %(status)s, updated_at = now()
 WHERE psp_dispute_id = %(psp_dispute_id)s AND status IN ('opening', 'open')
-RETURNING {_COLUMNS}
+RETURNING {COLUMNS}
 """
 
 ADVANCE = f"""
 UPDATE disputes SET status = %(to)s, updated_at = now() WHERE id = %(id)s AND status = %(from)s
-RETURNING {_COLUMNS}
+RETURNING {COLUMNS}
 """
 
-SELECT_ONE = f"SELECT {_COLUMNS} FROM disputes WHERE id = %(id)s AND merchant_id = %(merchant_id)s"
-SELECT_BY_PSP = f"SELECT {_COLUMNS} FROM disputes WHERE psp_dispute_id = %(psp_dispute_id)s"
+SELECT_ONE = f"SELECT {COLUMNS} FROM disputes WHERE id = %(id)s AND merchant_id = %(merchant_id)s"
+SELECT_BY_PSP = f"SELECT {COLUMNS} FROM disputes WHERE psp_dispute_id = %(psp_dispute_id)s"
 LIST = f"""
-SELECT {_COLUMNS} FROM disputes
+SELECT {COLUMNS} FROM disputes
 WHERE merchant_id = %(merchant_id)s
   AND (%(after_id)s::text IS NULL OR (created_at, id) < (
         SELECT created_at, id FROM disputes WHERE id = %(after_id)s AND merchant_id = %(merchant_id)s))

@@ -96,11 +96,10 @@ class IdempotentRequests:
     def _answer_from_fast(record: FastRecord, fingerprint: bytes) -> Answer | None:
         if record.fingerprint != fingerprint:
             raise IdempotencyKeyReused(KEY_REUSED)
-        if record.status is None:
-            raise IdempotencyKeyInUse(KEY_IN_USE)
-        if record.status != PENDING and record.body is not None:
+        if record.status is not None and record.status != PENDING and record.body is not None:
             return Answer(record.status, record.body, replayed=True)
-        return None  # pending: Postgres knows the object's current state
+        # in flight or pending by Redis: Postgres knows better (recovery may have finished it meanwhile)
+        return None
 
     async def _create_or_recover(
         self, merchant_id: str, key: str, fingerprint: bytes, operation: Operation[T]

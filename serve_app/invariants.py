@@ -18,9 +18,10 @@ from serve_app.wallets import WalletDirectory
 
 LEDGER_CAPTURES = "SELECT external_ref FROM ledger_transactions WHERE kind = 'capture'"
 UNFINISHED_PAYMENTS = "SELECT id FROM payments WHERE state NOT IN ('succeeded', 'declined', 'failed')"
-#: Refunds the ledger holds as debited and not given back.
+#: Refunds of payray's refund objects the ledger holds as debited and not given back (a charge's
+#: compensation, booked as a refund of the whole charge under its own reference, is not one of them).
 LEDGER_REFUNDS = """
-SELECT external_ref FROM ledger_transactions WHERE kind = 'refund'
+SELECT external_ref FROM ledger_transactions WHERE kind = 'refund' AND external_ref LIKE 're\\_%'
 EXCEPT
 SELECT external_ref FROM ledger_transactions WHERE kind = 'refund_reversal'
 """

@@ -78,6 +78,12 @@ DELETE FROM idempotency_keys k USING gone
 WHERE k.merchant_id = gone.merchant_id AND k.key = gone.idempotency_key
 """
 
+SELECT_STUCK = f"""
+SELECT {_COLUMNS} FROM payouts
+WHERE state = 'pending' AND updated_at < now() - %(grace)s * interval '1 second'
+ORDER BY updated_at LIMIT %(limit)s
+"""
+
 SELECT_PAYOUT = f"SELECT {_COLUMNS} FROM payouts WHERE id = %(id)s AND merchant_id = %(merchant_id)s"
 LIST_PAYOUTS = f"""
 SELECT {_COLUMNS} FROM payouts
@@ -112,6 +118,12 @@ async def load_payout(conn: AsyncConnection[Any], payout_id: str, merchant_id: s
     return await _one(conn, SELECT_PAYOUT, {"id": payout_id, "merchant_id": merchant_id})
 
 
+async def stuck_payouts(conn: AsyncConnection[Any], grace_s: float, limit: int) -> list[Payout]:
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(SELECT_STUCK, {"grace": grace_s, "limit": limit})
+        return [Payout(**row) for row in await cur.fetchall()]
+
+
 async def list_payouts(
     conn: AsyncConnection[Any], merchant_id: str, limit: int, starting_after: str | None
 ) -> list[Payout]:
@@ -123,11 +135,11 @@ async def list_payouts(
 
 class PayoutService:
     def __init__(
-        self, pool: AsyncConnectionPool[Any], requests: IdempotentRequests, wallets: WalletDirectory
+        self, pool: AsyncConnectionPool[Any], requests: IdempotentRequests, flow: PayoutFlow
     ) -> None:
         self._pool = pool
         self._requests = requests
-        self._wallets = wallets
+        self._flow = flow
 
     async def create(self, merchant_id: str, key: str, body: PayoutCreate) -> Answer:
         fingerprint = request_fingerprint("POST", "/v1/payouts", body.model_dump(mode="json"))
@@ -148,12 +160,20 @@ class PayoutService:
             async with self._pool.connection() as conn:
                 payout = await load_payout(conn, payout_id, merchant_id)
             assert payout is not None
-            return await self._pay(payout)
+            return await self._flow.pay(payout)
 
-        operation = Operation(create, self._pay, resume)
+        operation = Operation(create, self._flow.pay, resume)
         return await self._requests.run(merchant_id, key, fingerprint, operation)
 
-    async def _pay(self, payout: Payout) -> tuple[int, bytes]:
+
+class PayoutFlow:
+    """Debits a ``pending`` payout through the merchant's wallet; recovery runs it on one left behind."""
+
+    def __init__(self, pool: AsyncConnectionPool[Any], wallets: WalletDirectory) -> None:
+        self._pool = pool
+        self._wallets = wallets
+
+    async def pay(self, payout: Payout) -> tuple[int, bytes]:
         if payout.state != "pending":
             return 200, dumps(payout_object(payout))
         amount = Money(payout.amount, payout.currency)

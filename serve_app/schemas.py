@@ -75,6 +75,10 @@ class PayoutCreate(StrictBody):
     _check_currency = field_validator("currency")(_currency)
 
 
+class RecoverySweep(StrictBody):
+    grace_s: Annotated[float, Field(ge=0, le=86_400)] | None = None
+
+
 class MerchantCreate(StrictBody):
     name: Annotated[StrictStr, Field(min_length=1, max_length=200)]
 

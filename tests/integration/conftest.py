@@ -24,6 +24,7 @@ from tests.integration.stack_fixtures import (  # noqa: E402  (the stack's fixtu
     invariants_hold,
     merchant,
     new_merchant,
+    no_webhooks,
     psp_control,
     stack,
 )
@@ -36,6 +37,7 @@ __all__ = [
     "invariants_hold",
     "merchant",
     "new_merchant",
+    "no_webhooks",
     "psp_control",
     "stack",
 ]

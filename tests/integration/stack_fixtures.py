@@ -127,6 +127,15 @@ def faults(psp_control: httpx.Client) -> Iterator[Callable[..., None]]:
 
 
 @pytest.fixture
+def no_webhooks(stack: StackInfo, psp_control: httpx.Client) -> Iterator[None]:
+    """The emulator keeps its events to itself for one test (so only the code under test settles things)."""
+    assert psp_control.delete("/_emulator/webhooks").status_code == 200
+    yield
+    endpoint = {"url": f"{stack.base_url}/v1/webhooks/psp", "secret": WEBHOOK_SECRETS[0]}
+    assert psp_control.post("/_emulator/webhooks", json=endpoint).status_code == 200
+
+
+@pytest.fixture
 def invariants_hold(admin: httpx.Client) -> Iterator[None]:
     """After the test, the three invariants hold (the same check as ``payray verify``)."""
     yield

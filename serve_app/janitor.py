@@ -1,0 +1,111 @@
+"""The recovery janitor: a Ray actor that sweeps at start-up and then on a schedule (see ``recovery``).
+
+One named, detached, restartable actor per deployment (``recovery_janitor``); its state is only a timer,
+everything it acts on is in Postgres. ``sweep`` runs a pass on demand (``POST /v1/admin/recovery/sweep``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+
+import ray
+from psycopg_pool import AsyncConnectionPool
+
+from payray.settings import Settings
+from psp.stripe_adapter import StripePsp
+from serve_app.charge_flow import ChargeFlow
+from serve_app.disputes import DisputeBooking
+from serve_app.payouts import PayoutFlow
+from serve_app.recovery import Recovery
+from serve_app.refund_flow import RefundFlow
+from serve_app.wallets import WalletDirectory
+
+log = logging.getLogger("payray.janitor")
+
+JANITOR_NAME = "recovery_janitor"
+
+
+class Janitor:
+    def __init__(self, settings: Settings, psp_api_key: str, psp_api_base: str | None) -> None:
+        self._settings = settings
+        self._psp_key = psp_api_key
+        self._psp_base = psp_api_base
+        self._recovery: Recovery | None = None
+        self._loop: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
+        self._sweeps = 0
+        self._last: dict[str, Any] = {}
+
+    async def start(self) -> bool:
+        """Sweep now and then every ``recovery_interval_s``; idempotent."""
+        if self._loop is None or self._loop.done():
+            self._loop = asyncio.get_running_loop().create_task(self._forever())
+        return True
+
+    async def sweep(self, grace_s: float | None = None) -> dict[str, Any]:
+        """One pass over what has been stuck for ``grace_s`` (default: the configured grace)."""
+        recovery = await self._build()
+        grace = self._settings.recovery_grace_s if grace_s is None else grace_s
+        async with self._lock:  # one pass at a time; a second caller waits and then runs its own
+            started = time.perf_counter()
+            counts = await recovery.sweep(grace)
+            self._sweeps += 1
+            self._last = {
+                "counts": counts,
+                "seconds": round(time.perf_counter() - started, 3),
+                "at": time.time(),
+            }
+        return self._last
+
+    async def stats(self) -> dict[str, Any]:
+        return {"sweeps": self._sweeps, "last": self._last, "running": self._loop is not None}
+
+    async def _forever(self) -> None:
+        while True:
+            try:
+                await self.sweep()
+            except Exception:  # never let the schedule die: the next pass tries again
+                log.exception("recovery sweep failed")
+            await asyncio.sleep(self._settings.recovery_interval_s)
+
+    async def _build(self) -> Recovery:
+        if self._recovery is not None:
+            return self._recovery
+        s = self._settings
+        assert s.database_url
+        pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
+            s.database_url, min_size=1, max_size=4, open=False, kwargs={"autocommit": True}
+        )
+        await pool.open(wait=True, timeout=30)
+        psp = StripePsp(self._psp_key, self._psp_base, s.psp_timeout_s, s.psp_max_retries)
+        wallets = WalletDirectory(s.database_url, s.ledger_writers, s.ray_namespace)
+        self._recovery = Recovery(
+            pool,
+            ChargeFlow(pool, psp, wallets, s.fee_bps),
+            RefundFlow(pool, psp, wallets),
+            PayoutFlow(pool, wallets),
+            DisputeBooking(pool, wallets),
+        )
+        return self._recovery
+
+    async def close(self) -> None:
+        if self._loop is not None:
+            self._loop.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop
+
+
+JanitorActor: Any = ray.remote(max_restarts=-1, max_task_retries=-1, num_cpus=0)(Janitor)
+
+
+def start_janitor(settings: Settings, psp_api_key: str, psp_api_base: str | None) -> Any:
+    """The deployment's janitor, created if missing, sweeping on its schedule."""
+    handle = JanitorActor.options(
+        name=JANITOR_NAME, namespace=settings.ray_namespace, get_if_exists=True, lifetime="detached"
+    ).remote(settings, psp_api_key, psp_api_base)
+    ray.get(handle.start.remote())
+    return handle

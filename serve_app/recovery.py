@@ -1,0 +1,134 @@
+"""Recovery: find what no request is driving any more and drive it to a terminal state.
+
+A request can die anywhere (a replica killed, a machine lost, a client gone after a 202), and every flow
+persists its state before each step, so what it leaves behind is a row in a non-terminal state that nobody
+updates. A sweep takes every payment, refund, payout and dispute that has sat in such a state for longer
+than ``grace_s`` (longer than any live request waits) and runs the same flow code on it: a payment that
+never heard from the PSP is looked up there by its metadata, never captured again; every other step is
+idempotent (ledger postings keyed on the object's id, PSP calls with keys derived from it), so a sweep racing
+a live request, or another sweep, changes nothing twice.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from typing import Any
+
+from psycopg import AsyncConnection
+from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool
+
+from payray.errors import ClientError
+from serve_app import disputes, payouts
+from serve_app.charge_flow import ChargeFlow
+from serve_app.disputes import Dispute, DisputeBooking
+from serve_app.payments_db import Payment
+from serve_app.payouts import PayoutFlow
+from serve_app.refund_flow import RefundFlow
+from serve_app.refunds_db import Refund
+
+log = logging.getLogger("payray.recovery")
+
+STUCK_PAYMENTS = """
+SELECT id FROM payments
+WHERE state NOT IN ('succeeded', 'declined', 'failed')
+  AND updated_at < now() - %(grace)s * interval '1 second'
+ORDER BY updated_at LIMIT %(limit)s
+"""
+STUCK_REFUNDS = """
+SELECT id FROM refunds
+WHERE state NOT IN ('succeeded', 'failed') AND updated_at < now() - %(grace)s * interval '1 second'
+ORDER BY updated_at LIMIT %(limit)s
+"""
+STUCK_DISPUTES = f"""
+SELECT {disputes.COLUMNS} FROM disputes
+WHERE status IN ('opening', 'closing_won', 'closing_lost')
+  AND updated_at < now() - %(grace)s * interval '1 second'
+ORDER BY updated_at LIMIT %(limit)s
+"""
+
+
+class Recovery:
+    def __init__(
+        self,
+        pool: AsyncConnectionPool[Any],
+        charges: ChargeFlow,
+        refund_flow: RefundFlow,
+        payout_flow: PayoutFlow,
+        booking: DisputeBooking,
+    ) -> None:
+        self._pool = pool
+        self._charges = charges
+        self._refunds = refund_flow
+        self._payouts = payout_flow
+        self._booking = booking
+
+    async def sweep(self, grace_s: float, limit: int = 500) -> dict[str, int]:
+        """One pass over everything stuck for ``grace_s``; counts of what it found and what it finished."""
+        seen: Counter[str] = Counter()
+        params = {"grace": grace_s, "limit": limit}
+        async with self._pool.connection() as conn:
+            payment_ids = [r[0] for r in await (await conn.execute(STUCK_PAYMENTS, params)).fetchall()]
+            refund_ids = [r[0] for r in await (await conn.execute(STUCK_REFUNDS, params)).fetchall()]
+            stuck_disputes = await _disputes(conn, params)
+            stuck_payouts = await payouts.stuck_payouts(conn, grace_s, limit)
+        for payment_id in payment_ids:
+            await self._one("payments", seen, self._payment(payment_id))
+        for refund_id in refund_ids:
+            await self._one("refunds", seen, self._refund(refund_id))
+        for dispute in stuck_disputes:
+            await self._one("disputes", seen, self._dispute(dispute))
+        for payout in stuck_payouts:
+            await self._one("payouts", seen, self._payout(payout))
+        if seen:
+            log.info("recovery sweep", extra={"counts": dict(seen)})
+        return dict(seen)
+
+    async def _one(self, kind: str, seen: Counter[str], work: Any) -> None:
+        seen[f"{kind}_found"] += 1
+        try:
+            if await work:
+                seen[f"{kind}_finished"] += 1
+        except ClientError as exc:  # refused for good (a refund or payout the balance does not cover)
+            seen[f"{kind}_finished"] += 1
+            log.info("recovery: refused for good: %s", exc.message)
+        except Exception:
+            seen[f"{kind}_failed"] += 1
+            log.warning("recovery could not finish a %s yet", kind[:-1], exc_info=True)
+
+    async def _payment(self, payment_id: str) -> bool:
+        payment = await self._load(Payment, "payments", payment_id)
+        if payment is None:
+            return False
+        reply = await self._charges.recover(payment)
+        return reply.payment.state in ("succeeded", "declined", "failed")
+
+    async def _refund(self, refund_id: str) -> bool:
+        refund = await self._load(Refund, "refunds", refund_id)
+        if refund is None:
+            return False
+        await self._refunds.resume(refund)
+        after = await self._load(Refund, "refunds", refund_id)
+        return after is None or after.state in ("succeeded", "failed")  # None: discarded, nothing moved
+
+    async def _dispute(self, dispute: Dispute) -> bool:
+        booked = await self._booking.book(dispute)
+        return booked.status in ("open", "won", "lost")
+
+    async def _payout(self, payout: payouts.Payout) -> bool:
+        status, _ = await self._payouts.pay(payout)
+        return status == 200
+
+    async def _load(self, model: Any, table: str, object_id: str) -> Any:
+        async with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+            columns = ", ".join(model.__dataclass_fields__)
+            await cur.execute(f"SELECT {columns} FROM {table} WHERE id = %s", (object_id,))
+            row = await cur.fetchone()
+        return model(**row) if row else None
+
+
+async def _disputes(conn: AsyncConnection[Any], params: dict[str, Any]) -> list[Dispute]:
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(STUCK_DISPUTES, params)
+        return [Dispute(**row) for row in await cur.fetchall()]
