@@ -44,6 +44,7 @@ class LoadRun:
     merchants: int
     csv_prefix: str | None = None
     html_file: str | None = None
+    refund_share: float = 0.1
 
     def command(self) -> list[str]:
         """Locust's command line for this run (the admin key travels in the environment, not in argv)."""
@@ -59,6 +60,7 @@ class LoadRun:
             "--shape", self.shape,
             "--psp-faults", self.psp_faults,
             "--merchants", str(self.merchants),
+            "--refund-share", str(self.refund_share),
         ]  # fmt: skip
         if self.csv_prefix:
             argv += ["--csv", self.csv_prefix]

@@ -69,6 +69,9 @@ def _parser() -> argparse.ArgumentParser:
         help="fault profile set on the PSP emulator for the run (default none)",
     )
     load.add_argument("--merchants", type=int, default=4, help="merchants created for the run (default 4)")
+    load.add_argument(
+        "--refund-share", type=float, default=0.1, help="share of succeeded charges refunded (default 0.1)"
+    )
     load.add_argument("--csv", metavar="PREFIX", help="write Locust's CSV statistics to PREFIX_*.csv")
     load.add_argument("--html", metavar="FILE", help="write Locust's HTML report to FILE")
 
@@ -253,11 +256,13 @@ def _loadtest(settings: Settings, args: argparse.Namespace) -> int:
     problems = check_run(
         url, psp_url, args.users, args.spawn_rate, run_time_s, args.merchants, args.psp_faults
     )
+    if not 0 <= args.refund_share <= 1:
+        problems.append(f"--refund-share must be in [0, 1], got {args.refund_share}")
     if problems:
         return error("; ".join(problems))
     run = LoadRun(
         url, args.users, args.spawn_rate, run_time_s, args.shape, args.psp_faults, args.merchants,
-        args.csv, args.html,
+        args.csv, args.html, args.refund_share,
     )  # fmt: skip
     env = {**os.environ, "PAYRAY_ADMIN_KEY": admin_key}
     if psp_url:

@@ -27,6 +27,14 @@ from payray.services import EmbeddedPostgres, EmbeddedRedis
 from payray.settings import STACK_FILE, Settings
 
 EMULATOR_API_KEY = "sk_test_payray_emulator"
+#: The PSP events ``/v1/webhooks/psp`` acts on.
+HANDLED_EVENTS = (
+    "charge.succeeded",
+    "charge.failed",
+    "charge.refunded",
+    "charge.dispute.created",
+    "charge.dispute.closed",
+)
 APP_NAME = "payray"
 
 
@@ -83,6 +91,7 @@ class Stack:
             if self._emulator_started:
                 _send_webhooks_to(psp_base, f"{base_url}/v1/webhooks/psp", webhook_secrets[0])
             self._start_janitor(settings, psp_key, psp_base)
+            self._start_notifications(settings)
             demo_id, demo_key = _demo_merchant(home, database_url)
         except BaseException:
             self.stop()
@@ -136,6 +145,20 @@ class Stack:
 
         self._stops.append(stop)
 
+    def _start_notifications(self, settings: Settings) -> None:
+        import ray
+
+        from serve_app.notifications import start_notifications
+
+        assert settings.database_url and settings.redis_url
+        handles = start_notifications(settings.database_url, settings.redis_url, settings.ray_namespace)
+
+        def stop() -> None:
+            for handle in handles:
+                ray.kill(handle)
+
+        self._stops.append(stop)
+
     def _start_serve(self, settings: Settings, psp_key: str, psp_base: str | None) -> str:
         import ray
         from ray import serve
@@ -183,11 +206,13 @@ def _repo_root() -> str:
 
 
 def _send_webhooks_to(psp_base: str | None, url: str, secret: str) -> None:
-    """Point the emulator's webhook deliveries at our endpoint, signed with our (first) secret."""
+    """Point the emulator's webhook deliveries at our endpoint, signed with our (first) secret, for the
+    events payray handles (as a Stripe endpoint subscribes to them)."""
     assert psp_base is not None
+    config = {"url": url, "secret": secret, "enabled_events": list(HANDLED_EVENTS)}
     request = urllib.request.Request(
         f"{psp_base}/_emulator/webhooks",
-        data=json.dumps({"url": url, "secret": secret}).encode(),
+        data=json.dumps(config).encode(),
         headers={"Content-Type": "application/json"},
         method="POST",
     )

@@ -16,6 +16,7 @@ from typing import Any
 
 from psycopg import AsyncConnection
 from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from ledger.postings import dispute_hold_posting, dispute_loss_posting, dispute_release_posting
@@ -97,6 +98,17 @@ async def _one(conn: AsyncConnection[Any], sql: str, params: dict[str, Any]) -> 
     return Dispute(**row) if row else None
 
 
+ANNOUNCE = "INSERT INTO outbox (topic, aggregate_id, payload) VALUES (%(topic)s, %(id)s, %(payload)s)"
+
+
+async def _announce(conn: AsyncConnection[Any], dispute: Dispute) -> None:
+    """The dispute's outbox row, on the connection (and in the transaction) that changed it."""
+    body = dispute_object(dispute)
+    await conn.execute(
+        ANNOUNCE, {"topic": f"dispute.{body['status']}", "id": dispute.id, "payload": Jsonb(body)}
+    )
+
+
 async def record_opened(
     conn: AsyncConnection[Any], payment_id: str, psp_dispute: dict[str, Any], closed_as: str | None = None
 ) -> Dispute | None:
@@ -111,7 +123,10 @@ async def record_opened(
         "reason": psp_dispute.get("reason"),
         "status": f"closing_{closed_as}" if closed_as else "opening",
     }
-    return await _one(conn, OPEN, params)
+    opened = await _one(conn, OPEN, params)
+    if opened is not None:
+        await _announce(conn, opened)
+    return opened
 
 
 async def record_closed(
@@ -171,6 +186,8 @@ class DisputeBooking:
             raise RuntimeError(f"the ledger refused {posting.kind} {posting.external_ref}: {result.error}")
 
     async def _advance(self, dispute: Dispute, to: str) -> Dispute:
-        async with self._pool.connection() as conn:
+        async with self._pool.connection() as conn, conn.transaction():
             moved = await _one(conn, ADVANCE, {"id": dispute.id, "from": dispute.status, "to": to})
+            if moved is not None and to in ("won", "lost"):
+                await _announce(conn, moved)
         return moved or dispute

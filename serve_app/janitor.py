@@ -1,4 +1,5 @@
-"""The recovery janitor: a Ray actor that sweeps at start-up and then on a schedule (see ``recovery``).
+"""The recovery janitor: a Ray actor that sweeps at start-up and then on a schedule (see ``recovery``), and
+keeps the notification relay and consumer running after Ray restarts them.
 
 One named, detached, restartable actor per deployment (``recovery_janitor``); its state is only a timer,
 everything it acts on is in Postgres. ``sweep`` runs a pass on demand (``POST /v1/admin/recovery/sweep``).
@@ -19,6 +20,7 @@ from payray.settings import Settings
 from psp.stripe_adapter import StripePsp
 from serve_app.charge_flow import ChargeFlow
 from serve_app.disputes import DisputeBooking
+from serve_app.notifications import RELAY_NAME, consumer_name
 from serve_app.payouts import PayoutFlow
 from serve_app.recovery import Recovery
 from serve_app.refund_flow import RefundFlow
@@ -67,10 +69,20 @@ class Janitor:
     async def _forever(self) -> None:
         while True:
             try:
+                await self._keep_notifications_running()
                 await self.sweep()
             except Exception:  # never let the schedule die: the next pass tries again
                 log.exception("recovery sweep failed")
             await asyncio.sleep(self._settings.recovery_interval_s)
+
+    async def _keep_notifications_running(self) -> None:
+        """A relay or consumer that Ray restarted comes back idle; ``start`` (idempotent) sets it going."""
+        for name in (RELAY_NAME, consumer_name(0)):
+            try:
+                handle = ray.get_actor(name, namespace=self._settings.ray_namespace)
+            except ValueError:
+                continue  # not deployed
+            await handle.start.remote()
 
     async def _build(self) -> Recovery:
         if self._recovery is not None:

@@ -110,7 +110,14 @@ def verify(payload: bytes, header: str | None, secrets: tuple[str, ...]) -> dict
             event = json.loads(text)
         except ValueError:
             raise InvalidSignature("The signed payload is not JSON.") from None
-        if not isinstance(event, dict) or not isinstance(event.get("id"), str) or "type" not in event:
+        data = event.get("data") if isinstance(event, dict) else None
+        if (
+            not isinstance(event, dict)
+            or not isinstance(event.get("id"), str)
+            or not isinstance(event.get("type"), str)
+            or not isinstance(data, dict)
+            or not isinstance(data.get("object"), dict)
+        ):
             raise InvalidSignature("The signed payload is not an event.")
         return event
     raise InvalidSignature("No signature matches a configured secret within the tolerance.")
@@ -137,7 +144,7 @@ class WebhookReceiver:
 
     async def receive(self, payload: bytes, signature: str | None) -> dict[str, Any]:
         event = verify(payload, signature, self._secrets)
-        obj = (event.get("data") or {}).get("object") or {}
+        obj: dict[str, Any] = event["data"]["object"]
         # what the PSP knows beyond the event (a charge's refunds) is read before the transaction opens
         psp_refunds = None
         if event["type"] == "charge.refunded" and obj.get("payment_intent"):

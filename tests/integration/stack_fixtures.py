@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from payray.settings import Settings
-from payray.stack import Stack, StackInfo, free_port
+from payray.stack import HANDLED_EVENTS, Stack, StackInfo, free_port
 from tests.conftest import fresh_database
 
 #: The stack's actors (writers bound to its database, wallets) live apart from the actor tests' own.
@@ -131,7 +131,8 @@ def no_webhooks(stack: StackInfo, psp_control: httpx.Client) -> Iterator[None]:
     """The emulator keeps its events to itself for one test (so only the code under test settles things)."""
     assert psp_control.delete("/_emulator/webhooks").status_code == 200
     yield
-    endpoint = {"url": f"{stack.base_url}/v1/webhooks/psp", "secret": WEBHOOK_SECRETS[0]}
+    endpoint = {"url": f"{stack.base_url}/v1/webhooks/psp", "secret": WEBHOOK_SECRETS[0],
+                "enabled_events": list(HANDLED_EVENTS)}  # fmt: skip
     assert psp_control.post("/_emulator/webhooks", json=endpoint).status_code == 200
 
 

@@ -76,6 +76,7 @@ def test_a_spike_with_lost_psp_answers_never_captures_twice(stack: StackInfo, tm
         ("--merchants", "0"),
         ("--shape", "sawtooth"),
         ("--psp-faults", "meteor"),
+        ("--refund-share", "1.5"),
     ],
 )
 def test_bad_arguments_exit_2_before_anything_runs(

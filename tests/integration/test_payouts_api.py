@@ -90,3 +90,29 @@ def test_a_payout_over_the_balance_leaves_nothing(merchant: Merchant, new_mercha
     other = new_merchant()
     mine = merchant.client.get("/v1/payouts").json()["data"][0]["id"]
     assert other.client.get(f"/v1/payouts/{mine}").status_code == 404
+
+
+REFUSALS = ("balance_insufficient", "charge_not_refundable", "amount_too_large")
+
+
+def test_concurrent_payouts_and_refunds_never_overdraw(merchant: Merchant) -> None:
+    charges = [merchant.charge(amount=2_000).json() for _ in range(4)]
+    available = merchant.available()  # 4 x 1,942 = 7,768
+
+    def act(i: int) -> tuple[str, httpx.Response]:
+        if i % 2:
+            return "refund", merchant.refund(charges[i // 2 % 4]["id"], amount=2_000)
+        return "payout", payout(merchant, f"po-mix-{i}", amount=1_500)
+
+    with ThreadPoolExecutor(12) as pool:
+        answers = list(pool.map(act, range(12)))
+    moved = 0
+    for kind, answer in answers:
+        assert answer.status_code in (200, 400), answer.text
+        if answer.status_code == 400:
+            assert answer.json()["error"]["code"] in REFUSALS
+        elif kind == "payout":
+            moved += 1_500
+        else:
+            moved += 2_000 - (2_000 * 290 + 5_000) // 10_000  # a refund takes back what its charge gave
+    assert merchant.available() == available - moved >= 0

@@ -12,6 +12,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -227,3 +228,22 @@ def until_value(probe: Callable[[], Any], timeout_s: float = 60.0) -> Any:
             return value
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.1)
+
+
+def test_killing_the_wallet_and_the_ledger_writers_between_charges_loses_nothing(
+    merchant: Merchant, admin: httpx.Client
+) -> None:
+    assert merchant.charge(amount=1000).status_code == 200
+    ray.kill(wallet(merchant.id), no_restart=False)
+    for actor in ray.util.list_named_actors(all_namespaces=True):
+        if actor["namespace"] == STACK_NAMESPACE and actor["name"].startswith("ledger_writer:"):
+            ray.kill(ray.get_actor(actor["name"], namespace=STACK_NAMESPACE), no_restart=False)
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda i: merchant.charge(amount=1000 + i), range(8)))
+    assert all(a.status_code == 200 for a in answers), [a.text for a in answers]
+    expected = sum(
+        amount - fee_for(Money(amount, "usd"), FEE_BPS).amount
+        for amount in [1000, *(1000 + i for i in range(8))]
+    )
+    assert merchant.available() == expected  # the restarted wallet rebuilt itself from Postgres
+    assert not sweep(admin)["counts"].get("payments_failed")

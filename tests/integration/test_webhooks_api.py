@@ -16,7 +16,7 @@ import httpx
 import psycopg
 import pytest
 
-from payray.stack import EMULATOR_API_KEY, StackInfo
+from payray.stack import EMULATOR_API_KEY, HANDLED_EVENTS, StackInfo
 from psp.emulator.webhooks import sign
 from tests.integration.stack_fixtures import WEBHOOK_SECRETS, Merchant
 
@@ -256,7 +256,11 @@ def test_shuffled_and_duplicated_deliveries_settle_the_same(
     merchant: Merchant, stack: StackInfo, psp_control: httpx.Client, api_database_url: str
 ) -> None:
     """The emulator delivers every event twice and in shuffled pairs: the outcome is as if once, in order."""
-    endpoint = {"url": f"{stack.base_url}/v1/webhooks/psp", "secret": CURRENT}
+    endpoint = {
+        "url": f"{stack.base_url}/v1/webhooks/psp",
+        "secret": CURRENT,
+        "enabled_events": list(HANDLED_EVENTS),
+    }
     charge = merchant.charge(amount=5000).json()
     available = merchant.available()
     chaotic = {**endpoint, "duplicate_rate": 1.0, "reorder_window": 2, "seed": 7}
@@ -268,11 +272,11 @@ def test_shuffled_and_duplicated_deliveries_settle_the_same(
         psp_control.post(f"/_emulator/disputes/{opened['id']}/close", json={"status": "won"})
         flushed = psp_control.post("/_emulator/webhooks/flush").json()
         assert flushed["idle"], flushed
+        sent = psp_control.get("/_emulator/webhooks").json()["attempts"]
+        assert sum(a["event_type"] == "charge.dispute.closed" for a in sent) >= 2
     finally:
         assert psp_control.post("/_emulator/webhooks", json=endpoint).status_code == 200
     [dispute] = merchant.client.get("/v1/disputes").json()["data"]
     until(lambda: merchant.client.get(f"/v1/disputes/{dispute['id']}").json()["status"] == "won")
     assert merchant.available() == available
     assert sorted(postings(api_database_url, dispute["id"])) == ["dispute_hold", "dispute_release"]
-    sent = psp_control.get("/_emulator/webhooks").json()["attempts"]
-    assert sum(a["event_type"] == "charge.dispute.closed" for a in sent) >= 2

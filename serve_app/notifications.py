@@ -1,0 +1,236 @@
+"""Notifications: the transactional outbox, relayed to a Redis Stream, delivered by a consumer group.
+
+Every state change writes its outbox row in the statement that makes the change (charges, refunds, payouts,
+disputes), so an event exists exactly when its change committed; the charge path never waits for anything
+here. The relay publishes committed rows to the stream ``payray:events`` oldest first and then marks them
+published: a crash in between publishes a row again, never loses one. Consumers in the group
+``payray-notifiers`` deliver each entry (a log line, and a row in ``notification_deliveries`` keyed on the
+outbox id, so a redelivered entry is delivered once) and only then acknowledge it. A consumer that stops
+keeps its unacknowledged entries in the group's pending list: it (or another, after ``claim_idle_ms``) picks
+them up when it runs again, so nothing is lost while it is down.
+
+Redis here is the one in front of the idempotency keys; without persistence, entries published but not yet
+delivered when Redis restarts are gone (their outbox rows say when they were published).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from typing import Any
+
+import ray
+from psycopg.types.json import Jsonb
+from psycopg_pool import AsyncConnectionPool
+from redis.asyncio import Redis
+from redis.exceptions import RedisError, ResponseError
+
+log = logging.getLogger("payray.notifications")
+
+STREAM = "payray:events"
+GROUP = "payray-notifiers"
+#: Entries kept in the stream (approximately): far more than any consumer should ever lag behind.
+STREAM_MAXLEN = 1_000_000
+
+UNPUBLISHED = """
+SELECT id, topic, aggregate_id, payload FROM outbox
+WHERE published_at IS NULL ORDER BY id LIMIT %(limit)s
+FOR UPDATE SKIP LOCKED
+"""
+MARK_PUBLISHED = "UPDATE outbox SET published_at = now() WHERE id = ANY(%(ids)s)"
+DELIVERED = """
+INSERT INTO notification_deliveries (outbox_id, topic, aggregate_id, payload, consumer)
+VALUES (%(outbox_id)s, %(topic)s, %(aggregate_id)s, %(payload)s, %(consumer)s)
+ON CONFLICT (outbox_id) DO NOTHING
+"""
+
+
+class OutboxRelay:
+    """Publishes committed outbox rows to the stream; one relay per deployment."""
+
+    def __init__(self, database_url: str, redis_url: str, batch: int = 500, idle_s: float = 0.2) -> None:
+        self._database_url = database_url
+        self._redis_url = redis_url
+        self._batch = batch
+        self._idle_s = idle_s
+        self._pool: AsyncConnectionPool[Any] | None = None
+        self._redis: Redis | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.published = 0
+
+    async def start(self) -> bool:
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._forever())
+        return True
+
+    async def relay_once(self) -> int:
+        """Publish one batch of unpublished rows; how many."""
+        pool, redis = await self._connect()
+        async with pool.connection() as conn, conn.transaction():
+            rows = await (await conn.execute(UNPUBLISHED, {"limit": self._batch})).fetchall()
+            if not rows:
+                return 0
+            pipe = redis.pipeline(transaction=False)
+            for outbox_id, topic, aggregate_id, payload in rows:
+                fields = {"outbox_id": outbox_id, "topic": topic, "aggregate_id": aggregate_id,
+                          "payload": json.dumps(payload, separators=(",", ":"))}  # fmt: skip
+                pipe.xadd(STREAM, fields, maxlen=STREAM_MAXLEN, approximate=True)  # type: ignore[arg-type]
+            await pipe.execute()
+            await conn.execute(MARK_PUBLISHED, {"ids": [row[0] for row in rows]})
+        self.published += len(rows)
+        return len(rows)
+
+    async def stats(self) -> dict[str, Any]:
+        return {"published": self.published, "running": self._task is not None and not self._task.done()}
+
+    async def _forever(self) -> None:
+        while True:
+            try:
+                if await self.relay_once() == self._batch:
+                    continue  # more waiting: no pause
+            except (RedisError, OSError, Exception):  # a dependency down: rows wait in the outbox
+                log.warning("outbox relay pass failed", exc_info=True)
+            await asyncio.sleep(self._idle_s)
+
+    async def _connect(self) -> tuple[AsyncConnectionPool[Any], Redis]:
+        if self._pool is None:
+            pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
+                self._database_url, min_size=1, max_size=2, open=False, kwargs={"autocommit": True}
+            )
+            await pool.open(wait=True, timeout=30)
+            self._pool = pool
+        if self._redis is None:
+            self._redis = Redis.from_url(self._redis_url, socket_timeout=5, socket_connect_timeout=5)
+        return self._pool, self._redis
+
+
+class NotificationConsumer:
+    """One member of the consumer group: delivers entries once each, acknowledges them after."""
+
+    def __init__(
+        self, database_url: str, redis_url: str, name: str, block_ms: int = 1000, claim_idle_ms: int = 30_000
+    ) -> None:
+        self.name = name
+        self._database_url = database_url
+        self._redis_url = redis_url
+        self._block_ms = block_ms
+        self._claim_idle_ms = claim_idle_ms
+        self._pool: AsyncConnectionPool[Any] | None = None
+        self._redis: Redis | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.delivered = 0
+
+    async def start(self) -> bool:
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._forever())
+        return True
+
+    async def consume_once(self) -> int:
+        """Deliver what this consumer left pending, what others abandoned, then what is new; how many."""
+        redis = await self._connect()
+        await self._ensure_group(redis)
+        entries = await self._read(redis, "0")  # ours, delivered before a stop but not acknowledged
+        claimed = await redis.xautoclaim(STREAM, GROUP, self.name, self._claim_idle_ms, "0-0", count=100)
+        entries += list(claimed[1])
+        if not entries:
+            entries = await self._read(redis, ">", block=True)
+        for entry_id, fields in entries:
+            if fields:  # a pending entry trimmed from the stream comes back empty: acknowledge it
+                await self._deliver(fields)
+            await redis.xack(STREAM, GROUP, entry_id)
+        return len(entries)
+
+    async def stop(self) -> bool:
+        """Stop reading (what is pending stays pending in the group)."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        return True
+
+    async def stats(self) -> dict[str, Any]:
+        return {"name": self.name, "delivered": self.delivered}
+
+    async def _read(self, redis: Redis, start: str, block: bool = False) -> list[Any]:
+        answer: Any = await redis.xreadgroup(  # RESP2: [[stream, [(id, fields), …]]]
+            GROUP, self.name, {STREAM: start}, count=100, block=self._block_ms if block else None
+        )
+        return list(answer[0][1]) if answer else []
+
+    async def _deliver(self, fields: dict[bytes, bytes]) -> None:
+        data = {k.decode(): v.decode() for k, v in fields.items()}
+        assert self._pool is not None
+        async with self._pool.connection() as conn:
+            cursor = await conn.execute(
+                DELIVERED,
+                {
+                    "outbox_id": int(data["outbox_id"]),
+                    "topic": data["topic"],
+                    "aggregate_id": data["aggregate_id"],
+                    "payload": Jsonb(json.loads(data["payload"])),
+                    "consumer": self.name,
+                },
+            )
+        if cursor.rowcount:
+            self.delivered += 1
+            log.info(
+                "notification %s %s",
+                data["topic"],
+                data["aggregate_id"],
+                extra={"outbox_id": data["outbox_id"]},
+            )
+
+    async def _ensure_group(self, redis: Redis) -> None:
+        try:
+            # from the start of the stream: nothing published before the group existed is skipped
+            await redis.xgroup_create(STREAM, GROUP, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    async def _forever(self) -> None:
+        while True:
+            try:
+                await self.consume_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # Redis or Postgres down: entries wait in the group
+                log.warning("notification pass failed", exc_info=True)
+                await asyncio.sleep(1.0)
+
+    async def _connect(self) -> Redis:
+        if self._pool is None:
+            pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
+                self._database_url, min_size=1, max_size=2, open=False, kwargs={"autocommit": True}
+            )
+            await pool.open(wait=True, timeout=30)
+            self._pool = pool
+        if self._redis is None:
+            self._redis = Redis.from_url(self._redis_url, socket_timeout=10, socket_connect_timeout=5)
+        return self._redis
+
+
+RELAY_NAME = "outbox_relay"
+OPTIONS: dict[str, Any] = {"max_restarts": -1, "max_task_retries": -1, "num_cpus": 0}
+OutboxRelayActor: Any = ray.remote(**OPTIONS)(OutboxRelay)
+NotificationConsumerActor: Any = ray.remote(**OPTIONS)(NotificationConsumer)
+
+
+def consumer_name(index: int) -> str:
+    return f"notifier:{index}"
+
+
+def start_notifications(database_url: str, redis_url: str, namespace: str, consumers: int = 1) -> list[Any]:
+    """The relay and the group's consumers, created if missing and running."""
+    common = {"namespace": namespace, "get_if_exists": True, "lifetime": "detached"}
+    handles = [OutboxRelayActor.options(name=RELAY_NAME, **common).remote(database_url, redis_url)]
+    for i in range(consumers):
+        handles.append(
+            NotificationConsumerActor.options(name=consumer_name(i), **common).remote(
+                database_url, redis_url, consumer_name(i)
+            )
+        )
+    ray.get([h.start.remote() for h in handles])
+    return handles
