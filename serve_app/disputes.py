@@ -133,13 +133,23 @@ async def record_closed(
     conn: AsyncConnection[Any], payment_id: str, psp_dispute: dict[str, Any], outcome: str
 ) -> Dispute | None:
     """The PSP decided ``outcome`` (``won``/``lost``): the dispute is marked to be booked so; ``None`` if it
-    was already decided."""
-    decided = await _one(conn, DECIDE, {"psp_dispute_id": psp_dispute["id"], "status": f"closing_{outcome}"})
-    if decided is not None:
-        return decided
-    if await _one(conn, SELECT_BY_PSP, {"psp_dispute_id": psp_dispute["id"]}) is not None:
-        return None  # already decided (a duplicate or a second close)
-    return await record_opened(conn, payment_id, psp_dispute, closed_as=outcome)
+    was already decided. A close seen before its open creates the dispute already decided; one racing its
+    open (delivered at the same time) waits for the open to commit and then decides it."""
+    decide = {"psp_dispute_id": psp_dispute["id"], "status": f"closing_{outcome}"}
+    for _ in range(3):
+        decided = await _one(conn, DECIDE, decide)
+        if decided is not None:
+            await _announce(conn, decided)
+            return decided
+        known = await _one(conn, SELECT_BY_PSP, {"psp_dispute_id": psp_dispute["id"]})
+        if known is not None and known.status not in ("opening", "open"):
+            return None  # already decided (a duplicate or a second close)
+        if known is None:
+            opened = await record_opened(conn, payment_id, psp_dispute, closed_as=outcome)
+            if opened is not None:
+                return opened
+        # an open committed between our statements: decide it on the next turn
+    raise RuntimeError(f"dispute {psp_dispute['id']} keeps changing under its close")
 
 
 async def load_dispute(conn: AsyncConnection[Any], dispute_id: str, merchant_id: str) -> Dispute | None:

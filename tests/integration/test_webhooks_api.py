@@ -10,6 +10,7 @@ import json
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -280,3 +281,40 @@ def test_shuffled_and_duplicated_deliveries_settle_the_same(
     until(lambda: merchant.client.get(f"/v1/disputes/{dispute['id']}").json()["status"] == "won")
     assert merchant.available() == available
     assert sorted(postings(api_database_url, dispute["id"])) == ["dispute_hold", "dispute_release"]
+
+
+def test_an_open_and_its_close_delivered_at_the_same_time_settle_once(
+    merchant: Merchant, stack: StackInfo, api_database_url: str
+) -> None:
+    charge = merchant.charge(amount=9000).json()
+    available = merchant.available()
+    outcomes = ["won", "lost"] * 3
+    disputed = []
+    for outcome in outcomes:
+        dispute = {
+            "id": f"dp_race{uuid.uuid4().hex[:12]}",
+            "object": "dispute",
+            "amount": 100,
+            "currency": "usd",
+            "payment_intent": charge["psp_reference"],
+            "reason": "fraudulent",
+        }
+        payloads = [
+            event("charge.dispute.created", {**dispute, "status": "needs_response"}),
+            event("charge.dispute.closed", {**dispute, "status": outcome}),
+        ]
+        with ThreadPoolExecutor(4) as pool:  # each event twice, all four at once
+            answers = list(pool.map(lambda p: deliver(stack, p), payloads * 2))
+        assert all(a.status_code == 200 for a in answers), [a.text for a in answers]
+        disputed.append(dispute["id"])
+    ours = {
+        d["psp_reference"]: d
+        for d in merchant.client.get("/v1/disputes", params={"limit": 100}).json()["data"]
+    }
+    for psp_id, outcome in zip(disputed, outcomes, strict=True):
+        dispute_id = ours[psp_id]["id"]
+        until(lambda dispute_id=dispute_id, outcome=outcome: merchant.client.get(
+            f"/v1/disputes/{dispute_id}").json()["status"] == outcome)  # fmt: skip
+        release = "dispute_release" if outcome == "won" else "dispute_loss"
+        assert sorted(postings(api_database_url, dispute_id)) == sorted(["dispute_hold", release])
+    assert merchant.available() == available - 100 * outcomes.count("lost")
