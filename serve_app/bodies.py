@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import re
+import types
+import typing
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -29,11 +31,24 @@ def _parse_json(raw: bytes) -> Any:
         raise InvalidRequest(f"malformed JSON body: {exc}", code="invalid_json") from None
 
 
+def _is_integer(annotation: Any) -> bool:
+    """``int``, also when constrained (``Annotated[int, …]``) or optional (``… | None``)."""
+    if annotation is int:
+        return True
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        return _is_integer(typing.get_args(annotation)[0])
+    if origin in (typing.Union, types.UnionType):
+        members = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return len(members) == 1 and _is_integer(members[0])
+    return False
+
+
 def _integers_from_form(model: type[BaseModel], data: dict[str, Any]) -> dict[str, Any]:
     """Form values are strings; the model's integer fields accept decimal strings from a form only."""
     for name, field in model.model_fields.items():
         value = data.get(name)
-        if field.annotation is int and isinstance(value, str) and _FORM_INTEGER.match(value):
+        if _is_integer(field.annotation) and isinstance(value, str) and _FORM_INTEGER.match(value):
             data[name] = int(value)
     return data
 

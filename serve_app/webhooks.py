@@ -52,6 +52,13 @@ RETURNING id
 
 PAYMENT_BY_PSP = "SELECT id FROM payments WHERE psp_reference = %s"
 
+#: Of a charge's refunds: what the PSP confirmed to us, and whether one is waiting for the PSP's word.
+REFUNDS_CONFIRMED = """
+SELECT coalesce(sum(amount) FILTER (WHERE state IN ('succeeded', 'booking')), 0),
+       bool_or(state = 'psp_unknown')
+FROM refunds WHERE payment_id = %s
+"""
+
 SET_EFFECT = "UPDATE webhook_events SET effect = %(effect)s WHERE id = %(id)s"
 
 LOCK_PAYMENT = "SELECT id FROM payments WHERE id = %s FOR UPDATE"
@@ -147,7 +154,7 @@ class WebhookReceiver:
         obj: dict[str, Any] = event["data"]["object"]
         # what the PSP knows beyond the event (a charge's refunds) is read before the transaction opens
         psp_refunds = None
-        if event["type"] == "charge.refunded" and obj.get("payment_intent"):
+        if event["type"] == "charge.refunded" and await self._refunds_unsettled(obj):
             psp_refunds = await self._psp.refunds_for(psp_reference=str(obj["payment_intent"]))
         params = {"id": event["id"], "type": event["type"], "object_id": obj.get("id"), "effect": "applying"}
         async with self._pool.connection() as conn, conn.transaction():
@@ -163,6 +170,20 @@ class WebhookReceiver:
                 log.warning("webhook follow-up failed", exc_info=True, extra={"event_id": event["id"]})
         log.info("webhook applied", extra={"event_id": event["id"], "type": event["type"], "effect": effect})
         return {"received": True, "id": event["id"], "effect": effect}
+
+    async def _refunds_unsettled(self, charge: dict[str, Any]) -> bool:
+        """Whether the PSP's refunds of ``charge`` may hold news for us: a refund we do not know of yet (it
+        reports more refunded than our refunds it confirmed) or one whose outcome we are waiting for. Most
+        ``charge.refunded`` events follow our own refunds and need no question to the PSP."""
+        if not charge.get("payment_intent"):
+            return False
+        async with self._pool.connection() as conn:
+            payment = await self._payment(conn, charge)
+            if payment is None:
+                return False
+            row = await (await conn.execute(REFUNDS_CONFIRMED, (payment.id,))).fetchone()
+        confirmed, waiting = (int(row[0]), bool(row[1])) if row else (0, False)
+        return waiting or int(charge.get("amount_refunded") or 0) != confirmed
 
     async def _apply(
         self, conn: AsyncConnection[Any], type_: str, obj: dict[str, Any], psp_refunds: Any

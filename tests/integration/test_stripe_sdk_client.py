@@ -67,3 +67,22 @@ def test_stripe_sdk_authentication_error_on_a_bad_key(stack: object) -> None:
     client = stripe.StripeClient("sk_test_wrong", base_addresses={"api": stack.base_url})  # type: ignore[attr-defined]
     with pytest.raises(stripe.AuthenticationError):
         client.v1.charges.list()
+
+
+def test_stripe_sdk_refunds_reads_the_balance_and_pays_out(stack: object, merchant: Merchant) -> None:
+    client = sdk(stack.base_url, merchant)  # type: ignore[attr-defined]
+    charge = client.v1.charges.create(
+        params={"amount": 3000, "currency": "usd", "payment_method": "pm_card_visa"},
+        options={"idempotency_key": "sdk-for-refund"},
+    )
+    refund = client.v1.refunds.create(params={"charge": charge.id, "amount": 1000, "reason": "duplicate"})
+    assert refund.object == "refund" and refund.status == "succeeded" and refund.amount == 1000
+    assert client.v1.refunds.retrieve(refund.id).charge == charge.id
+    assert [r.id for r in client.v1.refunds.list(params={"charge": charge.id}).data] == [refund.id]
+    with pytest.raises(stripe.InvalidRequestError) as too_much:
+        client.v1.refunds.create(params={"charge": charge.id, "amount": 2001})
+    assert too_much.value.code == "amount_too_large"
+    [available] = client.v1.balance.retrieve().available
+    payout = client.v1.payouts.create(params={"amount": 500, "currency": "usd"})
+    assert payout.status == "in_transit" and payout.amount == 500
+    assert client.v1.balance.retrieve().available[0].amount == available.amount - 500

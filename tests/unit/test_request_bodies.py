@@ -6,7 +6,7 @@ import pytest
 
 from payray.errors import InvalidRequest, PayloadTooLarge
 from serve_app.bodies import parse_body
-from serve_app.schemas import ChargeCreate
+from serve_app.schemas import ChargeCreate, PayoutCreate, RefundCreate
 
 FORM = "application/x-www-form-urlencoded"
 
@@ -14,6 +14,18 @@ FORM = "application/x-www-form-urlencoded"
 def test_form_integers_are_decimal_strings() -> None:
     body = parse_body(ChargeCreate, b"amount=100&currency=usd&payment_method=pm_card_visa", FORM)
     assert body.amount == 100
+
+
+def test_optional_integers_come_from_a_form_too() -> None:
+    """The refund's amount may be left out, and a payout's is required; both arrive as decimal strings."""
+    refund = parse_body(RefundCreate, b"charge=ch_abc&amount=300&reason=duplicate", FORM)
+    assert refund.amount == 300 and refund.reason == "duplicate"
+    assert parse_body(RefundCreate, b"charge=ch_abc", FORM).amount is None
+    assert parse_body(PayoutCreate, b"amount=500&currency=usd", FORM).amount == 500
+    with pytest.raises(InvalidRequest):
+        parse_body(RefundCreate, b"charge=ch_abc&amount=3e2", FORM)
+    with pytest.raises(InvalidRequest):
+        parse_body(RefundCreate, b'{"charge": "ch_abc", "amount": "300"}', "application/json")
 
 
 @pytest.mark.parametrize(
