@@ -8,6 +8,7 @@ does no IO.
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import psycopg
@@ -16,6 +17,7 @@ import ray
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
+from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 from ray import serve
 from ray.exceptions import RayError
@@ -41,7 +43,7 @@ from serve_app.charge_flow import ChargeFlow
 from serve_app.charges import ChargeService
 from serve_app.disputes import DisputeBooking, dispute_object, list_disputes, load_dispute
 from serve_app.fast_keys import FastKeys
-from serve_app.idempotent import IdempotentRequests, check_idempotency_key
+from serve_app.idempotent import Answer, IdempotentRequests, check_idempotency_key
 from serve_app.invariants import check_invariants
 from serve_app.janitor import JANITOR_NAME
 from serve_app.metrics import ApiMetrics
@@ -61,6 +63,9 @@ api = FastAPI(
 
 JSON = "application/json"
 log = logging.getLogger("payray.api")
+
+#: ``load(conn, object_id, merchant_id)``: one of the merchant's objects, or None.
+Loader = Callable[[AsyncConnection[Any], str, str], Awaitable[Any]]
 
 
 def json_response(status: int, body: bytes, headers: dict[str, str] | None = None) -> Response:
@@ -194,80 +199,102 @@ class PaymentApi:
         self.metrics.requests.labels(route, str(status)).inc()
         self.metrics.latency.labels(route).observe(time.perf_counter() - started)
 
-    # -- charges -------------------------------------------------------------------------------------------
+    # -- the shapes every resource shares -------------------------------------------------------------------
 
-    @api.post("/v1/charges")
-    async def create_charge(self, request: Request) -> Response:
+    async def _money_post(
+        self,
+        request: Request,
+        route: str,
+        model: type[Any],
+        create: Callable[[str, str, Any], Awaitable[Answer]],
+    ) -> Response:
+        """A POST that moves money: authenticated, keyed, validated, run behind the idempotency layers."""
         started = time.perf_counter()
         merchant_id = await self._merchant(request)
         key = check_idempotency_key(request.headers.get("idempotency-key"))
-        body = parse_body(ChargeCreate, await _read_body(request), request.headers.get("content-type"))
-        answer = await self.charges.create(merchant_id, key, body)
+        body = parse_body(model, await _read_body(request), request.headers.get("content-type"))
+        answer = await create(merchant_id, key, body)
         headers = {"Idempotent-Replayed": "true"} if answer.replayed else None
         if answer.replayed:
             self.metrics.replays.inc()
-        self._observe("POST /v1/charges", started, answer.status)
+        self._observe(route, started, answer.status)
         return json_response(answer.status, answer.body, headers)
+
+    async def _retrieve(
+        self,
+        request: Request,
+        kind: str,
+        object_id: str,
+        load: Loader,
+        render: Callable[[Any], dict[str, Any]],
+    ) -> Response:
+        """One of the merchant's objects; another merchant's answers 404 like a missing one."""
+        merchant_id = await self._merchant(request)
+        async with self.pool.connection() as conn:
+            found = await load(conn, object_id, merchant_id)
+        if found is None:
+            raise NotFound(f"No such {kind}: '{object_id}'", param="id")
+        return json_response(200, dumps(render(found)))
+
+    async def _list(
+        self,
+        request: Request,
+        kind: str,
+        url: str,
+        load: Loader,
+        page: Callable[[AsyncConnection[Any], str, int, str | None], Awaitable[list[Any]]],
+        render: Callable[[Any], dict[str, Any]],
+    ) -> Response:
+        """A page of the merchant's objects, newest first, after ``starting_after`` (one of them)."""
+        merchant_id = await self._merchant(request)
+        limit = _limit(request.query_params.get("limit"))
+        after = request.query_params.get("starting_after")
+        async with self.pool.connection() as conn:
+            if after is not None and await load(conn, after, merchant_id) is None:
+                raise NotFound(f"No such {kind}: '{after}'", param="starting_after")
+            found = await page(conn, merchant_id, limit + 1, after)
+        data = [render(item) for item in found[:limit]]
+        return json_response(200, dumps(list_object(url, data, len(found) > limit)))
+
+    # -- charges, refunds, balance, payouts, disputes -------------------------------------------------------
+
+    @api.post("/v1/charges")
+    async def create_charge(self, request: Request) -> Response:
+        return await self._money_post(request, "POST /v1/charges", ChargeCreate, self.charges.create)
 
     @api.get("/v1/charges/{charge_id}")
     async def get_charge(self, charge_id: str, request: Request) -> Response:
-        merchant_id = await self._merchant(request)
-        async with self.pool.connection() as conn:
-            payment = await db.load_payment(conn, charge_id, merchant_id)
-        if payment is None:
-            raise NotFound(f"No such charge: '{charge_id}'", param="id")
-        return json_response(200, dumps(charge_object(payment)))
+        return await self._retrieve(request, "charge", charge_id, db.load_payment, charge_object)
 
     @api.get("/v1/charges")
     async def list_charges(self, request: Request) -> Response:
-        merchant_id = await self._merchant(request)
-        limit = _limit(request.query_params.get("limit"))
-        after = request.query_params.get("starting_after")
-        async with self.pool.connection() as conn:
-            if after is not None and await db.load_payment(conn, after, merchant_id) is None:
-                raise NotFound(f"No such charge: '{after}'", param="starting_after")
-            payments = await db.list_payments(conn, merchant_id, limit + 1, after)
-        data = [charge_object(p) for p in payments[:limit]]
-        return json_response(200, dumps(list_object("/v1/charges", data, len(payments) > limit)))
-
-    # -- refunds -------------------------------------------------------------------------------------------
+        return await self._list(
+            request, "charge", "/v1/charges", db.load_payment, db.list_payments, charge_object
+        )
 
     @api.post("/v1/refunds")
     async def create_refund(self, request: Request) -> Response:
-        started = time.perf_counter()
-        merchant_id = await self._merchant(request)
-        key = check_idempotency_key(request.headers.get("idempotency-key"))
-        body = parse_body(RefundCreate, await _read_body(request), request.headers.get("content-type"))
-        answer = await self.refunds.create(merchant_id, key, body)
-        headers = {"Idempotent-Replayed": "true"} if answer.replayed else None
-        self._observe("POST /v1/refunds", started, answer.status)
-        return json_response(answer.status, answer.body, headers)
+        return await self._money_post(request, "POST /v1/refunds", RefundCreate, self.refunds.create)
 
     @api.get("/v1/refunds/{refund_id}")
     async def get_refund(self, refund_id: str, request: Request) -> Response:
-        merchant_id = await self._merchant(request)
-        async with self.pool.connection() as conn:
-            refund = await refunds_db.load_refund(conn, refund_id, merchant_id)
-        if refund is None:
-            raise NotFound(f"No such refund: '{refund_id}'", param="id")
-        return json_response(200, dumps(refund_object(refund)))
+        return await self._retrieve(request, "refund", refund_id, refunds_db.load_refund, refund_object)
 
     @api.get("/v1/refunds")
     async def list_refunds(self, request: Request) -> Response:
-        merchant_id = await self._merchant(request)
-        limit = _limit(request.query_params.get("limit"))
         charge = request.query_params.get("charge")
-        after = request.query_params.get("starting_after")
-        async with self.pool.connection() as conn:
-            if charge is not None and await db.load_payment(conn, charge, merchant_id) is None:
-                raise NotFound(f"No such charge: '{charge}'", param="charge")
-            if after is not None and await refunds_db.load_refund(conn, after, merchant_id) is None:
-                raise NotFound(f"No such refund: '{after}'", param="starting_after")
-            refunds = await refunds_db.list_refunds(conn, merchant_id, charge, limit + 1, after)
-        data = [refund_object(r) for r in refunds[:limit]]
-        return json_response(200, dumps(list_object("/v1/refunds", data, len(refunds) > limit)))
+        if charge is not None:  # a charge the merchant does not have is a 404, not an empty list
+            merchant_id = await self._merchant(request)
+            async with self.pool.connection() as conn:
+                if await db.load_payment(conn, charge, merchant_id) is None:
+                    raise NotFound(f"No such charge: '{charge}'", param="charge")
 
-    # -- balance ---------------------------------------------------------------------------------------------
+        async def page(
+            conn: AsyncConnection[Any], merchant_id: str, limit: int, after: str | None
+        ) -> list[Any]:
+            return await refunds_db.list_refunds(conn, merchant_id, charge, limit, after)
+
+        return await self._list(request, "refund", "/v1/refunds", refunds_db.load_refund, page, refund_object)
 
     @api.get("/v1/balance")
     async def balance(self, request: Request) -> Response:
@@ -280,37 +307,25 @@ class PaymentApi:
 
     @api.post("/v1/payouts")
     async def create_payout(self, request: Request) -> Response:
-        started = time.perf_counter()
-        merchant_id = await self._merchant(request)
-        key = check_idempotency_key(request.headers.get("idempotency-key"))
-        body = parse_body(PayoutCreate, await _read_body(request), request.headers.get("content-type"))
-        answer = await self.payouts.create(merchant_id, key, body)
-        headers = {"Idempotent-Replayed": "true"} if answer.replayed else None
-        self._observe("POST /v1/payouts", started, answer.status)
-        return json_response(answer.status, answer.body, headers)
+        return await self._money_post(request, "POST /v1/payouts", PayoutCreate, self.payouts.create)
 
     @api.get("/v1/payouts/{payout_id}")
     async def get_payout(self, payout_id: str, request: Request) -> Response:
-        merchant_id = await self._merchant(request)
-        async with self.pool.connection() as conn:
-            payout = await load_payout(conn, payout_id, merchant_id)
-        if payout is None:
-            raise NotFound(f"No such payout: '{payout_id}'", param="id")
-        return json_response(200, dumps(payout_object(payout)))
+        return await self._retrieve(request, "payout", payout_id, load_payout, payout_object)
 
     @api.get("/v1/payouts")
     async def list_payouts(self, request: Request) -> Response:
-        merchant_id = await self._merchant(request)
-        limit = _limit(request.query_params.get("limit"))
-        after = request.query_params.get("starting_after")
-        async with self.pool.connection() as conn:
-            if after is not None and await load_payout(conn, after, merchant_id) is None:
-                raise NotFound(f"No such payout: '{after}'", param="starting_after")
-            payouts = await list_payouts(conn, merchant_id, limit + 1, after)
-        data = [payout_object(p) for p in payouts[:limit]]
-        return json_response(200, dumps(list_object("/v1/payouts", data, len(payouts) > limit)))
+        return await self._list(request, "payout", "/v1/payouts", load_payout, list_payouts, payout_object)
 
-    # -- PSP webhooks and disputes ---------------------------------------------------------------------------
+    @api.get("/v1/disputes/{dispute_id}")
+    async def get_dispute(self, dispute_id: str, request: Request) -> Response:
+        return await self._retrieve(request, "dispute", dispute_id, load_dispute, dispute_object)
+
+    @api.get("/v1/disputes")
+    async def list_disputes(self, request: Request) -> Response:
+        return await self._list(
+            request, "dispute", "/v1/disputes", load_dispute, list_disputes, dispute_object
+        )
 
     @api.post("/v1/webhooks/psp")
     async def psp_webhook(self, request: Request) -> Response:
@@ -322,27 +337,6 @@ class PaymentApi:
         )
         self._observe("POST /v1/webhooks/psp", started, 200)
         return json_response(200, dumps(answer))
-
-    @api.get("/v1/disputes/{dispute_id}")
-    async def get_dispute(self, dispute_id: str, request: Request) -> Response:
-        merchant_id = await self._merchant(request)
-        async with self.pool.connection() as conn:
-            dispute = await load_dispute(conn, dispute_id, merchant_id)
-        if dispute is None:
-            raise NotFound(f"No such dispute: '{dispute_id}'", param="id")
-        return json_response(200, dumps(dispute_object(dispute)))
-
-    @api.get("/v1/disputes")
-    async def list_disputes(self, request: Request) -> Response:
-        merchant_id = await self._merchant(request)
-        limit = _limit(request.query_params.get("limit"))
-        after = request.query_params.get("starting_after")
-        async with self.pool.connection() as conn:
-            if after is not None and await load_dispute(conn, after, merchant_id) is None:
-                raise NotFound(f"No such dispute: '{after}'", param="starting_after")
-            found = await list_disputes(conn, merchant_id, limit + 1, after)
-        data = [dispute_object(d) for d in found[:limit]]
-        return json_response(200, dumps(list_object("/v1/disputes", data, len(found) > limit)))
 
     # -- admin -----------------------------------------------------------------------------------------------
 
