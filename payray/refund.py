@@ -73,9 +73,6 @@ TRANSITIONS: dict[tuple[RefundState, RefundEvent], tuple[RefundState, tuple[Refu
 
 TERMINAL_STATES = frozenset({S.SUCCEEDED, S.FAILED})
 
-#: What a freshly created refund runs first.
-FIRST_COMMAND = C.DEBIT_WALLET
-
 #: Re-running the command that led into a state is how an interrupted refund resumes.
 RESUME: dict[RefundState, RefundCommand] = {
     S.PENDING: C.DEBIT_WALLET,

@@ -206,14 +206,17 @@ class PaymentApi:
         request: Request,
         route: str,
         model: type[Any],
-        create: Callable[[str, str, Any], Awaitable[Answer]],
+        service: Callable[[], Callable[[str, str, Any], Awaitable[Answer]]],
     ) -> Response:
-        """A POST that moves money: authenticated, keyed, validated, run behind the idempotency layers."""
+        """A POST that moves money: authenticated, keyed, validated, run behind the idempotency layers.
+
+        ``service`` is asked for the create method only after authentication has built the replica's parts.
+        """
         started = time.perf_counter()
         merchant_id = await self._merchant(request)
         key = check_idempotency_key(request.headers.get("idempotency-key"))
         body = parse_body(model, await _read_body(request), request.headers.get("content-type"))
-        answer = await create(merchant_id, key, body)
+        answer = await service()(merchant_id, key, body)
         headers = {"Idempotent-Replayed": "true"} if answer.replayed else None
         if answer.replayed:
             self.metrics.replays.inc()
@@ -260,7 +263,7 @@ class PaymentApi:
 
     @api.post("/v1/charges")
     async def create_charge(self, request: Request) -> Response:
-        return await self._money_post(request, "POST /v1/charges", ChargeCreate, self.charges.create)
+        return await self._money_post(request, "POST /v1/charges", ChargeCreate, lambda: self.charges.create)
 
     @api.get("/v1/charges/{charge_id}")
     async def get_charge(self, charge_id: str, request: Request) -> Response:
@@ -274,7 +277,7 @@ class PaymentApi:
 
     @api.post("/v1/refunds")
     async def create_refund(self, request: Request) -> Response:
-        return await self._money_post(request, "POST /v1/refunds", RefundCreate, self.refunds.create)
+        return await self._money_post(request, "POST /v1/refunds", RefundCreate, lambda: self.refunds.create)
 
     @api.get("/v1/refunds/{refund_id}")
     async def get_refund(self, refund_id: str, request: Request) -> Response:
@@ -307,7 +310,7 @@ class PaymentApi:
 
     @api.post("/v1/payouts")
     async def create_payout(self, request: Request) -> Response:
-        return await self._money_post(request, "POST /v1/payouts", PayoutCreate, self.payouts.create)
+        return await self._money_post(request, "POST /v1/payouts", PayoutCreate, lambda: self.payouts.create)
 
     @api.get("/v1/payouts/{payout_id}")
     async def get_payout(self, payout_id: str, request: Request) -> Response:
