@@ -20,13 +20,11 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from payray.errors import ClientError
-from serve_app import disputes, payouts
+from serve_app import disputes, payments_db, payouts, refunds_db
 from serve_app.charge_flow import ChargeFlow
 from serve_app.disputes import Dispute, DisputeBooking
-from serve_app.payments_db import Payment
 from serve_app.payouts import PayoutFlow
 from serve_app.refund_flow import RefundFlow
-from serve_app.refunds_db import Refund
 
 log = logging.getLogger("payray.recovery")
 
@@ -98,19 +96,20 @@ class Recovery:
             log.warning("recovery could not finish a %s yet", kind[:-1], exc_info=True)
 
     async def _payment(self, payment_id: str) -> bool:
-        payment = await self._load(Payment, "payments", payment_id)
+        async with self._pool.connection() as conn:
+            payment = await payments_db.load_payment(conn, payment_id)
         if payment is None:
             return False
         reply = await self._charges.recover(payment)
         return reply.payment.state in ("succeeded", "declined", "failed")
 
     async def _refund(self, refund_id: str) -> bool:
-        refund = await self._load(Refund, "refunds", refund_id)
+        async with self._pool.connection() as conn:
+            refund = await refunds_db.load_refund(conn, refund_id)
         if refund is None:
             return False
-        await self._refunds.resume(refund)
-        after = await self._load(Refund, "refunds", refund_id)
-        return after is None or after.state in ("succeeded", "failed")  # None: discarded, nothing moved
+        status, _ = await self._refunds.resume(refund)  # 200 once settled; a discarded one raised
+        return status == 200
 
     async def _dispute(self, dispute: Dispute) -> bool:
         booked = await self._booking.book(dispute)
@@ -119,13 +118,6 @@ class Recovery:
     async def _payout(self, payout: payouts.Payout) -> bool:
         status, _ = await self._payouts.pay(payout)
         return status == 200
-
-    async def _load(self, model: Any, table: str, object_id: str) -> Any:
-        async with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
-            columns = ", ".join(model.__dataclass_fields__)
-            await cur.execute(f"SELECT {columns} FROM {table} WHERE id = %s", (object_id,))
-            row = await cur.fetchone()
-        return model(**row) if row else None
 
 
 async def _disputes(conn: AsyncConnection[Any], params: dict[str, Any]) -> list[Dispute]:
