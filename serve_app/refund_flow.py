@@ -14,7 +14,7 @@ from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
 from actors.wallet import InsufficientFunds
-from ledger.postings import refund_posting, refund_reversal_posting
+from ledger.postings import Posting, refund_posting, refund_reversal_posting
 from payray.errors import DependencyFailure
 from payray.money import Money
 from payray.refund import RESUME, RefundCommand, RefundEvent, RefundState, allowed_events, public_status, step
@@ -170,26 +170,24 @@ class RefundFlow:
     async def _book(self, refund: Refund) -> tuple[int, bytes]:
         """A refund the PSP made without us: the money is gone, so it is booked whatever the balance."""
         amount, fee_returned = self._posting_amount(refund)
-        posting = refund_posting(refund.id, refund.merchant_id, amount, fee_returned)
-        try:
-            result = await self._wallets.apply(refund.merchant_id, posting)
-        except Exception:
-            log.warning("refund not booked yet", exc_info=True, extra={"refund_id": refund.id})
-            return reply_for(refund)  # stays booking: recovery books it (the posting is idempotent)
-        if result.error is not None or result.transaction_id is None:
+        booked = await self._post(refund, refund_posting(refund.id, refund.merchant_id, amount, fee_returned))
+        if booked is None:
             return reply_for(refund)
-        return await self._advance(
-            refund, RefundEvent.REFUND_BOOKED, {"ledger_transaction_id": result.transaction_id}
-        )
+        return await self._advance(refund, RefundEvent.REFUND_BOOKED, {"ledger_transaction_id": booked})
 
     async def _post_reversal(self, refund: Refund) -> tuple[int, bytes]:
         amount, fee_returned = self._posting_amount(refund)
         reversal = refund_reversal_posting(refund.id, refund.merchant_id, amount, fee_returned)
-        try:
-            result = await self._wallets.apply(refund.merchant_id, reversal)
-        except Exception:
-            log.warning("refund reversal not posted yet", exc_info=True, extra={"refund_id": refund.id})
-            return reply_for(refund)  # stays reversing: a retry or recovery posts it (idempotent)
-        if result.error is not None:
+        if await self._post(refund, reversal) is None:
             return reply_for(refund)
         return await self._advance(refund, RefundEvent.REVERSAL_POSTED)
+
+    async def _post(self, refund: Refund, posting: Posting) -> str | None:
+        """Post through the wallet without a funds check; the ledger transaction, or None when it failed and
+        the refund stays where it is for a retry or recovery (the posting is idempotent)."""
+        try:
+            result = await self._wallets.apply(refund.merchant_id, posting)
+        except Exception:
+            log.warning("%s not posted yet", posting.kind, exc_info=True, extra={"refund_id": refund.id})
+            return None
+        return result.transaction_id if result.error is None else None
