@@ -15,6 +15,7 @@ delivered when Redis restarts are gone (their outbox rows say when they were pub
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import json
@@ -47,23 +48,47 @@ ON CONFLICT (outbox_id) DO NOTHING
 """
 
 
-class OutboxRelay:
-    """Publishes committed outbox rows to the stream; one relay per deployment."""
+class _Worker(abc.ABC):
+    """A loop over Postgres and Redis, started (idempotently) by ``start``; connects on first use."""
 
-    def __init__(self, database_url: str, redis_url: str, batch: int = 500, idle_s: float = 0.2) -> None:
+    def __init__(self, database_url: str, redis_url: str, redis_timeout_s: float) -> None:
         self._database_url = database_url
         self._redis_url = redis_url
-        self._batch = batch
-        self._idle_s = idle_s
+        self._redis_timeout_s = redis_timeout_s
         self._pool: AsyncConnectionPool[Any] | None = None
         self._redis: Redis | None = None
         self._task: asyncio.Task[None] | None = None
-        self.published = 0
 
     async def start(self) -> bool:
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._forever())
         return True
+
+    @abc.abstractmethod
+    async def _forever(self) -> None: ...
+
+    async def _connect(self) -> tuple[AsyncConnectionPool[Any], Redis]:
+        if self._pool is None:
+            pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
+                self._database_url, min_size=1, max_size=2, open=False, kwargs={"autocommit": True}
+            )
+            await pool.open(wait=True, timeout=30)
+            self._pool = pool
+        if self._redis is None:
+            self._redis = Redis.from_url(
+                self._redis_url, socket_timeout=self._redis_timeout_s, socket_connect_timeout=5
+            )
+        return self._pool, self._redis
+
+
+class OutboxRelay(_Worker):
+    """Publishes committed outbox rows to the stream; one relay per deployment."""
+
+    def __init__(self, database_url: str, redis_url: str, batch: int = 500, idle_s: float = 0.2) -> None:
+        super().__init__(database_url, redis_url, redis_timeout_s=5)
+        self._batch = batch
+        self._idle_s = idle_s
+        self.published = 0
 
     async def relay_once(self) -> int:
         """Publish one batch of unpublished rows; how many."""
@@ -94,42 +119,22 @@ class OutboxRelay:
                 log.warning("outbox relay pass failed", exc_info=True)
             await asyncio.sleep(self._idle_s)
 
-    async def _connect(self) -> tuple[AsyncConnectionPool[Any], Redis]:
-        if self._pool is None:
-            pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
-                self._database_url, min_size=1, max_size=2, open=False, kwargs={"autocommit": True}
-            )
-            await pool.open(wait=True, timeout=30)
-            self._pool = pool
-        if self._redis is None:
-            self._redis = Redis.from_url(self._redis_url, socket_timeout=5, socket_connect_timeout=5)
-        return self._pool, self._redis
 
-
-class NotificationConsumer:
+class NotificationConsumer(_Worker):
     """One member of the consumer group: delivers entries once each, acknowledges them after."""
 
     def __init__(
         self, database_url: str, redis_url: str, name: str, block_ms: int = 1000, claim_idle_ms: int = 30_000
     ) -> None:
+        super().__init__(database_url, redis_url, redis_timeout_s=10)  # outlasts a blocking read
         self.name = name
-        self._database_url = database_url
-        self._redis_url = redis_url
         self._block_ms = block_ms
         self._claim_idle_ms = claim_idle_ms
-        self._pool: AsyncConnectionPool[Any] | None = None
-        self._redis: Redis | None = None
-        self._task: asyncio.Task[None] | None = None
         self.delivered = 0
-
-    async def start(self) -> bool:
-        if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(self._forever())
-        return True
 
     async def consume_once(self) -> int:
         """Deliver what this consumer left pending, what others abandoned, then what is new; how many."""
-        redis = await self._connect()
+        _, redis = await self._connect()
         await self._ensure_group(redis)
         entries = await self._read(redis, "0")  # ours, delivered before a stop but not acknowledged
         claimed = await redis.xautoclaim(STREAM, GROUP, self.name, self._claim_idle_ms, "0-0", count=100)
@@ -199,17 +204,6 @@ class NotificationConsumer:
             except Exception:  # Redis or Postgres down: entries wait in the group
                 log.warning("notification pass failed", exc_info=True)
                 await asyncio.sleep(1.0)
-
-    async def _connect(self) -> Redis:
-        if self._pool is None:
-            pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
-                self._database_url, min_size=1, max_size=2, open=False, kwargs={"autocommit": True}
-            )
-            await pool.open(wait=True, timeout=30)
-            self._pool = pool
-        if self._redis is None:
-            self._redis = Redis.from_url(self._redis_url, socket_timeout=10, socket_connect_timeout=5)
-        return self._redis
 
 
 RELAY_NAME = "outbox_relay"
