@@ -3,8 +3,6 @@ consumer or relay, and the charge path never waits for them."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -12,6 +10,7 @@ import pytest
 import ray
 
 from serve_app.notifications import RELAY_NAME, consumer_name
+from tests.integration.polling import until
 from tests.integration.stack_fixtures import STACK_NAMESPACE, Merchant
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("invariants_hold")]
@@ -39,13 +38,6 @@ def published(database_url: str, aggregate_id: str) -> bool:
     return bool(row and row[0])
 
 
-def until(check: Callable[[], bool], timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        assert time.monotonic() < deadline, "never happened"
-        time.sleep(0.1)
-
-
 def actor(name: str) -> Any:
     return ray.get_actor(name, namespace=STACK_NAMESPACE)
 
@@ -70,7 +62,7 @@ def test_a_stopped_consumer_loses_nothing(merchant: Merchant, api_database_url: 
     try:
         charges = [merchant.charge(amount=100 + i).json()["id"] for i in range(5)]
         until(lambda: all(published(api_database_url, c) for c in charges))
-        time.sleep(0.5)
+        # the consumer's loop ended when stop returned: nothing can deliver them now
         assert all(deliveries(api_database_url, c) == [("charge.succeeded", 0)] for c in charges)
     finally:
         assert ray.get(consumer.start.remote())
@@ -81,10 +73,10 @@ def test_a_killed_relay_never_blocks_a_charge_and_catches_up(
     merchant: Merchant, api_database_url: str
 ) -> None:
     ray.kill(actor(RELAY_NAME), no_restart=False)  # Ray restarts it idle; its rows wait in the outbox
+    until(lambda: not ray.get(actor(RELAY_NAME).stats.remote())["running"])  # the new, idle incarnation
     response = merchant.charge(amount=4321)
     assert response.status_code == 200, response.text
     charge_id = response.json()["id"]
-    time.sleep(1.0)
     assert deliveries(api_database_url, charge_id) == [("charge.succeeded", 0)]
     assert not published(api_database_url, charge_id)
     assert ray.get(actor(RELAY_NAME).start.remote())  # what the janitor's schedule does

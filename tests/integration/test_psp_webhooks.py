@@ -44,7 +44,7 @@ class Endpoint:
                 self.end_headers()
 
             def log_message(self, *args: Any) -> None:
-                pass
+                """Quiet: the tests read what arrived, not the server's access log."""
 
         self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_port}/hook"

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 import uuid
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -26,6 +24,8 @@ from payray.charge import psp_idempotency_key
 from payray.money import Money
 from payray.stack import EMULATOR_API_KEY, StackInfo
 from psp.stripe_adapter import StripePsp
+from tests.integration.polling import until
+from tests.integration.psp_queries import captures_for_merchant
 from tests.integration.stack_fixtures import STACK_NAMESPACE, Merchant
 
 #: Without webhooks: what the PSP knows reaches payray only through the janitor under test.
@@ -135,7 +135,12 @@ def test_a_payment_interrupted_at_each_step_is_finished(
 
 
 def test_killing_the_api_replica_mid_charge_leaves_work_the_janitor_finishes(
-    merchant: Merchant, stack: StackInfo, admin: httpx.Client, api_database_url: str, faults: Any
+    merchant: Merchant,
+    stack: StackInfo,
+    admin: httpx.Client,
+    api_database_url: str,
+    faults: Any,
+    psp_control: httpx.Client,
 ) -> None:
     faults(latency_ms={"dist": "fixed", "ms": 3000}, only_paths=["/v1/payment_intents"])
     outcome: dict[str, Any] = {}
@@ -148,15 +153,16 @@ def test_killing_the_api_replica_mid_charge_leaves_work_the_janitor_finishes(
 
     thread = threading.Thread(target=charge)
     thread.start()
-    payment_id = until_value(lambda: in_state(api_database_url, merchant.id, "psp_pending"))
+    payment_id = until(lambda: in_state(api_database_url, merchant.id, "psp_pending"))
     for actor in ray.util.list_named_actors(all_namespaces=True):
         if "PaymentApi" in actor["name"] and actor["namespace"] == "serve":
             ray.kill(ray.get_actor(actor["name"], namespace="serve"), no_restart=False)
     thread.join(60)
     assert "error" in outcome or outcome["response"].status_code >= 500, outcome
-    time.sleep(3.5)  # the PSP finishes the capture it was given before the replica died
+    # the PSP finishes the capture it was given before the replica died
+    until(lambda: captures_for_merchant(psp_control, merchant.id))
     faults()
-    until_value(lambda: httpx.get(f"{stack.base_url}/healthz", timeout=10).status_code == 200 or None)
+    until(lambda: httpx.get(f"{stack.base_url}/healthz", timeout=10).status_code == 200 or None)
     assert charge_status(merchant, payment_id) == "pending"
     sweep(admin)
     assert charge_status(merchant, payment_id) == "succeeded"
@@ -215,19 +221,6 @@ def in_state(database_url: str, merchant_id: str, state: str) -> str | None:
             "SELECT id FROM payments WHERE merchant_id = %s AND state = %s", (merchant_id, state)
         ).fetchone()
     return row[0] if row else None
-
-
-def until_value(probe: Callable[[], Any], timeout_s: float = 60.0) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            value = probe()
-        except httpx.HTTPError:
-            value = None
-        if value:
-            return value
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.1)
 
 
 def test_killing_the_wallet_and_the_ledger_writers_between_charges_loses_nothing(

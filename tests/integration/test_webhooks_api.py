@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -19,6 +19,7 @@ import pytest
 
 from payray.stack import EMULATOR_API_KEY, HANDLED_EVENTS, StackInfo
 from psp.emulator.webhooks import sign
+from tests.integration.polling import until
 from tests.integration.stack_fixtures import WEBHOOK_SECRETS, Merchant
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("invariants_hold")]
@@ -57,14 +58,6 @@ def recorded(database_url: str) -> int:
         row = conn.execute("SELECT count(*) FROM webhook_events").fetchone()
     assert row is not None
     return int(row[0])
-
-
-def until(check: Callable[[], bool], timeout_s: float = 30.0) -> None:
-    """Wait for an asynchronous delivery to have its effect."""
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        assert time.monotonic() < deadline, "the webhook's effect never showed"
-        time.sleep(0.1)
 
 
 def postings(database_url: str, external_ref: str) -> list[str]:
