@@ -22,6 +22,7 @@ Scope = Literal["house", "merchant"]
 CHART: dict[str, tuple[Direction, Scope]] = {
     "psp_receivable": ("debit", "house"),
     "bank_cash": ("debit", "house"),
+    "psp_fees": ("debit", "house"),
     "platform_fees": ("credit", "house"),
     "payouts_in_transit": ("credit", "house"),
     "merchant_payable": ("credit", "merchant"),
@@ -252,18 +253,34 @@ def payout_posting(
     )
 
 
-def settlement_posting(settlement_ref: str, amount: Money, *, posting_date: date | None = None) -> Posting:
-    """The PSP paid captured funds into our bank (from reconciliation's matched rows)."""
-    if not amount.is_positive():
-        raise ValueError(f"settlement amount must be positive, got {amount.amount}")
-    currency = amount.currency
+def settlement_posting(
+    settlement_ref: str, gross: Money, fee: Money | None = None, *, posting_date: date | None = None
+) -> Posting:
+    """The PSP settled ``gross`` of what it owed us into our bank, keeping ``fee`` (reconciliation's matches).
+
+    Either may be negative: a day whose refunds exceed its charges takes cash back out of the bank, and a
+    returned fee is income. The bank moves by the net; the receivable by the gross.
+    """
+    fee = Money.zero(gross.currency) if fee is None else fee
+    net = gross - fee
+    if gross.amount == 0 and fee.amount == 0:
+        raise ValueError("a settlement needs a non-zero gross or fee")
+    currency = gross.currency
+
+    def signed(account: str, amount: Money, normal: Direction) -> Entry | None:
+        if amount.amount < 0:
+            flipped: Direction = "credit" if normal == "debit" else "debit"
+            return _line(AccountRef(account, currency), flipped, -amount)
+        return _line(AccountRef(account, currency), normal, amount)
+
     return Posting(
         kind=SETTLEMENT,
         external_ref=settlement_ref,
         merchant_id=None,
-        entries=(
-            debit(AccountRef("bank_cash", currency), amount),
-            credit(AccountRef("psp_receivable", currency), amount),
+        entries=_lines(
+            signed("bank_cash", net, "debit"),
+            signed("psp_fees", fee, "debit"),
+            signed("psp_receivable", gross, "credit"),
         ),
         description=f"settlement {settlement_ref}",
         posting_date=posting_date,

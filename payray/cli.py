@@ -11,7 +11,8 @@ import sys
 import threading
 import urllib.error
 import urllib.request
-from typing import NoReturn
+from datetime import UTC, date, datetime
+from typing import Any, NoReturn
 
 from payray.settings import Settings, running_stack
 
@@ -53,6 +54,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     _target_arguments(verify)
 
+    recon = commands.add_parser(
+        "recon",
+        help="reconcile one UTC day with the PSP's settlement report and print its discrepancies; "
+        "exit 1 if the run failed or found any",
+    )
+    recon.add_argument("--date", required=True, type=_utc_day, help="the UTC day YYYY-MM-DD, not after today")
+    _target_arguments(recon)
+
     load = commands.add_parser(
         "loadtest", help="run Locust headless against a running stack, then verify; exit 1 on violation"
     )
@@ -82,6 +91,16 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _utc_day(value: str) -> date:
+    try:
+        day = date.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a date YYYY-MM-DD") from None
+    if len(value) != 10 or day > datetime.now(UTC).date():
+        raise argparse.ArgumentTypeError(f"{value!r} is not a past or current UTC day YYYY-MM-DD")
+    return day
+
+
 def _target_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--url", help="the API's base URL (default: the stack `payray up` started)")
     parser.add_argument("--admin-key", help="the admin key (default: the one `payray up` stored)")
@@ -104,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         "migrate": _migrate,
         "merchant": _merchant_create,
         "verify": _verify,
+        "recon": _recon,
         "loadtest": _loadtest,
     }
     return handlers[args.command](settings, args)
@@ -213,13 +233,27 @@ def _target(settings: Settings, args: argparse.Namespace) -> tuple[str, str] | N
     return (url.rstrip("/"), key) if url and key else None
 
 
-def _fetch_invariants(url: str, admin_key: str) -> dict[str, object]:
+def _admin_call(url: str, admin_key: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One admin request; the API's error message (not urllib's) when it refuses."""
     request = urllib.request.Request(
-        url + "/v1/admin/invariants", headers={"Authorization": f"Bearer {admin_key}"}
+        url + path,
+        data=None if body is None else json.dumps(body).encode(),
+        headers={"Authorization": f"Bearer {admin_key}", "Content-Type": "application/json"},
     )
-    with urllib.request.urlopen(request, timeout=300) as response:
-        report: dict[str, object] = json.loads(response.read())
-    return report
+    try:
+        with urllib.request.urlopen(request, timeout=3600) as response:
+            answer: dict[str, Any] = json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        try:
+            message = json.loads(exc.read())["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            message = str(exc)
+        raise OSError(f"{path} answered {exc.code}: {message}") from None
+    return answer
+
+
+def _fetch_invariants(url: str, admin_key: str) -> dict[str, Any]:
+    return _admin_call(url, admin_key, "/v1/admin/invariants")
 
 
 def _verify(settings: Settings, args: argparse.Namespace) -> int:
@@ -234,6 +268,43 @@ def _verify(settings: Settings, args: argparse.Namespace) -> int:
         return 2
     print(json.dumps(report, indent=2))
     return 0 if report.get("ok") else 1
+
+
+SHOWN = 100
+
+
+def _recon(settings: Settings, args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    target = _target(settings, args)
+    if target is None:
+        print("payray recon: error: no running stack found; pass --url and --admin-key", file=sys.stderr)
+        return 2
+    try:
+        run = _admin_call(*target, "/v1/reconciliation/runs", {"date": args.date.isoformat()})
+        found = _admin_call(*target, f"/v1/reconciliation/discrepancies?run={run['id']}&limit={SHOWN}")
+    except OSError as exc:
+        print(f"payray recon: error: {exc}", file=sys.stderr)
+        return 2
+    console = Console()
+    if run["status"] != "succeeded":
+        console.print(f"[bold red]reconciliation of {run['date']} {run['status']}[/]: {run['error']}")
+        return 1
+    counts = run["discrepancies"]
+    console.print(
+        f"reconciliation {run['id']} of {run['date']} (attempt {run['attempts']}): "
+        f"{run['psp_rows']} PSP rows, {run['ledger_rows']} ledger rows, {run['matched']} matched, "
+        f"{sum(counts.values())} discrepancies, {run['resolved_late']} earlier ones matched late"
+    )
+    if found["data"]:
+        table = Table("id", "kind", "category", "reference", "status", "detail")
+        for d in found["data"]:
+            table.add_row(d["id"], d["kind"], d["category"], d["reference"], d["status"], d["detail"])
+        console.print(table)
+    if found["has_more"]:
+        console.print(f"… more at GET /v1/reconciliation/discrepancies?run={run['id']}")
+    return 1 if any(counts.values()) else 0
 
 
 def _loadtest(settings: Settings, args: argparse.Namespace) -> int:

@@ -48,6 +48,8 @@ class Settings:
     #: abandoned (longer than any live request waits on the PSP and the ledger)
     recovery_interval_s: float = 30.0
     recovery_grace_s: float = 120.0
+    #: when (UTC, "HH:MM") the scheduler reconciles the day before
+    recon_at: str = "02:15"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -71,6 +73,7 @@ class Settings:
             db_pool_size=_positive_int(env, "PAYRAY_DB_POOL_SIZE", 8),
             recovery_interval_s=float(env.get("PAYRAY_RECOVERY_INTERVAL_S", "30")),
             recovery_grace_s=float(env.get("PAYRAY_RECOVERY_GRACE_S", "120")),
+            recon_at=_utc_time_of_day(env, "PAYRAY_RECON_AT", "02:15"),
         )
 
     def with_(self, **changes: object) -> Settings:
@@ -88,3 +91,11 @@ def _positive_int(env: Mapping[str, str], name: str, default: int, *, allow_zero
     if value < 0 or (value == 0 and not allow_zero):
         raise ValueError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
     return value
+
+
+def _utc_time_of_day(env: Mapping[str, str], name: str, default: str) -> str:
+    raw = env.get(name) or default
+    hours, sep, minutes = raw.partition(":")
+    if not (sep and hours.isdigit() and minutes.isdigit() and int(hours) < 24 and int(minutes) < 60):
+        raise ValueError(f"{name} must be a UTC time of day HH:MM, got {raw!r}")
+    return f"{int(hours):02d}:{int(minutes):02d}"

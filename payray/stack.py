@@ -90,7 +90,7 @@ class Stack:
             base_url = self._start_serve(settings, psp_key, psp_base)
             if self._emulator_started:
                 _send_webhooks_to(psp_base, f"{base_url}/v1/webhooks/psp", webhook_secrets[0])
-            self._start_janitor(settings, psp_key, psp_base)
+            self._start_schedules(settings, psp_key, psp_base)
             self._start_notifications(settings)
             demo_id, demo_key = _demo_merchant(home, database_url)
         except BaseException:
@@ -132,16 +132,20 @@ class Stack:
         self._emulator_started = True
         return EMULATOR_API_KEY, base
 
-    def _start_janitor(self, settings: Settings, psp_key: str, psp_base: str | None) -> None:
+    def _start_schedules(self, settings: Settings, psp_key: str, psp_base: str | None) -> None:
+        """The recovery janitor and the reconciliation scheduler: detached actors, killed on stop."""
         import ray
 
         from serve_app.janitor import JANITOR_NAME, start_janitor
+        from serve_app.recon_scheduler import SCHEDULER_NAME, start_recon_scheduler
 
         start_janitor(settings, psp_key, psp_base)
+        start_recon_scheduler(settings, psp_key, psp_base)
 
         def stop() -> None:
-            with contextlib.suppress(ValueError):
-                ray.kill(ray.get_actor(JANITOR_NAME, namespace=settings.ray_namespace))
+            for name in (JANITOR_NAME, SCHEDULER_NAME):
+                with contextlib.suppress(ValueError):
+                    ray.kill(ray.get_actor(name, namespace=settings.ray_namespace))
 
         self._stops.append(stop)
 

@@ -6,8 +6,9 @@ retries, lost replies) because treating it as either success or failure is how p
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from datetime import date
 from typing import Literal, Protocol
 
 PspStatus = Literal["captured", "declined", "unknown"]
@@ -112,3 +113,18 @@ class PaymentServiceProvider(Protocol):
     async def ping(self) -> bool:
         """Whether the PSP answers an authenticated request now."""
         ...
+
+    def settlement_report(self, day: date, columns: Sequence[str]) -> SettlementReport:
+        """The PSP's itemized balance-change report for one UTC day, with ``columns`` in that order."""
+        ...
+
+
+class SettlementReport(Protocol):
+    """A report to stream: ``chunks()`` asks the PSP for it and yields its CSV bytes as they arrive."""
+
+    @property
+    def reference(self) -> str | None:
+        """The PSP's id for the report, once asked for."""
+        ...
+
+    def chunks(self) -> AsyncIterator[bytes]: ...

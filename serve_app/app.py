@@ -6,6 +6,7 @@ does no IO.
 """
 
 import asyncio
+import datetime
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -25,6 +26,7 @@ from redis.asyncio import Redis
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ledger import store as ledger_store
+from ledger.reconcile import KINDS
 from payray.errors import (
     ClientError,
     DependencyFailure,
@@ -35,7 +37,7 @@ from payray.errors import (
 )
 from payray.settings import Settings
 from psp.stripe_adapter import StripePsp
-from serve_app import merchants_db, refunds_db
+from serve_app import merchants_db, recon_db, refunds_db
 from serve_app import payments_db as db
 from serve_app.auth import Authenticator
 from serve_app.bodies import MAX_BODY_BYTES, parse_body
@@ -48,10 +50,20 @@ from serve_app.invariants import check_invariants
 from serve_app.janitor import JANITOR_NAME
 from serve_app.metrics import ApiMetrics
 from serve_app.payouts import PayoutFlow, PayoutService, list_payouts, load_payout, payout_object
+from serve_app.recon_scheduler import SCHEDULER_NAME
+from serve_app.reconciliation import discrepancy_object, run_object
 from serve_app.refund_flow import RefundFlow
 from serve_app.refunds import RefundService
 from serve_app.render import charge_object, dumps, error_object, list_object, refund_object
-from serve_app.schemas import ChargeCreate, MerchantCreate, PayoutCreate, RecoverySweep, RefundCreate
+from serve_app.schemas import (
+    ChargeCreate,
+    DiscrepancyResolve,
+    MerchantCreate,
+    PayoutCreate,
+    ReconciliationRunCreate,
+    RecoverySweep,
+    RefundCreate,
+)
 from serve_app.wallets import WalletDirectory
 from serve_app.webhooks import WebhookReceiver
 
@@ -378,6 +390,75 @@ class PaymentApi:
         janitor = ray.get_actor(JANITOR_NAME, namespace=self._settings.ray_namespace)
         return json_response(200, dumps(await janitor.sweep.remote(body.grace_s)))
 
+    # -- reconciliation (admin) ------------------------------------------------------------------------------
+
+    @api.post("/v1/reconciliation/runs")
+    async def create_reconciliation_run(self, request: Request) -> Response:
+        """Reconcile a day now (the nightly scheduler runs it): re-running a day is safe."""
+        await self._admin(request)
+        body = parse_body(
+            ReconciliationRunCreate, await _read_body(request), request.headers.get("content-type")
+        )
+        scheduler = ray.get_actor(SCHEDULER_NAME, namespace=self._settings.ray_namespace)
+        return json_response(200, dumps(await scheduler.run.remote(body.date)))
+
+    @api.get("/v1/reconciliation/runs/{run_id}")
+    async def get_reconciliation_run(self, run_id: str, request: Request) -> Response:
+        await self._admin(request)
+        async with self.pool.connection() as conn:
+            run = await recon_db.load_run(conn, run_id)
+        if run is None:
+            raise NotFound(f"No such reconciliation run: '{run_id}'", param="id")
+        return json_response(200, dumps(run_object(run)))
+
+    @api.get("/v1/reconciliation/runs")
+    async def list_reconciliation_runs(self, request: Request) -> Response:
+        await self._admin(request)
+        limit = _limit(request.query_params.get("limit"))
+        after = request.query_params.get("starting_after")
+        async with self.pool.connection() as conn:
+            if after is not None and await recon_db.load_run(conn, after) is None:
+                raise NotFound(f"No such reconciliation run: '{after}'", param="starting_after")
+            runs = await recon_db.list_runs(conn, limit + 1, after)
+        data = [run_object(run) for run in runs[:limit]]
+        return json_response(200, dumps(list_object("/v1/reconciliation/runs", data, len(runs) > limit)))
+
+    @api.get("/v1/reconciliation/discrepancies/{discrepancy_id}")
+    async def get_discrepancy(self, discrepancy_id: str, request: Request) -> Response:
+        await self._admin(request)
+        async with self.pool.connection() as conn:
+            found = await recon_db.load_discrepancy(conn, discrepancy_id)
+        if found is None:
+            raise NotFound(f"No such discrepancy: '{discrepancy_id}'", param="id")
+        return json_response(200, dumps(discrepancy_object(found)))
+
+    @api.get("/v1/reconciliation/discrepancies")
+    async def list_discrepancies(self, request: Request) -> Response:
+        """``?status=open|resolved``, ``?run=recon_…``, newest first."""
+        await self._admin(request)
+        query = request.query_params
+        limit = _limit(query.get("limit"))
+        status, run_id, after = query.get("status"), query.get("run"), query.get("starting_after")
+        if status is not None and status not in ("open", "resolved"):
+            raise InvalidRequest("status must be open or resolved", param="status")
+        async with self.pool.connection() as conn:
+            if run_id is not None and await recon_db.load_run(conn, run_id) is None:
+                raise NotFound(f"No such reconciliation run: '{run_id}'", param="run")
+            if after is not None and await recon_db.load_discrepancy(conn, after) is None:
+                raise NotFound(f"No such discrepancy: '{after}'", param="starting_after")
+            found = await recon_db.list_discrepancies(conn, status, run_id, limit + 1, after)
+        data = [discrepancy_object(d) for d in found[:limit]]
+        url = "/v1/reconciliation/discrepancies"
+        return json_response(200, dumps(list_object(url, data, len(found) > limit)))
+
+    @api.post("/v1/reconciliation/discrepancies/{discrepancy_id}/resolve")
+    async def resolve_discrepancy(self, discrepancy_id: str, request: Request) -> Response:
+        await self._admin(request)
+        body = parse_body(DiscrepancyResolve, await _read_body(request), request.headers.get("content-type"))
+        async with self.pool.connection() as conn:
+            resolved = await recon_db.resolve(conn, discrepancy_id, body.resolution, body.note)
+        return json_response(200, dumps(discrepancy_object(resolved)))
+
     # -- operations ------------------------------------------------------------------------------------------
 
     @api.get("/healthz")
@@ -408,7 +489,24 @@ class PaymentApi:
     async def metrics_endpoint(self) -> Response:
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+        await self._build()
+        await self._observe_reconciliation()
         return Response(generate_latest(self.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    async def _observe_reconciliation(self) -> None:
+        """The review queue read at scrape time, so every replica reports the same figures."""
+        try:
+            async with self.pool.connection(timeout=2) as conn:
+                open_by_kind = await recon_db.open_counts(conn)
+                latest = await recon_db.latest_reconciled_day(conn)
+        except (psycopg.Error, psycopg_pool.PoolTimeout):
+            log.warning("reconciliation metrics skipped: the database did not answer")
+            return
+        for kind in KINDS:
+            self.metrics.recon_diffs.labels(kind).set(open_by_kind.get(kind, 0))
+        if latest is not None:
+            midnight = datetime.datetime.combine(latest, datetime.time(), tzinfo=datetime.UTC)
+            self.metrics.recon_last_run.set(midnight.timestamp())
 
 
 def build_app(settings: Settings, psp_api_key: str, psp_api_base: str | None) -> Any:

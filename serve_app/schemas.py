@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import re
 from typing import Annotated, Any, Literal
 
@@ -77,6 +78,26 @@ class PayoutCreate(StrictBody):
 
 class RecoverySweep(StrictBody):
     grace_s: Annotated[float, Field(ge=0, le=86_400)] | None = None
+
+
+class ReconciliationRunCreate(StrictBody):
+    date: Annotated[StrictStr, Field(pattern=r"^\d{4}-\d{2}-\d{2}$")]
+
+    @field_validator("date")
+    @classmethod
+    def _a_past_or_current_utc_day(cls, value: str) -> str:
+        try:
+            day = datetime.date.fromisoformat(value)
+        except ValueError:
+            raise ValueError(f"{value!r} is not a calendar date (YYYY-MM-DD)") from None
+        if day > datetime.datetime.now(datetime.UTC).date():
+            raise ValueError(f"{value} has not begun yet (UTC); reconcile a past day or today")
+        return value
+
+
+class DiscrepancyResolve(StrictBody):
+    resolution: Annotated[StrictStr, Field(pattern=r"^[a-z][a-z0-9_]{1,63}$")]
+    note: Annotated[StrictStr, Field(min_length=1, max_length=2000)]
 
 
 class MerchantCreate(StrictBody):

@@ -1,13 +1,18 @@
-"""Control routes under ``/_emulator/`` (never part of Stripe's API): faults, clock, reset, stats, record."""
+"""Control routes under ``/_emulator/`` (never part of Stripe's API): faults, clock, reset, stats, record,
+settlement drift and benchmark seeding."""
 
 from __future__ import annotations
 
+import asyncio
 import json
-from typing import Any
+import time
+from typing import Annotated, Any
 
 from aiohttp import web
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from psp.emulator import synthetic
+from psp.emulator.drift import DriftRequest, parse_day
 from psp.emulator.engine import RequestContext
 from psp.emulator.errors import invalid
 from psp.emulator.faults import FaultConfig
@@ -152,6 +157,75 @@ async def close_dispute(request: web.Request) -> web.StreamResponse:
     return json_response(engine.render("dispute", dispute))
 
 
+async def set_drift(request: web.Request) -> web.StreamResponse:
+    """Choose a day's drifted report rows now (replacing that day's earlier drift) and say which."""
+    drift: DriftRequest = _validated(DriftRequest, await _json_body(request), "settlement drift")
+    emulator = request.app[EMULATOR]
+    injected = await asyncio.to_thread(emulator.drift.choose, emulator.store, drift)
+    emulator.drift.replace(drift.day, injected)
+    return json_response({"date": drift.date, "injections": [i.to_json() for i in injected]})
+
+
+async def get_drift(request: web.Request) -> web.StreamResponse:
+    raw = request.query.get("date")
+    try:
+        day = parse_day(raw) if raw is not None else None
+    except ValueError as exc:
+        raise invalid(f"date {exc}", param="date") from None
+    injected = request.app[EMULATOR].drift.injections(day)
+    return json_response({"injections": [i.to_json() for i in injected]})
+
+
+async def clear_drift(request: web.Request) -> web.StreamResponse:
+    request.app[EMULATOR].drift.clear()
+    return json_response({"injections": []})
+
+
+class SeedRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    date: str
+    charges: Annotated[int, Field(ge=1, le=synthetic.MAX_CHARGES, strict=True)]
+    prefix: Annotated[str, Field(pattern=r"^[a-z0-9]{1,12}$")]
+    refund_every: Annotated[int, Field(ge=0, strict=True)] = 10
+
+    @field_validator("date")
+    @classmethod
+    def _is_day(cls, value: str) -> str:
+        parse_day(value)
+        return value
+
+
+async def seed_settlement(request: web.Request) -> web.StreamResponse:
+    """Load a synthetic day straight into the store (benchmarks): built off the loop, registered on it.
+
+    Registering holds the loop for a few seconds per million charges (one kind at a time)."""
+    seed: SeedRequest = _validated(SeedRequest, await _json_body(request), "settlement seed")
+    store = request.app[EMULATOR].store
+    started = time.perf_counter()
+    day = parse_day(seed.date)
+    taken = invalid(f"The prefix {seed.prefix} was seeded already: give each day its own.", param="prefix")
+    if synthetic.already_seeded(store, seed.prefix):
+        raise taken
+    with synthetic.gc_paused():
+        objects = await asyncio.to_thread(
+            synthetic.build_objects, day, seed.charges, seed.prefix, seed.refund_every
+        )
+        if synthetic.already_seeded(store, seed.prefix):  # a concurrent seed of the same prefix won
+            raise taken
+        counts: dict[str, int] = {}
+        for kind, name, objs in objects.by_kind():  # one kind per turn of the loop: shorter stalls
+            counts[name] = store.load_bulk(kind, objs)
+            await asyncio.sleep(0.05)
+    body = {
+        "date": seed.date,
+        "prefix": seed.prefix,
+        **counts,
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+    return json_response(body)
+
+
 async def health(request: web.Request) -> web.StreamResponse:
     return json_response({"ok": True})
 
@@ -172,4 +246,8 @@ ROUTES: list[tuple[str, str, Handler]] = [
     ("POST", "/_emulator/webhooks/flush", flush_webhooks),
     ("POST", "/_emulator/disputes", open_dispute),
     ("POST", "/_emulator/disputes/{id}/close", close_dispute),
+    ("GET", "/_emulator/settlement/drift", get_drift),
+    ("POST", "/_emulator/settlement/drift", set_drift),
+    ("DELETE", "/_emulator/settlement/drift", clear_drift),
+    ("POST", "/_emulator/settlement/seed", seed_settlement),
 ]

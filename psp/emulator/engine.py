@@ -535,8 +535,18 @@ class Engine:
         return charge
 
     def _balance_transaction(
-        self, *, amount: int, fee: int, currency: str, source: str, type_: str, now: int
+        self,
+        *,
+        amount: int,
+        fee: int,
+        currency: str,
+        source: str,
+        type_: str,
+        now: int,
+        reporting_category: str | None = None,
+        description: str | None = None,
     ) -> Obj:
+        """``reporting_category`` defaults to ``type_``; they differ for adjustments such as disputes."""
         txn: Obj = {
             "id": new_id("txn", 24),
             "object": "balance_transaction",
@@ -544,7 +554,7 @@ class Engine:
             "available_on": available_on(now),
             "created": now,
             "currency": currency,
-            "description": None,
+            "description": description,
             "exchange_rate": None,
             "fee": fee,
             "fee_details": (
@@ -561,7 +571,7 @@ class Engine:
                 else []
             ),
             "net": amount - fee,
-            "reporting_category": type_,
+            "reporting_category": reporting_category or type_,
             "source": source,
             "status": "pending",
             "type": type_,
@@ -635,7 +645,10 @@ class Engine:
     # -- disputes (opened and closed by the control routes: a cardholder and a bank, not an API client) ------
 
     def open_dispute(self, params: dict[str, Any], ctx: RequestContext) -> Obj:
-        """A cardholder disputes a captured charge: ``payment_intent`` or ``charge``, optional ``amount``."""
+        """A cardholder disputes a captured charge: ``payment_intent`` or ``charge``, optional ``amount``.
+
+        The amount leaves the balance at once, as at Stripe: an ``adjustment`` reported as ``dispute``.
+        """
         charge = self._refundable_charge(params)
         amount = p.opt_int(params, "amount")
         disputable = charge["amount"] - charge["amount_refunded"]
@@ -643,12 +656,25 @@ class Engine:
             amount = disputable
         if not 0 < amount <= disputable:
             raise invalid(f"A dispute is for 1 to {disputable}, not {amount}.", param="amount")
+        now = self.clock.now()
+        dispute_id = new_id("dp", 24)
+        withdrawal = self._balance_transaction(
+            amount=-amount,
+            fee=0,
+            currency=charge["currency"],
+            source=dispute_id,
+            type_="adjustment",
+            reporting_category="dispute",
+            description=f"Chargeback withdrawal for {charge['id']}",
+            now=now,
+        )
         dispute = {
-            "id": new_id("dp", 24),
+            "id": dispute_id,
             "object": "dispute",
             "amount": amount,
+            "balance_transactions": [public(withdrawal)],
             "charge": charge["id"],
-            "created": self.clock.now(),
+            "created": now,
             "currency": charge["currency"],
             "livemode": False,
             "metadata": {},
@@ -663,7 +689,7 @@ class Engine:
         return dispute
 
     def close_dispute(self, dispute_id: str, params: dict[str, Any], ctx: RequestContext) -> Obj:
-        """The bank decides: ``status`` ``won`` (the merchant keeps the money) or ``lost``."""
+        """The bank decides: ``status`` ``won`` (the money comes back, a ``dispute_reversal``) or ``lost``."""
         dispute = self.store.get("dispute", dispute_id)
         if dispute is None:
             raise no_such("dispute", dispute_id)
@@ -673,6 +699,18 @@ class Engine:
         if dispute["status"] in ("won", "lost"):
             raise unexpected_state(f"Dispute {dispute_id} is already closed ({dispute['status']}).")
         dispute = {**dispute, "status": status}
+        if status == "won":
+            reversal = self._balance_transaction(
+                amount=dispute["amount"],
+                fee=0,
+                currency=dispute["currency"],
+                source=dispute_id,
+                type_="adjustment",
+                reporting_category="dispute_reversal",
+                description=f"Chargeback reversal for {dispute['charge']}",
+                now=self.clock.now(),
+            )
+            dispute["balance_transactions"] = [*dispute.get("balance_transactions", []), public(reversal)]
         self.store.put("dispute", dispute)
         self._emit("charge.dispute.closed", "dispute", dispute, ctx)
         return dispute

@@ -80,6 +80,30 @@ def search_of(kind: str, url: str) -> Handler:
     return handler
 
 
+def _base_url(request: web.Request) -> str:
+    return f"{request.scheme}://{request.host}"
+
+
+async def create_report_run(request: web.Request) -> web.StreamResponse:
+    reports = request.app[EMULATOR].reports
+    run = reports.create(_params(request))
+    return json_response(reports.run(run["id"], _base_url(request)))
+
+
+async def retrieve_report_run(request: web.Request) -> web.StreamResponse:
+    return json_response(request.app[EMULATOR].reports.run(request.match_info["id"], _base_url(request)))
+
+
+async def retrieve_file(request: web.Request) -> web.StreamResponse:
+    return json_response(request.app[EMULATOR].reports.file(request.match_info["id"], _base_url(request)))
+
+
+async def file_contents(request: web.Request) -> web.StreamResponse:
+    """The CSV streamed from disk (reports of a million rows are tens of megabytes)."""
+    path = request.app[EMULATOR].reports.contents(request.match_info["id"])
+    return web.FileResponse(path, headers={"Content-Type": "text/csv; charset=utf-8"})
+
+
 ROUTES: list[tuple[str, str, Handler]] = [
     ("POST", "/v1/customers", create("customer", Engine.create_customer)),
     ("GET", "/v1/customers", list_of("customer", "/v1/customers")),
@@ -106,4 +130,8 @@ ROUTES: list[tuple[str, str, Handler]] = [
     ("GET", "/v1/disputes/{id}", retrieve("dispute")),
     ("GET", "/v1/events", list_of("event", "/v1/events")),
     ("GET", "/v1/events/{id}", retrieve("event")),
+    ("POST", "/v1/reporting/report_runs", create_report_run),
+    ("GET", "/v1/reporting/report_runs/{id}", retrieve_report_run),
+    ("GET", "/v1/files/{id}", retrieve_file),
+    ("GET", "/v1/files/{id}/contents", file_contents),
 ]

@@ -2,6 +2,7 @@
 
 Every mutation goes through ``apply`` as a record, live or replayed from the journal, so a restart rebuilds
 exactly the same maps, indexes and counters. No IO besides the append-only journal; no Stripe rules here.
+The one exception is ``load_bulk``, benchmark seeding that is deliberately neither journaled nor indexed.
 """
 
 from __future__ import annotations
@@ -9,12 +10,12 @@ from __future__ import annotations
 import json
 import logging
 from collections import Counter, OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from psp.emulator.pagination import Key, OrderedIndex
+from psp.emulator.pagination import Key, OrderedIndex, PageRequest
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +28,8 @@ KINDS = (
     "dispute",
     "balance_transaction",
     "event",
+    "report_run",
+    "file",
 )
 INDEXED_FIELDS: dict[str, tuple[str, ...]] = {
     "payment_intent": ("customer", "status"),
@@ -157,6 +160,69 @@ class Store:
         if kind == "charge" and obj.get("captured") and not (old and old.get("captured")):
             self._count_capture(obj)
 
+    def load_bulk(self, kind: str, objs: Iterable[Obj]) -> int:
+        """Benchmark seeding: objects straight into the per-kind map, the main index and the day index.
+
+        No journal (gone after a restart), no secondary indexes, no capture counters: a million charges
+        must load in seconds. Give objects oldest first; ids must be new (not checked here).
+        """
+        objects = self._objects[kind]
+        index = self._main[kind]
+        add = index.add
+        newest, _ = index.page(PageRequest(limit=1))
+        last = index.key_of(newest[0]) if newest else None
+        early_keys: list[Key] = []
+        early_ids: list[str] = []
+        day_lists: dict[tuple[str, int], list[str]] = {}
+        seq = self._seq
+        for obj in objs:
+            obj_id = obj["id"]
+            objects[obj_id] = obj
+            seq += 1
+            key: Key = (obj["created"], seq)
+            if last is None or key >= last:
+                add(obj_id, key)
+                last = key
+            else:
+                early_keys.append(key)
+                early_ids.append(obj_id)
+            if kind == "balance_transaction":
+                for field in ("created", "available_on"):
+                    day_number = obj[field] // 86_400
+                    ids = day_lists.get((field, day_number))
+                    if ids is None:
+                        day = utc_day(obj[field])
+                        ids = day_lists[(field, day_number)] = self._bt_days.setdefault((field, day), [])
+                    ids.append(obj_id)
+        count = seq - self._seq
+        self._seq = seq
+        if early_ids:
+            self._main[kind] = self._merged(index, early_keys, early_ids)
+        return count
+
+    @staticmethod
+    def _merged(index: OrderedIndex, keys: list[Key], ids: list[str]) -> OrderedIndex:
+        """A new index holding ``index`` and the objects ``ids``/``keys`` sorting before its end.
+
+        A merge of two sorted runs into appends only: a day seeded before the newest objects costs one
+        pass, not an insertion per object, and no list of pairs the size of the store.
+        """
+        if any(keys[n] > keys[n + 1] for n in range(len(keys) - 1)):
+            order = sorted(range(len(keys)), key=keys.__getitem__)
+            keys, ids = [keys[n] for n in order], [ids[n] for n in order]
+        merged = OrderedIndex()
+        n = 0
+        for obj_id in index.ids_between(-(2**62), 2**62):
+            key = index.key_of(obj_id)
+            assert key is not None
+            while n < len(keys) and keys[n] < key:
+                merged.add(ids[n], keys[n])
+                n += 1
+            merged.add(obj_id, key)
+        for m in range(n, len(keys)):
+            merged.add(ids[m], keys[m])
+        return merged
+
     def _count_capture(self, charge: Obj) -> None:
         self.captures += 1
         intent = self._objects["payment_intent"].get(charge.get("payment_intent") or "")
@@ -183,6 +249,10 @@ class Store:
 
     def get(self, kind: str, obj_id: str) -> Obj | None:
         return self._objects[kind].get(obj_id)
+
+    def objects(self, kind: str) -> Mapping[str, Obj]:
+        """The live map of one kind, for readers that look up millions of ids (the settlement report)."""
+        return self._objects[kind]
 
     def count(self, kind: str) -> int:
         return len(self._objects[kind])
@@ -217,5 +287,11 @@ class Store:
         self, day: date, by: Literal["created", "available_on"] = "created"
     ) -> list[Obj]:
         """Balance transactions of one UTC day, by creation or by availability (settlement)."""
-        ids = self._bt_days.get((by, day), [])
-        return [self._objects["balance_transaction"][i] for i in ids]
+        objects = self._objects["balance_transaction"]
+        return [objects[i] for i in self._bt_days.get((by, day), [])]
+
+    def balance_transaction_ids_on(
+        self, day: date, by: Literal["created", "available_on"] = "created"
+    ) -> list[str]:
+        """A copy of one UTC day's balance transaction ids, in insertion order: cheap to take on the loop."""
+        return list(self._bt_days.get((by, day), []))

@@ -1,0 +1,145 @@
+"""The nightly reconciliation: a Ray actor that reconciles yesterday at ``PAYRAY_RECON_AT`` (02:15 UTC), and
+any day on demand (``POST /v1/reconciliation/runs``), one run at a time.
+
+One named, detached, restartable actor (``recon_scheduler``). Its only state is a timer: runs live in
+Postgres, so a scheduler that was down at 02:15 finds yesterday unreconciled when it comes back, and runs it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time as wall
+from collections.abc import Awaitable, Callable
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Any
+
+import ray
+from psycopg_pool import AsyncConnectionPool
+
+from payray.settings import Settings
+from psp.stripe_adapter import StripePsp
+from serve_app import recon_db
+from serve_app.reconciliation import Reconciliation, run_object
+
+log = logging.getLogger("payray.recon")
+
+SCHEDULER_NAME = "recon_scheduler"
+
+
+def next_run_at(now: datetime, at: time) -> datetime:
+    """The first ``at`` (UTC) strictly after ``now``."""
+    today = datetime.combine(now.date(), at, tzinfo=UTC)
+    return today if today > now else today + timedelta(days=1)
+
+
+def parse_at(value: str) -> time:
+    hours, minutes = value.split(":")
+    return time(int(hours), int(minutes))
+
+
+class ReconScheduler:
+    def __init__(
+        self,
+        settings: Settings,
+        psp_api_key: str,
+        psp_api_base: str | None,
+        clock: Callable[[], float] = wall.time,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self._settings = settings
+        self._psp_key = psp_api_key
+        self._psp_base = psp_api_base
+        self._clock = clock
+        self._sleep = sleep
+        self._at = parse_at(settings.recon_at)
+        self._recon: Reconciliation | None = None
+        self._pool: AsyncConnectionPool[Any] | None = None
+        self._lock = asyncio.Lock()
+        self._loop: asyncio.Task[None] | None = None
+        self._next: datetime | None = None
+        self._scheduled_runs = 0
+
+    async def start(self) -> bool:
+        """Catch up on yesterday if its run is missing or failed, then run every night; idempotent."""
+        if self._loop is None or self._loop.done():
+            self._loop = asyncio.get_running_loop().create_task(self._forever())
+        return True
+
+    async def run(self, day: str) -> dict[str, Any]:
+        """Reconcile one UTC day (``YYYY-MM-DD``) now; the run as the API renders it."""
+        recon = await self._build()
+        async with self._lock:
+            return run_object(await recon.run(date.fromisoformat(day)))
+
+    async def status(self) -> dict[str, Any]:
+        return {
+            "at": self._settings.recon_at,
+            "next_run_at": self._next.isoformat() if self._next else None,
+            "scheduled_runs": self._scheduled_runs,
+        }
+
+    def _now(self) -> datetime:
+        return datetime.fromtimestamp(self._clock(), UTC)
+
+    async def _forever(self) -> None:
+        await self._catch_up()
+        while True:
+            now = self._now()
+            self._next = next_run_at(now, self._at)
+            await self._sleep((self._next - now).total_seconds())
+            await self._scheduled(self._next.date() - timedelta(days=1))
+
+    async def _catch_up(self) -> None:
+        now = self._now()
+        if now < datetime.combine(now.date(), self._at, tzinfo=UTC):
+            return  # tonight's run will do yesterday
+        yesterday = now.date() - timedelta(days=1)
+        if not await self._reconciled(yesterday):
+            await self._scheduled(yesterday)
+
+    async def _reconciled(self, day: date) -> bool:
+        await self._build()
+        assert self._pool is not None
+        async with self._pool.connection() as conn:
+            done = await recon_db.run_of_day(conn, day)
+        return done is not None and done["status"] == "succeeded"
+
+    async def _scheduled(self, day: date) -> None:
+        try:  # never let the schedule die: tomorrow's run tries again, and a person can run any day
+            run = await self.run(day.isoformat())
+            self._scheduled_runs += 1
+            log.info("reconciled %s: %s", day, run)
+        except Exception:
+            log.exception("scheduled reconciliation of %s failed", day)
+
+    async def _build(self) -> Reconciliation:
+        if self._recon is None:
+            s = self._settings
+            assert s.database_url
+            pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
+                s.database_url, min_size=1, max_size=2, open=False, kwargs={"autocommit": True}
+            )
+            await pool.open(wait=True, timeout=30)
+            psp = StripePsp(self._psp_key, self._psp_base, s.psp_timeout_s, s.psp_max_retries)
+            self._pool, self._recon = pool, Reconciliation(pool, psp)
+        return self._recon
+
+    async def close(self) -> None:
+        if self._loop is not None:
+            self._loop.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop
+
+
+ReconSchedulerActor: Any = ray.remote(max_restarts=-1, max_task_retries=-1, num_cpus=0)(ReconScheduler)
+
+
+def start_recon_scheduler(settings: Settings, psp_api_key: str, psp_api_base: str | None) -> Any:
+    """The deployment's scheduler, created if missing, waiting for its next night."""
+    handle = ReconSchedulerActor.options(
+        name=SCHEDULER_NAME, namespace=settings.ray_namespace, get_if_exists=True, lifetime="detached"
+    ).remote(settings, psp_api_key, psp_api_base)
+    ray.get(handle.start.remote())
+    return handle

@@ -1,0 +1,90 @@
+"""Running a day's reconciliation against the PSP's report, and the API's view of runs and discrepancies."""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from typing import Any
+
+from psycopg_pool import AsyncConnectionPool
+
+from ledger.reconcile import KINDS, REPORT_COLUMNS, RunResult, reconcile_day
+from psp.port import PaymentServiceProvider
+from serve_app import recon_db
+
+
+class Reconciliation:
+    """Streams the PSP's settlement report for a day into ``ledger.reconcile`` on one pooled connection."""
+
+    def __init__(self, pool: AsyncConnectionPool[Any], psp: PaymentServiceProvider) -> None:
+        self._pool = pool
+        self._psp = psp
+
+    async def run(self, day: date) -> dict[str, Any]:
+        """The run's row as stored (``run_object`` renders it); a failed run is an answer, not an error."""
+        async with self._pool.connection() as conn:
+            report = self._psp.settlement_report(day, REPORT_COLUMNS)
+            result: RunResult = await reconcile_day(conn, day, report)
+            row = await recon_db.load_run(conn, result.id)
+        assert row is not None
+        return row
+
+
+def _timestamp(value: datetime | None) -> int | None:
+    return int(value.timestamp()) if value is not None else None
+
+
+def run_object(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": row["id"],
+        "object": "reconciliation_run",
+        "date": row["run_date"].isoformat(),
+        "status": row["status"],
+        "attempts": row["attempts"],
+        "psp_report": row["psp_report"],
+        "psp_rows": row["psp_rows"],
+        "ledger_rows": row["ledger_rows"],
+        "matched": row["matched"],
+        "discrepancies": {kind: row[kind] for kind in KINDS},
+        "resolved_late": row["resolved_late"],
+        "settled": row["settled"],
+        "error": row["error"],
+        "started_at": _timestamp(row["started_at"]),
+        "finished_at": _timestamp(row["finished_at"]),
+    }
+
+
+def discrepancy_object(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": row["id"],
+        "object": "reconciliation_discrepancy",
+        "run": row["run_id"],
+        "date": row["run_date"].isoformat(),
+        "kind": row["kind"],
+        "category": row["category"],
+        "reference": row["reference"],
+        "detail": row["detail"],
+        "psp": None
+        if row["psp_balance_transaction"] is None
+        else {
+            "balance_transaction": row["psp_balance_transaction"],
+            "gross": row["psp_gross"],
+            "fee": row["psp_fee"],
+            "currency": row["psp_currency"],
+            "created": _timestamp(row["psp_created"]),
+            "report_line": row["report_line"],
+        },
+        "ledger": None
+        if row["ledger_transaction_id"] is None
+        else {
+            "transaction": row["ledger_transaction_id"],
+            "amount": row["ledger_amount"],
+            "currency": row["ledger_currency"],
+            "posting_date": row["ledger_posting_date"].isoformat(),
+        },
+        "status": row["status"],
+        "resolution": row["resolution"],
+        "note": row["note"],
+        "resolved_by_run": row["resolved_by_run"],
+        "resolved_at": _timestamp(row["resolved_at"]),
+        "created": _timestamp(row["created_at"]),
+    }
