@@ -139,7 +139,9 @@ HAVING count(*) > 1
  LIMIT %(limit)s
 """
 
-# Both sides of the day, joined. A side's ``carried`` names the open discrepancy of an earlier day it comes
+# Both sides of the day, joined. A ledger transaction is known by its object's PSP reference, or by its own
+# reference when the object has none (never sent, or missing): it is then missing at the PSP, never skipped.
+# A side's ``carried`` names the open discrepancy of an earlier day it comes
 # from (or that this run resolved on an earlier attempt). The ledger's amounts are signed as the PSP signs
 # its gross: money in (captures, dispute reversals) positive, money out (refunds, disputes) negative.
 DIFF = """
@@ -167,18 +169,18 @@ WITH carried AS (
 ), holds AS (
     SELECT array_agg(id) AS ids FROM accounts WHERE name = 'dispute_hold'
 ), ledger_day AS (
-    SELECT 'charge' AS category, coalesce(p.psp_reference, p.id) AS reference, e.currency, e.amount,
+    SELECT 'charge' AS category, coalesce(p.psp_reference, t.external_ref) AS reference, e.currency, e.amount,
            t.id AS txn, t.posting_date
       FROM ledger_transactions t
-      JOIN payments p ON p.id = t.external_ref
+      LEFT JOIN payments p ON p.id = t.external_ref
       JOIN ledger_entries e ON e.transaction_id = t.id AND e.posting_date = t.posting_date
                            AND e.direction = 'debit'
      WHERE t.kind = 'capture' AND t.posting_date = %(day)s
        AND e.posting_date = %(day)s AND e.account_id = ANY ((SELECT ids FROM receivables)::bigint[])
     UNION ALL
-    SELECT 'refund', coalesce(r.psp_reference, r.id), e.currency, -e.amount, t.id, t.posting_date
+    SELECT 'refund', coalesce(r.psp_reference, t.external_ref), e.currency, -e.amount, t.id, t.posting_date
       FROM ledger_transactions t
-      JOIN refunds r ON r.id = t.external_ref
+      LEFT JOIN refunds r ON r.id = t.external_ref
       JOIN ledger_entries e ON e.transaction_id = t.id AND e.posting_date = t.posting_date
                            AND e.direction = 'credit'
      WHERE t.kind = 'refund' AND t.posting_date = %(day)s
@@ -186,10 +188,11 @@ WITH carried AS (
        AND NOT EXISTS (SELECT 1 FROM ledger_transactions x
                         WHERE x.kind = 'refund_reversal' AND x.external_ref = t.external_ref)
     UNION ALL
-    SELECT CASE t.kind WHEN 'dispute_hold' THEN 'dispute' ELSE 'dispute_reversal' END, d.psp_dispute_id,
-           e.currency, CASE t.kind WHEN 'dispute_hold' THEN -e.amount ELSE e.amount END, t.id, t.posting_date
+    SELECT CASE t.kind WHEN 'dispute_hold' THEN 'dispute' ELSE 'dispute_reversal' END,
+           coalesce(d.psp_dispute_id, t.external_ref), e.currency,
+           CASE t.kind WHEN 'dispute_hold' THEN -e.amount ELSE e.amount END, t.id, t.posting_date
       FROM ledger_transactions t
-      JOIN disputes d ON d.id = t.external_ref
+      LEFT JOIN disputes d ON d.id = t.external_ref
       JOIN ledger_entries e ON e.transaction_id = t.id AND e.posting_date = t.posting_date
      WHERE t.kind IN ('dispute_hold', 'dispute_release') AND t.posting_date = %(day)s
        AND e.posting_date = %(day)s AND e.account_id = ANY ((SELECT ids FROM holds)::bigint[])

@@ -26,6 +26,9 @@ from serve_app.reconciliation import Reconciliation, run_object
 log = logging.getLogger("payray.recon")
 
 SCHEDULER_NAME = "recon_scheduler"
+#: a failed nightly run is tried again this many times, after 10, 20, 30 … minutes
+RETRIES = 5
+RETRY_AFTER_S = 600.0
 
 
 def next_run_at(now: datetime, at: time) -> datetime:
@@ -107,12 +110,23 @@ class ReconScheduler:
         return done is not None and done["status"] == "succeeded"
 
     async def _scheduled(self, day: date) -> None:
-        try:  # never let the schedule die: tomorrow's run tries again, and a person can run any day
-            run = await self.run(day.isoformat())
-            self._scheduled_runs += 1
-            log.info("reconciled %s: %s", day, run)
-        except Exception:
-            log.exception("scheduled reconciliation of %s failed", day)
+        """Run ``day``; a failed run (the PSP down, say) is tried again a few times, further apart each time.
+
+        Nothing here lets the schedule die: tomorrow's run comes regardless, and a person can run any day.
+        """
+        for attempt in range(1, RETRIES + 2):
+            try:
+                run = await self.run(day.isoformat())
+            except Exception:
+                log.exception("scheduled reconciliation of %s failed (attempt %d)", day, attempt)
+                run = {"status": "failed"}
+            if run.get("status") == "succeeded":
+                self._scheduled_runs += 1
+                log.info("reconciled %s: %s", day, run)
+                return
+            if attempt <= RETRIES:
+                await self._sleep(RETRY_AFTER_S * attempt)
+        log.error("gave up reconciling %s after %d attempts; run it by hand", day, RETRIES + 1)
 
     async def _build(self) -> Reconciliation:
         if self._recon is None:

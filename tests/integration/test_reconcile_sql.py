@@ -16,7 +16,9 @@ import psycopg
 import pytest
 
 from ledger import store
+from ledger.postings import CHART
 from ledger.reconcile import KINDS, REPORT_COLUMNS, RunResult, reconcile_day
+from payray.money import CURRENCY_EXPONENTS
 from tests.conftest import fresh_database
 from tests.integration.recon_fixtures import BytesReport, LedgerDay, Row, report_csv
 
@@ -295,3 +297,12 @@ def test_a_malformed_report_fails_the_run_clearly_and_changes_nothing(
     assert conn.execute("SELECT count(*) FROM recon_settled").fetchone() == (0,)
     # The same day with a good report then succeeds.
     assert run(db, DAY, report_csv(ledger.rows)).status == "succeeded"
+
+
+def test_the_database_knows_the_chart_and_the_currencies_the_code_knows(
+    conn: psycopg.Connection[Any],
+) -> None:
+    """The SQL copies of ``ledger.postings.CHART`` and ``payray.money.CURRENCY_EXPONENTS`` match them."""
+    chart = dict(conn.execute("SELECT name, normal_side || '/' || scope FROM account_types").fetchall())
+    assert chart == {name: f"{side}/{scope}" for name, (side, scope) in CHART.items()}
+    assert dict(conn.execute("SELECT code, exponent FROM currencies").fetchall()) == CURRENCY_EXPONENTS

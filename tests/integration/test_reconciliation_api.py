@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -20,6 +21,9 @@ import psycopg
 import pytest
 import ray
 
+from ledger import store
+from ledger.postings import refund_posting, refund_reversal_posting
+from payray.money import Money
 from payray.stack import StackInfo
 from serve_app.recon_scheduler import SCHEDULER_NAME
 from tests.integration.polling import until
@@ -213,3 +217,25 @@ def test_payray_recon_prints_the_run_and_exits_by_its_outcome(stack: StackInfo, 
         refused = subprocess.run([sys.executable, "-m", "payray.cli", "recon", "--date", bad, *target],
                                  capture_output=True, text=True, env=env, timeout=60)  # fmt: skip
         assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
+
+
+def test_a_difference_the_reconciliation_names_satisfies_invariant_4(
+    admin: httpx.Client, api_database_url: str, today: str
+) -> None:
+    """A refund booked in the ledger that the PSP never made breaks invariant 4 until a run names it."""
+    merchant_id, refund_id = f"acct_ghost{uuid.uuid4().hex[:8]}", f"re_ghost{uuid.uuid4().hex[:8]}"
+    money = Money(500, "usd")
+    with psycopg.connect(api_database_url, autocommit=True) as conn:
+        [booked] = store.post_batch(conn, [refund_posting(refund_id, merchant_id, money, Money(0, "usd"))], 0)
+        assert booked.ok
+        try:
+            before = admin.get("/v1/admin/invariants").json()["psp_matches_ledger"]
+            assert not before["ok"] and refund_id in before["examples"]
+            run = run_day(admin, today)
+            named = {(d["kind"], d["reference"]) for d in run_discrepancies(admin, run["id"], status="open")}
+            assert ("missing_at_psp", refund_id) in named
+            after = admin.get("/v1/admin/invariants").json()["psp_matches_ledger"]
+            assert after["ok"] and after["named_by_reconciliation"] >= 1, after
+        finally:
+            reversal = refund_reversal_posting(refund_id, merchant_id, money, Money(0, "usd"))
+            assert store.post_batch(conn, [reversal], 0)[0].ok

@@ -198,6 +198,27 @@ def test_entries_must_be_positive_and_in_their_account_currency() -> None:
         Entry(usd("psp_receivable"), "sideways", Money(10, "usd"))  # type: ignore[arg-type]
 
 
+signed = st.integers(min_value=-(10**12), max_value=10**12)
+
+
+@given(signed, signed, currencies)
+def test_a_settlement_moves_the_bank_by_the_net_and_the_receivable_by_the_gross(
+    gross: int, fee: int, currency: str
+) -> None:
+    if gross == 0 and fee == 0:
+        with pytest.raises(ValueError, match="non-zero"):
+            settlement_posting("recon_1/1/usd", Money(0, currency), Money(0, currency))
+        return
+    posting = settlement_posting("recon_1/1/x", Money(gross, currency), Money(fee, currency))
+    assert_balanced(posting)
+    movement = defaultdict(int)  # debit-positive movement of each account
+    for entry in posting.entries:
+        movement[entry.account.name] += entry.amount.amount * (1 if entry.direction == "debit" else -1)
+    assert movement["bank_cash"] == gross - fee
+    assert movement["psp_fees"] == fee
+    assert movement["psp_receivable"] == -gross
+
+
 def test_accounts_follow_the_chart() -> None:
     with pytest.raises(InvalidPosting, match="unknown account"):
         AccountRef("petty_cash", "usd")
@@ -208,6 +229,7 @@ def test_accounts_follow_the_chart() -> None:
     assert set(CHART) == {
         "psp_receivable",
         "bank_cash",
+        "psp_fees",
         "platform_fees",
         "payouts_in_transit",
         "merchant_payable",

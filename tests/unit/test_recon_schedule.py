@@ -30,9 +30,11 @@ def test_next_run_is_the_first_0215_utc_after_now(now: datetime, expected: datet
 class Scripted(ReconScheduler):
     """The schedule with a fake clock and no IO: runs are recorded, sleeping moves the clock."""
 
-    def __init__(self, start: datetime, reconciled: set[date], nights: int) -> None:
+    def __init__(self, start: datetime, reconciled: set[date], nights: int, failures: int = 0) -> None:
         self.now = start.timestamp()
         self.ran: list[date] = []
+        self.slept: list[float] = []
+        self.failures = failures
         self.reconciled = reconciled
         self.nights = nights
         super().__init__(
@@ -43,11 +45,17 @@ class Scripted(ReconScheduler):
         assert seconds > 0
         if len(self.ran) >= self.nights:
             raise asyncio.CancelledError
+        self.slept.append(seconds)
         self.now += seconds
 
     async def run(self, day: str) -> dict[str, Any]:
         self.ran.append(date.fromisoformat(day))
-        return {}
+        if self.failures:
+            self.failures -= 1
+            if self.failures % 2:
+                raise ConnectionError("the PSP is down")
+            return {"status": "failed"}
+        return {"status": "succeeded"}
 
     async def _reconciled(self, day: date) -> bool:
         return day in self.reconciled
@@ -58,6 +66,21 @@ def nights(start: datetime, reconciled: set[date], count: int) -> list[date]:
     with pytest.raises(asyncio.CancelledError):
         asyncio.run(scheduler._forever())
     return scheduler.ran
+
+
+def test_a_failed_night_is_retried_further_apart_until_it_succeeds() -> None:
+    scheduler = Scripted(datetime(2026, 11, 25, 1, 0, tzinfo=UTC), set(), nights=3, failures=2)
+    with pytest.raises(asyncio.CancelledError):
+        asyncio.run(scheduler._forever())
+    assert scheduler.ran == [date(2026, 11, 24)] * 3
+    assert scheduler.slept[1:] == [600.0, 1200.0]  # after the wait for 02:15
+
+
+def test_a_day_that_keeps_failing_is_given_up_and_the_next_night_still_runs() -> None:
+    scheduler = Scripted(datetime(2026, 11, 25, 1, 0, tzinfo=UTC), set(), nights=7, failures=6)
+    with pytest.raises(asyncio.CancelledError):
+        asyncio.run(scheduler._forever())
+    assert scheduler.ran == [date(2026, 11, 24)] * 6 + [date(2026, 11, 25)]
 
 
 def test_each_night_reconciles_the_day_before() -> None:
