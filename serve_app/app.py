@@ -14,7 +14,6 @@ from typing import Any
 
 import psycopg
 import psycopg_pool
-import ray
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
@@ -47,10 +46,10 @@ from serve_app.disputes import DisputeBooking, dispute_object, list_disputes, lo
 from serve_app.fast_keys import FastKeys
 from serve_app.idempotent import Answer, IdempotentRequests, check_idempotency_key
 from serve_app.invariants import check_invariants
-from serve_app.janitor import JANITOR_NAME
+from serve_app.janitor import janitor
 from serve_app.metrics import ApiMetrics
 from serve_app.payouts import PayoutFlow, PayoutService, list_payouts, load_payout, payout_object
-from serve_app.recon_scheduler import SCHEDULER_NAME
+from serve_app.recon_scheduler import recon_scheduler
 from serve_app.reconciliation import discrepancy_object, run_object
 from serve_app.refund_flow import RefundFlow
 from serve_app.refunds import RefundService
@@ -193,6 +192,9 @@ class PaymentApi:
                 s.fee_bps,
             )
             self.auth = Authenticator(s.admin_key, self._merchant_for_key)
+            # The schedules run wherever the API does, also when deployed with serve_config.yaml alone.
+            await janitor(s, self._psp_key, self._psp_base)
+            await recon_scheduler(s, self._psp_key, self._psp_base)
             self._built = True
 
     async def _merchant_for_key(self, key: str) -> str | None:
@@ -387,8 +389,8 @@ class PaymentApi:
         """Run the recovery janitor's pass now; ``{"grace_s": n}`` narrows "stuck" to n seconds untouched."""
         await self._admin(request)
         body = parse_body(RecoverySweep, await _read_body(request), request.headers.get("content-type"))
-        janitor = ray.get_actor(JANITOR_NAME, namespace=self._settings.ray_namespace)
-        return json_response(200, dumps(await janitor.sweep.remote(body.grace_s)))
+        sweeper = await janitor(self._settings, self._psp_key, self._psp_base)
+        return json_response(200, dumps(await sweeper.sweep.remote(body.grace_s)))
 
     # -- reconciliation (admin) ------------------------------------------------------------------------------
 
@@ -399,7 +401,7 @@ class PaymentApi:
         body = parse_body(
             ReconciliationRunCreate, await _read_body(request), request.headers.get("content-type")
         )
-        scheduler = ray.get_actor(SCHEDULER_NAME, namespace=self._settings.ray_namespace)
+        scheduler = await recon_scheduler(self._settings, self._psp_key, self._psp_base)
         return json_response(200, dumps(await scheduler.run.remote(body.date)))
 
     @api.get("/v1/reconciliation/runs/{run_id}")

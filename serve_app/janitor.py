@@ -114,10 +114,21 @@ class Janitor:
 JanitorActor: Any = ray.remote(max_restarts=-1, max_task_retries=-1, num_cpus=0)(Janitor)
 
 
-def start_janitor(settings: Settings, psp_api_key: str, psp_api_base: str | None) -> Any:
-    """The deployment's janitor, created if missing, sweeping on its schedule."""
-    handle = JanitorActor.options(
+def _handle(settings: Settings, psp_api_key: str, psp_api_base: str | None) -> Any:
+    return JanitorActor.options(
         name=JANITOR_NAME, namespace=settings.ray_namespace, get_if_exists=True, lifetime="detached"
     ).remote(settings, psp_api_key, psp_api_base)
+
+
+def start_janitor(settings: Settings, psp_api_key: str, psp_api_base: str | None) -> Any:
+    """The deployment's janitor, created if missing, sweeping on its schedule."""
+    handle = _handle(settings, psp_api_key, psp_api_base)
     ray.get(handle.start.remote())
+    return handle
+
+
+async def janitor(settings: Settings, psp_api_key: str, psp_api_base: str | None) -> Any:
+    """The same from async code (an API replica): a ``serve deploy`` without ``payray up`` gets one too."""
+    handle = _handle(settings, psp_api_key, psp_api_base)
+    await handle.start.remote()
     return handle

@@ -150,10 +150,21 @@ class ReconScheduler:
 ReconSchedulerActor: Any = ray.remote(max_restarts=-1, max_task_retries=-1, num_cpus=0)(ReconScheduler)
 
 
-def start_recon_scheduler(settings: Settings, psp_api_key: str, psp_api_base: str | None) -> Any:
-    """The deployment's scheduler, created if missing, waiting for its next night."""
-    handle = ReconSchedulerActor.options(
+def _handle(settings: Settings, psp_api_key: str, psp_api_base: str | None) -> Any:
+    return ReconSchedulerActor.options(
         name=SCHEDULER_NAME, namespace=settings.ray_namespace, get_if_exists=True, lifetime="detached"
     ).remote(settings, psp_api_key, psp_api_base)
+
+
+def start_recon_scheduler(settings: Settings, psp_api_key: str, psp_api_base: str | None) -> Any:
+    """The deployment's scheduler, created if missing, waiting for its next night."""
+    handle = _handle(settings, psp_api_key, psp_api_base)
     ray.get(handle.start.remote())
+    return handle
+
+
+async def recon_scheduler(settings: Settings, psp_api_key: str, psp_api_base: str | None) -> Any:
+    """The same from async code (an API replica): a ``serve deploy`` without ``payray up`` gets one too."""
+    handle = _handle(settings, psp_api_key, psp_api_base)
+    await handle.start.remote()
     return handle
