@@ -178,9 +178,18 @@ WITH carried AS (
      WHERE t.kind = 'capture' AND t.posting_date = %(day)s
        AND e.posting_date = %(day)s AND e.account_id = ANY ((SELECT ids FROM receivables)::bigint[])
     UNION ALL
-    SELECT 'refund', coalesce(r.psp_reference, t.external_ref), e.currency, -e.amount, t.id, t.posting_date
+    SELECT 'refund', coalesce(r.psp_reference, c.psp_refund, t.external_ref), e.currency, -e.amount, t.id,
+           t.posting_date
       FROM ledger_transactions t
       LEFT JOIN refunds r ON r.id = t.external_ref
+      -- a charge's compensation (captured, then refunded because the ledger failed) names its PSP refund
+      -- in the payment's history
+      LEFT JOIN LATERAL (SELECT pt.detail ->> 'psp_refund' AS psp_refund
+                           FROM payment_transitions pt
+                          WHERE t.external_ref LIKE 'compensation-%%'
+                            AND pt.payment_id = substr(t.external_ref, length('compensation-') + 1)
+                            AND pt.event = 'psp_refunded'
+                          ORDER BY pt.id DESC LIMIT 1) c ON true
       JOIN ledger_entries e ON e.transaction_id = t.id AND e.posting_date = t.posting_date
                            AND e.direction = 'credit'
      WHERE t.kind = 'refund' AND t.posting_date = %(day)s

@@ -293,8 +293,9 @@ class ChargeFlow:
             amount=payment.amount,
             idempotency_key=f"payray-compensate-{payment.id}",
         )
-        if result.status == "refunded":
-            return await self._advance(payment, ChargeEvent.PSP_REFUNDED)
+        if result.status == "refunded":  # reconciliation matches the PSP's refund row by this id
+            detail = {"psp_refund": result.refund_reference}
+            return await self._advance(payment, ChargeEvent.PSP_REFUNDED, detail=detail)
         # The refund's fate is unknown: stay in refund_pending and let recovery retry with the same key.
         return reply_for(payment)
 

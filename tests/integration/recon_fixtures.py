@@ -15,6 +15,7 @@ from decimal import Decimal
 from typing import Any
 
 import psycopg
+from psycopg.types.json import Jsonb
 
 from ledger import store
 from ledger.postings import capture_posting, dispute_hold_posting, fee_for, refund_fee_share, refund_posting
@@ -129,6 +130,23 @@ class LedgerDay:
         )  # fmt: skip
         self._post(refund_posting(refund_id, self.merchant, money, fee, posting_date=self.day))
         return self._row(f"txn_r{n}", "refund", psp_refund, -amount, 0, charge.currency, charge.charge)
+
+    def compensation(self, charge: Row) -> Row:
+        """The whole charge given back because the ledger failed: booked under the payment's own reference,
+        with the PSP's refund id in the payment's history."""
+        n = uuid.uuid4().hex[:12]
+        payment_id, psp_refund = self._payment_of(charge), f"re_{n}"
+        self.conn.execute(
+            """INSERT INTO payment_transitions (payment_id, from_state, event, to_state, detail)
+               VALUES (%s, 'refund_pending', 'psp_refunded', 'compensated', %s)""",
+            (payment_id, Jsonb({"psp_refund": psp_refund})),
+        )
+        money = Money(charge.gross, charge.currency)
+        fee = fee_for(money, FEE_BPS)
+        self._post(
+            refund_posting(f"compensation-{payment_id}", self.merchant, money, fee, posting_date=self.day)
+        )
+        return self._row(f"txn_p{n}", "refund", psp_refund, -charge.gross, 0, charge.currency, charge.charge)
 
     def dispute(self, charge: Row, amount: int, psp_reference: str | None = None) -> Row:
         n = uuid.uuid4().hex[:12]

@@ -96,6 +96,14 @@ def test_a_clean_day_matches_every_row_and_settles_charges_and_refunds(
     assert settled == (5,)  # the dispute is matched, not settled
 
 
+def test_a_compensation_is_matched_to_the_psp_refund_it_made(
+    db: str, conn: psycopg.Connection[Any], ledger: LedgerDay
+) -> None:
+    ledger.compensation(ledger.charge(3_300))
+    result = run(db, DAY, report_csv(ledger.rows))
+    assert result.discrepancies == NO_DIFFERENCES and result.matched == 8
+
+
 @pytest.mark.parametrize("drift", KINDS)
 def test_each_drift_alone_is_found_and_nothing_else(
     db: str, conn: psycopg.Connection[Any], ledger: LedgerDay, drift: str
