@@ -86,6 +86,16 @@ TRANSITIONS: dict[tuple[ChargeState, ChargeEvent], tuple[ChargeState, tuple[Comm
     (S.COMPENSATED, E.COMPENSATION_POSTED): (S.FAILED, (C.RESPOND_FAILED,)),
 }
 
+#: What resuming a persisted, unfinished state runs: the commands of the transition that led into it (CREATED
+#: and UNKNOWN resume by an event instead: SUBMIT, PSP_RETRY).
+RESUME: dict[ChargeState, tuple[Command, ...]] = {
+    S.PSP_PENDING: (C.CALL_PSP,),
+    S.CAPTURED: (C.POST_LEDGER,),
+    S.POSTED: (C.RESPOND_SUCCEEDED,),
+    S.REFUND_PENDING: (C.REFUND_AT_PSP,),
+    S.COMPENSATED: (C.POST_COMPENSATION,),
+}
+
 TERMINAL_STATES = frozenset({S.SUCCEEDED, S.DECLINED, S.FAILED})
 
 #: States from which the PSP may not be asked to capture again: the money already moved (or never will).

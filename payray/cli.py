@@ -62,6 +62,14 @@ def _parser() -> argparse.ArgumentParser:
     recon.add_argument("--date", required=True, type=_utc_day, help="the UTC day YYYY-MM-DD, not after today")
     _target_arguments(recon)
 
+    demo = commands.add_parser(
+        "demo",
+        help="walk through a charge, its retry, a refund via webhook and reconciliation, showing each "
+        "request and response; against a running stack, or one it starts and stops",
+    )
+    _target_arguments(demo)
+    demo.add_argument("--psp-url", help="the PSP emulator's URL (default: the one `payray up` started)")
+
     load = commands.add_parser(
         "loadtest", help="run Locust headless against a running stack, then verify; exit 1 on violation"
     )
@@ -83,6 +91,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     load.add_argument("--csv", metavar="PREFIX", help="write Locust's CSV statistics to PREFIX_*.csv")
     load.add_argument("--html", metavar="FILE", help="write Locust's HTML report to FILE")
+
+    from sim.cli import add_arguments as simulate_arguments
+
+    simulate = commands.add_parser(
+        "simulate", help="the SimPy fault-injection simulator: scenarios and component swaps, by seed"
+    )
+    simulate_arguments(simulate)
 
     emulator = commands.add_parser(
         "psp-emulator", help="run the Stripe-compatible PSP emulator", add_help=False
@@ -124,9 +139,17 @@ def main(argv: list[str] | None = None) -> int:
         "merchant": _merchant_create,
         "verify": _verify,
         "recon": _recon,
+        "simulate": _simulate,
         "loadtest": _loadtest,
+        "demo": _demo,
     }
     return handlers[args.command](settings, args)
+
+
+def _demo(settings: Settings, args: argparse.Namespace) -> int:
+    from payray.demo import run
+
+    return run(settings, args)
 
 
 def _up(settings: Settings, args: argparse.Namespace) -> int:
@@ -268,6 +291,17 @@ def _verify(settings: Settings, args: argparse.Namespace) -> int:
         return 2
     print(json.dumps(report, indent=2))
     return 0 if report.get("ok") else 1
+
+
+def _simulate(settings: Settings, args: argparse.Namespace) -> int:
+    from sim.cli import check_arguments
+    from sim.cli import main as simulate
+
+    problem = check_arguments(args)
+    if problem is not None:
+        print(f"payray simulate: error: {problem}", file=sys.stderr)
+        return 2
+    return simulate(args)
 
 
 SHOWN = 100

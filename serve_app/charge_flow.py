@@ -18,7 +18,7 @@ from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
 from ledger.postings import capture_posting, fee_for, refund_posting
-from payray.charge import ChargeEvent, ChargeState, Command, Transition, allowed_events, step
+from payray.charge import RESUME, ChargeEvent, ChargeState, Command, Transition, allowed_events, step
 from payray.money import Money
 from psp.port import PaymentServiceProvider
 from serve_app import payments_db as db
@@ -35,16 +35,6 @@ _PSP_EVENTS = {
     "declined": ChargeEvent.PSP_DECLINED,
     "unknown": ChargeEvent.PSP_UNKNOWN,
 }
-
-#: Re-running the commands that led into a state is how an interrupted flow resumes.
-_RESUME: dict[ChargeState, tuple[Command, ...]] = {
-    ChargeState.PSP_PENDING: (Command.CALL_PSP,),
-    ChargeState.CAPTURED: (Command.POST_LEDGER,),
-    ChargeState.POSTED: (Command.RESPOND_SUCCEEDED,),
-    ChargeState.REFUND_PENDING: (Command.REFUND_AT_PSP,),
-    ChargeState.COMPENSATED: (Command.POST_COMPENSATION,),
-}
-
 
 #: Commands whose whole job is to answer the client with the charge's current state.
 _ANSWERS = frozenset({Command.RESPOND_DECLINED, Command.RESPOND_PENDING, Command.RESPOND_FAILED})
@@ -114,8 +104,8 @@ class ChargeFlow:
             return await self._advance(payment, ChargeEvent.PSP_RETRY)
         if state is ChargeState.CREATED:
             return await self._advance(payment, ChargeEvent.SUBMIT)
-        if state in _RESUME:
-            return await self._run(payment, list(_RESUME[state]))
+        if state in RESUME:
+            return await self._run(payment, list(RESUME[state]))
         reply = reply_for(payment)
         async with self._pool.connection() as conn:
             await db.store_response(conn, payment.id, reply.status, reply.body)

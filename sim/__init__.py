@@ -1,0 +1,1 @@
+"""The SimPy fault-injection simulator: payray's own state machines under simulated components and faults."""

@@ -1,0 +1,122 @@
+"""``payray simulate``: run a scenario, a swap, or all of them, and say what held and what broke."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+
+from sim.run import RunResult, Simulation
+from sim.scenarios import ALL, SCENARIOS, SWAPS, Scenario
+
+CHOICES = ("all", *ALL)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "scenario",
+        nargs="?",
+        default="all",
+        choices=CHOICES,
+        metavar="SCENARIO",
+        help=f"one of: {', '.join(CHOICES)} (default all: every scenario and every swap)",
+    )
+    parser.add_argument("--seed", type=int, default=1, help="the run's seed (default 1)")
+    parser.add_argument("--charges", type=int, help="charges per run (default: the scenario's, 2,000)")
+    parser.add_argument("--json", type=Path, metavar="FILE", help="write the results as JSON")
+
+
+def check_arguments(args: argparse.Namespace) -> str | None:
+    if args.charges is not None and not 1 <= args.charges <= 10_000_000:
+        return f"--charges must be 1 to 10,000,000, got {args.charges}"
+    if args.seed < 0:
+        return f"--seed must be >= 0, got {args.seed}"
+    return None
+
+
+def run_one(scenario: Scenario, seed: int, charges: int | None, console: Console) -> RunResult:
+    config = scenario.config(seed, charges)
+    if config.load.charges < 100_000:
+        return Simulation(config, scenario.name).run()
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task(f"{scenario.name}, seed {seed}", total=config.load.charges)
+        simulation = Simulation(config, scenario.name, lambda i: progress.update(task, completed=i))
+        return simulation.run()
+
+
+def as_expected(scenario: Scenario, result: RunResult) -> bool:
+    """A scenario keeps every invariant; a swap breaks the one it is there to show."""
+    if scenario.breaks is None:
+        return result.ok
+    return any(v.invariant == scenario.breaks for v in result.violations)
+
+
+def main(args: argparse.Namespace) -> int:
+    console = Console(width=None if sys.stdout.isatty() else 150)
+    names = list(ALL) if args.scenario == "all" else [args.scenario]
+    results = [(ALL[name], run_one(ALL[name], args.seed, args.charges, console)) for name in names]
+    console.print(_table(results))
+    for scenario, result in results:
+        if not as_expected(scenario, result) or (len(results) == 1 and not result.ok):
+            _explain(console, scenario, result)
+    if args.json is not None:
+        body = results[0][1].to_json() if len(results) == 1 else _many_json(results)
+        args.json.write_text(body + "\n")
+    if len(results) == 1:
+        return 0 if results[0][1].ok else 1
+    return 0 if all(as_expected(s, r) for s, r in results) else 1
+
+
+def _many_json(results: list[tuple[Scenario, RunResult]]) -> str:
+    return "[" + ",".join(result.to_json() for _, result in results) + "]"
+
+
+def _table(results: list[tuple[Scenario, RunResult]]) -> Table:
+    table = Table(title=f"payray simulate, seed {results[0][1].config.seed}")
+    for column in ("scenario", "design", "charges", "succeeded", "declined", "failed", "retries",
+                   "p99 s", "violations", "as expected"):  # fmt: skip
+        table.add_column(
+            column, justify="left" if column in ("scenario", "design", "violations") else "right"
+        )
+    for scenario, result in results:
+        summary = result.summary
+        answers = summary["answers"]
+        broken = ", ".join(
+            f"{name} {sum(v.invariant == name for v in result.violations)}"
+            for name in dict.fromkeys(v.invariant for v in result.violations)
+        )
+        table.add_row(
+            scenario.name,
+            "full" if scenario.name in SCENARIOS else "swap",
+            f"{summary['charges']:,}",
+            f"{answers.get('succeeded', 0):,}",
+            f"{answers.get('declined', 0):,}",
+            f"{answers.get('failed', 0) + answers.get('gave_up', 0):,}",
+            f"{summary['retries']:,}",
+            f"{summary['latency_s']['p99']:.3f}",
+            broken or "none",
+            "[green]yes[/]" if as_expected(scenario, result) else "[bold red]NO[/]",
+        )
+    return table
+
+
+def _explain(console: Console, scenario: Scenario, result: RunResult) -> None:
+    """The seed and the first violating payment's story: enough to replay it with ``--seed``."""
+    if not result.violations:
+        console.print(f"[bold red]{scenario.name}[/]: the swap broke nothing ({scenario.breaks} held)")
+        return
+    first = result.violations[0]
+    console.print(
+        f"[bold red]{scenario.name}[/], seed {result.config.seed}: {len(result.violations)} violations; "
+        f"first: {first.invariant}, payment {first.payment}: {first.detail}"
+    )
+    for at, who, source, event, target in result.first_history:
+        console.print(f"  t={at:9.4f}s  {who:8s} {source} --{event}--> {target}")
+    console.print(f"  replay: payray simulate {scenario.name} --seed {result.config.seed}")
+
+
+__all__ = ["SWAPS", "add_arguments", "check_arguments", "main"]

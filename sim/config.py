@@ -1,0 +1,131 @@
+"""Everything a simulation run depends on, in one frozen object: the load, the faults and the design.
+
+Defaults follow what the real stack measured (``bench/RESULTS.md``): a charge costs ~8 ms of service time
+on two cores and the PSP answers in tens of milliseconds; the Stripe SDK retries twice; the recovery janitor
+sweeps every 30 s for work untouched for 120 s. Times are in seconds of simulated time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Literal
+
+IdempotencyMode = Literal["full", "redis_only", "off"]
+
+
+@dataclass(frozen=True)
+class Load:
+    charges: int = 2_000
+    #: orders per simulated second (Poisson arrivals)
+    rate: float = 100.0
+    merchants: int = 8
+    #: a spike: ``spike_factor`` times the rate between ``spike_at`` and ``spike_at + spike_s`` seconds
+    spike_factor: float = 1.0
+    spike_at: float = 0.0
+    spike_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class Client:
+    timeout_s: float = 10.0
+    max_retries: int = 4
+    backoff_s: float = 0.5
+    backoff_cap_s: float = 8.0
+    #: retry with the same Idempotency-Key (the contract) or a fresh one (a client bug)
+    same_key: bool = True
+    #: the share of clients that never retry: whatever they were told, recovery has to finish their charge
+    abandon_rate: float = 0.0
+
+
+@dataclass(frozen=True)
+class Psp:
+    latency_s: float = 0.03
+    latency_sigma: float = 0.5
+    decline_rate: float = 0.05
+    #: the PSP answers 5xx without doing anything
+    error_rate: float = 0.0
+    #: the PSP captures, then the reply is lost (a timeout after capture)
+    lost_reply_rate: float = 0.0
+    #: outages: ``[start, end)`` windows in which every call fails
+    outages: tuple[tuple[float, float], ...] = ()
+    sdk_retries: int = 2
+    call_timeout_s: float = 10.0
+
+
+@dataclass(frozen=True)
+class Database:
+    commit_s: float = 0.0015
+    pool: int = 8
+    #: restarts: ``[start, end)`` windows in which every statement fails
+    restarts: tuple[tuple[float, float], ...] = ()
+
+
+@dataclass(frozen=True)
+class Service:
+    work_s: float = 0.004
+    #: the replica dies between the PSP's capture and the ledger posting for this share of charges
+    crash_after_capture_rate: float = 0.0
+    #: the ledger refuses a posting (a bug, a constraint): the charge must be compensated
+    ledger_failure_rate: float = 0.0
+    #: the fast idempotency store (Redis) loses every key at these times
+    key_losses: tuple[float, ...] = ()
+
+
+@dataclass(frozen=True)
+class Webhooks:
+    delay_s: float = 0.5
+    duplicate_rate: float = 0.0
+    drop_rate: float = 0.0
+    #: deliveries spread over up to this many extra seconds, so they arrive out of order
+    reorder_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class Recovery:
+    interval_s: float = 30.0
+    grace_s: float = 120.0
+
+
+@dataclass(frozen=True)
+class Reconciliation:
+    #: shares of the PSP's report rows drifted: left out, or with another amount
+    missing_rate: float = 0.0
+    amount_mismatch_rate: float = 0.0
+    #: rows the PSP reports that no one made
+    unknown_rows: int = 0
+
+
+@dataclass(frozen=True)
+class Design:
+    """The components a swap replaces, to show why the design is what it is."""
+
+    idempotency: IdempotencyMode = "full"
+    psp_idempotency_key: bool = True
+    compensation: bool = True
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    seed: int = 1
+    load: Load = field(default_factory=Load)
+    client: Client = field(default_factory=Client)
+    psp: Psp = field(default_factory=Psp)
+    database: Database = field(default_factory=Database)
+    service: Service = field(default_factory=Service)
+    webhooks: Webhooks = field(default_factory=Webhooks)
+    recovery: Recovery = field(default_factory=Recovery)
+    reconciliation: Reconciliation = field(default_factory=Reconciliation)
+    design: Design = field(default_factory=Design)
+    #: after the last arrival, faults stop and the run goes on this long: every payment must finish
+    quiet_s: float = 600.0
+
+    def with_(self, **parts: Any) -> SimConfig:
+        """A copy with whole parts replaced, or fields of a part: ``with_(psp={"decline_rate": 0.1})``."""
+        changes = {}
+        for name, value in parts.items():
+            current = getattr(self, name)
+            changes[name] = replace(current, **value) if isinstance(value, dict) else value
+        return replace(self, **changes)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)

@@ -1,0 +1,297 @@
+"""One simulation run: clients, the service and its dependencies under faults, then a quiet phase, then the
+invariants. Everything random comes from one ``random.Random(seed)``, drawn in SimPy's deterministic event
+order, so the same seed and config give the same run and byte-identical JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import Counter
+from collections.abc import Callable, Generator
+from dataclasses import dataclass, field
+from typing import Any
+
+import simpy
+
+from sim.config import SimConfig
+from sim.invariants import INVARIANTS, Violation, check, differences
+from sim.service import SimService
+from sim.world import FastKeys, SimDatabase, SimPsp
+
+FINAL = frozenset({"succeeded", "declined", "failed"})
+
+
+@dataclass
+class Stats:
+    answers: Counter[str] = field(default_factory=Counter)
+    latencies: list[float] = field(default_factory=list)
+    attempts: int = 0
+    retries: int = 0
+    #: per simulated second: orders finished, requests sent, connections waited for
+    finished: Counter[int] = field(default_factory=Counter)
+    sent: Counter[int] = field(default_factory=Counter)
+    queue: dict[int, int] = field(default_factory=dict)
+    webhooks: Counter[str] = field(default_factory=Counter)
+
+
+@dataclass
+class RunResult:
+    scenario: str
+    config: SimConfig
+    stats: Stats
+    violations: list[Violation]
+    first_history: list[tuple[float, str, str, str, str]]
+    summary: dict[str, Any]
+
+    @property
+    def ok(self) -> bool:
+        return not self.violations
+
+    def to_json(self) -> str:
+        """Stable bytes for a seed and config: sorted keys, rounded floats, no wall-clock figures."""
+        return json.dumps(self.as_dict(), sort_keys=True, separators=(",", ":"))
+
+    def as_dict(self) -> dict[str, Any]:
+        return _rounded(
+            {
+                "scenario": self.scenario,
+                "seed": self.config.seed,
+                "config": self.config.as_dict(),
+                **self.summary,
+                "violations": {
+                    name: sum(v.invariant == name for v in self.violations) for name in INVARIANTS
+                },
+                "first_violation": None
+                if not self.violations
+                else {
+                    "invariant": self.violations[0].invariant,
+                    "payment": self.violations[0].payment,
+                    "detail": self.violations[0].detail,
+                    "history": [list(step) for step in self.first_history],
+                },
+                "timeline": {
+                    "finished_per_s": _series(self.stats.finished),
+                    "sent_per_s": _series(self.stats.sent),
+                    "db_queue": _series(Counter(self.stats.queue)),
+                },
+                "ok": self.ok,
+            }
+        )
+
+
+def _series(counts: Counter[int]) -> list[int]:
+    return [counts.get(second, 0) for second in range(max(counts, default=-1) + 1)]
+
+
+def _rounded(value: Any) -> Any:
+    if isinstance(value, float):
+        return round(value, 6)
+    if isinstance(value, dict):
+        return {str(k): _rounded(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_rounded(v) for v in value]
+    return value
+
+
+def _percentile(sorted_values: list[float], q: float) -> float:
+    if not sorted_values:
+        return 0.0
+    return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
+
+
+class Simulation:
+    def __init__(
+        self, config: SimConfig, scenario: str = "custom", on_progress: Callable[[int], None] | None = None
+    ):
+        self.config, self.scenario = config, scenario
+        self.env = simpy.Environment()
+        self.rng = random.Random(config.seed)
+        self.psp = SimPsp(self.env, self.rng, config)
+        self.db = SimDatabase(self.env, config)
+        self.fast_keys = FastKeys()
+        self.service = SimService(self.env, self.rng, config, self.psp, self.db, self.fast_keys)
+        self.stats = Stats()
+        self.on_progress = on_progress
+        self.arrivals_done = self.env.event()
+        self.psp.on_event.append(self._webhook)
+
+    # -- processes -----------------------------------------------------------------------------------------
+
+    def _rate(self) -> float:
+        load = self.config.load
+        spiking = load.spike_at <= self.env.now < load.spike_at + load.spike_s
+        return load.rate * (load.spike_factor if spiking else 1.0)
+
+    def _arrivals(self) -> Generator[simpy.Event, Any, None]:
+        for i in range(self.config.load.charges):
+            yield self.env.timeout(self.rng.expovariate(self._rate()))
+            self.env.process(self._order(i))
+            if self.on_progress is not None and i % 10_000 == 0:
+                self.on_progress(i)
+        self.arrivals_done.succeed()
+
+    def _order(self, i: int) -> Generator[simpy.Event, Any, None]:
+        """One customer's order: the first request, then retries after timeouts, 409s and 5xx."""
+        c = self.config.client
+        merchant = f"acct_{i % self.config.load.merchants:03d}"
+        amount = 100 + self.rng.randrange(99_900)
+        key, started = f"order-{i}", self.env.now
+        for attempt in range(c.max_retries + 1):
+            if attempt and not c.same_key:
+                key = f"order-{i}-retry-{attempt}"
+            self.stats.attempts += 1
+            self.stats.sent[int(self.env.now)] += 1
+            request = self.env.process(self.service.request(i, merchant, amount, key))
+            done = yield request | self.env.timeout(c.timeout_s)
+            answer = request.value if request in done else "timeout"
+            if answer in FINAL:
+                self.stats.answers[answer] += 1
+                self.stats.latencies.append(self.env.now - started)
+                self.stats.finished[int(self.env.now)] += 1
+                return
+            if attempt == 0 and self.rng.random() < c.abandon_rate:
+                break
+            if attempt < c.max_retries:
+                self.stats.retries += 1
+                backoff = min(c.backoff_cap_s, c.backoff_s * 2**attempt)
+                yield self.env.timeout(backoff * (0.5 + self.rng.random()))
+        self.stats.answers["gave_up"] += 1
+
+    def _webhook(self, payment_id: str, outcome: str) -> None:
+        w = self.config.webhooks
+        faulty = self.service.faults_on
+        if faulty and self.rng.random() < w.drop_rate:
+            self.stats.webhooks["dropped"] += 1
+            return
+        copies = 2 if faulty and self.rng.random() < w.duplicate_rate else 1
+        for _ in range(copies):
+            self.env.process(self._deliver(payment_id, outcome))
+
+    def _deliver(self, payment_id: str, outcome: str) -> Generator[simpy.Event, Any, None]:
+        w = self.config.webhooks
+        delay = w.delay_s + self.rng.random() * w.reorder_s
+        for _ in range(8):
+            yield self.env.timeout(delay)
+            self.stats.webhooks["delivered"] += 1
+            if (yield from self.service.webhook(payment_id, outcome)):
+                return
+            self.stats.webhooks["retried"] += 1
+            delay *= 2
+
+    def _janitor(self) -> Generator[simpy.Event, Any, None]:
+        r = self.config.recovery
+        while True:
+            yield self.env.timeout(r.interval_s)
+            stale = self.env.now - r.grace_s
+            for payment in list(self.service.unfinished.values()):
+                if payment.touched <= stale and not payment.busy:
+                    self.env.process(self.service.recover(payment))
+
+    def _key_losses(self) -> Generator[simpy.Event, Any, None]:
+        for at in sorted(self.config.service.key_losses):
+            yield self.env.timeout(max(0.0, at - self.env.now))
+            self.fast_keys.lose_everything()
+
+    def _sampler(self) -> Generator[simpy.Event, Any, None]:
+        while True:
+            self.stats.queue[int(self.env.now)] = len(self.db.waiting)
+            yield self.env.timeout(1.0)
+
+    # -- the run -------------------------------------------------------------------------------------------
+
+    def run(self) -> RunResult:
+        env = self.env
+        for process in (self._arrivals(), self._janitor(), self._key_losses(), self._sampler()):
+            env.process(process)
+        env.run(until=self.arrivals_done)
+        faults_end = env.now
+        for component in (self.psp, self.db, self.service):
+            component.faults_on = False  # the quiet phase: everything must now finish
+        env.run(until=faults_end + self.config.quiet_s)
+        real = differences(self.service)
+        drift, found = self._reconcile(real)
+        violations = check(self.service, real, drift, found)
+        first = self.service.payments.get(violations[0].payment or "") if violations else None
+        return RunResult(
+            scenario=self.scenario,
+            config=self.config,
+            stats=self.stats,
+            violations=violations,
+            first_history=list(first.history) if first else [],
+            summary=self._summary(faults_end, found),
+        )
+
+    def _reconcile(self, real: dict[str, tuple[int, int]]) -> tuple[dict[str, int], dict[str, int]]:
+        """The nightly run in miniature: the PSP's report of what it kept, drifted, diffed with the ledger."""
+        r = self.config.reconciliation
+        report: dict[str, int] = {}
+        for capture in self.psp.captures:
+            if not capture.refunded:
+                report[capture.payment_id] = report.get(capture.payment_id, 0) + capture.amount
+        drift = Counter[str]()
+        for payment_id in sorted(report):
+            if payment_id in real:
+                continue  # drift lands on rows that would otherwise match, so each difference has one cause
+            roll = self.rng.random()
+            if roll < r.missing_rate:
+                del report[payment_id]
+                drift["missing_at_psp"] += 1
+            elif roll < r.missing_rate + r.amount_mismatch_rate:
+                report[payment_id] += 1 + self.rng.randrange(500)
+                drift["amount_mismatch"] += 1
+        for n in range(r.unknown_rows):
+            report[f"py_unknown_{n}"] = 100 + self.rng.randrange(99_900)
+            drift["missing_in_ledger"] += 1
+        ledger: dict[str, int] = {}
+        for (kind, ref), posting in self.db.ledger.transactions.items():
+            amount = sum(e.amount.amount for e in posting.entries if e.account.name == "psp_receivable")
+            if kind == "capture":
+                ledger[ref] = ledger.get(ref, 0) + amount
+            elif ref.startswith("compensation-"):
+                key = ref.removeprefix("compensation-")
+                ledger[key] = ledger.get(key, 0) - amount
+        ledger = {k: v for k, v in ledger.items() if v}
+        differing = sorted(p for p in set(report) | set(ledger) if report.get(p) != ledger.get(p))
+        found = Counter[str]()
+        for payment_id in differing:
+            if payment_id in real:
+                found["real_differences"] += 1
+            elif payment_id not in report:
+                found["missing_at_psp"] += 1
+            elif payment_id not in ledger:
+                found["missing_in_ledger"] += 1
+            else:
+                found["amount_mismatch"] += 1
+        return dict(drift), dict(found)
+
+    def _summary(self, faults_end: float, found: dict[str, int]) -> dict[str, Any]:
+        latencies = sorted(self.stats.latencies)
+        captures = self.psp.captures
+        states = Counter(p.state.value for p in self.service.payments.values())
+        return {
+            "charges": self.config.load.charges,
+            "answers": dict(sorted(self.stats.answers.items())),
+            "attempts": self.stats.attempts,
+            "retries": self.stats.retries,
+            "payments": len(self.service.payments),
+            "payment_states": dict(sorted(states.items())),
+            "transitions": self.service.transitions,
+            "psp": {"captures": len(captures), "refunded": sum(c.refunded for c in captures)},
+            "ledger_transactions": len(self.db.ledger.transactions),
+            "webhooks": dict(sorted(self.stats.webhooks.items())),
+            "reconciliation": dict(sorted(found.items())),
+            "latency_s": {
+                "p50": _percentile(latencies, 0.50),
+                "p95": _percentile(latencies, 0.95),
+                "p99": _percentile(latencies, 0.99),
+                "max": latencies[-1] if latencies else 0.0,
+            },
+            "latency_cdf": [_percentile(latencies, q / 100) for q in range(0, 101, 5)],
+            "faults_end_s": faults_end,
+            "sim_time_s": self.env.now,
+        }
+
+
+def simulate(config: SimConfig, scenario: str = "custom") -> RunResult:
+    return Simulation(config, scenario).run()

@@ -1,0 +1,139 @@
+"""Named scenarios (faults the full design must survive) and component swaps (designs that must fail).
+
+A scenario is a change to the default config; each keeps every invariant with the full design. A swap
+replaces one part of the design on top of the faults that part exists for, and names the invariant it breaks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sim.config import SimConfig
+
+Changes = dict[str, dict[str, Any]]
+#: Redis loses every key early and then again later, so short and long runs both meet it.
+KEY_LOSSES = (1.0, 2.5, 4.0, 9.0, 14.0)
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    about: str
+    changes: Changes
+    #: for a swap: the invariant it is meant to break
+    breaks: str | None = None
+
+    def config(self, seed: int = 1, charges: int | None = None) -> SimConfig:
+        config = SimConfig(seed=seed).with_(**self.changes)
+        return config if charges is None else config.with_(load={"charges": charges})
+
+
+SCENARIOS = {
+    s.name: s
+    for s in (
+        Scenario("happy_path", "no faults: the baseline", {}),
+        Scenario(
+            "psp_timeouts",
+            "the PSP acts but its reply is lost (5 %), or it answers 5xx (20 %): the SDK retries, same key",
+            {"psp": {"lost_reply_rate": 0.05, "error_rate": 0.2}},
+        ),
+        Scenario(
+            "retry_storm",
+            "clients time out after 50 ms, before the PSP answers, and retry fast and often",
+            {
+                "client": {"timeout_s": 0.05, "max_retries": 8, "backoff_s": 0.02},
+                "psp": {"lost_reply_rate": 0.02},
+            },
+        ),
+        Scenario(
+            "idempotency_store_loss",
+            "Redis loses every key three times while clients retry: Postgres is the backstop",
+            {"service": {"key_losses": KEY_LOSSES}, "client": {"timeout_s": 0.05}},
+        ),
+        Scenario(
+            "database_restart",
+            "Postgres restarts twice: requests fail with 503 and are retried; unfinished work is recovered",
+            {"database": {"restarts": ((1.0, 2.5), (6.0, 6.5))}},
+        ),
+        Scenario(
+            "crash_between_psp_and_ledger",
+            "the replica dies after 2 % of captures, before the ledger: the janitor finds them at the PSP",
+            {"service": {"crash_after_capture_rate": 0.02}},
+        ),
+        Scenario(
+            "ledger_failures",
+            "the ledger refuses 2 % of postings: those charges are refunded at the PSP and booked both ways",
+            {"service": {"ledger_failure_rate": 0.02}},
+        ),
+        Scenario(
+            "psp_outage",
+            "the PSP is down for 2 s; 30 % of clients never retry: recovery asks the PSP and finishes them",
+            {"psp": {"outages": ((1.0, 3.0),)}, "client": {"abandon_rate": 0.3}},
+        ),
+        Scenario(
+            "webhook_chaos",
+            "replies lost (10 %) and webhooks duplicated (30 %), dropped (20 %) and reordered over 5 s",
+            {
+                "psp": {"lost_reply_rate": 0.1},
+                "webhooks": {"duplicate_rate": 0.3, "drop_rate": 0.2, "reorder_s": 5.0},
+            },
+        ),
+        Scenario(
+            "recon_drift",
+            "the PSP's report drifts (1 % missing, 1 % wrong amounts, 5 unknown rows): each is named",
+            {"reconciliation": {"missing_rate": 0.01, "amount_mismatch_rate": 0.01, "unknown_rows": 5}},
+        ),
+        Scenario(
+            "black_friday",
+            "five times the load for 5 s, with lost replies and short client timeouts",
+            {
+                "load": {"spike_factor": 5.0, "spike_at": 1.0, "spike_s": 5.0},
+                "psp": {"lost_reply_rate": 0.02, "latency_s": 0.05},
+                "client": {"timeout_s": 0.5},
+            },
+        ),
+    )
+}
+
+SWAPS = {
+    s.name: s
+    for s in (
+        Scenario(
+            "idempotency_off",
+            "no idempotency keys at all: every retry is a new charge",
+            {"design": {"idempotency": "off"}, "client": {"timeout_s": 0.05}, "psp": {"error_rate": 0.1}},
+            breaks="no_double_capture",
+        ),
+        Scenario(
+            "redis_only_idempotency",
+            "keys only in Redis, no durable backstop: a retry after Redis loses its keys charges again",
+            {
+                "design": {"idempotency": "redis_only"},
+                "service": {"key_losses": KEY_LOSSES},
+                "client": {"timeout_s": 0.05},
+            },
+            breaks="no_double_capture",
+        ),
+        Scenario(
+            "no_psp_idempotency_key",
+            "the PSP call carries no key: the SDK's retry after a lost reply captures a second time",
+            {"design": {"psp_idempotency_key": False}, "psp": {"lost_reply_rate": 0.05}},
+            breaks="no_double_capture",
+        ),
+        Scenario(
+            "no_compensation",
+            "a charge whose ledger posting failed is only marked failed: the PSP keeps the money (orphan)",
+            {"design": {"compensation": False}, "service": {"ledger_failure_rate": 0.05}},
+            breaks="psp_matches_ledger",
+        ),
+        Scenario(
+            "client_new_keys",
+            "clients retry with a fresh Idempotency-Key: the same order is charged again",
+            {"client": {"same_key": False, "timeout_s": 0.05}},
+            breaks="no_double_capture",
+        ),
+    )
+}
+
+ALL = {**SCENARIOS, **SWAPS}

@@ -1,0 +1,204 @@
+"""The simulated components around the service: the PSP, the fast key store, the database and the ledger.
+
+Each is a plain object over one SimPy environment and one seeded random source; they keep the facts the
+invariants are checked against (what the PSP captured and refunded, what the ledger booked), and fail the
+way the real ones do.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+from collections.abc import Generator
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import simpy
+
+from ledger.postings import Posting, capture_posting, fee_for, refund_posting
+from payray.money import Money
+from sim.config import SimConfig
+
+Outcome = Literal["captured", "declined", "unknown"]
+FEE_BPS = 290
+
+
+class Unavailable(Exception):
+    """A dependency did not answer (an outage, a restart, a timeout)."""
+
+
+def in_window(now: float, windows: tuple[tuple[float, float], ...]) -> bool:
+    return any(start <= now < end for start, end in windows)
+
+
+@dataclass
+class PspCapture:
+    payment_id: str
+    order_id: int
+    amount: int
+    at: float
+    refunded: bool = False
+
+
+class SimPsp:
+    """Captures by idempotency key (when keys are honoured), declines, 5xx, lost replies and outages."""
+
+    def __init__(self, env: simpy.Environment, rng: random.Random, config: SimConfig) -> None:
+        self.env, self.rng, self.c = env, rng, config.psp
+        self.honour_keys = config.design.psp_idempotency_key
+        self.by_key: dict[str, int] = {}
+        self.captures: list[PspCapture] = []
+        self.by_payment: dict[str, list[int]] = {}
+        self.declined: dict[str, str] = {}
+        self.faults_on = True
+        #: webhook hooks: called with (payment id, "captured" | "declined")
+        self.on_event: list[Any] = []
+
+    def _latency(self) -> float:
+        return min(
+            self.rng.lognormvariate(0.0, self.c.latency_sigma) * self.c.latency_s, self.c.call_timeout_s
+        )
+
+    def capture(
+        self, payment_id: str, order_id: int, amount: int, key: str
+    ) -> Generator[simpy.Event, Any, tuple[Outcome, int]]:
+        """One capture as the SDK makes it (with its own retries); the outcome and the simulated calls."""
+        calls = 0
+        for _ in range(self.c.sdk_retries + 1):
+            calls += 1
+            yield self.env.timeout(self._latency())
+            if self.faults_on and in_window(self.env.now, self.c.outages):
+                continue
+            if self.faults_on and self.rng.random() < self.c.error_rate:
+                continue
+            existing = self.by_key.get(key) if self.honour_keys else None
+            if existing is not None:
+                return "captured", calls
+            if payment_id in self.declined and self.honour_keys:
+                return "declined", calls
+            if self.rng.random() < self.c.decline_rate:
+                self.declined[payment_id] = "card_declined"
+                self._announce(payment_id, "declined")
+                if self.faults_on and self.rng.random() < self.c.lost_reply_rate:
+                    continue  # declined, but the reply never came back
+                return "declined", calls
+            self._record(payment_id, order_id, amount, key)
+            if self.faults_on and self.rng.random() < self.c.lost_reply_rate:
+                continue  # captured, but the reply never came back: the SDK retries with the same key
+            return "captured", calls
+        return "unknown", calls
+
+    def _record(self, payment_id: str, order_id: int, amount: int, key: str) -> None:
+        index = len(self.captures)
+        self.captures.append(PspCapture(payment_id, order_id, amount, self.env.now))
+        self.by_key[key] = index
+        self.by_payment.setdefault(payment_id, []).append(index)
+        self._announce(payment_id, "captured")
+
+    def _announce(self, payment_id: str, outcome: str) -> None:
+        for listener in self.on_event:
+            listener(payment_id, outcome)
+
+    def lookup(self, payment_id: str) -> Generator[simpy.Event, Any, Outcome | Literal["not_found"]]:
+        """The janitor's search by our payment id (Stripe's search by metadata)."""
+        yield self.env.timeout(self._latency())
+        if self.faults_on and in_window(self.env.now, self.c.outages):
+            return "unknown"
+        if payment_id in self.by_payment:
+            return "captured"
+        if payment_id in self.declined:
+            return "declined"
+        return "not_found"
+
+    def refund(self, payment_id: str) -> Generator[simpy.Event, Any, bool]:
+        """Refund every capture of the payment (a compensation); False when the PSP did not answer."""
+        yield self.env.timeout(self._latency())
+        if self.faults_on and (
+            in_window(self.env.now, self.c.outages) or self.rng.random() < self.c.error_rate
+        ):
+            return False
+        for index in self.by_payment.get(payment_id, []):
+            self.captures[index].refunded = True
+        return True
+
+
+class FastKeys:
+    """The Redis in front of the durable keys: fast, and it can lose everything at once."""
+
+    def __init__(self) -> None:
+        self.keys: dict[tuple[int, str], str] = {}
+
+    def lose_everything(self) -> None:
+        self.keys.clear()
+
+
+@dataclass
+class LedgerBook:
+    """The ledger's postings and each merchant's wallet (the actor's view, kept as postings land)."""
+
+    transactions: dict[tuple[str, str], Posting] = field(default_factory=dict)
+    wallets: dict[str, int] = field(default_factory=dict)
+
+    def post(self, posting: Posting) -> bool:
+        """Idempotent on (kind, reference), as the real ledger; False when it was already posted."""
+        key = (posting.kind, posting.external_ref)
+        if key in self.transactions:
+            return False
+        self.transactions[key] = posting
+        for entry in posting.entries:
+            if entry.account.name == "merchant_payable" and entry.account.merchant_id is not None:
+                sign = 1 if entry.direction == "credit" else -1
+                merchant = entry.account.merchant_id
+                self.wallets[merchant] = self.wallets.get(merchant, 0) + sign * entry.amount.amount
+        return True
+
+
+class SimDatabase:
+    """Durable idempotency records, payments and the ledger, behind a connection pool; it can restart."""
+
+    def __init__(self, env: simpy.Environment, config: SimConfig) -> None:
+        self.env, self.c = env, config.database
+        self.free = config.database.pool
+        #: transactions waiting for a connection, first come first served
+        self.waiting: deque[simpy.Event] = deque()
+        self.keys: dict[tuple[int, str], str] = {}
+        self.ledger = LedgerBook()
+        self.faults_on = True
+
+    def commit(self) -> simpy.Event:
+        """One transaction (a connection from the pool, then the commit), as one event to wait for; raises
+        ``Unavailable`` while the database restarts. Cheap on purpose: a million charges make ten million."""
+        if self.c.restarts and self.faults_on and in_window(self.env.now, self.c.restarts):
+            raise Unavailable("database restarting")
+        if self.free:
+            self.free -= 1
+            commit = self.env.timeout(self.c.commit_s)
+            commit.callbacks.append(self._release)
+            return commit
+        turn = self.env.event()
+        self.waiting.append(turn)
+        return turn
+
+    def _release(self, _event: simpy.Event) -> None:
+        if not self.waiting:
+            self.free += 1
+            return
+        # the connection passes straight to the next in line, whose commit starts now
+        waiter = self.waiting.popleft()
+        commit = self.env.timeout(self.c.commit_s)
+        commit.callbacks.append(self._release)
+        commit.callbacks.append(lambda _: _succeed(waiter))
+
+
+def _succeed(event: simpy.Event) -> None:
+    event.succeed()
+
+
+def capture_of(payment_id: str, merchant: str, amount: int) -> Posting:
+    money = Money(amount, "usd")
+    return capture_posting(payment_id, merchant, money, fee_for(money, FEE_BPS))
+
+
+def compensation_of(payment_id: str, merchant: str, amount: int) -> Posting:
+    money = Money(amount, "usd")
+    return refund_posting(f"compensation-{payment_id}", merchant, money, fee_for(money, FEE_BPS))
