@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -10,10 +11,12 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
+from sim import report
 from sim.run import RunResult, Simulation
 from sim.scenarios import ALL, SCENARIOS, SWAPS, Scenario
+from sim.swarm import swarm_config
 
-CHOICES = ("all", *ALL)
+CHOICES = ("all", "swarm", *ALL)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -23,11 +26,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="all",
         choices=CHOICES,
         metavar="SCENARIO",
-        help=f"one of: {', '.join(CHOICES)} (default all: every scenario and every swap)",
+        help=f"one of: {', '.join(CHOICES)} (default all: every scenario and every swap; swarm: a world of "
+        "faults drawn from each seed)",
     )
-    parser.add_argument("--seed", type=int, default=1, help="the run's seed (default 1)")
+    parser.add_argument("--seed", type=int, default=1, help="the run's seed, or swarm's first (default 1)")
+    parser.add_argument("--seeds", type=int, default=20, help="swarm: how many seeds (default 20)")
     parser.add_argument("--charges", type=int, help="charges per run (default: the scenario's, 2,000)")
     parser.add_argument("--json", type=Path, metavar="FILE", help="write the results as JSON")
+    parser.add_argument(
+        "--report", type=Path, metavar="FILE.html", help="write a self-contained HTML page with the plots"
+    )
 
 
 def check_arguments(args: argparse.Namespace) -> str | None:
@@ -35,6 +43,10 @@ def check_arguments(args: argparse.Namespace) -> str | None:
         return f"--charges must be 1 to 10,000,000, got {args.charges}"
     if args.seed < 0:
         return f"--seed must be >= 0, got {args.seed}"
+    if args.report is not None and args.scenario == "swarm":
+        return "--report draws scenarios and swaps; a swarm names its seeds instead"
+    if not 1 <= args.seeds <= 1_000_000:
+        return f"--seeds must be 1 to 1,000,000, got {args.seeds}"
     return None
 
 
@@ -57,6 +69,8 @@ def as_expected(scenario: Scenario, result: RunResult) -> bool:
 
 def main(args: argparse.Namespace) -> int:
     console = Console(width=None if sys.stdout.isatty() else 150)
+    if args.scenario == "swarm":
+        return swarm(args, console)
     names = list(ALL) if args.scenario == "all" else [args.scenario]
     results = [(ALL[name], run_one(ALL[name], args.seed, args.charges, console)) for name in names]
     console.print(_table(results))
@@ -66,9 +80,47 @@ def main(args: argparse.Namespace) -> int:
     if args.json is not None:
         body = results[0][1].to_json() if len(results) == 1 else _many_json(results)
         args.json.write_text(body + "\n")
+    if args.report is not None:
+        report.write(results, args.report)
+        console.print(f"report: {args.report}")
     if len(results) == 1:
         return 0 if results[0][1].ok else 1
     return 0 if all(as_expected(s, r) for s, r in results) else 1
+
+
+def swarm(args: argparse.Namespace, console: Console) -> int:
+    """Seeds ``--seed`` … ``--seed + --seeds - 1``, each its own world; exit 1 if any breaks an invariant."""
+    charges = args.charges or 500
+    failed: list[RunResult] = []
+    rows: list[dict[str, int | bool]] = []
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task("swarm", total=args.seeds)
+        for seed in range(args.seed, args.seed + args.seeds):
+            result = Simulation(swarm_config(seed, charges), "swarm").run()
+            summary = result.summary
+            rows.append(
+                {"seed": seed, "ok": result.ok, "violations": len(result.violations),
+                 "payments": summary["payments"], "retries": summary["retries"]}
+            )  # fmt: skip
+            if not result.ok:
+                failed.append(result)
+            progress.advance(task)
+    table = Table(title=f"payray simulate swarm: seeds {args.seed} … {args.seed + args.seeds - 1}")
+    for column in ("seeds", "charges each", "payments", "retries", "violated seeds"):
+        table.add_column(column, justify="right")
+    table.add_row(
+        f"{args.seeds:,}",
+        f"{charges:,}",
+        f"{sum(int(r['payments']) for r in rows):,}",
+        f"{sum(int(r['retries']) for r in rows):,}",
+        ", ".join(str(r.config.seed) for r in failed[:20]) or "none",
+    )
+    console.print(table)
+    for result in failed[:3]:
+        _explain(console, Scenario("swarm", "", {}), result)
+    if args.json is not None:
+        args.json.write_text(json.dumps(rows, sort_keys=True) + "\n")
+    return 1 if failed else 0
 
 
 def _many_json(results: list[tuple[Scenario, RunResult]]) -> str:
@@ -116,7 +168,10 @@ def _explain(console: Console, scenario: Scenario, result: RunResult) -> None:
     )
     for at, who, source, event, target in result.first_history:
         console.print(f"  t={at:9.4f}s  {who:8s} {source} --{event}--> {target}")
-    console.print(f"  replay: payray simulate {scenario.name} --seed {result.config.seed}")
+    replay = f"{scenario.name} --seed {result.config.seed}"
+    if scenario.name == "swarm":
+        replay += f" --seeds 1 --charges {result.config.load.charges}"
+    console.print(f"  replay: payray simulate {replay}")
 
 
 __all__ = ["SWAPS", "add_arguments", "check_arguments", "main"]

@@ -15,6 +15,7 @@ from sim.config import SimConfig
 from sim.run import Simulation, simulate
 from sim.scenarios import SCENARIOS, SWAPS
 from sim.service import MachineRefused
+from sim.swarm import swarm_config
 
 CHARGES = 400
 #: Transitions the service itself never takes: a PSP refund whose outcome is unknown leaves the payment in
@@ -107,3 +108,28 @@ def test_payray_simulate_writes_json_and_exits_by_the_invariants(tmp_path: Path)
 def test_bad_arguments_exit_2_with_one_line(args: list[str]) -> None:
     done = _payray(*args)
     assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+
+
+def test_swarm_seeds_draw_different_worlds_and_the_full_design_survives_them() -> None:
+    worlds = {swarm_config(seed).as_dict()["psp"]["error_rate"] for seed in range(1, 31)}
+    assert len(worlds) > 5
+    assert swarm_config(7) == swarm_config(7)
+    for seed in range(1, 31):
+        result = simulate(swarm_config(seed, 300), "swarm")
+        assert result.ok, (seed, result.violations[:3])
+
+
+def test_swarm_finds_a_broken_design() -> None:
+    broken = [
+        seed
+        for seed in range(1, 31)
+        if not simulate(swarm_config(seed, 300).with_(design={"psp_idempotency_key": False}), "swarm").ok
+    ]
+    assert len(broken) >= 10
+
+
+def test_payray_simulate_swarm_names_a_failing_seed(tmp_path: Path) -> None:
+    out = tmp_path / "swarm.json"
+    done = _payray("swarm", "--seeds", "5", "--charges", "200", "--json", str(out))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert [row["seed"] for row in json.loads(out.read_text())] == [1, 2, 3, 4, 5]

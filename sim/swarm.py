@@ -1,0 +1,65 @@
+"""Swarm testing, as TigerBeetle's VOPR does it: each seed draws the fault rates themselves, so a thousand
+seeds explore a thousand different worlds, not one world a thousand times. The full design runs a fault phase
+and then a quiet phase in which every payment must finish; any violation names its seed for ``--seed``.
+"""
+
+from __future__ import annotations
+
+import random
+
+from sim.config import SimConfig
+
+
+def swarm_config(seed: int, charges: int = 500) -> SimConfig:
+    """The world of ``seed``: which faults are on, and how often, drawn from the seed alone."""
+    draw = random.Random(f"swarm-{seed}")
+
+    def rate(high: float, chance: float = 0.6) -> float:
+        return round(draw.uniform(0.0, high), 4) if draw.random() < chance else 0.0
+
+    def windows(count: int, length: float) -> tuple[tuple[float, float], ...]:
+        starts = sorted(draw.uniform(0.0, 6.0) for _ in range(draw.randrange(count + 1)))
+        return tuple((round(s, 3), round(s + draw.uniform(0.1, length), 3)) for s in starts)
+
+    return SimConfig(seed=seed).with_(
+        load={
+            "charges": charges,
+            "rate": round(draw.uniform(20.0, 400.0), 1),
+            "merchants": draw.randrange(1, 16),
+            "spike_factor": round(draw.uniform(1.0, 6.0), 2),
+            "spike_at": round(draw.uniform(0.0, 3.0), 2),
+            "spike_s": round(draw.uniform(0.0, 3.0), 2),
+        },
+        client={
+            "timeout_s": round(draw.choice((0.02, 0.05, 0.2, 1.0, 10.0)), 3),
+            "max_retries": draw.randrange(0, 8),
+            "backoff_s": round(draw.uniform(0.01, 1.0), 3),
+            "abandon_rate": rate(0.6),
+        },
+        psp={
+            "latency_s": round(draw.uniform(0.005, 0.2), 4),
+            "latency_sigma": round(draw.uniform(0.1, 1.2), 3),
+            "decline_rate": rate(0.4, chance=0.9),
+            "error_rate": rate(0.5),
+            "lost_reply_rate": rate(0.4),
+            "outages": windows(2, 2.0),
+            "sdk_retries": draw.randrange(0, 4),
+        },
+        database={"pool": draw.randrange(1, 16), "restarts": windows(2, 1.5)},
+        service={
+            "crash_after_capture_rate": rate(0.1),
+            "ledger_failure_rate": rate(0.1),
+            "key_losses": tuple(sorted(round(draw.uniform(0.0, 8.0), 3) for _ in range(draw.randrange(4)))),
+        },
+        webhooks={
+            "delay_s": round(draw.uniform(0.01, 3.0), 3),
+            "duplicate_rate": rate(0.5),
+            "drop_rate": rate(0.5),
+            "reorder_s": round(draw.uniform(0.0, 5.0), 3),
+        },
+        reconciliation={
+            "missing_rate": rate(0.05, chance=0.3),
+            "amount_mismatch_rate": rate(0.05, chance=0.3),
+            "unknown_rows": draw.randrange(4) if draw.random() < 0.3 else 0,
+        },
+    )

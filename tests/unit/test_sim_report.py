@@ -1,0 +1,50 @@
+"""The HTML report is one self-contained page, and it renders in headless Chromium (Debian's ``chromium``)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("report") / "sim.html"
+    done = subprocess.run(
+        [sys.executable, "-m", "payray.cli", "simulate", "all", "--charges", "300", "--report", str(path)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    return path
+
+
+def test_the_report_is_self_contained(report: Path) -> None:
+    page = report.read_text()
+    assert page.count("<svg") == 6 and "no_double_capture" in page and "psp_matches_ledger" in page
+    assert not re.search(r"(src|href)=\"(https?:)?//", page), "the page must not load anything"
+
+
+def test_the_report_renders_in_headless_chromium(report: Path, tmp_path: Path) -> None:
+    if CHROMIUM is None:
+        if os.environ.get("PAYRAY_REQUIRE_CHROMIUM"):
+            pytest.fail("chromium is required here (CI installs Debian's chromium package)")
+        pytest.skip("no chromium on this machine: apt-get install chromium")
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--window-size=1400,2400"]
+    dom = subprocess.run(
+        [CHROMIUM, *flags, "--dump-dom", report.as_uri()], capture_output=True, text=True, timeout=120
+    )
+    assert "<title>payray simulate: 6 of 6 charts drawn</title>" in dom.stdout, (
+        dom.stdout[:500] + dom.stderr[-500:]
+    )
+    shot = tmp_path / "report.png"
+    subprocess.run(
+        [CHROMIUM, *flags, f"--screenshot={shot}", report.as_uri()], capture_output=True, timeout=120
+    )
+    assert shot.exists() and shot.stat().st_size > 50_000
