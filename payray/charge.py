@@ -114,7 +114,8 @@ class Transition:
 
 def step(state: ChargeState | str, event: ChargeEvent | str) -> Transition:
     """The transition for ``event`` in ``state``; raises ``IllegalTransition`` if there is none."""
-    source, ev = ChargeState(state), ChargeEvent(event)
+    source = state if type(state) is ChargeState else ChargeState(state)
+    ev = event if type(event) is ChargeEvent else ChargeEvent(event)
     try:
         target, commands = TRANSITIONS[(source, ev)]
     except KeyError:

@@ -224,7 +224,9 @@ class Simulation:
             config=self.config,
             stats=self.stats,
             violations=violations,
-            first_history=list(first.history) if first else [],
+            first_history=[(at, who, a.value, e.value, b.value) for at, who, a, e, b in first.history]
+            if first
+            else [],
             summary=self._summary(faults_end, found),
         )
 

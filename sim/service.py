@@ -15,7 +15,15 @@ from typing import Any, Literal
 
 import simpy
 
-from payray.charge import RESUME, ChargeEvent, ChargeState, Command, is_terminal, psp_idempotency_key, step
+from payray.charge import (
+    RESUME,
+    TERMINAL_STATES,
+    ChargeEvent,
+    ChargeState,
+    Command,
+    psp_idempotency_key,
+    step,
+)
 from payray.errors import IllegalTransition
 from sim.config import SimConfig
 from sim.world import FastKeys, SimDatabase, SimPsp, Unavailable, capture_of, compensation_of
@@ -44,7 +52,7 @@ class SimPayment:
     touched: float = 0.0
     busy: bool = False
     #: (time, who, from, event, to): the payment's whole story, printed for the first violation
-    history: list[tuple[float, str, str, str, str]] = field(default_factory=list)
+    history: list[tuple[float, str, ChargeState, ChargeEvent, ChargeState]] = field(default_factory=list)
 
 
 PSP_EVENTS = {"captured": E.PSP_CAPTURED, "declined": E.PSP_DECLINED, "unknown": E.PSP_UNKNOWN}
@@ -78,7 +86,7 @@ class SimService:
             payment = yield from self._idempotent(order_id, merchant, amount, key)
             if payment.busy:
                 return "in_flight"
-            if not is_terminal(payment.state):
+            if payment.state not in TERMINAL_STATES:
                 payment.busy = True
                 try:
                     yield from self._resume(payment, "api")
@@ -128,10 +136,10 @@ class SimService:
         except IllegalTransition as exc:
             raise MachineRefused(f"payment {payment.id}: {exc}") from exc
         yield self.db.commit()  # persisted before its commands run
-        payment.history.append((self.env.now, who, payment.state.value, event.value, transition.target.value))
+        payment.history.append((self.env.now, who, payment.state, event, transition.target))
         payment.state, payment.touched = transition.target, self.env.now
         self.transitions += 1
-        if is_terminal(payment.state):
+        if payment.state in TERMINAL_STATES:
             self.unfinished.pop(payment.id, None)
         for command in transition.commands:
             yield from self._run(payment, command, who)
@@ -175,7 +183,7 @@ class SimService:
 
     def recover(self, payment: SimPayment) -> Generator[Any, Any, None]:
         """``ChargeFlow.recover``: never capture again; ask the PSP what happened, then go on from there."""
-        if payment.busy or is_terminal(payment.state):
+        if payment.busy or payment.state in TERMINAL_STATES:
             return
         payment.busy = True
         try:
