@@ -23,6 +23,9 @@ class Load:
     spike_factor: float = 1.0
     spike_at: float = 0.0
     spike_s: float = 0.0
+    #: the share of succeeded charges whose customer later asks for a refund (half of them in full)
+    refund_share: float = 0.1
+    refund_after_s: float = 2.0
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,8 @@ class Psp:
     lost_reply_rate: float = 0.0
     #: outages: ``[start, end)`` windows in which every call fails
     outages: tuple[tuple[float, float], ...] = ()
+    #: the PSP refuses a refund (the card is closed, say): payray gives the merchant its money back
+    refund_refusal_rate: float = 0.0
     sdk_retries: int = 2
     call_timeout_s: float = 10.0
 

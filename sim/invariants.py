@@ -1,10 +1,14 @@
 """The five invariants of DESIGN.md, checked against the simulated PSP and ledger at the end of every run.
 
-1. no double capture: each order (what one customer meant to pay once) is captured at most once, net of
-   refunds; 2. every ledger transaction balances; 3. each wallet equals its merchant's ledger accounts;
-4. what the PSP holds and what the ledger says agree for every payment; 5. after the quiet phase, with the
-PSP reachable again, no payment is left unfinished. Plus the nightly reconciliation's own promise: it names
-every difference between the PSP's report and the ledger, drift included, and nothing else.
+1. No double capture: each order (what one customer meant to pay once) is captured at most once, net of
+   refunds.
+2. Every ledger transaction balances.
+3. Each wallet equals its merchant's ledger accounts.
+4. What the PSP holds and what the ledger says it holds agree for every payment, refunds included.
+5. After the quiet phase, with the PSP reachable again, no payment or refund is left unfinished.
+
+Plus the nightly reconciliation's own promise: it names every difference between the PSP's report and the
+ledger, drift included, and nothing else.
 """
 
 from __future__ import annotations
@@ -12,7 +16,9 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass
 
+from sim.refunds import SimRefunds
 from sim.service import SimService
+from sim.world import SimPsp
 
 INVARIANTS = (
     "no_double_capture",
@@ -32,7 +38,11 @@ class Violation:
 
 
 def check(
-    service: SimService, real: dict[str, tuple[int, int]], drift: dict[str, int], found: dict[str, int]
+    service: SimService,
+    refunds: SimRefunds,
+    real: dict[str, tuple[int, int]],
+    drift: dict[str, int],
+    found: dict[str, int],
 ) -> list[Violation]:
     """Every violation, in a stable order: invariant by invariant, then by payment id. ``real`` is
     ``differences(service)``, computed once by the caller."""
@@ -73,6 +83,9 @@ def check(
     for payment_id, payment in sorted(service.unfinished.items()):
         detail = f"still {payment.state.value} after recovery with the PSP reachable"
         violations.append(Violation("no_pending_after_recovery", payment_id, detail))
+    for refund_id, refund in sorted(refunds.unfinished.items()):
+        detail = f"refund {refund_id} still {refund.state.value} after recovery with the PSP reachable"
+        violations.append(Violation("no_pending_after_recovery", refund.payment.id, detail))
 
     expected = {kind: n for kind, n in {**drift, "real_differences": len(real)}.items() if n}
     if found != expected:
@@ -80,22 +93,41 @@ def check(
     return violations
 
 
-def differences(service: SimService) -> dict[str, tuple[int, int]]:
-    """Payments whose money at the PSP (captures not refunded) differs from the ledger's (capture less its
-    compensation): ``payment id -> (at the PSP, in the ledger)``."""
-    at_psp: dict[str, int] = defaultdict(int)
-    for capture in service.psp.captures:
+def psp_net(psp: SimPsp) -> dict[str, int]:
+    """What the PSP holds of each payment: its captures not refunded in full, less its partial refunds."""
+    held: dict[str, int] = defaultdict(int)
+    for capture in psp.captures:
         if not capture.refunded:
-            at_psp[capture.payment_id] += capture.amount
-    in_ledger: dict[str, int] = defaultdict(int)
+            held[capture.payment_id] += capture.amount
+    for payment_id, amount in psp.refunded.items():
+        held[payment_id] -= amount
+    return held
+
+
+def ledger_net(service: SimService, refunds: SimRefunds) -> dict[str, int]:
+    """What the ledger says the PSP holds of each payment: the PSP receivable's movements, by payment."""
+    held: dict[str, int] = defaultdict(int)
     for (kind, ref), posting in service.db.ledger.transactions.items():
-        amount = sum(e.amount.amount for e in posting.entries if e.account.name == "psp_receivable")
         if kind == "capture":
-            in_ledger[ref] += amount
+            payment_id = ref
         elif ref.startswith("compensation-"):
-            in_ledger[ref.removeprefix("compensation-")] -= amount
+            payment_id = ref.removeprefix("compensation-")
+        else:
+            payment_id = refunds.refunds[ref].payment.id
+        for entry in posting.entries:
+            if entry.account.name == "psp_receivable":
+                held[payment_id] += (
+                    entry.amount.amount if entry.direction == "debit" else -entry.amount.amount
+                )
+    return held
+
+
+def differences(service: SimService, refunds: SimRefunds) -> dict[str, tuple[int, int]]:
+    """Payments whose money at the PSP differs from what the ledger says the PSP holds:
+    ``payment id -> (at the PSP, in the ledger)``."""
+    at_psp, in_ledger = psp_net(service.psp), ledger_net(service, refunds)
     return {
-        p: (at_psp[p], in_ledger[p])
+        p: (at_psp.get(p, 0), in_ledger.get(p, 0))
         for p in sorted(set(at_psp) | set(in_ledger))
-        if at_psp[p] != in_ledger[p]
+        if at_psp.get(p, 0) != in_ledger.get(p, 0)
     }

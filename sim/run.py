@@ -17,8 +17,9 @@ from typing import Any
 import simpy
 
 from sim.config import SimConfig
-from sim.invariants import INVARIANTS, Violation, check, differences
-from sim.service import SimService
+from sim.invariants import INVARIANTS, Violation, check, differences, ledger_net, psp_net
+from sim.refunds import SimRefunds
+from sim.service import SimPayment, SimService
 from sim.world import FastKeys, SimDatabase, SimPsp
 
 FINAL = frozenset({"succeeded", "declined", "failed"})
@@ -35,6 +36,7 @@ class Stats:
     sent: Counter[int] = field(default_factory=Counter)
     queue: dict[int, int] = field(default_factory=dict)
     webhooks: Counter[str] = field(default_factory=Counter)
+    refunds: Counter[str] = field(default_factory=Counter)
 
 
 @dataclass
@@ -113,6 +115,7 @@ class Simulation:
         self.db = SimDatabase(self.env, config)
         self.fast_keys = FastKeys()
         self.service = SimService(self.env, self.rng, config, self.psp, self.db, self.fast_keys)
+        self.refunds = SimRefunds(self.service)
         self.stats = Stats()
         self.on_progress = on_progress
         self.arrivals_done = self.env.event()
@@ -151,6 +154,8 @@ class Simulation:
                 self.stats.answers[answer] += 1
                 self.stats.latencies.append(self.env.now - started)
                 self.stats.finished[int(self.env.now)] += 1
+                if answer == "succeeded" and self.rng.random() < self.config.load.refund_share:
+                    self.env.process(self._refund(i, self.service.by_order[i]))
                 return
             if attempt == 0 and self.rng.random() < c.abandon_rate:
                 break
@@ -159,6 +164,24 @@ class Simulation:
                 backoff = min(c.backoff_cap_s, c.backoff_s * 2**attempt)
                 yield self.env.timeout(backoff * (0.5 + self.rng.random()))
         self.stats.answers["gave_up"] += 1
+
+    def _refund(self, i: int, payment: SimPayment) -> Generator[simpy.Event, Any, None]:
+        """The customer asks for their money back, in full or half; the client retries as for a charge."""
+        c = self.config.client
+        yield self.env.timeout(self.rng.expovariate(1 / self.config.load.refund_after_s))
+        amount = payment.amount if self.rng.random() < 0.5 else payment.amount // 2
+        for attempt in range(c.max_retries + 1):
+            request = self.env.process(self.refunds.request(payment, amount, f"refund-{i}"))
+            done = yield request | self.env.timeout(c.timeout_s)
+            answer = request.value if request in done else "timeout"
+            if answer in ("succeeded", "failed", "refused"):
+                self.stats.refunds[answer] += 1
+                return
+            if attempt < c.max_retries:
+                yield self.env.timeout(
+                    min(c.backoff_cap_s, c.backoff_s * 2**attempt) * (0.5 + self.rng.random())
+                )
+        self.stats.refunds["gave_up"] += 1
 
     def _webhook(self, payment_id: str, outcome: str) -> None:
         w = self.config.webhooks
@@ -176,7 +199,11 @@ class Simulation:
         for _ in range(8):
             yield self.env.timeout(delay)
             self.stats.webhooks["delivered"] += 1
-            if (yield from self.service.webhook(payment_id, outcome)):
+            if outcome == "refunded":
+                delivered = yield from self.refunds.webhook(payment_id)
+            else:
+                delivered = yield from self.service.webhook(payment_id, outcome)
+            if delivered:
                 return
             self.stats.webhooks["retried"] += 1
             delay *= 2
@@ -189,6 +216,9 @@ class Simulation:
             for payment in list(self.service.unfinished.values()):
                 if payment.touched <= stale and not payment.busy:
                     self.env.process(self.service.recover(payment))
+            for refund in list(self.refunds.unfinished.values()):
+                if refund.touched <= stale and not refund.busy:
+                    self.env.process(self.refunds.recover(refund))
 
     def _key_losses(self) -> Generator[simpy.Event, Any, None]:
         for at in sorted(self.config.service.key_losses):
@@ -215,9 +245,9 @@ class Simulation:
         for component in (self.psp, self.db, self.service):
             component.faults_on = False  # the quiet phase: everything must now finish
         env.run(until=faults_end + self.config.quiet_s)
-        real = differences(self.service)
+        real = differences(self.service, self.refunds)
         drift, found = self._reconcile(real)
-        violations = check(self.service, real, drift, found)
+        violations = check(self.service, self.refunds, real, drift, found)
         first = self.service.payments.get(violations[0].payment or "") if violations else None
         return RunResult(
             scenario=self.scenario,
@@ -233,10 +263,7 @@ class Simulation:
     def _reconcile(self, real: dict[str, tuple[int, int]]) -> tuple[dict[str, int], dict[str, int]]:
         """The nightly run in miniature: the PSP's report of what it kept, drifted, diffed with the ledger."""
         r = self.config.reconciliation
-        report: dict[str, int] = {}
-        for capture in self.psp.captures:
-            if not capture.refunded:
-                report[capture.payment_id] = report.get(capture.payment_id, 0) + capture.amount
+        report = {p: n for p, n in psp_net(self.psp).items() if n}
         drift = Counter[str]()
         for payment_id in sorted(report):
             if payment_id in real:
@@ -251,14 +278,7 @@ class Simulation:
         for n in range(r.unknown_rows):
             report[f"py_unknown_{n}"] = 100 + self.rng.randrange(99_900)
             drift["missing_in_ledger"] += 1
-        ledger: dict[str, int] = {}
-        for (kind, ref), posting in self.db.ledger.transactions.items():
-            amount = sum(e.amount.amount for e in posting.entries if e.account.name == "psp_receivable")
-            if kind == "capture":
-                ledger[ref] = ledger.get(ref, 0) + amount
-            elif ref.startswith("compensation-"):
-                key = ref.removeprefix("compensation-")
-                ledger[key] = ledger.get(key, 0) - amount
+        ledger = ledger_net(self.service, self.refunds)
         ledger = {k: v for k, v in ledger.items() if v}
         differing = sorted(p for p in set(report) | set(ledger) if report.get(p) != ledger.get(p))
         found = Counter[str]()
@@ -285,6 +305,11 @@ class Simulation:
             "payments": len(self.service.payments),
             "payment_states": dict(sorted(states.items())),
             "transitions": self.service.transitions,
+            "refunds": {
+                "answers": dict(sorted(self.stats.refunds.items())),
+                "states": dict(sorted(Counter(r.state.value for r in self.refunds.refunds.values()).items())),
+                "at_psp": sum(self.psp.refunded.values()),
+            },
             "psp": {"captures": len(captures), "refunded": sum(c.refunded for c in captures)},
             "ledger_transactions": len(self.db.ledger.transactions),
             "webhooks": dict(sorted(self.stats.webhooks.items())),

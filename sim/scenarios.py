@@ -35,8 +35,8 @@ SCENARIOS = {
         Scenario("happy_path", "no faults: the baseline", {}),
         Scenario(
             "psp_timeouts",
-            "the PSP acts but its reply is lost (5 %), or it answers 5xx (20 %): the SDK retries, same key",
-            {"psp": {"lost_reply_rate": 0.05, "error_rate": 0.2}},
+            "replies lost (5 %), 5xx (20 %), refunds refused (10 %): the SDK retries, same key",
+            {"psp": {"lost_reply_rate": 0.05, "error_rate": 0.2, "refund_refusal_rate": 0.1}},
         ),
         Scenario(
             "retry_storm",

@@ -76,6 +76,8 @@ class SimService:
         self.faults_on = True
         self.transitions = 0
         self.created = 0
+        #: each order's latest payment (a swap may make several)
+        self.by_order: dict[int, SimPayment] = {}
 
     # -- the API -----------------------------------------------------------------------------------------
 
@@ -112,6 +114,7 @@ class SimService:
         self.created += 1
         payment = SimPayment(f"py_{self.created:08d}", order_id, merchant, key, amount, touched=self.env.now)
         self.payments[payment.id] = payment
+        self.by_order[order_id] = payment
         self.unfinished[payment.id] = payment
         if mode != "off":
             self.db.keys[scoped] = payment.id

@@ -29,6 +29,7 @@ def swarm_config(seed: int, charges: int = 500) -> SimConfig:
             "spike_factor": round(draw.uniform(1.0, 6.0), 2),
             "spike_at": round(draw.uniform(0.0, 3.0), 2),
             "spike_s": round(draw.uniform(0.0, 3.0), 2),
+            "refund_share": round(draw.uniform(0.0, 0.5), 3),
         },
         client={
             "timeout_s": round(draw.choice((0.02, 0.05, 0.2, 1.0, 10.0)), 3),
@@ -42,6 +43,7 @@ def swarm_config(seed: int, charges: int = 500) -> SimConfig:
             "decline_rate": rate(0.4, chance=0.9),
             "error_rate": rate(0.5),
             "lost_reply_rate": rate(0.4),
+            "refund_refusal_rate": rate(0.3),
             "outages": windows(2, 2.0),
             "sdk_retries": draw.randrange(0, 4),
         },

@@ -50,8 +50,12 @@ class SimPsp:
         self.captures: list[PspCapture] = []
         self.by_payment: dict[str, list[int]] = {}
         self.declined: dict[str, str] = {}
+        #: partial refunds, by payment: what the PSP gave back of its captures
+        self.refunded: dict[str, int] = {}
+        self.refund_keys: set[str] = set()
+        self.refused_keys: set[str] = set()
         self.faults_on = True
-        #: webhook hooks: called with (payment id, "captured" | "declined")
+        #: webhook hooks: called with (payment id, "captured" | "declined") or (refund key, "refunded")
         self.on_event: list[Any] = []
 
     def _latency(self) -> float:
@@ -98,6 +102,40 @@ class SimPsp:
     def _announce(self, payment_id: str, outcome: str) -> None:
         for listener in self.on_event:
             listener(payment_id, outcome)
+
+    def refund_part(
+        self, payment_id: str, amount: int, key: str
+    ) -> Generator[simpy.Event, Any, Literal["refunded", "failed", "unknown"]]:
+        """A refund of part of a payment's capture, as the SDK makes it (same key on each retry); never more
+        than is left of the capture."""
+        for _ in range(self.c.sdk_retries + 1):
+            yield self.env.timeout(self._latency())
+            if self.faults_on and (
+                in_window(self.env.now, self.c.outages) or self.rng.random() < self.c.error_rate
+            ):
+                continue
+            if self.honour_keys and key in self.refund_keys:
+                return "refunded"
+            if self.honour_keys and key in self.refused_keys:
+                return "failed"  # the same key replays the same refusal, as Stripe's does
+            kept = sum(
+                self.captures[i].amount
+                for i in self.by_payment.get(payment_id, ())
+                if not self.captures[i].refunded
+            )
+            if (
+                self.rng.random() < self.c.refund_refusal_rate
+                or self.refunded.get(payment_id, 0) + amount > kept
+            ):
+                self.refused_keys.add(key)
+                return "failed"
+            self.refund_keys.add(key)
+            self.refunded[payment_id] = self.refunded.get(payment_id, 0) + amount
+            self._announce(key, "refunded")  # charge.refunded, naming our refund by its key's metadata
+            if self.faults_on and self.rng.random() < self.c.lost_reply_rate:
+                continue  # refunded, but the reply never came back
+            return "refunded"
+        return "unknown"
 
     def lookup(self, payment_id: str) -> Generator[simpy.Event, Any, Outcome | Literal["not_found"]]:
         """The janitor's search by our payment id (Stripe's search by metadata)."""

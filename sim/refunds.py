@@ -1,0 +1,173 @@
+"""Refunds, simulated: ``payray.refund``'s machine driven as ``serve_app/refund_flow.py`` drives it.
+
+The merchant's wallet is debited (never below zero: a refund the balance does not cover leaves nothing
+behind) before the PSP is asked, with a key derived from the refund id; a PSP refusal is given back with a
+reversing posting; an unknown outcome is retried with the same key, by the client or by recovery.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from ledger.postings import fee_for, refund_fee_share, refund_posting, refund_reversal_posting
+from payray.errors import IllegalTransition
+from payray.money import Money
+from payray.refund import (
+    RESUME,
+    TERMINAL_STATES,
+    RefundCommand,
+    RefundEvent,
+    RefundState,
+    psp_refund_key,
+    step,
+)
+from sim.service import Crash, MachineRefused, SimPayment, SimService
+from sim.world import FEE_BPS, Unavailable
+
+RefundAnswer = Literal["succeeded", "failed", "pending", "refused", "in_flight", "error"]
+R, RE, RC = RefundState, RefundEvent, RefundCommand
+PSP_EVENTS = {"refunded": RE.PSP_REFUNDED, "failed": RE.PSP_REFUSED, "unknown": RE.PSP_UNKNOWN}
+
+
+@dataclass
+class SimRefund:
+    id: str
+    payment: SimPayment
+    amount: int
+    fee_returned: int
+    key: str
+    state: RefundState = R.PENDING
+    touched: float = 0.0
+    busy: bool = False
+    history: list[tuple[float, str, RefundState, RefundEvent, RefundState]] = field(default_factory=list)
+
+
+class SimRefunds:
+    def __init__(self, service: SimService) -> None:
+        self.s = service
+        self.refunds: dict[str, SimRefund] = {}
+        self.unfinished: dict[str, SimRefund] = {}
+        self.keys: dict[tuple[str, str], str] = {}
+        #: refunded or reserved, per payment: concurrent refunds never add up to more than the charge
+        self.reserved: dict[str, int] = {}
+        self.transitions = 0
+        self.created = 0
+
+    def request(self, payment: SimPayment, amount: int, key: str) -> Generator[Any, Any, RefundAnswer]:
+        """``POST /v1/refunds`` with an Idempotency-Key."""
+        s = self.s
+        yield s.env.timeout(s.config.service.work_s)
+        try:
+            yield s.db.commit()  # the key and the refund, its amount reserved on the charge; or the old one
+            known = self.keys.get((payment.id, key))
+            if known is not None:
+                refund = self.refunds[known]
+            else:
+                reserved = self.reserved.get(payment.id, 0)
+                if reserved + amount > payment.amount:
+                    return "refused"
+                refund = self._create(payment, amount, reserved, key)
+                self.keys[(payment.id, key)] = refund.id
+            if refund.busy:
+                return "in_flight"
+            if refund.state not in TERMINAL_STATES:
+                refund.busy = True
+                try:
+                    yield from self._resume(refund, "api")
+                finally:
+                    refund.busy = False
+        except (Unavailable, Crash):
+            return "error"
+        if refund.id not in self.refunds:
+            return "refused"  # the balance did not cover it: discarded, nothing left behind
+        if refund.state is R.SUCCEEDED:
+            return "succeeded"
+        return "failed" if refund.state is R.FAILED else "pending"
+
+    def _create(self, payment: SimPayment, amount: int, reserved: int, key: str) -> SimRefund:
+        charged = Money(payment.amount, "usd")
+        fee = refund_fee_share(fee_for(charged, FEE_BPS), payment.amount, reserved, amount)
+        self.created += 1
+        refund = SimRefund(f"re_{self.created:08d}", payment, amount, fee.amount, key, touched=self.s.env.now)
+        self.refunds[refund.id] = refund
+        self.unfinished[refund.id] = refund
+        self.reserved[payment.id] = reserved + amount
+        return refund
+
+    def _resume(self, refund: SimRefund, who: str) -> Generator[Any, Any, None]:
+        if refund.state is R.PSP_UNKNOWN:
+            yield from self._advance(refund, RE.PSP_RETRY, who)
+        elif refund.state in RESUME:
+            yield from self._run(refund, RESUME[refund.state], who)
+
+    def _advance(self, refund: SimRefund, event: RefundEvent, who: str) -> Generator[Any, Any, None]:
+        try:
+            transition = step(refund.state, event)
+        except IllegalTransition as exc:
+            raise MachineRefused(f"refund {refund.id}: {exc}") from exc
+        yield self.s.db.commit()
+        refund.history.append((self.s.env.now, who, refund.state, event, transition.target))
+        refund.state, refund.touched = transition.target, self.s.env.now
+        self.transitions += 1
+        if refund.state in TERMINAL_STATES:
+            self.unfinished.pop(refund.id, None)
+        for command in transition.commands:
+            yield from self._run(refund, command, who)
+
+    def _run(self, refund: SimRefund, command: RefundCommand, who: str) -> Generator[Any, Any, None]:
+        s, payment = self.s, refund.payment
+        amount, fee = Money(refund.amount, "usd"), Money(refund.fee_returned, "usd")
+        if command is RC.DEBIT_WALLET:
+            yield s.db.commit()
+            if s.db.ledger.wallets.get(payment.merchant, 0) < (amount - fee).amount:
+                self._discard(refund)
+                return
+            s.db.ledger.post(refund_posting(refund.id, payment.merchant, amount, fee))
+            yield from self._advance(refund, RE.FUNDS_HELD, who)
+        elif command is RC.REFUND_AT_PSP:
+            outcome = yield from s.psp.refund_part(payment.id, refund.amount, psp_refund_key(refund.id))
+            yield from self._advance(refund, PSP_EVENTS[outcome], who)
+        elif command is RC.POST_REVERSAL:
+            yield s.db.commit()
+            s.db.ledger.post(refund_reversal_posting(refund.id, payment.merchant, amount, fee))
+            self.reserved[payment.id] -= refund.amount  # the amount may be refunded again
+            yield from self._advance(refund, RE.REVERSAL_POSTED, who)
+        # RESPOND: the answer is the state
+
+    def _discard(self, refund: SimRefund) -> None:
+        """The balance did not cover it: no refund, no key, no reservation left behind."""
+        del self.refunds[refund.id]
+        self.unfinished.pop(refund.id, None)
+        self.keys.pop((refund.payment.id, refund.key), None)
+        self.reserved[refund.payment.id] -= refund.amount
+
+    def recover(self, refund: SimRefund) -> Generator[Any, Any, None]:
+        """Recovery: a refund nobody drives any more resumes from its state (PSP calls reuse their key)."""
+        if refund.busy or refund.state in TERMINAL_STATES or refund.id not in self.refunds:
+            return
+        refund.busy = True
+        try:
+            yield from self._resume(refund, "janitor")
+        except (Unavailable, Crash):
+            pass
+        finally:
+            refund.busy = False
+
+    def webhook(self, key: str) -> Generator[Any, Any, bool]:
+        """``charge.refunded`` for one of our refunds: settles one whose outcome we did not know. False (a
+        409) while its own request is live, so the PSP delivers it again."""
+        refund = self.refunds.get(key.removeprefix("payray-refund-"))
+        if refund is None or refund.state is not R.PSP_UNKNOWN:
+            return refund is None or not refund.busy
+        if refund.busy:
+            return False
+        refund.busy = True
+        try:
+            yield from self._advance(refund, RE.PSP_REFUNDED, "webhook")
+        except (Unavailable, Crash):
+            return False
+        finally:
+            refund.busy = False
+        return True
