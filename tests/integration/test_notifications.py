@@ -3,12 +3,15 @@ consumer or relay, and the charge path never waits for them."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import psycopg
 import pytest
 import ray
 
+from serve_app.janitor import JANITOR_NAME
 from serve_app.notifications import RELAY_NAME, consumer_name
 from tests.integration.polling import until
 from tests.integration.stack_fixtures import STACK_NAMESPACE, Merchant
@@ -42,6 +45,16 @@ def actor(name: str) -> Any:
     return ray.get_actor(name, namespace=STACK_NAMESPACE)
 
 
+@pytest.fixture
+def janitor_paused(admin: httpx.Client) -> Iterator[None]:
+    """The janitor starts an idle relay or consumer again on its schedule; these tests keep one idle on
+    purpose, so the janitor is away meanwhile. The API creates it anew on the next admin sweep."""
+    ray.kill(actor(JANITOR_NAME), no_restart=True)
+    yield
+    assert admin.post("/v1/admin/recovery/sweep", json={}).status_code == 200
+    assert ray.get(actor(JANITOR_NAME).stats.remote())["running"]
+
+
 def test_each_state_change_is_delivered_once(merchant: Merchant, api_database_url: str) -> None:
     charge = merchant.charge(amount=2000).json()
     refund = merchant.refund(charge["id"], amount=500).json()
@@ -56,6 +69,7 @@ def test_each_state_change_is_delivered_once(merchant: Merchant, api_database_ur
     assert payload is not None and payload[0]["id"] == charge["id"] and payload[0]["status"] == "succeeded"
 
 
+@pytest.mark.usefixtures("janitor_paused")
 def test_a_stopped_consumer_loses_nothing(merchant: Merchant, api_database_url: str) -> None:
     consumer = actor(consumer_name(0))
     assert ray.get(consumer.stop.remote())
@@ -69,6 +83,7 @@ def test_a_stopped_consumer_loses_nothing(merchant: Merchant, api_database_url: 
     until(lambda: all(deliveries(api_database_url, c) == [("charge.succeeded", 1)] for c in charges))
 
 
+@pytest.mark.usefixtures("janitor_paused")
 def test_a_killed_relay_never_blocks_a_charge_and_catches_up(
     merchant: Merchant, api_database_url: str
 ) -> None:
