@@ -24,6 +24,7 @@ from serve_app.notifications import RELAY_NAME, consumer_name
 from serve_app.payouts import PayoutFlow
 from serve_app.recovery import Recovery
 from serve_app.refund_flow import RefundFlow
+from serve_app.schedules import scheduled, start_scheduled
 from serve_app.wallets import WalletDirectory
 
 log = logging.getLogger("payray.janitor")
@@ -114,21 +115,10 @@ class Janitor:
 JanitorActor: Any = ray.remote(max_restarts=-1, max_task_retries=-1, num_cpus=0)(Janitor)
 
 
-def _handle(settings: Settings, psp_api_key: str, psp_api_base: str | None) -> Any:
-    return JanitorActor.options(
-        name=JANITOR_NAME, namespace=settings.ray_namespace, get_if_exists=True, lifetime="detached"
-    ).remote(settings, psp_api_key, psp_api_base)
-
-
 def start_janitor(settings: Settings, psp_api_key: str, psp_api_base: str | None) -> Any:
     """The deployment's janitor, created if missing, sweeping on its schedule."""
-    handle = _handle(settings, psp_api_key, psp_api_base)
-    ray.get(handle.start.remote())
-    return handle
+    return start_scheduled(JanitorActor, JANITOR_NAME, settings, psp_api_key, psp_api_base)
 
 
 async def janitor(settings: Settings, psp_api_key: str, psp_api_base: str | None) -> Any:
-    """The same from async code (an API replica): a ``serve deploy`` without ``payray up`` gets one too."""
-    handle = _handle(settings, psp_api_key, psp_api_base)
-    await handle.start.remote()
-    return handle
+    return await scheduled(JanitorActor, JANITOR_NAME, settings, psp_api_key, psp_api_base)

@@ -22,6 +22,7 @@ from payray.settings import Settings
 from psp.stripe_adapter import StripePsp
 from serve_app import recon_db
 from serve_app.reconciliation import Reconciliation, run_object
+from serve_app.schedules import scheduled, start_scheduled
 
 log = logging.getLogger("payray.recon")
 
@@ -150,21 +151,10 @@ class ReconScheduler:
 ReconSchedulerActor: Any = ray.remote(max_restarts=-1, max_task_retries=-1, num_cpus=0)(ReconScheduler)
 
 
-def _handle(settings: Settings, psp_api_key: str, psp_api_base: str | None) -> Any:
-    return ReconSchedulerActor.options(
-        name=SCHEDULER_NAME, namespace=settings.ray_namespace, get_if_exists=True, lifetime="detached"
-    ).remote(settings, psp_api_key, psp_api_base)
-
-
 def start_recon_scheduler(settings: Settings, psp_api_key: str, psp_api_base: str | None) -> Any:
     """The deployment's scheduler, created if missing, waiting for its next night."""
-    handle = _handle(settings, psp_api_key, psp_api_base)
-    ray.get(handle.start.remote())
-    return handle
+    return start_scheduled(ReconSchedulerActor, SCHEDULER_NAME, settings, psp_api_key, psp_api_base)
 
 
 async def recon_scheduler(settings: Settings, psp_api_key: str, psp_api_base: str | None) -> Any:
-    """The same from async code (an API replica): a ``serve deploy`` without ``payray up`` gets one too."""
-    handle = _handle(settings, psp_api_key, psp_api_base)
-    await handle.start.remote()
-    return handle
+    return await scheduled(ReconSchedulerActor, SCHEDULER_NAME, settings, psp_api_key, psp_api_base)

@@ -23,6 +23,7 @@ from sim.service import SimPayment, SimService
 from sim.world import FastKeys, SimDatabase, SimPsp
 
 FINAL = frozenset({"succeeded", "declined", "failed"})
+REFUND_FINAL = frozenset({"succeeded", "failed", "refused"})
 
 
 @dataclass
@@ -141,47 +142,50 @@ class Simulation:
         c = self.config.client
         merchant = f"acct_{i % self.config.load.merchants:03d}"
         amount = 100 + self.rng.randrange(99_900)
-        key, started = f"order-{i}", self.env.now
-        for attempt in range(c.max_retries + 1):
-            if attempt and not c.same_key:
-                key = f"order-{i}-retry-{attempt}"
+        started = self.env.now
+
+        def send(attempt: int) -> Generator[Any, Any, str]:
             self.stats.attempts += 1
             self.stats.sent[int(self.env.now)] += 1
-            request = self.env.process(self.service.request(i, merchant, amount, key))
+            key = f"order-{i}" if c.same_key or not attempt else f"order-{i}-retry-{attempt}"
+            return self.service.request(i, merchant, amount, key)
+
+        answer = yield from self._retrying(send, FINAL, may_abandon=True)
+        self.stats.answers[answer] += 1
+        if answer in FINAL:
+            self.stats.latencies.append(self.env.now - started)
+            self.stats.finished[int(self.env.now)] += 1
+        if answer == "succeeded" and self.rng.random() < self.config.load.refund_share:
+            self.env.process(self._refund(i, self.service.by_order[i]))
+
+    def _refund(self, i: int, payment: SimPayment) -> Generator[simpy.Event, Any, None]:
+        """The customer asks for their money back, in full or half, with one key for every retry."""
+        yield self.env.timeout(self.rng.expovariate(1 / self.config.load.refund_after_s))
+        amount = payment.amount if self.rng.random() < 0.5 else payment.amount // 2
+        answer = yield from self._retrying(
+            lambda _: self.refunds.request(payment, amount, f"refund-{i}"), REFUND_FINAL, may_abandon=False
+        )
+        self.stats.refunds[answer] += 1
+
+    def _retrying(
+        self, send: Callable[[int], Generator[Any, Any, str]], finals: frozenset[str], may_abandon: bool
+    ) -> Generator[simpy.Event, Any, str]:
+        """The client's policy: wait up to its timeout, retry with exponential backoff and jitter; some
+        clients give up after the first answer. The final answer, or ``gave_up``."""
+        c = self.config.client
+        for attempt in range(c.max_retries + 1):
+            request = self.env.process(send(attempt))
             done = yield request | self.env.timeout(c.timeout_s)
-            answer = request.value if request in done else "timeout"
-            if answer in FINAL:
-                self.stats.answers[answer] += 1
-                self.stats.latencies.append(self.env.now - started)
-                self.stats.finished[int(self.env.now)] += 1
-                if answer == "succeeded" and self.rng.random() < self.config.load.refund_share:
-                    self.env.process(self._refund(i, self.service.by_order[i]))
-                return
-            if attempt == 0 and self.rng.random() < c.abandon_rate:
+            answer = str(request.value) if request in done else "timeout"
+            if answer in finals:
+                return answer
+            if may_abandon and attempt == 0 and self.rng.random() < c.abandon_rate:
                 break
             if attempt < c.max_retries:
                 self.stats.retries += 1
                 backoff = min(c.backoff_cap_s, c.backoff_s * 2**attempt)
                 yield self.env.timeout(backoff * (0.5 + self.rng.random()))
-        self.stats.answers["gave_up"] += 1
-
-    def _refund(self, i: int, payment: SimPayment) -> Generator[simpy.Event, Any, None]:
-        """The customer asks for their money back, in full or half; the client retries as for a charge."""
-        c = self.config.client
-        yield self.env.timeout(self.rng.expovariate(1 / self.config.load.refund_after_s))
-        amount = payment.amount if self.rng.random() < 0.5 else payment.amount // 2
-        for attempt in range(c.max_retries + 1):
-            request = self.env.process(self.refunds.request(payment, amount, f"refund-{i}"))
-            done = yield request | self.env.timeout(c.timeout_s)
-            answer = request.value if request in done else "timeout"
-            if answer in ("succeeded", "failed", "refused"):
-                self.stats.refunds[answer] += 1
-                return
-            if attempt < c.max_retries:
-                yield self.env.timeout(
-                    min(c.backoff_cap_s, c.backoff_s * 2**attempt) * (0.5 + self.rng.random())
-                )
-        self.stats.refunds["gave_up"] += 1
+        return "gave_up"
 
     def _webhook(self, payment_id: str, outcome: str) -> None:
         w = self.config.webhooks

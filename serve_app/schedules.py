@@ -1,0 +1,36 @@
+"""The deployment's scheduled actors (the recovery janitor, the reconciliation scheduler): one named,
+detached, restartable actor each, created on first use, by ``payray up`` or by an API replica when a plain
+``serve deploy`` left them out, then started (``start`` is idempotent)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ray
+
+from payray.settings import Settings
+
+
+def _detached(
+    actor_class: Any, name: str, settings: Settings, psp_api_key: str, psp_api_base: str | None
+) -> Any:
+    return actor_class.options(
+        name=name, namespace=settings.ray_namespace, get_if_exists=True, lifetime="detached"
+    ).remote(settings, psp_api_key, psp_api_base)
+
+
+def start_scheduled(
+    actor_class: Any, name: str, settings: Settings, psp_api_key: str, psp_api_base: str | None
+) -> Any:
+    handle = _detached(actor_class, name, settings, psp_api_key, psp_api_base)
+    ray.get(handle.start.remote())
+    return handle
+
+
+async def scheduled(
+    actor_class: Any, name: str, settings: Settings, psp_api_key: str, psp_api_base: str | None
+) -> Any:
+    """The same from async code."""
+    handle = _detached(actor_class, name, settings, psp_api_key, psp_api_base)
+    await handle.start.remote()
+    return handle
