@@ -53,6 +53,9 @@ class Psp:
     outages: tuple[tuple[float, float], ...] = ()
     #: the PSP refuses a refund (the card is closed, say): payray gives the merchant its money back
     refund_refusal_rate: float = 0.0
+    #: the share of captures someone refunds at the PSP directly (its dashboard): payray learns of it only
+    #: from the ``charge.refunded`` webhook
+    external_refund_rate: float = 0.0
     sdk_retries: int = 2
     call_timeout_s: float = 10.0
 

@@ -134,6 +134,10 @@ class SimRefunds:
             s.db.ledger.post(refund_reversal_posting(refund.id, payment.merchant, amount, fee))
             self.reserved[payment.id] -= refund.amount  # the amount may be refunded again
             yield from self._advance(refund, RE.REVERSAL_POSTED, who)
+        elif command is RC.BOOK_REFUND:
+            yield s.db.commit()
+            s.db.ledger.post(refund_posting(refund.id, payment.merchant, amount, fee))
+            yield from self._advance(refund, RE.REFUND_BOOKED, who)
         # RESPOND: the answer is the state
 
     def _discard(self, refund: SimRefund) -> None:
@@ -156,8 +160,10 @@ class SimRefunds:
             refund.busy = False
 
     def webhook(self, key: str) -> Generator[Any, Any, bool]:
-        """``charge.refunded`` for one of our refunds: settles one whose outcome we did not know. False (a
-        409) while its own request is live, so the PSP delivers it again."""
+        """``charge.refunded``: settles one of our refunds whose outcome we did not know, or books one made at
+        the PSP without us. False (a 409) while its own request is live, so the PSP delivers it again."""
+        if key in self.s.psp.external:
+            return (yield from self._learn(key))
         refund = self.refunds.get(key.removeprefix("payray-refund-"))
         if refund is None or refund.state is not R.PSP_UNKNOWN:
             return refund is None or not refund.busy
@@ -171,3 +177,30 @@ class SimRefunds:
         finally:
             refund.busy = False
         return True
+
+    def _learn(self, key: str) -> Generator[Any, Any, bool]:
+        """A refund the PSP made without us: the money is gone, so it is booked whatever the balance."""
+        known = self.keys.get(("psp", key))
+        if known is not None:
+            refund = self.refunds[known]
+            if refund.state in TERMINAL_STATES:
+                return True
+            if refund.busy:
+                return False
+        else:
+            payment_id, amount = self.s.psp.external[key]
+            payment = self.s.payments[payment_id]
+            reserved = self.reserved.get(payment_id, 0)
+            refund = self._create(payment, amount, min(reserved, payment.amount - amount), key)
+            self.reserved[payment_id] = reserved + amount
+            refund.state = R.BOOKING
+            self.keys[("psp", key)] = refund.id
+        refund.busy = True
+        try:
+            yield self.s.db.commit()
+            yield from self._resume(refund, "webhook")
+        except (Unavailable, Crash):
+            return False
+        finally:
+            refund.busy = False
+        return refund.state in TERMINAL_STATES

@@ -62,6 +62,11 @@ SCENARIOS = {
             {"service": {"crash_after_capture_rate": 0.02}},
         ),
         Scenario(
+            "dashboard_refunds",
+            "3 % of captures refunded at the PSP by hand: payray books them from the charge.refunded webhook",
+            {"psp": {"external_refund_rate": 0.03}},
+        ),
+        Scenario(
             "ledger_failures",
             "the ledger refuses 2 % of postings: those charges are refunded at the PSP and booked both ways",
             {"service": {"ledger_failure_rate": 0.02}},

@@ -54,6 +54,8 @@ class SimPsp:
         self.refunded: dict[str, int] = {}
         self.refund_keys: set[str] = set()
         self.refused_keys: set[str] = set()
+        #: refunds made at the PSP without payray: key -> (payment id, amount)
+        self.external: dict[str, tuple[str, int]] = {}
         self.faults_on = True
         #: webhook hooks: called with (payment id, "captured" | "declined") or (refund key, "refunded")
         self.on_event: list[Any] = []
@@ -98,6 +100,22 @@ class SimPsp:
         self.by_key[key] = index
         self.by_payment.setdefault(payment_id, []).append(index)
         self._announce(payment_id, "captured")
+        if self.rng.random() < self.c.external_refund_rate:
+            self.env.process(self._refund_from_dashboard(payment_id, amount // 2 or amount))
+
+    def _refund_from_dashboard(self, payment_id: str, amount: int) -> Generator[simpy.Event, Any, None]:
+        """A refund made at the PSP without payray, a while after the capture; announced by webhook."""
+        yield self.env.timeout(self.rng.expovariate(0.5))
+        kept = sum(
+            self.captures[i].amount for i in self.by_payment[payment_id] if not self.captures[i].refunded
+        )
+        if self.refunded.get(payment_id, 0) + amount > kept:
+            return  # nothing left to refund
+        key = f"dashboard-{payment_id}"
+        self.refund_keys.add(key)
+        self.refunded[payment_id] = self.refunded.get(payment_id, 0) + amount
+        self.external[key] = (payment_id, amount)
+        self._announce(key, "refunded")
 
     def _announce(self, payment_id: str, outcome: str) -> None:
         for listener in self.on_event:
