@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import io
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -19,6 +18,7 @@ import stripe
 
 from psp.emulator.server import EmulatorProcess
 from psp.emulator.synthetic import synthetic_day
+from tests.integration.polling import until
 
 pytestmark = pytest.mark.integration
 
@@ -83,11 +83,11 @@ def run_report(client: stripe.StripeClient, start: int = MIDNIGHT, days: int = 1
     }
     run = client.v1.reporting.report_runs.create(params)
     assert run.object == "reporting.report_run" and run.status == "pending" and run.result is None
-    deadline = time.monotonic() + 60
-    while run.status == "pending":
-        assert time.monotonic() < deadline, "the report run never finished"
-        time.sleep(0.05)
-        run = client.v1.reporting.report_runs.retrieve(run.id)
+    run = until(
+        lambda: (done := client.v1.reporting.report_runs.retrieve(run.id)).status != "pending" and done,
+        60,
+        "the report run's end",
+    )
     assert run.status == "succeeded", run.error
     return run
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -33,10 +32,12 @@ from tests.integration.stack_fixtures import STACK_NAMESPACE, Merchant
 @pytest.fixture
 def today() -> str:
     """Today (UTC), not within a minute of midnight: the charges and their report rows must share a day."""
-    now = datetime.now(UTC)
-    midnight = datetime.combine(now.date() + timedelta(days=1), datetime.min.time(), tzinfo=UTC)
-    if (midnight - now).total_seconds() < 60:
-        time.sleep((midnight - now).total_seconds() + 1)
+
+    def clear_of_midnight() -> bool:
+        now = datetime.now(UTC)
+        return 60 <= now.hour * 3600 + now.minute * 60 + now.second < 86_340
+
+    until(clear_of_midnight, 130, "a minute clear of midnight")
     return datetime.now(UTC).date().isoformat()
 
 
