@@ -7,6 +7,7 @@ reversing posting; an unknown outcome is retried with the same key, by the clien
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Generator
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -153,9 +154,8 @@ class SimRefunds:
             return
         refund.busy = True
         try:
-            yield from self._resume(refund, "janitor")
-        except (Unavailable, Crash):
-            pass
+            with contextlib.suppress(Unavailable, Crash):  # the next sweep tries again
+                yield from self._resume(refund, "janitor")
         finally:
             refund.busy = False
 

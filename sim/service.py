@@ -8,6 +8,7 @@ simulator finds about the machine is true of the production machine.
 
 from __future__ import annotations
 
+import contextlib
 import random
 from collections.abc import Generator
 from dataclasses import dataclass, field
@@ -190,22 +191,24 @@ class SimService:
             return
         payment.busy = True
         try:
-            if payment.state not in (S.PSP_PENDING, S.UNKNOWN):
-                yield from self._resume(payment, "janitor")
-                return
-            found = yield from self.psp.lookup(payment.id)
-            if found == "captured":
-                yield from self._advance(payment, E.PSP_CAPTURED, "janitor")
-            elif found == "declined":
-                yield from self._advance(payment, E.PSP_DECLINED, "janitor")
-            elif found == "not_found":
-                if payment.state is S.PSP_PENDING:
-                    yield from self._advance(payment, E.PSP_UNKNOWN, "janitor")
-                yield from self._advance(payment, E.PSP_NOT_FOUND, "janitor")
-        except (Unavailable, Crash):
-            pass  # the next sweep tries again
+            with contextlib.suppress(Unavailable, Crash):  # the next sweep tries again
+                yield from self._recover(payment)
         finally:
             payment.busy = False
+
+    def _recover(self, payment: SimPayment) -> Generator[Any, Any, None]:
+        if payment.state not in (S.PSP_PENDING, S.UNKNOWN):
+            yield from self._resume(payment, "janitor")
+            return
+        found = yield from self.psp.lookup(payment.id)
+        if found == "captured":
+            yield from self._advance(payment, E.PSP_CAPTURED, "janitor")
+        elif found == "declined":
+            yield from self._advance(payment, E.PSP_DECLINED, "janitor")
+        elif found == "not_found":
+            if payment.state is S.PSP_PENDING:
+                yield from self._advance(payment, E.PSP_UNKNOWN, "janitor")
+            yield from self._advance(payment, E.PSP_NOT_FOUND, "janitor")
 
     def webhook(self, payment_id: str, outcome: str) -> Generator[Any, Any, bool]:
         """A ``charge.succeeded`` or ``charge.failed`` event: applied to a payment still waiting to hear from
