@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import time
 from collections.abc import Generator
 from pathlib import Path
@@ -50,6 +51,7 @@ def main() -> None:
     started = time.process_time()
     result = simulation.run()
     cpu_s = time.process_time() - started
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
     events = next(simulation.env._eid)  # every event SimPy scheduled in the run
     bare_s = _bare_simpy(events)
     measured = {
@@ -59,25 +61,29 @@ def main() -> None:
         "ok": result.ok,
         "cpu_s": round(cpu_s, 2),
         "events": events,
+        "events_per_charge": round(events / args.charges, 2),
         "events_per_s": round(events / cpu_s),
         "charges_per_s": round(args.charges / cpu_s),
         "bare_simpy_events_per_s": round(events / bare_s),
         "vs_bare_simpy": round(bare_s / cpu_s, 3),
+        "peak_rss_mb": peak_mb,
         "sim_time_s": round(result.summary["sim_time_s"], 1),
         "payments": result.summary["payments"],
         "psp_captures": result.summary["psp"]["captures"],
         "retries": result.summary["retries"],
     }
     table = Table(title=f"{args.charges:,} simulated charges ({args.scenario}), one core, CPU seconds")
-    for column in ("run", "CPU s", "events", "events/s", "charges/s", "vs bare SimPy", "invariants"):
+    columns = ("run", "CPU s", "events", "events/charge", "events/s", "charges/s", "vs bare SimPy",
+               "peak RSS", "invariants")  # fmt: skip
+    for column in columns:
         table.add_column(column, justify="right")
     table.add_row(
-        "simulation", f"{cpu_s:.1f}", f"{events:,}", f"{measured['events_per_s']:,}",
-        f"{measured['charges_per_s']:,}", f"{measured['vs_bare_simpy']:.3f}",
-        "hold" if result.ok else "VIOLATED",
+        "simulation", f"{cpu_s:.1f}", f"{events:,}", f"{measured['events_per_charge']}",
+        f"{measured['events_per_s']:,}", f"{measured['charges_per_s']:,}", f"{measured['vs_bare_simpy']:.3f}",
+        f"{peak_mb:,} MB", "hold" if result.ok else "VIOLATED",
     )  # fmt: skip
-    table.add_row("bare SimPy, same events", f"{bare_s:.1f}", f"{events:,}",
-                  f"{measured['bare_simpy_events_per_s']:,}", "", "1.000", "")  # fmt: skip
+    table.add_row("bare SimPy, same events", f"{bare_s:.1f}", f"{events:,}", "",
+                  f"{measured['bare_simpy_events_per_s']:,}", "", "1.000", "", "")  # fmt: skip
     Console(width=150).print(table)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(measured, indent=2))

@@ -30,6 +30,7 @@ class Load:
 
 @dataclass(frozen=True)
 class Client:
+    #: the client hangs up after this long; Ray Serve then cancels its request wherever it is
     timeout_s: float = 10.0
     max_retries: int = 4
     backoff_s: float = 0.5

@@ -13,7 +13,7 @@ ledger, drift included, and nothing else.
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 
 from sim.refunds import SimRefunds
@@ -45,30 +45,25 @@ def check(
     found: dict[str, int],
 ) -> list[Violation]:
     """Every violation, in a stable order: invariant by invariant, then by payment id. ``real`` is
-    ``differences(service)``, computed once by the caller."""
+    ``differences(…)``, computed once by the caller."""
     psp, ledger = service.psp, service.db.ledger
     violations: list[Violation] = []
 
+    kept = Counter(capture.order_id for capture in psp.captures if not capture.refunded)
+    twice = {order_id for order_id, n in kept.items() if n > 1}
     kept_by_order: dict[int, list[str]] = defaultdict(list)
     for capture in psp.captures:
-        if not capture.refunded:
+        if capture.order_id in twice and not capture.refunded:
             kept_by_order[capture.order_id].append(capture.payment_id)
     for order_id, payments in sorted(kept_by_order.items()):
-        if len(payments) > 1:
-            detail = f"order {order_id} captured {len(payments)} times: {', '.join(payments)}"
-            violations.append(Violation("no_double_capture", payments[-1], detail))
-
-    for (kind, ref), posting in ledger.transactions.items():  # the simulated ledger books one currency
-        net = sum(e.amount.amount if e.direction == "debit" else -e.amount.amount for e in posting.entries)
-        if net:
-            violations.append(Violation("ledger_balanced", ref, f"{kind} {ref} is off by {net}"))
+        detail = f"order {order_id} captured {len(payments)} times: {', '.join(payments)}"
+        violations.append(Violation("no_double_capture", payments[-1], detail))
 
     booked: dict[str, int] = defaultdict(int)
-    for posting in ledger.transactions.values():
-        for entry in posting.entries:
-            if entry.account.name == "merchant_payable" and entry.account.merchant_id:
-                sign = 1 if entry.direction == "credit" else -1
-                booked[entry.account.merchant_id] += sign * entry.amount.amount
+    for (kind, ref), (merchant, effect) in ledger.transactions.items():  # the simulation books one currency
+        if effect.imbalance:
+            violations.append(Violation("ledger_balanced", ref, f"{kind} {ref} is off by {effect.imbalance}"))
+        booked[merchant] += effect.payable
     for merchant in sorted(set(booked) | set(ledger.wallets)):
         if booked[merchant] != ledger.wallets.get(merchant, 0):
             detail = (
@@ -94,40 +89,37 @@ def check(
 
 
 def psp_net(psp: SimPsp) -> dict[str, int]:
-    """What the PSP holds of each payment: its captures not refunded in full, less its partial refunds."""
+    """What the PSP holds of each payment, where not zero: its captures not refunded in full, less its partial
+    refunds."""
     held: dict[str, int] = defaultdict(int)
     for capture in psp.captures:
         if not capture.refunded:
             held[capture.payment_id] += capture.amount
     for payment_id, amount in psp.refunded.items():
         held[payment_id] -= amount
-    return held
+    return {payment_id: n for payment_id, n in held.items() if n}
 
 
 def ledger_net(service: SimService, refunds: SimRefunds) -> dict[str, int]:
-    """What the ledger says the PSP holds of each payment: the PSP receivable's movements, by payment."""
+    """What the ledger says the PSP holds of each payment, where not zero: the PSP receivable's movements."""
     held: dict[str, int] = defaultdict(int)
-    for (kind, ref), posting in service.db.ledger.transactions.items():
+    for (kind, ref), (_merchant, effect) in service.db.ledger.transactions.items():
         if kind == "capture":
             payment_id = ref
         elif ref.startswith("compensation-"):
             payment_id = ref.removeprefix("compensation-")
         else:
             payment_id = refunds.refunds[ref].payment.id
-        for entry in posting.entries:
-            if entry.account.name == "psp_receivable":
-                held[payment_id] += (
-                    entry.amount.amount if entry.direction == "debit" else -entry.amount.amount
-                )
-    return held
+        held[payment_id] += effect.receivable
+    return {payment_id: n for payment_id, n in held.items() if n}
 
 
-def differences(service: SimService, refunds: SimRefunds) -> dict[str, tuple[int, int]]:
-    """Payments whose money at the PSP differs from what the ledger says the PSP holds:
-    ``payment id -> (at the PSP, in the ledger)``."""
-    at_psp, in_ledger = psp_net(service.psp), ledger_net(service, refunds)
-    return {
-        p: (at_psp.get(p, 0), in_ledger.get(p, 0))
-        for p in sorted(set(at_psp) | set(in_ledger))
-        if at_psp.get(p, 0) != in_ledger.get(p, 0)
-    }
+def differences(at_psp: dict[str, int], in_ledger: dict[str, int]) -> dict[str, tuple[int, int]]:
+    """Payments whose money at the PSP (``psp_net``) differs from what the ledger says the PSP holds
+    (``ledger_net``): ``payment id -> (at the PSP, in the ledger)``."""
+    return {p: (at_psp.get(p, 0), in_ledger.get(p, 0)) for p in differing(at_psp, in_ledger)}
+
+
+def differing(a: dict[str, int], b: dict[str, int]) -> list[str]:
+    """The keys whose amounts differ (no zero amounts on either side), in order."""
+    return sorted({key for key, _ in a.items() ^ b.items()})

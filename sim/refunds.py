@@ -21,6 +21,7 @@ from payray.refund import (
     RefundCommand,
     RefundEvent,
     RefundState,
+    RefundTransition,
     psp_refund_key,
     step,
 )
@@ -32,7 +33,7 @@ R, RE, RC = RefundState, RefundEvent, RefundCommand
 PSP_EVENTS = {"refunded": RE.PSP_REFUNDED, "failed": RE.PSP_REFUSED, "unknown": RE.PSP_UNKNOWN}
 
 
-@dataclass
+@dataclass(slots=True)
 class SimRefund:
     id: str
     payment: SimPayment
@@ -42,7 +43,7 @@ class SimRefund:
     state: RefundState = R.PENDING
     touched: float = 0.0
     busy: bool = False
-    history: list[tuple[float, str, RefundState, RefundEvent, RefundState]] = field(default_factory=list)
+    history: list[tuple[float, str, RefundTransition]] = field(default_factory=list)
 
 
 class SimRefunds:
@@ -76,7 +77,7 @@ class SimRefunds:
             if refund.state not in TERMINAL_STATES:
                 refund.busy = True
                 try:
-                    yield from self._resume(refund, "api")
+                    yield from self._drive(refund, "api")
                 finally:
                     refund.busy = False
         except (Unavailable, Crash):
@@ -97,49 +98,56 @@ class SimRefunds:
         self.reserved[payment.id] = reserved + amount
         return refund
 
-    def _resume(self, refund: SimRefund, who: str) -> Generator[Any, Any, None]:
-        if refund.state is R.PSP_UNKNOWN:
-            yield from self._advance(refund, RE.PSP_RETRY, who)
-        elif refund.state in RESUME:
-            yield from self._run(refund, RESUME[refund.state], who)
-
-    def _advance(self, refund: SimRefund, event: RefundEvent, who: str) -> Generator[Any, Any, None]:
-        try:
-            transition = step(refund.state, event)
-        except IllegalTransition as exc:
-            raise MachineRefused(f"refund {refund.id}: {exc}") from exc
-        yield self.s.db.commit()
-        refund.history.append((self.s.env.now, who, refund.state, event, transition.target))
-        refund.state, refund.touched = transition.target, self.s.env.now
-        self.transitions += 1
-        if refund.state in TERMINAL_STATES:
-            self.unfinished.pop(refund.id, None)
-        for command in transition.commands:
-            yield from self._run(refund, command, who)
-
-    def _run(self, refund: SimRefund, command: RefundCommand, who: str) -> Generator[Any, Any, None]:
+    def _drive(
+        self, refund: SimRefund, who: str, event: RefundEvent | None = None
+    ) -> Generator[Any, Any, None]:
+        """``RefundFlow``, as one loop like the charge driver's: from ``event``, or else from the persisted
+        state, persist each transition (one commit) and run its command, whose outcome is the next event."""
         s, payment = self.s, refund.payment
-        amount, fee = Money(refund.amount, "usd"), Money(refund.fee_returned, "usd")
-        if command is RC.DEBIT_WALLET:
-            yield s.db.commit()
-            if s.db.ledger.wallets.get(payment.merchant, 0) < (amount - fee).amount:
-                self._discard(refund)
+        commands: tuple[RefundCommand, ...] = ()
+        if event is None:
+            if refund.state is R.PSP_UNKNOWN:
+                event = RE.PSP_RETRY
+            elif refund.state in RESUME:
+                commands = (RESUME[refund.state],)
+        while True:
+            if event is not None:
+                try:
+                    transition = step(refund.state, event)
+                except IllegalTransition as exc:
+                    raise MachineRefused(f"refund {refund.id}: {exc}") from exc
+                yield s.db.commit()  # persisted before its commands run
+                refund.history.append((s.env.now, who, transition))
+                refund.state, refund.touched = transition.target, s.env.now
+                self.transitions += 1
+                if refund.state in TERMINAL_STATES:
+                    self.unfinished.pop(refund.id, None)
+                commands, event = transition.commands, None
+            if not commands:
                 return
-            s.db.ledger.post(refund_posting(refund.id, payment.merchant, amount, fee))
-            yield from self._advance(refund, RE.FUNDS_HELD, who)
-        elif command is RC.REFUND_AT_PSP:
-            outcome = yield from s.psp.refund_part(payment.id, refund.amount, psp_refund_key(refund.id))
-            yield from self._advance(refund, PSP_EVENTS[outcome], who)
-        elif command is RC.POST_REVERSAL:
-            yield s.db.commit()
-            s.db.ledger.post(refund_reversal_posting(refund.id, payment.merchant, amount, fee))
-            self.reserved[payment.id] -= refund.amount  # the amount may be refunded again
-            yield from self._advance(refund, RE.REVERSAL_POSTED, who)
-        elif command is RC.BOOK_REFUND:
-            yield s.db.commit()
-            s.db.ledger.post(refund_posting(refund.id, payment.merchant, amount, fee))
-            yield from self._advance(refund, RE.REFUND_BOOKED, who)
-        # RESPOND: the answer is the state
+            command = commands[0]
+            amount, fee = Money(refund.amount, "usd"), Money(refund.fee_returned, "usd")
+            if command is RC.DEBIT_WALLET:
+                yield s.db.commit()
+                if s.db.ledger.wallets.get(payment.merchant, 0) < (amount - fee).amount:
+                    self._discard(refund)
+                    return
+                s.db.ledger.post(refund_posting(refund.id, payment.merchant, amount, fee))
+                event = RE.FUNDS_HELD
+            elif command is RC.REFUND_AT_PSP:
+                outcome = yield from s.psp.refund_part(payment.id, refund.amount, psp_refund_key(refund.id))
+                event = PSP_EVENTS[outcome]
+            elif command is RC.POST_REVERSAL:
+                yield s.db.commit()
+                s.db.ledger.post(refund_reversal_posting(refund.id, payment.merchant, amount, fee))
+                self.reserved[payment.id] -= refund.amount  # the amount may be refunded again
+                event = RE.REVERSAL_POSTED
+            elif command is RC.BOOK_REFUND:
+                yield s.db.commit()
+                s.db.ledger.post(refund_posting(refund.id, payment.merchant, amount, fee))
+                event = RE.REFUND_BOOKED
+            else:
+                return  # RESPOND: the answer is the state
 
     def _discard(self, refund: SimRefund) -> None:
         """The balance did not cover it: no refund, no key, no reservation left behind."""
@@ -155,7 +163,7 @@ class SimRefunds:
         refund.busy = True
         try:
             with contextlib.suppress(Unavailable, Crash):  # the next sweep tries again
-                yield from self._resume(refund, "janitor")
+                yield from self._drive(refund, "janitor")
         finally:
             refund.busy = False
 
@@ -171,7 +179,7 @@ class SimRefunds:
             return False
         refund.busy = True
         try:
-            yield from self._advance(refund, RE.PSP_REFUNDED, "webhook")
+            yield from self._drive(refund, "webhook", RE.PSP_REFUNDED)
         except (Unavailable, Crash):
             return False
         finally:
@@ -198,7 +206,7 @@ class SimRefunds:
         refund.busy = True
         try:
             yield self.s.db.commit()
-            yield from self._resume(refund, "webhook")
+            yield from self._drive(refund, "webhook")
         except (Unavailable, Crash):
             return False
         finally:

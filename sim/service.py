@@ -16,21 +16,33 @@ from typing import Any, Literal
 
 import simpy
 
+from ledger.postings import CAPTURE
 from payray.charge import (
     RESUME,
     TERMINAL_STATES,
     ChargeEvent,
     ChargeState,
     Command,
+    Transition,
     psp_idempotency_key,
     step,
 )
 from payray.errors import IllegalTransition
 from sim.config import SimConfig
-from sim.world import FastKeys, SimDatabase, SimPsp, Unavailable, capture_of, compensation_of
+from sim.world import (
+    FastKeys,
+    SimDatabase,
+    SimPsp,
+    Unavailable,
+    capture_booked,
+    capture_of,
+    compensation_of,
+)
 
 Answer = Literal["succeeded", "declined", "failed", "pending", "in_flight", "error"]
 E, S = ChargeEvent, ChargeState
+#: the transitions one event persists in one transaction
+Chain = tuple[Transition, ...]
 
 
 class Crash(Exception):
@@ -42,7 +54,7 @@ class MachineRefused(Exception):
     machine, never a simulated fault."""
 
 
-@dataclass
+@dataclass(slots=True)
 class SimPayment:
     id: str
     order_id: int
@@ -53,7 +65,7 @@ class SimPayment:
     touched: float = 0.0
     busy: bool = False
     #: (time, who, from, event, to): the payment's whole story, printed for the first violation
-    history: list[tuple[float, str, ChargeState, ChargeEvent, ChargeState]] = field(default_factory=list)
+    history: list[tuple[float, str, Transition]] = field(default_factory=list)
 
 
 PSP_EVENTS = {"captured": E.PSP_CAPTURED, "declined": E.PSP_DECLINED, "unknown": E.PSP_UNKNOWN}
@@ -79,6 +91,7 @@ class SimService:
         self.created = 0
         #: each order's latest payment (a swap may make several)
         self.by_order: dict[int, SimPayment] = {}
+        self._chains: dict[tuple[ChargeState, ChargeEvent], Chain] = {}
 
     # -- the API -----------------------------------------------------------------------------------------
 
@@ -92,7 +105,7 @@ class SimService:
             if payment.state not in TERMINAL_STATES:
                 payment.busy = True
                 try:
-                    yield from self._resume(payment, "api")
+                    yield from self._drive(payment, "api")
                 finally:
                     payment.busy = False
         except (Unavailable, Crash):
@@ -108,80 +121,107 @@ class SimService:
             known = self.fast_keys.keys.get(scoped)
             if known is not None:
                 return self.payments[known]
-        # Redis does not know the key: insert it with the payment in one transaction, or find it there
+        # Redis does not know the key: one transaction inserts it with the payment, already submitted (as
+        # ``serve_app/charges.py`` does), or finds it there
+        submit = self._chain("a new payment", S.CREATED, E.SUBMIT)
         yield self.db.commit()
         if mode == "full" and scoped in self.db.keys:
             return self.payments[self.db.keys[scoped]]
         self.created += 1
-        payment = SimPayment(f"py_{self.created:08d}", order_id, merchant, key, amount, touched=self.env.now)
+        payment = SimPayment(f"py_{self.created:08d}", order_id, merchant, key, amount)
         self.payments[payment.id] = payment
         self.by_order[order_id] = payment
         self.unfinished[payment.id] = payment
         if mode != "off":
             self.db.keys[scoped] = payment.id
             self.fast_keys.keys[scoped] = payment.id
+        self._persisted(payment, submit, "api")
         return payment
 
     # -- the driver ----------------------------------------------------------------------------------------
 
-    def _resume(self, payment: SimPayment, who: str) -> Generator[Any, Any, None]:
-        """Finish a flow from its persisted state, as ``ChargeFlow.resume`` does."""
-        if payment.state is S.CREATED:
-            yield from self._advance(payment, E.SUBMIT, who)
-        elif payment.state is S.UNKNOWN:
-            yield from self._advance(payment, E.PSP_RETRY, who)
-        elif payment.state in RESUME:
-            for command in RESUME[payment.state]:
-                yield from self._run(payment, command, who)
-
-    def _advance(self, payment: SimPayment, event: ChargeEvent, who: str) -> Generator[Any, Any, None]:
+    def _chain(self, of: str, state: ChargeState, event: ChargeEvent) -> Chain:
+        """The transitions one event persists in one transaction: its own, and ``responded`` after it when
+        all that is left is to answer (``ChargeFlow._persist`` stores the answer in the same statement)."""
+        known = self._chains.get((state, event))
+        if known is not None:
+            return known
         try:
-            transition = step(payment.state, event)
+            transition = step(state, event)
+            chain: Chain = (transition,)
+            if transition.commands == (Command.RESPOND_SUCCEEDED,):
+                chain += (step(transition.target, E.RESPONDED),)
         except IllegalTransition as exc:
-            raise MachineRefused(f"payment {payment.id}: {exc}") from exc
-        yield self.db.commit()  # persisted before its commands run
-        payment.history.append((self.env.now, who, payment.state, event, transition.target))
-        payment.state, payment.touched = transition.target, self.env.now
-        self.transitions += 1
+            raise MachineRefused(f"{of}: {exc}") from exc
+        self._chains[(state, event)] = chain  # the machine is pure: one lookup per run and transition
+        return chain
+
+    def _persisted(self, payment: SimPayment, chain: Chain, who: str) -> tuple[Command, ...]:
+        """Apply a committed chain to the payment; the commands its last transition asks for."""
+        now = self.env.now
+        for transition in chain:
+            payment.history.append((now, who, transition))
+            payment.state = transition.target
+        payment.touched = now
+        self.transitions += len(chain)
         if payment.state in TERMINAL_STATES:
             self.unfinished.pop(payment.id, None)
-        for command in transition.commands:
-            yield from self._run(payment, command, who)
+        return transition.commands
 
-    def _run(self, payment: SimPayment, command: Command, who: str) -> Generator[Any, Any, None]:
-        if command is Command.CALL_PSP:
-            outcome, _calls = yield from self.psp.capture(
-                payment.id, payment.order_id, payment.amount, psp_idempotency_key(payment.id)
-            )
-            crash = self.config.service.crash_after_capture_rate
-            if self.faults_on and outcome == "captured" and self.rng.random() < crash:
-                raise Crash("the replica died after the PSP captured")
-            event = PSP_EVENTS[outcome]
-            yield from self._advance(payment, event, who)
-        elif command is Command.POST_LEDGER:
-            if self.faults_on and self.rng.random() < self.config.service.ledger_failure_rate:
-                yield from self._advance(payment, E.LEDGER_FAILED, who)
+    def _drive(
+        self, payment: SimPayment, who: str, event: ChargeEvent | None = None
+    ) -> Generator[Any, Any, None]:
+        """``ChargeFlow``: from ``event``, or else from the persisted state as ``resume`` does, persist each
+        transition (one commit) and then run its command, whose outcome is the next event; until a command
+        has nothing more to say. One loop rather than a call per transition, so a resumed SimPy event passes
+        through two generator frames, not ten."""
+        commands: tuple[Command, ...] = ()
+        if event is None:
+            if payment.state is S.UNKNOWN:
+                event = E.PSP_RETRY
+            else:
+                commands = RESUME.get(payment.state, ())
+        config, db = self.config, self.db
+        while True:
+            if event is not None:
+                chain = self._chain(f"payment {payment.id}", payment.state, event)
+                yield db.commit()  # persisted before its commands run
+                commands = self._persisted(payment, chain, who)
+                event = None
+            if not commands:
                 return
-            yield self.db.commit()
-            self.db.ledger.post(capture_of(payment.id, payment.merchant, payment.amount))
-            yield from self._advance(payment, E.LEDGER_POSTED, who)
-        elif command is Command.RESPOND_SUCCEEDED:
-            yield from self._advance(payment, E.RESPONDED, who)
-        elif command is Command.REFUND_AT_PSP:
-            if not self.config.design.compensation:  # a design that takes "failed" to mean "nothing moved"
-                yield from self._advance(payment, E.PSP_REFUNDED, who)
-                return
-            refunded = yield from self.psp.refund(payment.id)
-            if refunded:
-                yield from self._advance(payment, E.PSP_REFUNDED, who)
-            # else: stay refund_pending; recovery refunds again with the same key
-        elif command is Command.POST_COMPENSATION:
-            yield self.db.commit()
-            if self.config.design.compensation:  # the capture and its reversal: the PSP moved money twice
-                self.db.ledger.post(capture_of(payment.id, payment.merchant, payment.amount))
-                self.db.ledger.post(compensation_of(payment.id, payment.merchant, payment.amount))
-            yield from self._advance(payment, E.COMPENSATION_POSTED, who)
-        # RESPOND_DECLINED, RESPOND_PENDING, RESPOND_FAILED: the answer is the state
+            command = commands[0]  # the machine asks for one command at a time
+            if command is Command.CALL_PSP:
+                outcome, _calls = yield from self.psp.capture(
+                    payment.id, payment.order_id, payment.amount, psp_idempotency_key(payment.id)
+                )
+                crash = config.service.crash_after_capture_rate
+                if self.faults_on and outcome == "captured" and self.rng.random() < crash:
+                    raise Crash("the replica died after the PSP captured")
+                event = PSP_EVENTS[outcome]
+            elif command is Command.POST_LEDGER:
+                if self.faults_on and self.rng.random() < config.service.ledger_failure_rate:
+                    event = E.LEDGER_FAILED
+                else:
+                    yield db.commit()
+                    db.ledger.book(CAPTURE, payment.id, payment.merchant, capture_booked(payment.amount))
+                    event = E.LEDGER_POSTED
+            elif command is Command.RESPOND_SUCCEEDED:
+                event = E.RESPONDED
+            elif command is Command.REFUND_AT_PSP:
+                # a design that takes "failed" to mean "nothing moved" skips the refund
+                refunded = not config.design.compensation or (yield from self.psp.refund(payment.id))
+                if not refunded:
+                    return  # stay refund_pending; recovery refunds again with the same key
+                event = E.PSP_REFUNDED
+            elif command is Command.POST_COMPENSATION:
+                yield db.commit()
+                if config.design.compensation:  # the capture and its reversal: the PSP moved money twice
+                    db.ledger.post(capture_of(payment.id, payment.merchant, payment.amount))
+                    db.ledger.post(compensation_of(payment.id, payment.merchant, payment.amount))
+                event = E.COMPENSATION_POSTED
+            else:
+                return  # RESPOND_DECLINED, RESPOND_PENDING, RESPOND_FAILED: the answer is the state
 
     # -- recovery and webhooks ----------------------------------------------------------------------------
 
@@ -198,29 +238,34 @@ class SimService:
 
     def _recover(self, payment: SimPayment) -> Generator[Any, Any, None]:
         if payment.state not in (S.PSP_PENDING, S.UNKNOWN):
-            yield from self._resume(payment, "janitor")
+            yield from self._drive(payment, "janitor")
             return
         found = yield from self.psp.lookup(payment.id)
         if found == "captured":
-            yield from self._advance(payment, E.PSP_CAPTURED, "janitor")
+            yield from self._drive(payment, "janitor", E.PSP_CAPTURED)
         elif found == "declined":
-            yield from self._advance(payment, E.PSP_DECLINED, "janitor")
+            yield from self._drive(payment, "janitor", E.PSP_DECLINED)
         elif found == "not_found":
             if payment.state is S.PSP_PENDING:
-                yield from self._advance(payment, E.PSP_UNKNOWN, "janitor")
-            yield from self._advance(payment, E.PSP_NOT_FOUND, "janitor")
+                yield from self._drive(payment, "janitor", E.PSP_UNKNOWN)
+            yield from self._drive(payment, "janitor", E.PSP_NOT_FOUND)
+
+    def waits_for_psp(self, payment_id: str) -> bool:
+        """Whether a ``charge.*`` event about this payment would be news: it is ours, and still waiting."""
+        payment = self.payments.get(payment_id)
+        return payment is not None and payment.state in (S.PSP_PENDING, S.UNKNOWN)
 
     def webhook(self, payment_id: str, outcome: str) -> Generator[Any, Any, bool]:
         """A ``charge.succeeded`` or ``charge.failed`` event: applied to a payment still waiting to hear from
         the PSP. False (a 409) while its own request is live, so the PSP delivers it again."""
-        payment = self.payments.get(payment_id)
-        if payment is None or payment.state not in (S.PSP_PENDING, S.UNKNOWN):
+        if not self.waits_for_psp(payment_id):
             return True  # not ours, or already known: acknowledged, nothing to do
+        payment = self.payments[payment_id]
         if payment.busy:
             return False
         payment.busy = True
         try:
-            yield from self._advance(payment, PSP_EVENTS[outcome], "webhook")
+            yield from self._drive(payment, "webhook", PSP_EVENTS[outcome])
         except (Unavailable, Crash):
             return False
         finally:

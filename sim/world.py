@@ -7,11 +7,13 @@ way the real ones do.
 
 from __future__ import annotations
 
+import functools
+import math
 import random
 from collections import deque
 from collections.abc import Generator
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import simpy
 
@@ -28,10 +30,10 @@ class Unavailable(Exception):
 
 
 def in_window(now: float, windows: tuple[tuple[float, float], ...]) -> bool:
-    return any(start <= now < end for start, end in windows)
+    return bool(windows) and any(start <= now < end for start, end in windows)
 
 
-@dataclass
+@dataclass(slots=True)
 class PspCapture:
     payment_id: str
     order_id: int
@@ -62,37 +64,42 @@ class SimPsp:
 
     def _latency(self) -> float:
         return min(
-            self.rng.lognormvariate(0.0, self.c.latency_sigma) * self.c.latency_s, self.c.call_timeout_s
+            math.exp(self.rng.gauss(0.0, self.c.latency_sigma)) * self.c.latency_s, self.c.call_timeout_s
         )
 
     def capture(
         self, payment_id: str, order_id: int, amount: int, key: str
     ) -> Generator[simpy.Event, Any, tuple[Outcome, int]]:
-        """One capture as the SDK makes it (with its own retries); the outcome and the simulated calls."""
+        """One capture as the SDK makes it, retrying under the same key; the outcome and the simulated calls.
+        Each call acts at the PSP as it arrives and is answered a latency later, so a caller cancelled while
+        it waits (its client hung up) leaves behind whatever the PSP did: a capture nobody heard of."""
         calls = 0
         for _ in range(self.c.sdk_retries + 1):
             calls += 1
+            outcome = self._capture_call(payment_id, order_id, amount, key)
             yield self.env.timeout(self._latency())
-            if self.faults_on and in_window(self.env.now, self.c.outages):
-                continue
-            if self.faults_on and self.rng.random() < self.c.error_rate:
-                continue
-            existing = self.by_key.get(key) if self.honour_keys else None
-            if existing is not None:
-                return "captured", calls
-            if payment_id in self.declined and self.honour_keys:
-                return "declined", calls
-            if self.rng.random() < self.c.decline_rate:
-                self.declined[payment_id] = "card_declined"
-                self._announce(payment_id, "declined")
-                if self.faults_on and self.rng.random() < self.c.lost_reply_rate:
-                    continue  # declined, but the reply never came back
-                return "declined", calls
-            self._record(payment_id, order_id, amount, key)
-            if self.faults_on and self.rng.random() < self.c.lost_reply_rate:
-                continue  # captured, but the reply never came back: the SDK retries with the same key
-            return "captured", calls
+            if outcome is not None:
+                return outcome, calls
         return "unknown", calls
+
+    def _capture_call(self, payment_id: str, order_id: int, amount: int, key: str) -> Outcome | None:
+        """What one call does at the PSP, and its answer: None when none comes back (an outage, a 5xx, or a
+        reply lost after the PSP acted)."""
+        if self.faults_on and (
+            in_window(self.env.now, self.c.outages) or self.rng.random() < self.c.error_rate
+        ):
+            return None
+        if self.honour_keys and key in self.by_key:
+            return "captured"
+        if self.honour_keys and payment_id in self.declined:
+            return "declined"
+        lost = self.faults_on and self.rng.random() < self.c.lost_reply_rate
+        if self.rng.random() < self.c.decline_rate:
+            self.declined[payment_id] = "card_declined"
+            self._announce(payment_id, "declined")
+            return None if lost else "declined"
+        self._record(payment_id, order_id, amount, key)
+        return None if lost else "captured"
 
     def _record(self, payment_id: str, order_id: int, amount: int, key: str) -> None:
         index = len(self.captures)
@@ -125,35 +132,37 @@ class SimPsp:
         self, payment_id: str, amount: int, key: str
     ) -> Generator[simpy.Event, Any, Literal["refunded", "failed", "unknown"]]:
         """A refund of part of a payment's capture, as the SDK makes it (same key on each retry); never more
-        than is left of the capture."""
+        than is left of the capture. Each call acts as it arrives, as ``capture``'s do."""
         for _ in range(self.c.sdk_retries + 1):
+            outcome = self._refund_call(payment_id, amount, key)
             yield self.env.timeout(self._latency())
-            if self.faults_on and (
-                in_window(self.env.now, self.c.outages) or self.rng.random() < self.c.error_rate
-            ):
-                continue
-            if self.honour_keys and key in self.refund_keys:
-                return "refunded"
-            if self.honour_keys and key in self.refused_keys:
-                return "failed"  # the same key replays the same refusal, as Stripe's does
-            kept = sum(
-                self.captures[i].amount
-                for i in self.by_payment.get(payment_id, ())
-                if not self.captures[i].refunded
-            )
-            if (
-                self.rng.random() < self.c.refund_refusal_rate
-                or self.refunded.get(payment_id, 0) + amount > kept
-            ):
-                self.refused_keys.add(key)
-                return "failed"
-            self.refund_keys.add(key)
-            self.refunded[payment_id] = self.refunded.get(payment_id, 0) + amount
-            self._announce(key, "refunded")  # charge.refunded, naming our refund by its key's metadata
-            if self.faults_on and self.rng.random() < self.c.lost_reply_rate:
-                continue  # refunded, but the reply never came back
-            return "refunded"
+            if outcome is not None:
+                return outcome
         return "unknown"
+
+    def _refund_call(self, payment_id: str, amount: int, key: str) -> Literal["refunded", "failed"] | None:
+        if self.faults_on and (
+            in_window(self.env.now, self.c.outages) or self.rng.random() < self.c.error_rate
+        ):
+            return None
+        if self.honour_keys and key in self.refund_keys:
+            return "refunded"
+        if self.honour_keys and key in self.refused_keys:
+            return "failed"  # the same key replays the same refusal, as Stripe's does
+        kept = sum(
+            self.captures[i].amount
+            for i in self.by_payment.get(payment_id, ())
+            if not self.captures[i].refunded
+        )
+        if self.rng.random() < self.c.refund_refusal_rate or self.refunded.get(payment_id, 0) + amount > kept:
+            self.refused_keys.add(key)
+            return "failed"
+        self.refund_keys.add(key)
+        self.refunded[payment_id] = self.refunded.get(payment_id, 0) + amount
+        self._announce(key, "refunded")  # charge.refunded, naming our refund by its key's metadata
+        if self.faults_on and self.rng.random() < self.c.lost_reply_rate:
+            return None  # refunded, but the reply never came back
+        return "refunded"
 
     def lookup(self, payment_id: str) -> Generator[simpy.Event, Any, Outcome | Literal["not_found"]]:
         """The janitor's search by our payment id (Stripe's search by metadata)."""
@@ -168,14 +177,15 @@ class SimPsp:
 
     def refund(self, payment_id: str) -> Generator[simpy.Event, Any, bool]:
         """Refund every capture of the payment (a compensation); False when the PSP did not answer."""
+        answered = not (
+            self.faults_on
+            and (in_window(self.env.now, self.c.outages) or self.rng.random() < self.c.error_rate)
+        )
+        if answered:
+            for index in self.by_payment.get(payment_id, []):
+                self.captures[index].refunded = True
         yield self.env.timeout(self._latency())
-        if self.faults_on and (
-            in_window(self.env.now, self.c.outages) or self.rng.random() < self.c.error_rate
-        ):
-            return False
-        for index in self.by_payment.get(payment_id, []):
-            self.captures[index].refunded = True
-        return True
+        return answered
 
 
 class FastKeys:
@@ -188,24 +198,48 @@ class FastKeys:
         self.keys.clear()
 
 
+class Booked(NamedTuple):
+    """What the invariants read of one ledger transaction, taken from the ledger's own posting builders:
+    debits less credits (zero when it balances), and what it moves on the PSP receivable (debit-positive)
+    and on the merchant's payable (credit-positive). A few integers instead of the whole ``Posting``: a
+    million-charge run keeps over a million of them."""
+
+    imbalance: int
+    receivable: int
+    payable: int
+
+
+def booked(posting: Posting) -> Booked:
+    imbalance = receivable = payable = 0
+    for entry in posting.entries:
+        signed = entry.amount.amount if entry.direction == "debit" else -entry.amount.amount
+        imbalance += signed
+        if entry.account.name == "psp_receivable":
+            receivable += signed
+        elif entry.account.name == "merchant_payable":
+            payable -= signed
+    return Booked(imbalance, receivable, payable)
+
+
 @dataclass
 class LedgerBook:
-    """The ledger's postings and each merchant's wallet (the actor's view, kept as postings land)."""
+    """The ledger's transactions by (kind, reference), each with its merchant, and each merchant's wallet
+    (the actor's view, kept as postings land)."""
 
-    transactions: dict[tuple[str, str], Posting] = field(default_factory=dict)
+    transactions: dict[tuple[str, str], tuple[str, Booked]] = field(default_factory=dict)
     wallets: dict[str, int] = field(default_factory=dict)
 
     def post(self, posting: Posting) -> bool:
+        assert posting.merchant_id is not None
+        return self.book(posting.kind, posting.external_ref, posting.merchant_id, booked(posting))
+
+    def book(self, kind: str, ref: str, merchant: str, effect: Booked) -> bool:
         """Idempotent on (kind, reference), as the real ledger; False when it was already posted."""
-        key = (posting.kind, posting.external_ref)
+        key = (kind, ref)
         if key in self.transactions:
             return False
-        self.transactions[key] = posting
-        for entry in posting.entries:
-            if entry.account.name == "merchant_payable" and entry.account.merchant_id is not None:
-                sign = 1 if entry.direction == "credit" else -1
-                merchant = entry.account.merchant_id
-                self.wallets[merchant] = self.wallets.get(merchant, 0) + sign * entry.amount.amount
+        self.transactions[key] = (merchant, effect)
+        self.wallets[merchant] = self.wallets.get(merchant, 0) + effect.payable
         return True
 
 
@@ -248,6 +282,13 @@ class SimDatabase:
 
 def _succeed(event: simpy.Event) -> None:
     event.succeed()
+
+
+@functools.cache
+def capture_booked(amount: int) -> Booked:
+    """What a capture of ``amount`` books: the same for every payment of that amount (the builder is pure),
+    so built once per amount."""
+    return booked(capture_of("py_any", "acct_any", amount))
 
 
 def capture_of(payment_id: str, merchant: str, amount: int) -> Posting:

@@ -3,6 +3,7 @@ driven by ``payray.charge``'s own transition table."""
 
 from __future__ import annotations
 
+import gc
 import json
 import subprocess
 import sys
@@ -73,9 +74,9 @@ def test_the_simulator_exercises_every_transition_of_both_machines() -> None:
         simulation = Simulation(config, name)
         simulation.run()
         for payment in simulation.service.payments.values():
-            charges |= {(src, event) for _, _, src, event, _ in payment.history}
+            charges |= {(t.source, t.event) for _, _, t in payment.history}
         for r in simulation.refunds.refunds.values():
-            refunds |= {(src, event) for _, _, src, event, _ in r.history}
+            refunds |= {(t.source, t.event) for _, _, t in r.history}
     assert set(charge.TRANSITIONS) - NOT_TAKEN_BY_THE_SERVICE <= charges <= set(charge.TRANSITIONS)
     assert set(refund.TRANSITIONS) - NOT_TAKEN_BY_THE_REFUND_FLOW <= refunds <= set(refund.TRANSITIONS)
 
@@ -87,6 +88,36 @@ def test_the_simulator_asks_payray_charge_for_every_transition(monkeypatch: pyte
     monkeypatch.setattr(charge, "TRANSITIONS", table)
     with pytest.raises(MachineRefused, match="psp_captured"):
         simulate(SCENARIOS["happy_path"].config(1, 20))
+
+
+@pytest.mark.parametrize("name", sorted({**SCENARIOS, **SWAPS}))
+def test_a_run_leaves_no_garbage_cycles(name: str) -> None:
+    """A run switches the cyclic collector off (``sim.run._no_cycle_collection``). That is safe only while a
+    run makes no reference cycles, which would pile up uncollected over a million charges; and the collector
+    must be back on after it."""
+    gc.collect()
+    simulation = Simulation({**SCENARIOS, **SWAPS}[name].config(1, CHARGES), name)
+    simulation.run()  # the world itself stays alive until here, so only the run's own garbage can count
+    assert gc.isenabled()
+    assert gc.collect() == 0
+
+
+def test_a_client_that_hangs_up_cancels_its_request_and_the_psp_keeps_what_it_did() -> None:
+    """Ray Serve cancels a request whose client disconnected at its next await; the simulated client's
+    timeout does the same, mid-PSP-call included: the PSP captures anyway, nobody hears it, and recovery
+    finds it. The invariants still hold."""
+    config = (
+        SCENARIOS["happy_path"]
+        .config(3, CHARGES)
+        .with_(client={"timeout_s": 0.03, "max_retries": 0}, psp={"latency_s": 0.05, "latency_sigma": 0.0})
+    )
+    simulation = Simulation(config, "hang_ups")
+    result = simulation.run()
+    assert result.ok, result.violations[:3]
+    assert result.summary["answers"]["gave_up"] == CHARGES  # every client hung up before any answer
+    finished_by = {who for p in simulation.service.payments.values() for _, who, _ in p.history[1:]}
+    assert finished_by <= {"janitor", "webhook"}  # the cancelled requests moved nothing past the insert
+    assert result.summary["psp"]["captures"] > 0.8 * CHARGES
 
 
 def _payray(*args: str) -> subprocess.CompletedProcess[str]:
