@@ -6,6 +6,7 @@ retries, and the violations each swap caused.
 from __future__ import annotations
 
 import html
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -14,6 +15,8 @@ from sim.run import RunResult
 from sim.scenarios import Scenario
 
 W, H, PAD = 560, 220, 40
+#: the log axis starts no lower than a millisecond
+MIN_LOG_X = 0.001
 COLORS = ("#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#ca8a04", "#db2777")
 
 Series = dict[str, list[tuple[float, float]]]
@@ -25,22 +28,41 @@ def _scale(value: float, low: float, high: float, out_low: float, out_high: floa
     return out_low + (value - low) * (out_high - out_low) / (high - low)
 
 
-def line_chart(title: str, series: Series, x_label: str, y_label: str) -> str:
+def line_chart(title: str, series: Series, x_label: str, y_label: str, log_x: bool = False) -> str:
+    """Lines over a shared x axis; ``log_x`` for values spanning decades (latencies: tens of milliseconds for
+    most orders, tens of seconds for the ones that waited out retries), with a tick per decade."""
+    if log_x:
+        series = {
+            name: [(math.log10(max(x, MIN_LOG_X)), y) for x, y in values] for name, values in series.items()
+        }
     points = [p for values in series.values() for p in values]
     if not points:
         return f'<figure class="chart"><figcaption>{html.escape(title)}: no data</figcaption></figure>'
     x0, x1 = min(p[0] for p in points), max(p[0] for p in points)
+    if log_x:
+        x0, x1 = math.floor(x0), max(math.ceil(x1), math.floor(x0) + 1)
     y0, y1 = 0.0, max(p[1] for p in points) or 1.0
-    parts = [_axes(x0, x1, y0, y1, x_label, y_label)]
+    parts = [_axes(x0, x1, y0, y1, x_label, y_label, x_ticks=not log_x)]
+    if log_x:
+        for decade in range(int(x0), int(x1) + 1):
+            x = _scale(decade, x0, x1, PAD, W - 10)
+            parts.append(f'<line x1="{x:.1f}" y1="10" x2="{x:.1f}" y2="{H - PAD}" stroke="#eee"/>')
+            parts.append(f'<text x="{x:.1f}" y="{H - PAD + 14}" text-anchor="middle">{10.0**decade:g}</text>')
+        parts.append(
+            f'<text x="{(PAD + W) / 2}" y="{H - 6}" text-anchor="middle">{html.escape(x_label)}</text>'
+        )
+    legend = []
     for i, (name, values) in enumerate(series.items()):
         xy = " ".join(
             f"{_scale(x, x0, x1, PAD, W - 10):.1f},{_scale(y, y0, y1, H - PAD, 10):.1f}" for x, y in values
         )
         color = COLORS[i % len(COLORS)]
-        parts.append(f'<polyline fill="none" stroke="{color}" stroke-width="1.5" points="{xy}"/>')
-        label = html.escape(name)
-        parts.append(f'<text x="{W - 12}" y="{18 + 13 * i}" text-anchor="end" fill="{color}">{label}</text>')
-    return _figure(title, "".join(parts))
+        parts.append(
+            f'<polyline fill="none" stroke="{color}" stroke-width="1.5" points="{xy}">'
+            f"<title>{html.escape(name)}</title></polyline>"
+        )
+        legend.append(f'<span style="color: {color}">{html.escape(name)}</span>')
+    return _figure(title, "".join(parts), legend=" ".join(legend))
 
 
 def bar_chart(title: str, bars: Sequence[tuple[str, float]], y_label: str) -> str:
@@ -103,11 +125,13 @@ def _axes(
     return "".join(parts)
 
 
-def _figure(title: str, body: str, height: int = H, extra_height: int = 0) -> str:
+def _figure(title: str, body: str, height: int = H, extra_height: int = 0, legend: str = "") -> str:
     return (
         f'<figure class="chart"><figcaption>{html.escape(title)}</figcaption>'
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{height + extra_height}" '
-        f'viewBox="0 0 {W} {height + extra_height}">{body}</svg></figure>'
+        f'viewBox="0 0 {W} {height + extra_height}">{body}</svg>'
+        + (f'<div class="legend">{legend}</div>' if legend else "")
+        + "</figure>"
     )
 
 
@@ -153,7 +177,13 @@ def render(results: Sequence[tuple[Scenario, RunResult]]) -> str:
         if any(v.invariant == name for v in r.violations)
     ]
     charts = [
-        line_chart("Latency CDF: order placed → final answer", cdf, "seconds", "share of orders"),
+        line_chart(
+            "Latency CDF: order placed → final answer",
+            cdf,
+            "seconds (log scale)",
+            "share of orders",
+            log_x=True,
+        ),
         line_chart("Throughput: orders finished per simulated second", throughput, "second", "orders"),
         line_chart("Queue: transactions waiting for a database connection", queue, "second", "waiting"),
         timeline(
@@ -179,7 +209,9 @@ def render(results: Sequence[tuple[Scenario, RunResult]]) -> str:
             "what it does",
         )
     )
-    return PAGE.format(table_header=header, rows="".join(rows), charts="".join(charts), count=len(charts))
+    return PAGE.format(
+        table_header=header, rows="".join(rows), charts="".join(charts), count=len(charts), width=W
+    )
 
 
 def write(results: Sequence[tuple[Scenario, RunResult]], path: Path) -> None:
@@ -195,6 +227,8 @@ td, th {{ border: 1px solid #ddd; padding: 4px 8px; text-align: left; vertical-a
 .charts {{ display: flex; flex-wrap: wrap; gap: 16px; }}
 figure.chart {{ margin: 0; border: 1px solid #eee; padding: 8px; }}
 figcaption {{ font-weight: 600; margin-bottom: 4px; }}
+.legend {{ max-width: {width}px; font-size: 11px; line-height: 1.5; }}
+.legend span {{ margin-right: 8px; white-space: nowrap; }}
 svg text {{ font-size: 10px; fill: #333; }}
 </style></head>
 <body>
