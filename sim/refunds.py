@@ -12,7 +12,7 @@ from collections.abc import Generator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from ledger.postings import fee_for, refund_fee_share, refund_posting, refund_reversal_posting
+from ledger.postings import REFUND, fee_for, refund_fee_share, refund_posting, refund_reversal_posting
 from payray.errors import IllegalTransition
 from payray.money import Money
 from payray.refund import (
@@ -122,6 +122,8 @@ class SimRefunds:
                 self.transitions += 1
                 if refund.state in TERMINAL_STATES:
                     self.unfinished.pop(refund.id, None)
+                if refund.state is R.FAILED:  # given back: the amount may be refunded again
+                    self.reserved[payment.id] -= refund.amount
                 commands, event = transition.commands, None
             if not commands:
                 return
@@ -129,7 +131,10 @@ class SimRefunds:
             amount, fee = Money(refund.amount, "usd"), Money(refund.fee_returned, "usd")
             if command is RC.DEBIT_WALLET:
                 yield s.db.commit()
-                if s.db.ledger.wallets.get(payment.merchant, 0) < (amount - fee).amount:
+                # the wallet answers a debit it already posted (a retry after a cancelled request) with that
+                # posting, whatever the balance now; only a new one must be covered
+                retried = (REFUND, refund.id) in s.db.ledger.transactions
+                if not retried and s.db.ledger.wallets.get(payment.merchant, 0) < (amount - fee).amount:
                     self._discard(refund)
                     return
                 s.db.ledger.post(refund_posting(refund.id, payment.merchant, amount, fee))
@@ -140,7 +145,6 @@ class SimRefunds:
             elif command is RC.POST_REVERSAL:
                 yield s.db.commit()
                 s.db.ledger.post(refund_reversal_posting(refund.id, payment.merchant, amount, fee))
-                self.reserved[payment.id] -= refund.amount  # the amount may be refunded again
                 event = RE.REVERSAL_POSTED
             elif command is RC.BOOK_REFUND:
                 yield s.db.commit()

@@ -20,11 +20,11 @@ from sim.config import SimConfig
 from sim.invariants import INVARIANTS, Violation, check, differences, differing, ledger_net, psp_net
 from sim.refunds import SimRefunds
 from sim.service import SimPayment, SimService
+from sim.webhooks import WebhookDeliveries
 from sim.world import FastKeys, SimDatabase, SimPsp
 
 FINAL = frozenset({"succeeded", "declined", "failed"})
 REFUND_FINAL = frozenset({"succeeded", "failed", "refused"})
-WEBHOOK_ATTEMPTS = 8
 
 
 @dataclass
@@ -123,7 +123,10 @@ class Simulation:
         self.arrivals_done = self.env.event()
         self.deadlines = Deadlines(self.env, config.client.timeout_s)
         self.merchants = [f"acct_{m:03d}" for m in range(config.load.merchants)]
-        self.psp.on_event.append(self._webhook)
+        self.webhooks = WebhookDeliveries(
+            self.env, self.rng, config.webhooks, self.service, self.refunds, self.stats.webhooks
+        )
+        self.psp.on_event.append(self.webhooks.announce)
 
     # -- processes -----------------------------------------------------------------------------------------
 
@@ -192,36 +195,6 @@ class Simulation:
                 backoff = min(c.backoff_cap_s, c.backoff_s * 2**attempt)
                 yield self.env.timeout(backoff * (0.5 + self.rng.random()))
         return "gave_up"
-
-    def _webhook(self, payment_id: str, outcome: str) -> None:
-        w = self.config.webhooks
-        faulty = self.service.faults_on
-        if faulty and self.rng.random() < w.drop_rate:
-            self.stats.webhooks["dropped"] += 1
-            return
-        copies = 2 if faulty and self.rng.random() < w.duplicate_rate else 1
-        for _ in range(copies):
-            self._deliver_after(w.delay_s + self.rng.random() * w.reorder_s, payment_id, outcome, 1)
-
-    def _deliver_after(self, delay: float, payment_id: str, outcome: str, attempt: int) -> None:
-        """One delivery, after ``delay``: a timer rather than a process, because most are acknowledged at once
-        (the request that made the payment heard the PSP's answer first)."""
-        arrival = self.env.timeout(delay)
-        arrival.callbacks.append(lambda _: self._arrive(delay, payment_id, outcome, attempt))
-
-    def _arrive(self, delay: float, payment_id: str, outcome: str, attempt: int) -> None:
-        self.stats.webhooks["delivered"] += 1
-        if outcome == "refunded" or self.service.waits_for_psp(payment_id):
-            self.env.process(self._handle(delay, payment_id, outcome, attempt))
-
-    def _handle(self, delay: float, payment_id: str, outcome: str, attempt: int) -> Generator[Any, Any, None]:
-        if outcome == "refunded":
-            delivered = yield from self.refunds.webhook(payment_id)
-        else:
-            delivered = yield from self.service.webhook(payment_id, outcome)
-        if not delivered and attempt < WEBHOOK_ATTEMPTS:  # a 409: the PSP tries again, waiting twice as long
-            self.stats.webhooks["retried"] += 1
-            self._deliver_after(2 * delay, payment_id, outcome, attempt + 1)
 
     def _janitor(self) -> Generator[simpy.Event, Any, None]:
         r = self.config.recovery

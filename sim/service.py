@@ -123,7 +123,7 @@ class SimService:
                 return self.payments[known]
         # Redis does not know the key: one transaction inserts it with the payment, already submitted (as
         # ``serve_app/charges.py`` does), or finds it there
-        submit = self._chain("a new payment", S.CREATED, E.SUBMIT)
+        submit = self._chain(None, S.CREATED, E.SUBMIT)
         yield self.db.commit()
         if mode == "full" and scoped in self.db.keys:
             return self.payments[self.db.keys[scoped]]
@@ -140,7 +140,7 @@ class SimService:
 
     # -- the driver ----------------------------------------------------------------------------------------
 
-    def _chain(self, of: str, state: ChargeState, event: ChargeEvent) -> Chain:
+    def _chain(self, payment_id: str | None, state: ChargeState, event: ChargeEvent) -> Chain:
         """The transitions one event persists in one transaction: its own, and ``responded`` after it when
         all that is left is to answer (``ChargeFlow._persist`` stores the answer in the same statement)."""
         known = self._chains.get((state, event))
@@ -152,7 +152,7 @@ class SimService:
             if transition.commands == (Command.RESPOND_SUCCEEDED,):
                 chain += (step(transition.target, E.RESPONDED),)
         except IllegalTransition as exc:
-            raise MachineRefused(f"{of}: {exc}") from exc
+            raise MachineRefused(f"payment {payment_id or '(new)'}: {exc}") from exc
         self._chains[(state, event)] = chain  # the machine is pure: one lookup per run and transition
         return chain
 
@@ -184,7 +184,7 @@ class SimService:
         config, db = self.config, self.db
         while True:
             if event is not None:
-                chain = self._chain(f"payment {payment.id}", payment.state, event)
+                chain = self._chain(payment.id, payment.state, event)
                 yield db.commit()  # persisted before its commands run
                 commands = self._persisted(payment, chain, who)
                 event = None

@@ -161,6 +161,20 @@ def test_swarm_seeds_draw_different_worlds_and_the_full_design_survives_them() -
         assert result.ok, (seed, result.violations[:3])
 
 
+#: Swarm worlds that once found a bug, kept as regression cases (as VOPR keeps its seeds). Both were the
+#: simulator's model falling behind production once a hung-up client's request could be cancelled anywhere:
+#: 216, a refund retried after the wallet debit, discarded as uncovered although the debit was posted (the
+#: wallet answers a replayed debit with its posting); 601, a reversal retried after a cancellation, giving the
+#: charge's reservation back twice (production gives it back in the transition to failed).
+REGRESSION_SEEDS = (216, 601)
+
+
+@pytest.mark.parametrize("seed", REGRESSION_SEEDS)
+def test_swarm_worlds_that_once_found_a_bug_stay_clean(seed: int) -> None:
+    result = simulate(swarm_config(seed, 500), "swarm")
+    assert result.ok, (seed, result.violations[:3])
+
+
 def test_swarm_finds_a_broken_design() -> None:
     broken = [
         seed
