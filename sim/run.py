@@ -9,7 +9,7 @@ import contextlib
 import gc
 import json
 import random
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,6 +17,7 @@ from typing import Any
 import simpy
 
 from sim.config import SimConfig
+from sim.deadlines import Deadlines
 from sim.invariants import INVARIANTS, Violation, check, differences, differing, ledger_net, psp_net
 from sim.refunds import SimRefunds
 from sim.service import SimPayment, SimService
@@ -321,55 +322,6 @@ class Simulation:
             "faults_end_s": faults_end,
             "sim_time_s": self.env.now,
         }
-
-
-@dataclass(slots=True)
-class Waiting:
-    deadline: float
-    client: simpy.Process
-    answered: bool = False
-
-
-class Deadlines:
-    """Client timeouts without a timer per request. A client waits for its request inside its own process;
-    when it hangs up, Ray Serve cancels the request at its next ``await`` (here: the client is interrupted
-    inside the request's generators). Every deadline is its request's start plus the one client timeout,
-    so they come in order; one watcher sleeps until the oldest unanswered one. Nearly every request is
-    answered long before, so this wakes about once per timeout, not once per request."""
-
-    def __init__(self, env: simpy.Environment, timeout_s: float) -> None:
-        self.env, self.timeout_s = env, timeout_s
-        self.pending: deque[Waiting] = deque()
-        self.idle: simpy.Event | None = None
-
-    def watch(self) -> Waiting:
-        """Called by the client about to send a request; it marks the result answered when it returns."""
-        client = self.env.active_process
-        assert client is not None
-        waiting = Waiting(self.env.now + self.timeout_s, client)
-        self.pending.append(waiting)
-        if self.idle is not None:
-            self.idle.succeed()
-            self.idle = None
-        return waiting
-
-    def run(self) -> Generator[simpy.Event, Any, None]:
-        pending, env = self.pending, self.env
-        while True:
-            while pending:
-                head = pending[0]
-                if head.answered:
-                    pending.popleft()
-                elif head.deadline <= env.now:
-                    pending.popleft()
-                    head.client.interrupt("timeout")
-                else:
-                    break
-            if pending:
-                yield env.timeout(pending[0].deadline - env.now)
-            else:
-                self.idle = env.event()
-                yield self.idle
 
 
 @contextlib.contextmanager

@@ -64,7 +64,7 @@ class SimPayment:
     state: ChargeState = S.CREATED
     touched: float = 0.0
     busy: bool = False
-    #: (time, who, from, event, to): the payment's whole story, printed for the first violation
+    #: (time, who, transition): the payment's whole story, printed for the first violation
     history: list[tuple[float, str, Transition]] = field(default_factory=list)
 
 
@@ -174,7 +174,8 @@ class SimService:
         """``ChargeFlow``: from ``event``, or else from the persisted state as ``resume`` does, persist each
         transition (one commit) and then run its command, whose outcome is the next event; until a command
         has nothing more to say. One loop rather than a call per transition, so a resumed SimPy event passes
-        through two generator frames, not ten."""
+        through the same few generator frames (client, request, this loop, the PSP call) however many
+        transitions came before."""
         commands: tuple[Command, ...] = ()
         if event is None:
             if payment.state is S.UNKNOWN:
