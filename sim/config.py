@@ -71,7 +71,13 @@ class Database:
 
 @dataclass(frozen=True)
 class Service:
+    #: API replicas (``PAYRAY_API_REPLICAS``); each does one request's CPU work (``work_s``) at a time
+    replicas: int = 2
     work_s: float = 0.004
+    #: times at which the busiest replica dies, cutting every request it serves; Serve replaces it after
+    #: ``replica_restart_s``
+    replica_crashes: tuple[float, ...] = ()
+    replica_restart_s: float = 5.0
     #: the replica dies between the PSP's capture and the ledger posting for this share of charges
     crash_after_capture_rate: float = 0.0
     #: the ledger refuses a posting (a bug, a constraint): the charge must be compensated

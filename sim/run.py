@@ -17,7 +17,7 @@ from typing import Any
 import simpy
 
 from sim.config import SimConfig
-from sim.deadlines import Deadlines
+from sim.connections import HUNG_UP, Connections
 from sim.invariants import INVARIANTS, Violation, check, differences, differing, ledger_net, psp_net
 from sim.refunds import SimRefunds
 from sim.service import SimPayment, SimService
@@ -38,6 +38,7 @@ class Stats:
     finished: Counter[int] = field(default_factory=Counter)
     sent: Counter[int] = field(default_factory=Counter)
     queue: dict[int, int] = field(default_factory=dict)
+    replica_queue: dict[int, int] = field(default_factory=dict)
     webhooks: Counter[str] = field(default_factory=Counter)
     refunds: Counter[str] = field(default_factory=Counter)
 
@@ -81,6 +82,7 @@ class RunResult:
                     "finished_per_s": _series(self.stats.finished),
                     "sent_per_s": _series(self.stats.sent),
                     "db_queue": _series(Counter(self.stats.queue)),
+                    "replica_queue": _series(Counter(self.stats.replica_queue)),
                 },
                 "ok": self.ok,
             }
@@ -117,12 +119,14 @@ class Simulation:
         self.psp = SimPsp(self.env, self.rng, config)
         self.db = SimDatabase(self.env, config)
         self.fast_keys = FastKeys()
-        self.service = SimService(self.env, self.rng, config, self.psp, self.db, self.fast_keys)
+        self.connections = Connections(self.env, config.client.timeout_s)
+        self.service = SimService(
+            self.env, self.rng, config, self.psp, self.db, self.fast_keys, self.connections
+        )
         self.refunds = SimRefunds(self.service)
         self.stats = Stats()
         self.on_progress = on_progress
         self.arrivals_done = self.env.event()
-        self.deadlines = Deadlines(self.env, config.client.timeout_s)
         self.merchants = [f"acct_{m:03d}" for m in range(config.load.merchants)]
         self.webhooks = WebhookDeliveries(
             self.env, self.rng, config.webhooks, self.service, self.refunds, self.stats.webhooks
@@ -155,7 +159,7 @@ class Simulation:
             self.stats.attempts += 1
             self.stats.sent[int(self.env.now)] += 1
             key = f"order-{i}" if c.same_key or not attempt else f"order-{i}-retry-{attempt}"
-            return self.service.request(i, merchant, amount, key)
+            return self.service.serve(self.service.request(i, merchant, amount, key))
 
         answer = yield from self._retrying(send, FINAL, may_abandon=True)
         self.stats.answers[answer] += 1
@@ -170,7 +174,9 @@ class Simulation:
         yield self.env.timeout(self.rng.expovariate(1 / self.config.load.refund_after_s))
         amount = payment.amount if self.rng.random() < 0.5 else payment.amount // 2
         answer = yield from self._retrying(
-            lambda _: self.refunds.request(payment, amount, f"refund-{i}"), REFUND_FINAL, may_abandon=False
+            lambda _: self.service.serve(self.refunds.request(payment, amount, f"refund-{i}")),
+            REFUND_FINAL,
+            may_abandon=False,
         )
         self.stats.refunds[answer] += 1
 
@@ -181,12 +187,12 @@ class Simulation:
         clients give up after the first answer. The final answer, or ``gave_up``."""
         c = self.config.client
         for attempt in range(c.max_retries + 1):
-            waiting = self.deadlines.watch()
+            waiting = self.connections.send()
             try:
                 answer = yield from send(attempt)
-            except simpy.Interrupt:  # the client hung up: Serve cancels the request where it is
-                answer = "timeout"
-            waiting.answered = True
+            except simpy.Interrupt as cut:  # Serve cancels the request where it is
+                answer = "timeout" if cut.cause == HUNG_UP else "error"
+            self.connections.answered(waiting)
             if answer in finals:
                 return answer
             if may_abandon and attempt == 0 and self.rng.random() < c.abandon_rate:
@@ -209,6 +215,11 @@ class Simulation:
                 if refund.touched <= stale and not refund.busy:
                     self.env.process(self.refunds.recover(refund))
 
+    def _replica_crashes(self) -> Generator[simpy.Event, Any, None]:
+        for at in sorted(self.config.service.replica_crashes):
+            yield self.env.timeout(max(0.0, at - self.env.now))
+            self.service.crash_a_replica()
+
     def _key_losses(self) -> Generator[simpy.Event, Any, None]:
         for at in sorted(self.config.service.key_losses):
             yield self.env.timeout(max(0.0, at - self.env.now))
@@ -216,7 +227,9 @@ class Simulation:
 
     def _sampler(self) -> Generator[simpy.Event, Any, None]:
         while True:
-            self.stats.queue[int(self.env.now)] = len(self.db.waiting)
+            second = int(self.env.now)
+            self.stats.queue[second] = len(self.db.pool.waiting)
+            self.stats.replica_queue[second] = sum(len(r.cpu.waiting) for r in self.service.replicas)
             yield self.env.timeout(1.0)
 
     # -- the run -------------------------------------------------------------------------------------------
@@ -232,7 +245,8 @@ class Simulation:
             self._janitor(),
             self._key_losses(),
             self._sampler(),
-            self.deadlines.run(),
+            self.connections.run(),
+            self._replica_crashes(),
         ):
             env.process(process)
         env.run(until=self.arrivals_done)
@@ -303,6 +317,7 @@ class Simulation:
             "payments": len(self.service.payments),
             "payment_states": dict(sorted(states.items())),
             "transitions": self.service.transitions,
+            "replicas": dict(sorted(self.service.replica_faults.items())),
             "refunds": {
                 "answers": dict(sorted(self.stats.refunds.items())),
                 "states": dict(sorted(Counter(r.state.value for r in self.refunds.refunds.values()).items())),

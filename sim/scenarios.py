@@ -62,6 +62,12 @@ SCENARIOS = {
             {"service": {"crash_after_capture_rate": 0.02}},
         ),
         Scenario(
+            "replica_crash",
+            "an API replica dies twice, cutting every request it serves (clients see 502s and retry); Serve "
+            "replaces it 5 s later",
+            {"service": {"replica_crashes": (1.0, 7.0)}, "psp": {"lost_reply_rate": 0.02}},
+        ),
+        Scenario(
             "dashboard_refunds",
             "3 % of captures refunded at the PSP by hand: payray books them from the charge.refunded webhook",
             {"psp": {"external_refund_rate": 0.03}},

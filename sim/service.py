@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+from collections import Counter
 from collections.abc import Generator
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -29,8 +30,10 @@ from payray.charge import (
 )
 from payray.errors import IllegalTransition
 from sim.config import SimConfig
+from sim.connections import REPLICA_DIED, Connections
 from sim.world import (
     FastKeys,
+    Pool,
     SimDatabase,
     SimPsp,
     Unavailable,
@@ -45,8 +48,20 @@ E, S = ChargeEvent, ChargeState
 Chain = tuple[Transition, ...]
 
 
+class Replica:
+    """One API replica: an asyncio event loop, so one request's CPU work at a time (``work_s``, in line),
+    while any number of its requests wait on I/O."""
+
+    def __init__(self, env: simpy.Environment, work_s: float) -> None:
+        self.cpu = Pool(env, 1, work_s)
+        #: the clients whose requests it serves, in arrival order
+        self.serving: dict[simpy.Process, None] = {}
+        self.up = True
+
+
 class Crash(Exception):
-    """The API replica died in the middle of a request."""
+    """One request died between the PSP's capture and the ledger, where a crash hurts most (a replica dying
+    with everything it serves is ``SimService.crash_a_replica``)."""
 
 
 class MachineRefused(Exception):
@@ -81,9 +96,13 @@ class SimService:
         psp: SimPsp,
         db: SimDatabase,
         fast_keys: FastKeys,
+        connections: Connections,
     ) -> None:
         self.env, self.rng, self.config = env, rng, config
-        self.psp, self.db, self.fast_keys = psp, db, fast_keys
+        self.psp, self.db, self.fast_keys, self.connections = psp, db, fast_keys, connections
+        self.replicas = [Replica(env, config.service.work_s) for _ in range(config.service.replicas)]
+        #: replicas that died, the requests they cut, and requests refused while none was up
+        self.replica_faults: Counter[str] = Counter()
         self.payments: dict[str, SimPayment] = {}
         self.unfinished: dict[str, SimPayment] = {}
         self.faults_on = True
@@ -95,9 +114,24 @@ class SimService:
 
     # -- the API -----------------------------------------------------------------------------------------
 
+    def serve(self, handler: Generator[Any, Any, str]) -> Generator[Any, Any, str]:
+        """One HTTP request: routed to a replica, its CPU work done there in line, then its handler (a charge
+        or a refund). A replica that dies cuts it wherever it is."""
+        replica = self.route()
+        if replica is None:
+            self.replica_faults["refused_none_up"] += 1
+            return "error"  # no replica up: the proxy answers 503
+        client = self.env.active_process
+        assert client is not None
+        replica.serving[client] = None
+        try:
+            yield replica.cpu.hold()
+            return (yield from handler)
+        finally:
+            replica.serving.pop(client, None)
+
     def request(self, order_id: int, merchant: str, amount: int, key: str) -> Generator[Any, Any, Answer]:
         """``POST /v1/charges`` with an Idempotency-Key: replayed, refused in flight, or a new payment."""
-        yield self.env.timeout(self.config.service.work_s)
         try:
             payment = yield from self._idempotent(order_id, merchant, amount, key)
             if payment.busy:
@@ -111,6 +145,30 @@ class SimService:
         except (Unavailable, Crash):
             return "error"
         return ANSWERS.get(payment.state, "pending")
+
+    def route(self) -> Replica | None:
+        """The live replica serving the fewest requests (Serve's router prefers the one with the fewest
+        ongoing), or None when every replica is down."""
+        live = [r for r in self.replicas if r.up]
+        return min(live, key=lambda r: len(r.serving)) if live else None
+
+    def crash_a_replica(self) -> None:
+        """The busiest live replica dies: every request it serves is cut where it is (its clients see a 502);
+        Serve starts a new one ``replica_restart_s`` later."""
+        live = [r for r in self.replicas if r.up]
+        if not live:
+            return
+        replica = max(live, key=lambda r: len(r.serving))
+        replica.up = False
+        self.replica_faults["crashes"] += 1
+        self.replica_faults["requests_cut"] += len(replica.serving)
+        for client in list(replica.serving):
+            self.connections.cut(client, REPLICA_DIED)
+        restart = self.env.timeout(self.config.service.replica_restart_s)
+        restart.callbacks.append(lambda _: self._restart(replica))
+
+    def _restart(self, dead: Replica) -> None:
+        self.replicas[self.replicas.index(dead)] = Replica(self.env, self.config.service.work_s)
 
     def _idempotent(
         self, order_id: int, merchant: str, amount: int, key: str

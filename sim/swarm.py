@@ -25,7 +25,7 @@ def swarm_config(seed: int, charges: int = 500) -> SimConfig:
     # (with drops, the nightly reconciliation is what names it).
     dropped = rate(0.5)
     by_hand = rate(0.05) if not dropped else 0.0
-    return SimConfig(seed=seed).with_(
+    world = SimConfig(seed=seed).with_(
         load={
             "charges": charges,
             "rate": round(draw.uniform(20.0, 400.0), 1),
@@ -69,4 +69,13 @@ def swarm_config(seed: int, charges: int = 500) -> SimConfig:
             "amount_mismatch_rate": rate(0.05, chance=0.3),
             "unknown_rows": draw.randrange(4) if draw.random() < 0.3 else 0,
         },
+    )
+    return world.with_(
+        service={
+            "replicas": draw.randrange(1, 5),
+            "replica_crashes": tuple(
+                sorted(round(draw.uniform(0.0, 8.0), 3) for _ in range(draw.randrange(3)))
+            ),
+            "replica_restart_s": round(draw.uniform(0.5, 10.0), 3),
+        }
     )

@@ -243,45 +243,58 @@ class LedgerBook:
         return True
 
 
+class Pool:
+    """``capacity`` places, each held ``hold_s`` at a time, first come first served: a connection pool and its
+    commit, or a replica's event loop and a request's CPU work. ``hold()`` is one event to wait for, which
+    fires when the hold ends; the place then passes straight to the next in line. Cheap on purpose: a million
+    charges make millions of holds."""
+
+    def __init__(self, env: simpy.Environment, capacity: int, hold_s: float) -> None:
+        self.env, self.free, self.hold_s = env, capacity, hold_s
+        self.waiting: deque[simpy.Event] = deque()
+
+    def hold(self) -> simpy.Event:
+        if self.free:
+            self.free -= 1
+            done = self.env.timeout(self.hold_s)
+            done.callbacks.append(self._release)
+            return done
+        turn = self.env.event()
+        self.waiting.append(turn)
+        return turn
+
+    def _release(self, _event: simpy.Event) -> None:
+        while self.waiting:
+            waiter = self.waiting.popleft()
+            if not waiter.callbacks:
+                continue  # cancelled while in line: its caller no longer waits
+            done = self.env.timeout(self.hold_s)
+            done.callbacks.append(self._release)
+            done.callbacks.append(functools.partial(_hand_over, waiter))
+            return
+        self.free += 1
+
+
+def _hand_over(turn: simpy.Event, _hold: simpy.Event) -> None:
+    turn.succeed()
+
+
 class SimDatabase:
     """Durable idempotency records, payments and the ledger, behind a connection pool; it can restart."""
 
     def __init__(self, env: simpy.Environment, config: SimConfig) -> None:
         self.env, self.c = env, config.database
-        self.free = config.database.pool
-        #: transactions waiting for a connection, first come first served
-        self.waiting: deque[simpy.Event] = deque()
+        self.pool = Pool(env, config.database.pool, config.database.commit_s)
         self.keys: dict[tuple[int, str], str] = {}
         self.ledger = LedgerBook()
         self.faults_on = True
 
     def commit(self) -> simpy.Event:
         """One transaction (a connection from the pool, then the commit), as one event to wait for; raises
-        ``Unavailable`` while the database restarts. Cheap on purpose: a million charges make ten million."""
+        ``Unavailable`` while the database restarts."""
         if self.c.restarts and self.faults_on and in_window(self.env.now, self.c.restarts):
             raise Unavailable("database restarting")
-        if self.free:
-            self.free -= 1
-            commit = self.env.timeout(self.c.commit_s)
-            commit.callbacks.append(self._release)
-            return commit
-        turn = self.env.event()
-        self.waiting.append(turn)
-        return turn
-
-    def _release(self, _event: simpy.Event) -> None:
-        if not self.waiting:
-            self.free += 1
-            return
-        # the connection passes straight to the next in line, whose commit starts now
-        waiter = self.waiting.popleft()
-        commit = self.env.timeout(self.c.commit_s)
-        commit.callbacks.append(self._release)
-        commit.callbacks.append(lambda _: _succeed(waiter))
-
-
-def _succeed(event: simpy.Event) -> None:
-    event.succeed()
+        return self.pool.hold()
 
 
 @functools.cache
