@@ -18,6 +18,8 @@ import simpy
 
 @dataclass(slots=True)
 class Waiting:
+    """One request a client is waiting for, until it is answered or cut."""
+
     deadline: float
     client: simpy.Process
     answered: bool = False
