@@ -16,6 +16,7 @@ import httpx
 import pytest
 import stripe
 
+from payray.money import Money
 from psp.emulator.server import EmulatorProcess
 from psp.emulator.synthetic import synthetic_day
 from tests.integration.polling import until
@@ -239,8 +240,9 @@ def test_settlement_drift_changes_exactly_the_injected_rows(base: str) -> None:
         if inj["kind"] == "amount_mismatch":
             assert row is not None
             old, new = inj["detail"]["gross"]
-            assert clean_by_id[inj["balance_transaction"]]["gross"] == f"{old / 100:.2f}"
-            assert row["gross"] == f"{new / 100:.2f}" and 1 <= abs(new) - abs(old) <= 500
+            currency = row["currency"]
+            assert clean_by_id[inj["balance_transaction"]]["gross"] == str(Money(old, currency).to_decimal())
+            assert row["gross"] == str(Money(new, currency).to_decimal()) and 1 <= abs(new) - abs(old) <= 500
         if inj["kind"] == "currency_mismatch":
             assert (
                 row is not None
