@@ -11,6 +11,7 @@ from typing import Annotated, Any
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from payray.gc_pause import cyclic_gc_paused
 from psp.emulator import synthetic
 from psp.emulator.drift import DriftRequest, parse_day
 from psp.emulator.engine import RequestContext
@@ -207,7 +208,7 @@ async def seed_settlement(request: web.Request) -> web.StreamResponse:
     taken = invalid(f"The prefix {seed.prefix} was seeded already: give each day its own.", param="prefix")
     if synthetic.already_seeded(store, seed.prefix):
         raise taken
-    with synthetic.gc_paused():
+    with cyclic_gc_paused():
         objects = await asyncio.to_thread(
             synthetic.build_objects, day, seed.charges, seed.prefix, seed.refund_every
         )

@@ -6,10 +6,8 @@ and the emulator seeding its store from the same arguments produce the same paym
 
 from __future__ import annotations
 
-import gc
 import heapq
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date
 from operator import itemgetter
@@ -153,18 +151,6 @@ def _txn(txn_id: str, amount: int, fee: int, currency: str, created: int, settle
         "reporting_category": category,
         "source": source,
     }
-
-
-@contextmanager
-def gc_paused() -> Iterator[None]:
-    """Millions of new containers would set off one full garbage collection after another."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 def already_seeded(store: Store, prefix: str) -> bool:

@@ -92,9 +92,9 @@ def test_the_simulator_asks_payray_charge_for_every_transition(monkeypatch: pyte
 
 @pytest.mark.parametrize("name", sorted({**SCENARIOS, **SWAPS}))
 def test_a_run_leaves_no_garbage_cycles(name: str) -> None:
-    """A run switches the cyclic collector off (``sim.run._no_cycle_collection``). That is safe only while a
-    run makes no reference cycles, which would pile up uncollected over a million charges; and the collector
-    must be back on after it."""
+    """A run switches the cyclic collector off (``payray.gc_pause``). That is safe only while a run makes no
+    reference cycles, which would pile up uncollected over a million charges; and the collector must be back
+    on after it."""
     gc.collect()
     simulation = Simulation({**SCENARIOS, **SWAPS}[name].config(1, CHARGES), name)
     simulation.run()  # the world itself stays alive until here, so only the run's own garbage can count
