@@ -28,6 +28,7 @@ from payray.stack import Stack, free_port, haproxy_available
 #: Command-line fragments that name a component, most specific first.
 COMPONENTS = (
     ("ServeReplica", "API replica (FastAPI, Stripe SDK, psycopg, redis)"),
+    ("WalletHost", "wallet hosts"),
     ("WalletActor", "wallet actors"),
     ("LedgerWriter", "ledger writers"),
     ("postgres", "Postgres"),

@@ -33,13 +33,14 @@ import ray
 from rich.console import Console
 from rich.table import Table
 
-from actors.ledger_pool import get_or_create_writers, writer_for
+from actors.ledger_writer import LedgerWriterActor
 from bench.loadgen import closed_loop
 from ledger import store
 from ledger.migrate import migrate
 from ledger.postings import Posting, capture_posting
 from payray.money import Money
 from payray.services import EmbeddedPostgres
+from payray.slots import SlotMap
 
 NAMESPACE = "payray-bench"
 
@@ -55,6 +56,21 @@ def _postings(n: int, merchants: list[str]) -> list[Posting]:
         for i in range(n)
     ]
 
+
+
+def get_or_create_writers(database_url: str, pool_size: int, namespace: str) -> list[Any]:
+    """Named, detached ledger writer actors ``bench_ledger_writer:0 …``; writer ``i`` owns shard ``i``."""
+    return [
+        LedgerWriterActor.options(
+            name=f"bench_ledger_writer:{i}", namespace=namespace, get_if_exists=True, lifetime="detached"
+        ).remote(database_url, i)
+        for i in range(pool_size)
+    ]
+
+
+def writer_for(writers: list[Any], merchant_id: str) -> Any:
+    """A merchant's postings always go to the same writer, as they go to the same wallet host."""
+    return writers[SlotMap(len(writers)).host_of(merchant_id)]
 
 async def _through_pool(writers: list[Any], postings: list[Posting], window: int, per_call: int) -> float:
     """Seconds to post everything, ``per_call`` postings of one merchant per actor call, at most ``window``

@@ -9,9 +9,10 @@ process, before it reaches the database (which refuses it again: see ``ledger/mi
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import date
-from typing import Literal
+from typing import Any, Literal
 
 from payray.money import CurrencyMismatch, Money
 
@@ -85,11 +86,22 @@ class Entry:
 
 
 @dataclass(frozen=True, slots=True)
+class Statement:
+    """SQL that a posting completes: run in the posting's own database transaction, and only if the posting
+    is written (a charge's booked transitions and stored answer), so both commit or neither does. It returns a
+    row when it took effect and none when it did not (for example its guard found the row moved on)."""
+
+    sql: str
+    params: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
 class Posting:
     """One ledger transaction: at least two entries, debits equal credits in every currency.
 
     ``require_funds`` asks the database to refuse the posting (``balance_insufficient``) if it would leave a
     ``merchant_payable`` balance it debits below zero: the durable backstop behind the wallet's own check.
+    ``completes`` is what else its transaction writes, if it is written (see ``Statement``).
     """
 
     kind: str
@@ -99,6 +111,7 @@ class Posting:
     description: str = ""
     posting_date: date | None = None
     require_funds: bool = False
+    completes: Statement | None = field(default=None, compare=False, hash=False, repr=False)
 
     def __post_init__(self) -> None:
         if not self.kind or not self.external_ref:

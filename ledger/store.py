@@ -4,14 +4,15 @@ Every write goes through ``ledger_post_batch`` (``ledger/migrations/0002_ledger.
 round trip per batch, written set-based when the whole batch is clean and posting by posting (each in its own
 subtransaction, so a refused posting fails alone) when it is not; idempotent on ``(kind, external_ref)``.
 Functions here run in the connection's current transaction; on an autocommit connection a batch commits as
-part of its one statement, which is what the ledger writers use. Each query has a synchronous and an
-``_async`` twin sharing the SQL.
+part of its one statement, which is what the ledger writers use. A batch whose postings complete other rows
+(``Posting.completes``) runs in one explicit transaction with those statements. Each query has a synchronous
+and an ``_async`` twin sharing the SQL.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypedDict
 
 import psycopg
@@ -31,6 +32,14 @@ SELECT a.currency, b.credits - b.debits AS available, b.version
   JOIN account_balances b ON b.account_id = a.id
  WHERE a.name = 'merchant_payable' AND a.merchant_id = %(merchant_id)s AND a.shard = 0
  ORDER BY a.currency
+"""
+
+#: ``MERCHANT_BALANCES`` for many merchants in one indexed read.
+MERCHANTS_BALANCES = """
+SELECT a.merchant_id, a.currency, b.credits - b.debits AS available, b.version
+  FROM accounts a
+  JOIN account_balances b ON b.account_id = a.id
+ WHERE a.name = 'merchant_payable' AND a.merchant_id = ANY(%(merchant_ids)s) AND a.shard = 0
 """
 
 TRIAL_BALANCE = """
@@ -88,6 +97,8 @@ class PostingResult:
     error: str | None
     merchant_balances: dict[str, MerchantBalance]
     error_code: str | None = None
+    #: whether the statement the posting completes took effect (``None``: it had none, or was refused)
+    completed: bool | None = None
 
     @property
     def ok(self) -> bool:
@@ -167,10 +178,35 @@ def post_batch(conn: psycopg.Connection[Any], postings: Sequence[Posting], shard
 async def post_batch_async(
     conn: psycopg.AsyncConnection[Any], postings: Sequence[Posting], shard: int
 ) -> list[PostingResult]:
+    """``post_batch`` on an autocommit connection, with what the postings complete in the same transaction."""
     if not postings:
         return []
-    cursor = await conn.execute(POST_BATCH, _batch_params([posting_document(p) for p in postings], shard))
-    return _results(await cursor.fetchall())
+    params = _batch_params([posting_document(p) for p in postings], shard)
+    if not any(p.completes is not None for p in postings):
+        cursor = await conn.execute(POST_BATCH, params)
+        return _results(await cursor.fetchall())
+    async with conn.transaction():
+        cursor = await conn.execute(POST_BATCH, params)
+        results = _results(await cursor.fetchall())
+        return await _complete(conn, postings, results)
+
+
+async def _complete(
+    conn: psycopg.AsyncConnection[Any], postings: Sequence[Posting], results: list[PostingResult]
+) -> list[PostingResult]:
+    """Run the statements the written postings complete, one pipelined ``executemany`` per distinct SQL."""
+    by_sql: dict[str, list[int]] = {}
+    for i, (posting, result) in enumerate(zip(postings, results, strict=True)):
+        if posting.completes is not None and result.ok:
+            by_sql.setdefault(posting.completes.sql, []).append(i)
+    for sql, indices in by_sql.items():
+        async with conn.cursor() as cur:
+            await cur.executemany(sql, [postings[i].completes.params for i in indices], returning=True)  # type: ignore[union-attr]
+            for n, i in enumerate(indices):
+                if n:
+                    cur.nextset()
+                results[i] = replace(results[i], completed=await cur.fetchone() is not None)
+    return results
 
 
 def _balances_by_currency(rows: Iterable[tuple[Any, ...]]) -> dict[str, MerchantBalance]:
@@ -190,6 +226,17 @@ async def merchant_balances_async(
 ) -> dict[str, MerchantBalance]:
     cursor = await conn.execute(MERCHANT_BALANCES, {"merchant_id": merchant_id})
     return _balances_by_currency(await cursor.fetchall())
+
+
+async def merchants_balances_async(
+    conn: psycopg.AsyncConnection[Any], merchant_ids: Sequence[str]
+) -> dict[str, dict[str, MerchantBalance]]:
+    """``merchant_balances`` of each of ``merchant_ids`` (``{}`` for one without accounts yet)."""
+    found: dict[str, dict[str, MerchantBalance]] = {m: {} for m in merchant_ids}
+    cursor = await conn.execute(MERCHANTS_BALANCES, {"merchant_ids": list(merchant_ids)})
+    for merchant_id, currency, available, version in await cursor.fetchall():
+        found[merchant_id][currency] = MerchantBalance(currency, int(available), int(version))
+    return found
 
 
 def trial_balance(conn: psycopg.Connection[Any]) -> dict[str, TrialBalanceLine]:

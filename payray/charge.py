@@ -2,7 +2,11 @@
 
 The service's asyncio driver and the simulator's SimPy driver both execute the commands this machine
 returns; the machine itself never touches a socket, a clock or a database. Every transition is meant to be
-persisted before its commands run, so a crash anywhere resumes from the last recorded state.
+persisted before its commands run, so a crash anywhere resumes from the last recorded state. One fold is
+allowed, and both drivers make it: a capture's ledger posting is written in one database transaction with
+the transitions it completes (``booking``), so the PSP's capture, the posting and the stored answer commit
+together or not at all; a crash before that commit leaves ``psp_pending``, which recovery resolves by asking
+the PSP.
 
     created --submit--> psp_pending                     [call_psp]
     psp_pending --psp_captured--> captured              [post_ledger]
@@ -121,6 +125,24 @@ def step(state: ChargeState | str, event: ChargeEvent | str) -> Transition:
     except KeyError:
         raise IllegalTransition(source.value, ev.value) from None
     return Transition(source, ev, target, commands)
+
+
+#: The events a committed capture posting completes, in order, from the PSP's answer to the client's.
+BOOKED = (E.PSP_CAPTURED, E.LEDGER_POSTED, E.RESPONDED)
+
+
+def booking(state: ChargeState | str) -> tuple[Transition, ...]:
+    """The transitions that commit with a capture's ledger posting, from ``state``: from ``psp_pending`` (or
+    ``unknown``) the PSP's capture, ``ledger_posted`` and ``responded``; from ``captured`` the last two.
+
+    Raises ``IllegalTransition`` from any other state: there is nothing left to book there."""
+    source = state if type(state) is ChargeState else ChargeState(state)
+    events = BOOKED[1:] if source is S.CAPTURED else BOOKED
+    chain: list[Transition] = []
+    for event in events:
+        chain.append(step(source, event))
+        source = chain[-1].target
+    return tuple(chain)
 
 
 def allowed_events(state: ChargeState | str) -> list[ChargeEvent]:

@@ -8,6 +8,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from payray.slots import DEFAULT_SLOTS
+
 DEFAULT_HOME = ".payray"
 #: What ``payray up`` writes under PAYRAY_HOME about the stack it runs: its URL, admin key and PSP URL.
 STACK_FILE = "stack.json"
@@ -36,7 +38,12 @@ class Settings:
     ray_address: str | None = None
     admin_key: str | None = None
     ray_namespace: str = "payray"
-    ledger_writers: int = 2
+    #: the wallet hosts (each also writes its merchants' ledger postings), the slots merchants hash to, and
+    #: how many wallets each host keeps in memory and for how long an idle one stays
+    wallet_hosts: int = 2
+    wallet_slots: int = DEFAULT_SLOTS
+    wallet_cache_size: int = 100_000
+    wallet_idle_s: float = 600.0
     api_replicas: int = 1
     fee_bps: int = 290
     psp_timeout_s: float = 10.0
@@ -65,7 +72,10 @@ class Settings:
             ray_address=env.get("RAY_ADDRESS") or None,
             admin_key=env.get("PAYRAY_ADMIN_KEY") or None,
             ray_namespace=env.get("PAYRAY_RAY_NAMESPACE", "payray"),
-            ledger_writers=_positive_int(env, "PAYRAY_LEDGER_WRITERS", 2),
+            wallet_hosts=_positive_int(env, "PAYRAY_WALLET_HOSTS", os.cpu_count() or 2),
+            wallet_slots=_positive_int(env, "PAYRAY_WALLET_SLOTS", DEFAULT_SLOTS),
+            wallet_cache_size=_positive_int(env, "PAYRAY_WALLET_CACHE", 100_000),
+            wallet_idle_s=float(_positive_int(env, "PAYRAY_WALLET_IDLE_S", 600)),
             api_replicas=_positive_int(env, "PAYRAY_API_REPLICAS", 1),
             fee_bps=_positive_int(env, "PAYRAY_FEE_BPS", 290, allow_zero=True),
             psp_timeout_s=float(env.get("PAYRAY_PSP_TIMEOUT_S", "10")),

@@ -169,7 +169,7 @@ class PaymentApi:
             self.redis = Redis.from_url(s.redis_url, socket_timeout=0.5, socket_connect_timeout=0.5)
             self.fast_keys = FastKeys(self.redis, s.idempotency_ttl_ms, s.in_flight_lease_ms)
             self.psp = StripePsp(self._psp_key, self._psp_base, s.psp_timeout_s, s.psp_max_retries)
-            self.wallets = WalletDirectory(s.database_url, s.ledger_writers, s.ray_namespace)
+            self.wallets = WalletDirectory.from_settings(s)
             self.flow = ChargeFlow(
                 self.pool,
                 self.psp,
@@ -363,7 +363,6 @@ class PaymentApi:
         body = parse_body(MerchantCreate, await _read_body(request), request.headers.get("content-type"))
         async with self.pool.connection() as conn:
             merchant = await merchants_db.create_merchant(conn, body.name)
-        await self.wallets.open(merchant["id"])
         return json_response(200, dumps(merchant))
 
     @api.get("/v1/admin/ledger/trial_balance")

@@ -3,12 +3,15 @@
 The machine (``payray.charge``) decides; this module only acts. Each event is persisted (with the state
 it leads to) before the commands it triggers run, so a crash at any point leaves a state that
 ``resume`` can finish from. Every command is idempotent: the PSP call reuses the payment's PSP
-idempotency key, and the ledger posting is keyed on the payment id.
+idempotency key, and the ledger posting is keyed on the payment id. A capture is booked as the machine's
+``booking`` says: its posting and the transitions it completes (with the stored answer) commit in one
+transaction of the merchant's wallet host, so a charge costs its insert and a share of one batch commit.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -18,11 +21,21 @@ from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
 from ledger.postings import capture_posting, fee_for, refund_posting
-from payray.charge import RESUME, ChargeEvent, ChargeState, Command, Transition, allowed_events, step
+from payray.charge import (
+    RESUME,
+    ChargeEvent,
+    ChargeState,
+    Command,
+    Transition,
+    allowed_events,
+    booking,
+    step,
+)
 from payray.money import Money
 from psp.port import PaymentServiceProvider
 from serve_app import payments_db as db
 from serve_app.payments_db import Payment
+from serve_app.recent import RecentOutcomes
 from serve_app.render import charge_object, decline_object, dumps
 from serve_app.wallets import WalletDirectory
 
@@ -85,6 +98,8 @@ class ChargeFlow:
         self._wallets = wallets
         self._fee_bps = fee_bps
         self._on_transition = on_transition or (lambda t: None)
+        #: payments this driver saw past the PSP, and those it is driving now (for the webhooks)
+        self.outcomes = RecentOutcomes()
         self._handlers: dict[Command, Callable[[Payment], Awaitable[Reply]]] = {
             Command.CALL_PSP: self._call_psp,
             Command.POST_LEDGER: self._post_ledger,
@@ -95,7 +110,10 @@ class ChargeFlow:
 
     async def start(self, payment: Payment) -> Reply:
         """Drive a freshly inserted payment (already ``psp_pending``) to its answer."""
-        return await self._run(payment, [Command.CALL_PSP])
+        async with self.outcomes.driving(payment.id):
+            reply = await self._run(payment, [Command.CALL_PSP])
+        self.outcomes.saw(reply.payment.id, reply.payment.state)
+        return reply
 
     async def resume(self, payment: Payment) -> Reply:
         """Finish an interrupted or pending flow from its persisted state."""
@@ -120,9 +138,7 @@ class ChargeFlow:
             return await self.resume(payment)
         found = await self._psp.lookup(payment_id=payment.id)
         if found is not None and found.status == "captured":
-            return await self._advance(
-                payment, ChargeEvent.PSP_CAPTURED, {"psp_reference": found.psp_reference}
-            )
+            return await self._book(payment, {"psp_reference": found.psp_reference}, {"source": "recovery"})
         if found is not None and found.status == "declined":
             fields = {
                 "psp_reference": found.psp_reference,
@@ -215,12 +231,7 @@ class ChargeFlow:
             assert current is not None
             return reply_for(current)
         stored = persisted.stored
-        for transition in persisted.chain:
-            self._on_transition(transition)
-        log.info(
-            "payment transition",
-            extra={"payment_id": stored.id, "merchant_id": stored.merchant_id, "to": stored.state},
-        )
+        self._announce(stored, persisted.chain)
         if persisted.response is not None:
             return Reply(persisted.response.status, persisted.response.body, stored)
         return await self._run(stored, persisted.commands)
@@ -247,6 +258,8 @@ class ChargeFlow:
             "failure_message": result.failure_message if result.status == "declined" else None,
         }
         detail = {"psp_status": result.status, "detail": result.detail} if result.detail else {}
+        if result.status == "captured":
+            return await self._book(payment, fields, detail)
         return await self._advance(payment, _PSP_EVENTS[result.status], fields, detail)
 
     def _capture_posting(self, payment: Payment) -> Any:
@@ -254,23 +267,63 @@ class ChargeFlow:
         return capture_posting(payment.id, payment.merchant_id, amount, fee_for(amount, self._fee_bps))
 
     async def _post_ledger(self, payment: Payment) -> Reply:
-        posting = self._capture_posting(payment)
+        return await self._book(payment, {}, {})
+
+    async def _book(self, payment: Payment, fields: dict[str, Any], detail: dict[str, Any]) -> Reply:
+        """Post the capture with the transitions it completes (``booking``) and the answer they decide, in
+        one transaction of the merchant's wallet host. Refused, or unreachable after retries: the capture is
+        recorded as such and compensated at the PSP."""
+        chain = list(booking(payment.state))
+        after = payment.evolve(
+            state=chain[-1].target.value, **{k: v for k, v in fields.items() if v is not None}
+        )
+        reply = reply_for(after)
+        completes = db.booking_statement(
+            payment,
+            chain,
+            fields=fields,
+            detail=detail,
+            response=(reply.status, reply.body),
+            outbox=("charge.succeeded", charge_object(after)),
+        )
+        posting = dataclasses.replace(self._capture_posting(payment), completes=completes)
         error = "ledger unavailable"
         for attempt in range(LEDGER_ATTEMPTS):
             try:
                 result = await self._wallets.apply(payment.merchant_id, posting)
-            except Exception as exc:  # a dead actor or database: retry, then compensate
+            except Exception as exc:  # a dead host or database: retry, then compensate
                 error = f"{type(exc).__name__}: {exc}"
                 await asyncio.sleep(0.05 * 4**attempt)
                 continue
             if result.error is None and result.transaction_id is not None:
-                return await self._advance(
-                    payment, ChargeEvent.LEDGER_POSTED, {"ledger_transaction_id": result.transaction_id}
-                )
+                if result.completed:
+                    self._announce(after, chain)
+                    return reply
+                return await self._after_someone_else(payment.id, result.transaction_id)
             error = result.error or "posting refused"
             break
         log.error("ledger posting failed; compensating", extra={"payment_id": payment.id, "error": error})
-        return await self._advance(payment, ChargeEvent.LEDGER_FAILED, detail={"error": error[:500]})
+        failed = [*chain[:-2], step(ChargeState.CAPTURED, ChargeEvent.LEDGER_FAILED)]
+        return await self._persist_and_run(payment, failed, fields, {**detail, "error": error[:500]})
+
+    async def _after_someone_else(self, payment_id: str, transaction_id: str) -> Reply:
+        """The capture is booked but the payment had moved on (a webhook or recovery drives it too): answer
+        with its state now, finishing the booking if that driver left it at ``captured``."""
+        async with self._pool.connection() as conn:
+            current = await db.load_payment(conn, payment_id)
+        assert current is not None
+        if current.state == ChargeState.CAPTURED:
+            chain = list(booking(current.state))
+            return await self._persist_and_run(current, chain, {"ledger_transaction_id": transaction_id}, {})
+        return reply_for(current)
+
+    def _announce(self, payment: Payment, chain: list[Transition]) -> None:
+        for transition in chain:
+            self._on_transition(transition)
+        log.info(
+            "payment transition",
+            extra={"payment_id": payment.id, "merchant_id": payment.merchant_id, "to": payment.state},
+        )
 
     async def _respond_succeeded(self, payment: Payment) -> Reply:
         return await self._advance(payment, ChargeEvent.RESPONDED)

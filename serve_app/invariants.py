@@ -72,10 +72,7 @@ async def check_invariants(
     psp_refunds = {
         r.refund_id or learned[r.psp_reference] for r in at_psp if r.refund_id or r.psp_reference in learned
     }
-    merchants = await asyncio.to_thread(wallets.live_merchants)
-    wallet_balances = dict(
-        zip(merchants, await asyncio.gather(*(wallets.balances(m) for m in merchants)), strict=True)
-    )
+    wallet_balances = await wallets.held_balances()
     wallet_mismatches = await asyncio.to_thread(_wallet_mismatches, database_url, wallet_balances)
 
     ledger_captures: set[str] = facts["captures"]

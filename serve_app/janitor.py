@@ -95,7 +95,7 @@ class Janitor:
         )
         await pool.open(wait=True, timeout=30)
         psp = StripePsp(self._psp_key, self._psp_base, s.psp_timeout_s, s.psp_max_retries)
-        wallets = WalletDirectory(s.database_url, s.ledger_writers, s.ray_namespace)
+        wallets = WalletDirectory.from_settings(s)
         self._recovery = Recovery(
             pool,
             ChargeFlow(pool, psp, wallets, s.fee_bps),

@@ -41,10 +41,13 @@ WHERE published_at IS NULL ORDER BY id LIMIT %(limit)s
 FOR UPDATE SKIP LOCKED
 """
 MARK_PUBLISHED = "UPDATE outbox SET published_at = now() WHERE id = ANY(%(ids)s)"
+#: A pass's entries recorded in one statement; what comes back was not delivered before.
 DELIVERED = """
 INSERT INTO notification_deliveries (outbox_id, topic, aggregate_id, payload, consumer)
-VALUES (%(outbox_id)s, %(topic)s, %(aggregate_id)s, %(payload)s, %(consumer)s)
+SELECT e.outbox_id, e.topic, e.aggregate_id, e.payload, %(consumer)s
+FROM jsonb_to_recordset(%(entries)s) AS e(outbox_id bigint, topic text, aggregate_id text, payload jsonb)
 ON CONFLICT (outbox_id) DO NOTHING
+RETURNING outbox_id, topic, aggregate_id
 """
 
 
@@ -141,10 +144,10 @@ class NotificationConsumer(_Worker):
         entries += list(claimed[1])
         if not entries:
             entries = await self._read(redis, ">", block=True)
-        for entry_id, fields in entries:
-            if fields:  # a pending entry trimmed from the stream comes back empty: acknowledge it
-                await self._deliver(fields)
-            await redis.xack(STREAM, GROUP, entry_id)
+        # a pending entry trimmed from the stream comes back empty: it is only acknowledged
+        await self._deliver([fields for _, fields in entries if fields])
+        if entries:
+            await redis.xack(STREAM, GROUP, *(entry_id for entry_id, _ in entries))
         return len(entries)
 
     async def stop(self) -> bool:
@@ -164,28 +167,26 @@ class NotificationConsumer(_Worker):
         )
         return list(answer[0][1]) if answer else []
 
-    async def _deliver(self, fields: dict[bytes, bytes]) -> None:
-        data = {k.decode(): v.decode() for k, v in fields.items()}
+    async def _deliver(self, entries: list[dict[bytes, bytes]]) -> None:
+        """Record the entries as delivered (once each, whoever delivered them first) and log the new ones."""
+        if not entries:
+            return
+        rows = []
+        for fields in entries:
+            data = {k.decode(): v.decode() for k, v in fields.items()}
+            rows.append({
+                "outbox_id": int(data["outbox_id"]),
+                "topic": data["topic"],
+                "aggregate_id": data["aggregate_id"],
+                "payload": json.loads(data["payload"]),
+            })  # fmt: skip
         assert self._pool is not None
         async with self._pool.connection() as conn:
-            cursor = await conn.execute(
-                DELIVERED,
-                {
-                    "outbox_id": int(data["outbox_id"]),
-                    "topic": data["topic"],
-                    "aggregate_id": data["aggregate_id"],
-                    "payload": Jsonb(json.loads(data["payload"])),
-                    "consumer": self.name,
-                },
-            )
-        if cursor.rowcount:
-            self.delivered += 1
-            log.info(
-                "notification %s %s",
-                data["topic"],
-                data["aggregate_id"],
-                extra={"outbox_id": data["outbox_id"]},
-            )
+            cursor = await conn.execute(DELIVERED, {"entries": Jsonb(rows), "consumer": self.name})
+            delivered = await cursor.fetchall()
+        self.delivered += len(delivered)
+        for outbox_id, topic, aggregate_id in delivered:
+            log.info("notification %s %s", topic, aggregate_id, extra={"outbox_id": outbox_id})
 
     async def _ensure_group(self, redis: Redis) -> None:
         try:

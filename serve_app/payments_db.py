@@ -10,6 +10,7 @@ from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
+from ledger.postings import CAPTURE, Statement
 from payray.charge import Transition
 from serve_app.keys_db import CLAIM_KEY
 
@@ -73,16 +74,17 @@ ORDER BY created_at DESC, id DESC
 LIMIT %(limit)s
 """
 
-#: Applies a chain of transitions (guarded by the expected current state), writes their history, and
-#: optionally stores the response under the payment's idempotency key and an outbox event, atomically.
-APPLY_TRANSITIONS = f"""
+def _apply_transitions(ledger_transaction: str) -> str:
+    """Applies a chain of transitions (guarded by the expected current state), writes their history, and
+    optionally stores the response under the payment's idempotency key and an outbox event, atomically."""
+    return f"""
 WITH moved AS (
     UPDATE payments SET
         state = %(to_state)s,
         psp_reference = COALESCE(%(psp_reference)s, psp_reference),
         failure_code = COALESCE(%(failure_code)s, failure_code),
         failure_message = COALESCE(%(failure_message)s, failure_message),
-        ledger_transaction_id = COALESCE(%(ledger_transaction_id)s, ledger_transaction_id),
+        ledger_transaction_id = COALESCE({ledger_transaction}, ledger_transaction_id),
         updated_at = now()
     WHERE id = %(id)s AND state = %(from_state)s
     RETURNING {_PAYMENT_COLUMNS}
@@ -103,6 +105,15 @@ WITH moved AS (
 )
 SELECT * FROM moved
 """
+
+
+APPLY_TRANSITIONS = _apply_transitions("%(ledger_transaction_id)s")
+
+#: ``APPLY_TRANSITIONS`` run inside the capture's own ledger transaction (``Posting.completes``): the
+#: payment's ledger transaction is the one that transaction just wrote, or found already written.
+BOOK_CAPTURE = _apply_transitions(
+    f"(SELECT id FROM ledger_transactions WHERE kind = '{CAPTURE}' AND external_ref = %(id)s)"
+)
 
 STORE_RESPONSE = """
 UPDATE idempotency_keys AS k SET response_status = %(status)s, response_body = %(body)s,
@@ -177,19 +188,16 @@ async def list_payments(
         return [_payment(row) for row in await cur.fetchall()]
 
 
-async def apply_transitions(
-    conn: AsyncConnection[Any],
+def _transition_params(
     payment: Payment,
     transitions: list[Transition],
-    *,
-    fields: dict[str, Any] | None = None,
-    detail: dict[str, Any] | None = None,
-    response: tuple[int, bytes] | None = None,
-    outbox: tuple[str, dict[str, Any]] | None = None,
-) -> Payment | None:
-    """Persist a chain of transitions starting at ``payment.state``; ``None`` if the state moved meanwhile."""
+    fields: dict[str, Any] | None,
+    detail: dict[str, Any] | None,
+    response: tuple[int, bytes] | None,
+    outbox: tuple[str, dict[str, Any]] | None,
+) -> dict[str, Any]:
     fields = fields or {}
-    params = {
+    return {
         "id": payment.id,
         "from_state": transitions[0].source.value,
         "to_state": transitions[-1].target.value,
@@ -204,10 +212,37 @@ async def apply_transitions(
         "topic": outbox[0] if outbox else None,
         "outbox_payload": Jsonb(outbox[1]) if outbox else None,
     }
+
+
+async def apply_transitions(
+    conn: AsyncConnection[Any],
+    payment: Payment,
+    transitions: list[Transition],
+    *,
+    fields: dict[str, Any] | None = None,
+    detail: dict[str, Any] | None = None,
+    response: tuple[int, bytes] | None = None,
+    outbox: tuple[str, dict[str, Any]] | None = None,
+) -> Payment | None:
+    """Persist a chain of transitions starting at ``payment.state``; ``None`` if the state moved meanwhile."""
+    params = _transition_params(payment, transitions, fields, detail, response, outbox)
     async with conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(APPLY_TRANSITIONS, params)
         row = await cur.fetchone()
     return _payment(row) if row else None
+
+
+def booking_statement(
+    payment: Payment,
+    transitions: list[Transition],
+    *,
+    fields: dict[str, Any],
+    detail: dict[str, Any],
+    response: tuple[int, bytes],
+    outbox: tuple[str, dict[str, Any]],
+) -> Statement:
+    """The transitions a capture's posting completes, as the statement its ledger transaction runs."""
+    return Statement(BOOK_CAPTURE, _transition_params(payment, transitions, fields, detail, response, outbox))
 
 
 async def store_response(conn: AsyncConnection[Any], payment_id: str, status: int, body: bytes) -> None:

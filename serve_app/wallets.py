@@ -1,77 +1,87 @@
-"""The replica's view of the wallet actors: one named actor per merchant, created on first use."""
+"""The replica's view of the wallets: which host holds a merchant's wallet, and one actor call to reach it.
+
+A merchant's host is ``SlotMap.host_of(merchant)``, computed here without asking anyone. Credits bound for a
+host travel in natural batches (one call in flight per host; what arrives meanwhile rides the next), so a
+batch holds every merchant of that host and does not shrink as merchants spread out.
+"""
 
 from __future__ import annotations
 
 import asyncio
 from typing import Any
 
-import ray
-
-from actors.ledger_pool import get_or_create_writers
-from actors.wallet import get_or_create_wallet, wallet_name
+from actors.wallet_host import get_or_create_hosts
 from ledger.postings import Posting
 from ledger.store import PostingResult
+from payray.batching import NaturalBatcher
 from payray.money import Money
-from serve_app.batching import NaturalBatcher
+from payray.settings import Settings
+from payray.slots import SlotMap
 
 
 class WalletDirectory:
-    def __init__(self, database_url: str, pool_size: int, namespace: str) -> None:
-        self._database_url = database_url
-        self._namespace = namespace
-        self._writers = get_or_create_writers(database_url, pool_size, namespace)
-        self._handles: dict[str, Any] = {}
-        self._credits: dict[str, NaturalBatcher[Posting, PostingResult]] = {}
+    def __init__(self, hosts: list[Any], slots: SlotMap) -> None:
+        if len(hosts) != slots.hosts:
+            raise ValueError(f"{len(hosts)} host handles for a slot map of {slots.hosts} hosts")
+        self._hosts = hosts
+        self._slots = slots
+        self._credits = [NaturalBatcher(self._sender(host)) for host in hosts]
 
-    def wallet(self, merchant_id: str) -> Any:
-        handle = self._handles.get(merchant_id)
-        if handle is None:
-            handle = get_or_create_wallet(merchant_id, self._database_url, self._writers, self._namespace)
-            self._handles[merchant_id] = handle
-        return handle
+    @classmethod
+    def from_settings(cls, settings: Settings) -> WalletDirectory:
+        """The deployment's hosts (created if missing) as ``settings`` size them."""
+        assert settings.database_url
+        hosts = get_or_create_hosts(
+            settings.database_url,
+            settings.wallet_hosts,
+            settings.ray_namespace,
+            settings.wallet_cache_size,
+            settings.wallet_idle_s,
+        )
+        return cls(hosts, SlotMap(settings.wallet_hosts, settings.wallet_slots))
 
-    async def open(self, merchant_id: str) -> None:
-        """Start the merchant's wallet and load it now, so its first charge does not wait for a process."""
-        await self.balances(merchant_id)
+    def host(self, merchant_id: str) -> Any:
+        return self._hosts[self._slots.host_of(merchant_id)]
 
     async def apply(self, merchant_id: str, posting: Posting) -> PostingResult:
-        """Post through the merchant's wallet, which takes the resulting balance as its own.
-
-        Postings for one merchant that arrive while its wallet is busy go to it together, in one call.
-        """
-        batcher = self._credits.get(merchant_id)
-        if batcher is None:
-            wallet = self.wallet(merchant_id)
-
-            async def send(postings: list[Posting]) -> list[PostingResult]:
-                results: list[PostingResult] = await wallet.credit_many.remote(postings)
-                return results
-
-            batcher = self._credits[merchant_id] = NaturalBatcher(send)
-        return await batcher.submit(posting)
+        """Post through the merchant's wallet, which takes the resulting balance as its own."""
+        if posting.merchant_id != merchant_id:
+            raise ValueError(f"posting for {posting.merchant_id} sent as {merchant_id}'s")
+        return await self._credits[self._slots.host_of(merchant_id)].submit(posting)
 
     async def debit(self, merchant_id: str, posting: Posting, amount: Money) -> PostingResult:
         """Post a movement out of the merchant's balance if the wallet holds ``amount`` available.
 
-        Raises ``InsufficientFunds`` (from the wallet actor) when it does not. Not batched: each debit is
-        checked against the balance that the debits before it left.
+        Raises ``InsufficientFunds`` (from the host) when it does not. Not batched: each debit is checked
+        against the balance that the debits before it left.
         """
-        result: PostingResult = await self.wallet(merchant_id).debit.remote(posting, amount)
+        if posting.merchant_id != merchant_id:
+            raise ValueError(f"posting for {posting.merchant_id} sent as {merchant_id}'s")
+        result: PostingResult = await self.host(merchant_id).debit.remote(posting, amount)
         return result
 
     async def balances(self, merchant_id: str) -> dict[str, int]:
-        result: dict[str, int] = await self.wallet(merchant_id).balances.remote()
+        result: dict[str, int] = await self.host(merchant_id).balances.remote(merchant_id)
         return result
 
-    def live_merchants(self) -> list[str]:
-        """Merchants whose wallet actor is running now (checking others would only create them)."""
-        prefix = wallet_name("")
-        return [
-            actor["name"][len(prefix) :]
-            for actor in ray.util.list_named_actors(all_namespaces=True)
-            if actor["namespace"] == self._namespace and actor["name"].startswith(prefix)
-        ]
+    async def held_balances(self) -> dict[str, dict[str, int]]:
+        """The balances of every wallet the hosts hold in memory now (the ones worth checking)."""
+        held: dict[str, dict[str, int]] = {}
+        for found in await asyncio.gather(*(h.held_balances.remote() for h in self._hosts)):
+            held.update(found)
+        return held
+
+    async def stats(self) -> list[dict[str, float]]:
+        return list(await asyncio.gather(*(h.stats.remote() for h in self._hosts)))
 
     async def ready(self) -> bool:
-        await asyncio.gather(*(w.ready.remote() for w in self._writers))
+        await asyncio.gather(*(h.ready.remote() for h in self._hosts))
         return True
+
+    @staticmethod
+    def _sender(host: Any) -> Any:
+        async def send(postings: list[Posting]) -> list[PostingResult]:
+            results: list[PostingResult] = await host.credit_many.remote(postings)
+            return results
+
+        return send

@@ -7,7 +7,8 @@ before the commit leaves nothing applied, so the PSP's retry applies it. What mu
 database (a ledger posting through the merchant's wallet) runs after the commit from the state the
 transaction left, which the flows (and recovery) resume from.
 
-Order does not matter: a ``charge.succeeded`` for a charge already settled changes nothing; a
+Order does not matter: a ``charge.succeeded`` for a charge already settled changes nothing (and when this
+replica drove that charge, it says so without a database transaction: ``serve_app/recent.py``); a
 ``charge.refunded`` carrying a refund payray never made creates it; a ``charge.dispute.closed`` seen before
 its ``charge.dispute.created`` opens and closes the dispute at once. An event about a charge or refund whose
 own request is still waiting for the PSP is answered 409 and left unrecorded: the PSP delivers it again.
@@ -152,6 +153,11 @@ class WebhookReceiver:
     async def receive(self, payload: bytes, signature: str | None) -> dict[str, Any]:
         event = verify(payload, signature, self._secrets)
         obj: dict[str, Any] = event["data"]["object"]
+        if event["type"] in ("charge.succeeded", "charge.failed"):
+            payment_id = (obj.get("metadata") or {}).get(PAYMENT_ID_KEY)
+            if isinstance(payment_id, str) and await self._charges.outcomes.past_psp(payment_id):
+                effect = f"no change: {payment_id} is past the PSP"
+                return {"received": True, "id": event["id"], "effect": effect}
         # what the PSP knows beyond the event (a charge's refunds) is read before the transaction opens
         psp_refunds = None
         if event["type"] == "charge.refunded" and await self._refunds_unsettled(obj):

@@ -1,14 +1,17 @@
 """Everything a simulation run depends on, in one frozen object: the load, the faults and the design.
 
 Defaults follow what the real stack measured (``bench/RESULTS.md``): a charge costs ~8 ms of service time
-on two cores and the PSP answers in tens of milliseconds; the Stripe SDK retries twice; the recovery janitor
-sweeps every 30 s for work untouched for 120 s. Times are in seconds of simulated time.
+on two cores and the PSP answers in tens of milliseconds; an actor call costs ~1.5 ms of CPU whatever it
+carries; the Stripe SDK retries twice; the recovery janitor sweeps every 30 s for work untouched for 120 s.
+Times are in seconds of simulated time.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
+
+from payray.slots import DEFAULT_SLOTS
 
 IdempotencyMode = Literal["full", "redis_only", "off"]
 
@@ -87,6 +90,28 @@ class Service:
 
 
 @dataclass(frozen=True)
+class WalletHosts:
+    """The wallet hosts (``PAYRAY_WALLET_HOSTS``): each holds its slots' wallets and writes their postings."""
+
+    hosts: int = 2
+    slots: int = DEFAULT_SLOTS
+    #: a host's CPU per call, whatever the call carries (one call at a time)
+    call_s: float = 0.0015
+    #: postings that arrive within this long of a batch's first, or while a batch commits, commit together
+    group_commit_s: float = 0.002
+    #: wallets a host keeps in memory, and how long an idle one stays (``payray.passivation``)
+    wallet_cache: int = 100_000
+    wallet_idle_s: float = 600.0
+    #: times at which the busiest live host dies; Ray starts it again ``restart_s`` later and retries the
+    #: calls it had in flight there
+    crashes: tuple[float, ...] = ()
+    restart_s: float = 1.0
+    #: the dead host's old copy goes on working this long beside its new one (Ray does not promise a single
+    #: live copy during a restart): both write the same postings, and Postgres arbitrates
+    duplicate_s: float = 0.0
+
+
+@dataclass(frozen=True)
 class Webhooks:
     delay_s: float = 0.5
     duplicate_rate: float = 0.0
@@ -117,6 +142,8 @@ class Design:
     idempotency: IdempotencyMode = "full"
     psp_idempotency_key: bool = True
     compensation: bool = True
+    #: the ledger ignores a posting's (kind, reference) when it is written again (a retried host call)
+    idempotent_postings: bool = True
 
 
 @dataclass(frozen=True)
@@ -127,6 +154,7 @@ class SimConfig:
     psp: Psp = field(default_factory=Psp)
     database: Database = field(default_factory=Database)
     service: Service = field(default_factory=Service)
+    hosts: WalletHosts = field(default_factory=WalletHosts)
     webhooks: Webhooks = field(default_factory=Webhooks)
     recovery: Recovery = field(default_factory=Recovery)
     reconciliation: Reconciliation = field(default_factory=Reconciliation)

@@ -3,7 +3,7 @@
 1. No double capture: each order (what one customer meant to pay once) is captured at most once, net of
    refunds.
 2. Every ledger transaction balances.
-3. Each wallet equals its merchant's ledger accounts.
+3. Each wallet equals its merchant's ledger accounts, and lives in the host its merchant's slot names.
 4. What the PSP holds and what the ledger says it holds agree for every payment, refunds included.
 5. After the quiet phase, with the PSP reachable again, no payment or refund is left unfinished.
 
@@ -64,12 +64,27 @@ def check(
         if effect.imbalance:
             violations.append(Violation("ledger_balanced", ref, f"{kind} {ref} is off by {effect.imbalance}"))
         booked[merchant] += effect.payable
-    for merchant in sorted(set(booked) | set(ledger.wallets)):
-        if booked[merchant] != ledger.wallets.get(merchant, 0):
-            detail = (
-                f"wallet {merchant} holds {ledger.wallets.get(merchant, 0)}, its ledger {booked[merchant]}"
-            )
+    for _kind, _ref, merchant, effect in ledger.repeated:
+        booked[merchant] += effect.payable
+    for merchant in sorted(set(booked) | set(ledger.balances)):
+        if booked[merchant] != ledger.balances.get(merchant, 0):
+            held = ledger.balances.get(merchant, 0)
+            detail = f"{merchant}'s balance row holds {held}, its entries {booked[merchant]}"
             violations.append(Violation("wallets_match_ledger", None, detail))
+    hosts = service.hosts
+    for host in hosts.live():
+        for merchant, wallet in zip(host.wallets.keys(), host.wallets.values(), strict=True):
+            if wallet.balance != booked[merchant] or wallet.reserved or wallet.pending:
+                detail = (
+                    f"wallet {merchant} on host {host.index} holds {wallet.balance} ({wallet.reserved} "
+                    f"reserved, {wallet.pending} in flight), its ledger {booked[merchant]}"
+                )
+                violations.append(Violation("wallets_match_ledger", None, detail))
+            if hosts.index_of(merchant) != host.index:
+                detail = (
+                    f"wallet {merchant} lives on host {host.index}, its slot's is {hosts.index_of(merchant)}"
+                )
+                violations.append(Violation("wallets_match_ledger", None, detail))
 
     for payment_id, (at_psp, in_ledger) in real.items():
         detail = f"the PSP holds {at_psp} of it, the ledger {in_ledger}"
@@ -102,15 +117,21 @@ def psp_net(psp: SimPsp) -> dict[str, int]:
 
 def ledger_net(service: SimService, refunds: SimRefunds) -> dict[str, int]:
     """What the ledger says the PSP holds of each payment, where not zero: the PSP receivable's movements."""
-    held: dict[str, int] = defaultdict(int)
-    for (kind, ref), (_merchant, effect) in service.db.ledger.transactions.items():
+
+    def payment_of(kind: str, ref: str) -> str:
         if kind == "capture":
-            payment_id = ref
-        elif ref.startswith("compensation-"):
-            payment_id = ref.removeprefix("compensation-")
-        else:
-            payment_id = refunds.refunds[ref].payment.id
-        held[payment_id] += effect.receivable
+            return ref
+        if ref.startswith("compensation-"):
+            return ref.removeprefix("compensation-")
+        refund = refunds.refunds.get(ref)
+        return refunds.discarded[ref] if refund is None else refund.payment.id
+
+    held: dict[str, int] = defaultdict(int)
+    ledger = service.db.ledger
+    for (kind, ref), (_merchant, effect) in ledger.transactions.items():
+        held[ref if kind == "capture" else payment_of(kind, ref)] += effect.receivable
+    for kind, ref, _merchant, effect in ledger.repeated:
+        held[payment_of(kind, ref)] += effect.receivable
     return {payment_id: n for payment_id, n in held.items() if n}
 
 

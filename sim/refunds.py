@@ -1,6 +1,7 @@
 """Refunds, simulated: ``payray.refund``'s machine driven as ``serve_app/refund_flow.py`` drives it.
 
-The merchant's wallet is debited (never below zero: a refund the balance does not cover leaves nothing
+The merchant's wallet is debited by its host (never below zero: the wallet checks its balance and reserves
+the funds, the ledger's ``require_funds`` checks again; a refund the balance does not cover leaves nothing
 behind) before the PSP is asked, with a key derived from the refund id; a PSP refusal is given back with a
 reversing posting; an unknown outcome is retried with the same key, by the client or by recovery.
 """
@@ -12,7 +13,7 @@ from collections.abc import Generator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from ledger.postings import REFUND, fee_for, refund_fee_share, refund_posting, refund_reversal_posting
+from ledger.postings import fee_for, refund_fee_share, refund_posting, refund_reversal_posting
 from payray.errors import IllegalTransition
 from payray.money import Money
 from payray.refund import (
@@ -25,6 +26,7 @@ from payray.refund import (
     psp_refund_key,
     step,
 )
+from sim.hosts import INSUFFICIENT, host_posting
 from sim.service import Crash, MachineRefused, SimPayment, SimService
 from sim.world import FEE_BPS, Unavailable
 
@@ -54,6 +56,8 @@ class SimRefunds:
         self.keys: dict[tuple[str, str], str] = {}
         #: refunded or reserved, per payment: concurrent refunds never add up to more than the charge
         self.reserved: dict[str, int] = {}
+        #: refunds the balance did not cover, by id: their payment's id
+        self.discarded: dict[str, str] = {}
         self.transitions = 0
         self.created = 0
 
@@ -129,25 +133,29 @@ class SimRefunds:
             command = commands[0]
             amount, fee = Money(refund.amount, "usd"), Money(refund.fee_returned, "usd")
             if command is RC.DEBIT_WALLET:
-                yield s.db.commit()
-                # the wallet answers a debit it already posted (a retry after a cancelled request) with that
+                # the host answers a debit it already posted (a retry after a cancelled request) with that
                 # posting, whatever the balance now; only a new one must be covered
-                retried = (REFUND, refund.id) in s.db.ledger.transactions
-                if not retried and s.db.ledger.wallets.get(payment.merchant, 0) < (amount - fee).amount:
+                debit = refund_posting(refund.id, payment.merchant, amount, fee)
+                postings = [host_posting(debit, need=(amount - fee).amount)]
+                yield s.post(postings)
+                s.answered(postings)
+                if postings[0].result is INSUFFICIENT:
                     self._discard(refund)
                     return
-                s.db.ledger.post(refund_posting(refund.id, payment.merchant, amount, fee))
                 event = RE.FUNDS_HELD
             elif command is RC.REFUND_AT_PSP:
                 outcome = yield from s.psp.refund_part(payment.id, refund.amount, psp_refund_key(refund.id))
                 event = PSP_EVENTS[outcome]
             elif command is RC.POST_REVERSAL:
-                yield s.db.commit()
-                s.db.ledger.post(refund_reversal_posting(refund.id, payment.merchant, amount, fee))
+                reversal = refund_reversal_posting(refund.id, payment.merchant, amount, fee)
+                postings = [host_posting(reversal)]
+                yield s.post(postings)
+                s.answered(postings)
                 event = RE.REVERSAL_POSTED
-            elif command is RC.BOOK_REFUND:
-                yield s.db.commit()
-                s.db.ledger.post(refund_posting(refund.id, payment.merchant, amount, fee))
+            elif command is RC.BOOK_REFUND:  # made at the PSP already: booked whatever the balance
+                postings = [host_posting(refund_posting(refund.id, payment.merchant, amount, fee))]
+                yield s.post(postings)
+                s.answered(postings)
                 event = RE.REFUND_BOOKED
             else:
                 return  # RESPOND: the answer is the state
@@ -155,6 +163,7 @@ class SimRefunds:
     def _discard(self, refund: SimRefund) -> None:
         """The balance did not cover it: no refund, no key, no reservation left behind."""
         del self.refunds[refund.id]
+        self.discarded[refund.id] = refund.payment.id
         self.unfinished.pop(refund.id, None)
         self.keys.pop((refund.payment.id, refund.key), None)
         self.reserved[refund.payment.id] -= refund.amount

@@ -1,6 +1,6 @@
 """``--report FILE.html``: one self-contained page (inline SVG and CSS, no network) that a person opens in a
-browser: what ran, what held, latency CDFs, throughput and the database's and replicas' queues over time, the
-fault timeline, retries, and the violations each swap caused.
+browser: what ran, what held, latency CDFs, throughput and the database's, replicas' and wallet hosts' queues
+over time, the fault timeline, retries, and the violations each swap caused.
 """
 
 from __future__ import annotations
@@ -142,6 +142,7 @@ def _faults(result: RunResult) -> list[tuple[float, float]]:
         *c.database.restarts,
         *((t, t + 0.05) for t in c.service.key_losses),
         *((t, t + c.service.replica_restart_s) for t in c.service.replica_crashes),
+        *((t, t + c.hosts.restart_s) for t in c.hosts.crashes if t <= result.summary["faults_end_s"]),
     ]
     if c.load.spike_factor > 1 and c.load.spike_s > 0:
         windows.append((c.load.spike_at, c.load.spike_at + c.load.spike_s))
@@ -166,6 +167,7 @@ def render(results: Sequence[tuple[Scenario, RunResult]]) -> str:
     throughput: Series = {}
     queue: Series = {}
     replica_queue: Series = {}
+    host_queue: Series = {}
     for scenario, result in results:
         quantiles = result.summary["latency_cdf"]
         cdf[scenario.name] = [(value, i / (len(quantiles) - 1)) for i, value in enumerate(quantiles)]
@@ -177,6 +179,7 @@ def render(results: Sequence[tuple[Scenario, RunResult]]) -> str:
         replica_queue[scenario.name] = [
             (float(t), float(n)) for t, n in enumerate(timeline_data["replica_queue"])
         ]
+        host_queue[scenario.name] = [(float(t), float(n)) for t, n in enumerate(timeline_data["host_queue"])]
     end = max((r.summary["faults_end_s"] for _, r in results), default=1.0)
     swaps = [(s, r) for s, r in results if s.breaks]
     violations = [
@@ -196,8 +199,14 @@ def render(results: Sequence[tuple[Scenario, RunResult]]) -> str:
         line_chart("Throughput: orders finished per simulated second", throughput, "second", "orders"),
         line_chart("Queue: transactions waiting for a database connection", queue, "second", "waiting"),
         line_chart("Queue: requests waiting for a replica's event loop", replica_queue, "second", "waiting"),
+        line_chart(
+            "Queue: calls waiting for a wallet host (its CPU, its batch commit, or its restart)",
+            host_queue,
+            "second",
+            "waiting",
+        ),
         timeline(
-            "Fault timeline (outages, restarts, key losses, replicas down, spikes)",
+            "Fault timeline (outages, restarts, key losses, replicas and hosts down, spikes)",
             [(s.name, _faults(r)) for s, r in results],
             end,
         ),

@@ -38,6 +38,7 @@ class Stats:
     sent: Counter[int] = field(default_factory=Counter)
     queue: dict[int, int] = field(default_factory=dict)
     replica_queue: dict[int, int] = field(default_factory=dict)
+    host_queue: dict[int, int] = field(default_factory=dict)
     webhooks: Counter[str] = field(default_factory=Counter)
     refunds: Counter[str] = field(default_factory=Counter)
 
@@ -82,6 +83,7 @@ class RunResult:
                     "sent_per_s": _series(self.stats.sent),
                     "db_queue": _series(Counter(self.stats.queue)),
                     "replica_queue": _series(Counter(self.stats.replica_queue)),
+                    "host_queue": _series(Counter(self.stats.host_queue)),
                 },
                 "ok": self.ok,
             }
@@ -219,6 +221,12 @@ class Simulation:
             yield self.env.timeout(max(0.0, at - self.env.now))
             self.service.crash_a_replica()
 
+    def _host_crashes(self) -> Generator[simpy.Event, Any, None]:
+        for at in sorted(self.config.hosts.crashes):
+            yield self.env.timeout(max(0.0, at - self.env.now))
+            if self.service.faults_on:
+                self.service.hosts.crash()
+
     def _key_losses(self) -> Generator[simpy.Event, Any, None]:
         for at in sorted(self.config.service.key_losses):
             yield self.env.timeout(max(0.0, at - self.env.now))
@@ -229,6 +237,10 @@ class Simulation:
             second = int(self.env.now)
             self.stats.queue[second] = len(self.db.pool.waiting)
             self.stats.replica_queue[second] = sum(len(r.cpu.waiting) for r in self.service.replicas)
+            hosts = self.service.hosts
+            parked = sum(len(calls) for calls in hosts.parked)
+            self.stats.host_queue[second] = parked + sum(len(host.in_flight()) for host in hosts.live())
+            hosts.sweep()
             yield self.env.timeout(1.0)
 
     # -- the run -------------------------------------------------------------------------------------------
@@ -247,6 +259,7 @@ class Simulation:
             self._sampler(),
             self.connections.run(),
             self._replica_crashes(),
+            self._host_crashes(),
         ):
             env.process(process)
         env.run(until=self.arrivals_done)
@@ -318,6 +331,8 @@ class Simulation:
             "payment_states": dict(sorted(states.items())),
             "transitions": self.service.transitions,
             "replicas": dict(sorted(self.service.replica_faults.items())),
+            "hosts": self.service.hosts.summary(),
+            "commits": {"pool": self.db.commits, "host_batches": self.service.hosts.batches},
             "refunds": {
                 "answers": dict(sorted(self.stats.refunds.items())),
                 "states": dict(sorted(Counter(r.state.value for r in self.refunds.refunds.values()).items())),

@@ -14,6 +14,12 @@ from sim.config import SimConfig
 Changes = dict[str, dict[str, Any]]
 #: Redis loses every key early and then again later, so short and long runs both meet it.
 KEY_LOSSES = (1.0, 2.5, 4.0, 9.0, 14.0)
+#: wallet hosts dying under load, with refunds (debits) in flight beside the captures
+HOST_CRASHES: Changes = {
+    "hosts": {"crashes": (0.5, 1.5, 2.5, 3.5, 8.0, 14.0)},
+    "load": {"rate": 200.0, "refund_share": 0.3, "refund_after_s": 0.5},
+    "psp": {"lost_reply_rate": 0.02},
+}
 
 
 @dataclass(frozen=True)
@@ -66,6 +72,19 @@ SCENARIOS = {
             "an API replica dies twice, cutting every request it serves (clients see 502s and retry); Serve "
             "replaces it 5 s later",
             {"service": {"replica_crashes": (1.0, 7.0)}, "psp": {"lost_reply_rate": 0.02}},
+        ),
+        Scenario(
+            "host_crash",
+            "the busiest wallet host dies every second or so under load: Ray starts it again 1 s later and "
+            "retries its calls there (a batch caught committing may have committed); wallets reload from the "
+            "ledger",
+            HOST_CRASHES,
+        ),
+        Scenario(
+            "duplicate_host",
+            "a dead wallet host's old copy goes on writing for 0.5 s beside its new one: Postgres arbitrates "
+            "(idempotent postings, guarded transitions, require_funds on debits)",
+            {**HOST_CRASHES, "hosts": {**HOST_CRASHES["hosts"], "duplicate_s": 0.5}},
         ),
         Scenario(
             "dashboard_refunds",
@@ -136,6 +155,16 @@ SWAPS = {
             "no_compensation",
             "a charge whose ledger posting failed is only marked failed: the PSP keeps the money (orphan)",
             {"design": {"compensation": False}, "service": {"ledger_failure_rate": 0.05}},
+            breaks="psp_matches_ledger",
+        ),
+        Scenario(
+            "non_idempotent_postings",
+            "the ledger writes a posting again when a host's retried call (or its old copy) brings it twice",
+            {
+                **HOST_CRASHES,
+                "hosts": {**HOST_CRASHES["hosts"], "duplicate_s": 0.5},
+                "design": {"idempotent_postings": False},
+            },
             breaks="psp_matches_ledger",
         ),
         Scenario(

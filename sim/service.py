@@ -2,8 +2,10 @@
 
 The driver does what ``serve_app/charge_flow.py`` does, against simulated components: each transition comes
 from ``payray.charge.step`` and is persisted (a database commit) before its commands run; the commands call
-the simulated PSP and ledger; recovery looks a payment up at the PSP rather than capturing again. So what the
-simulator finds about the machine is true of the production machine.
+the simulated PSP and the merchant's wallet host; recovery looks a payment up at the PSP rather than
+capturing again. A capture is booked as ``payray.charge.booking`` says: its posting and the transitions it
+completes commit in one transaction of the host, so a successful charge costs its insert and a share of one
+batch commit. So what the simulator finds about the machine is true of the production machine.
 """
 
 from __future__ import annotations
@@ -25,12 +27,14 @@ from payray.charge import (
     ChargeState,
     Command,
     Transition,
+    booking,
     psp_idempotency_key,
     step,
 )
 from payray.errors import IllegalTransition
 from sim.config import SimConfig
 from sim.connections import REPLICA_DIED, Connections
+from sim.hosts import REFUSED, UNAVAILABLE, HostPosting, Hosts, host_posting
 from sim.world import (
     FastKeys,
     Pool,
@@ -38,7 +42,6 @@ from sim.world import (
     SimPsp,
     Unavailable,
     capture_booked,
-    capture_of,
     compensation_of,
 )
 
@@ -50,12 +53,13 @@ Chain = tuple[Transition, ...]
 
 class Replica:
     """One API replica: an asyncio event loop, so one request's CPU work at a time (``work_s``, in line),
-    while any number of its requests wait on I/O."""
+    while any number of its requests wait on I/O; and its calls to the wallet hosts, one in flight to each."""
 
-    def __init__(self, env: simpy.Environment, work_s: float) -> None:
+    def __init__(self, env: simpy.Environment, work_s: float, hosts: Hosts) -> None:
         self.cpu = Pool(env, 1, work_s)
         #: the clients whose requests it serves, in arrival order
         self.serving: dict[simpy.Process, None] = {}
+        self.outboxes = hosts.outboxes()
         self.up = True
 
 
@@ -84,6 +88,9 @@ class SimPayment:
 
 
 PSP_EVENTS = {"captured": E.PSP_CAPTURED, "declined": E.PSP_DECLINED, "unknown": E.PSP_UNKNOWN}
+#: where a capture may still be booked (``payray.charge.booking``), and the command that resumes it there
+BOOKABLE = frozenset({S.PSP_PENDING, S.UNKNOWN, S.CAPTURED})
+BOOK = (Command.POST_LEDGER,)
 ANSWERS: dict[ChargeState, Answer] = {S.SUCCEEDED: "succeeded", S.DECLINED: "declined", S.FAILED: "failed"}
 
 
@@ -100,7 +107,14 @@ class SimService:
     ) -> None:
         self.env, self.rng, self.config = env, rng, config
         self.psp, self.db, self.fast_keys, self.connections = psp, db, fast_keys, connections
-        self.replicas = [Replica(env, config.service.work_s) for _ in range(config.service.replicas)]
+        self.hosts = Hosts(env, rng, config, db, self._persisted)
+        #: the recovery janitor's and the webhook handler's calls to the hosts
+        self.background = self.hosts.outboxes()
+        self.replicas = [
+            Replica(env, config.service.work_s, self.hosts) for _ in range(config.service.replicas)
+        ]
+        #: the replica serving each client's open request
+        self.replica_of: dict[simpy.Process, Replica] = {}
         #: replicas that died, the requests they cut, and requests refused while none was up
         self.replica_faults: Counter[str] = Counter()
         self.payments: dict[str, SimPayment] = {}
@@ -111,6 +125,7 @@ class SimService:
         #: each order's latest payment (a swap may make several)
         self.by_order: dict[int, SimPayment] = {}
         self._chains: dict[tuple[ChargeState, ChargeEvent], Chain] = {}
+        self._bookings: dict[ChargeState, Chain] = {}
 
     # -- the API -----------------------------------------------------------------------------------------
 
@@ -124,11 +139,13 @@ class SimService:
         client = self.env.active_process
         assert client is not None
         replica.serving[client] = None
+        self.replica_of[client] = replica
         try:
             yield replica.cpu.hold()
             return (yield from handler)
         finally:
             replica.serving.pop(client, None)
+            del self.replica_of[client]
 
     def request(self, order_id: int, merchant: str, amount: int, key: str) -> Generator[Any, Any, Answer]:
         """``POST /v1/charges`` with an Idempotency-Key: replayed, refused in flight, or a new payment."""
@@ -160,6 +177,8 @@ class SimService:
             return
         replica = max(live, key=lambda r: len(r.serving))
         replica.up = False
+        for outbox in replica.outboxes:
+            outbox.alive = False
         self.replica_faults["crashes"] += 1
         self.replica_faults["requests_cut"] += len(replica.serving)
         for client in list(replica.serving):
@@ -168,7 +187,7 @@ class SimService:
         restart.callbacks.append(lambda _: self._restart(replica))
 
     def _restart(self, dead: Replica) -> None:
-        self.replicas[self.replicas.index(dead)] = Replica(self.env, self.config.service.work_s)
+        self.replicas[self.replicas.index(dead)] = Replica(self.env, self.config.service.work_s, self.hosts)
 
     def _idempotent(
         self, order_id: int, merchant: str, amount: int, key: str
@@ -214,6 +233,16 @@ class SimService:
         self._chains[(state, event)] = chain  # the machine is pure: one lookup per run and transition
         return chain
 
+    def _booking(self, payment_id: str, state: ChargeState) -> Chain:
+        """``payray.charge.booking(state)``: the transitions that commit with a capture's posting."""
+        known = self._bookings.get(state)
+        if known is None:
+            try:
+                known = self._bookings[state] = booking(state)
+            except IllegalTransition as exc:
+                raise MachineRefused(f"payment {payment_id}: {exc}") from exc
+        return known
+
     def _persisted(self, payment: SimPayment, chain: Chain, who: str) -> tuple[Command, ...]:
         """Apply a committed chain to the payment; the commands its last transition asks for."""
         now = self.env.now
@@ -226,27 +255,76 @@ class SimService:
             self.unfinished.pop(payment.id, None)
         return transition.commands
 
+    def post(self, postings: list[HostPosting]) -> simpy.Event:
+        """One call to the merchant's wallet host (all ``postings`` are one merchant's), riding this caller's
+        next call to that host: the event to wait for, after which each posting carries the host's answer
+        (``answered`` raises if the host's transaction failed)."""
+        replica = self.replica_of.get(self.env.active_process)  # type: ignore[arg-type]
+        outboxes = self.background if replica is None else replica.outboxes
+        return outboxes[self.hosts.index_of(postings[0].merchant)].send(postings)
+
+    @staticmethod
+    def answered(postings: list[HostPosting]) -> None:
+        for posting in postings:
+            if posting.result is UNAVAILABLE:
+                raise Unavailable("the wallet host's transaction failed")
+
     def _drive(
         self, payment: SimPayment, who: str, event: ChargeEvent | None = None
     ) -> Generator[Any, Any, None]:
         """``ChargeFlow``: from ``event``, or else from the persisted state as ``resume`` does, persist each
         transition (one commit) and then run its command, whose outcome is the next event; until a command
-        has nothing more to say. One loop rather than a call per transition, so a resumed SimPy event passes
-        through the same few generator frames (client, request, this loop, the PSP call) however many
-        transitions came before."""
+        has nothing more to say. A capture is booked instead: its posting and ``booking(state)`` in one
+        transaction of the merchant's host (``ChargeFlow._book``). One loop rather than a call per
+        transition, so a resumed SimPy event passes through the same few generator frames (client, request,
+        this loop, the PSP call) however many transitions came before.
+
+        Each commit is guarded by the state the driver last saw, as ``APPLY_TRANSITIONS`` is: a booking sent
+        by an earlier request that was cut may commit meanwhile, and then the answer is the state it left."""
         commands: tuple[Command, ...] = ()
+        seen = payment.state
         if event is None:
-            if payment.state is S.UNKNOWN:
+            if seen is S.UNKNOWN:
                 event = E.PSP_RETRY
             else:
-                commands = RESUME.get(payment.state, ())
+                commands = RESUME.get(seen, ())
         config, db = self.config, self.db
+        chain: Chain = ()
         while True:
-            if event is not None:
-                chain = self._chain(payment.id, payment.state, event)
+            if event is E.PSP_CAPTURED or commands == BOOK:
+                if seen not in BOOKABLE:
+                    return  # a booking sent by an earlier, cut request committed first
+                refused = self.faults_on and self.rng.random() < config.service.ledger_failure_rate
+                capture = HostPosting(
+                    CAPTURE,
+                    payment.id,
+                    payment.merchant,
+                    capture_booked(payment.amount),
+                    0,
+                    payment,
+                    self._booking(payment.id, seen),
+                    who,
+                    refused,
+                )
+                yield self.post([capture])
+                if capture.result is UNAVAILABLE:
+                    raise Unavailable("the wallet host's transaction failed")
+                if capture.completed:
+                    return
+                if capture.result is REFUSED:  # the capture and the ledger's refusal, persisted together
+                    chain = (*capture.chain[:-2], self._chain(payment.id, S.CAPTURED, E.LEDGER_FAILED)[0])
+                elif payment.state is S.CAPTURED:  # posted; whoever moved it on left it to be booked
+                    seen, chain = S.CAPTURED, self._booking(payment.id, S.CAPTURED)
+                else:
+                    return  # posted, and the payment moved on: the answer is its state
+            elif event is not None:
+                chain = self._chain(payment.id, seen, event)
+            if chain:
                 yield db.commit()  # persisted before its commands run
+                if payment.state is not seen:
+                    return
                 commands = self._persisted(payment, chain, who)
-                event = None
+                seen, event, chain = payment.state, None, ()
             if not commands:
                 return
             command = commands[0]  # the machine asks for one command at a time
@@ -258,13 +336,8 @@ class SimService:
                 if self.faults_on and outcome == "captured" and self.rng.random() < crash:
                     raise Crash("the replica died after the PSP captured")
                 event = PSP_EVENTS[outcome]
-            elif command is Command.POST_LEDGER:
-                if self.faults_on and self.rng.random() < config.service.ledger_failure_rate:
-                    event = E.LEDGER_FAILED
-                else:
-                    yield db.commit()
-                    db.ledger.book(CAPTURE, payment.id, payment.merchant, capture_booked(payment.amount))
-                    event = E.LEDGER_POSTED
+            elif command is Command.POST_LEDGER:  # resuming from captured: booked as a capture is
+                event = None
             elif command is Command.RESPOND_SUCCEEDED:
                 event = E.RESPONDED
             elif command is Command.REFUND_AT_PSP:
@@ -274,10 +347,14 @@ class SimService:
                     return  # stay refund_pending; recovery refunds again with the same key
                 event = E.PSP_REFUNDED
             elif command is Command.POST_COMPENSATION:
-                yield db.commit()
                 if config.design.compensation:  # the capture and its reversal: the PSP moved money twice
-                    db.ledger.post(capture_of(payment.id, payment.merchant, payment.amount))
-                    db.ledger.post(compensation_of(payment.id, payment.merchant, payment.amount))
+                    reversal = compensation_of(payment.id, payment.merchant, payment.amount)
+                    capture = HostPosting(
+                        CAPTURE, payment.id, payment.merchant, capture_booked(payment.amount)
+                    )
+                    postings = [capture, host_posting(reversal)]
+                    yield self.post(postings)
+                    self.answered(postings)
                 event = E.COMPENSATION_POSTED
             else:
                 return  # RESPOND_DECLINED, RESPOND_PENDING, RESPOND_FAILED: the answer is the state

@@ -70,12 +70,26 @@ def swarm_config(seed: int, charges: int = 500) -> SimConfig:
             "unknown_rows": draw.randrange(4) if draw.random() < 0.3 else 0,
         },
     )
-    return world.with_(
+    world = world.with_(
         service={
             "replicas": draw.randrange(1, 5),
             "replica_crashes": tuple(
                 sorted(round(draw.uniform(0.0, 8.0), 3) for _ in range(draw.randrange(3)))
             ),
             "replica_restart_s": round(draw.uniform(0.5, 10.0), 3),
+        }
+    )
+    # Wallet hosts, drawn last so the worlds above stay what they were: how many, how few wallets each may
+    # keep (passivation), their batching window, and crashes, some leaving the old copy writing a while.
+    return world.with_(
+        hosts={
+            "hosts": draw.randrange(1, 5),
+            "wallet_cache": draw.randrange(1, 20),
+            "wallet_idle_s": round(draw.uniform(0.5, 600.0), 1),
+            "call_s": round(draw.uniform(0.0005, 0.005), 4),
+            "group_commit_s": round(draw.uniform(0.0, 0.01), 4),
+            "crashes": tuple(sorted(round(draw.uniform(0.0, 4.0), 3) for _ in range(draw.randrange(4)))),
+            "restart_s": round(draw.uniform(0.2, 3.0), 3),
+            "duplicate_s": rate(1.0, chance=0.4),
         }
     )

@@ -223,11 +223,16 @@ def booked(posting: Posting) -> Booked:
 
 @dataclass
 class LedgerBook:
-    """The ledger's transactions by (kind, reference), each with its merchant, and each merchant's wallet
-    (the actor's view, kept as postings land)."""
+    """The ledger's transactions by (kind, reference), each with its merchant, and each merchant's balance
+    (``account_balances``, kept in the same transaction). Wallets live in the hosts and take their balance
+    from here."""
 
     transactions: dict[tuple[str, str], tuple[str, Booked]] = field(default_factory=dict)
-    wallets: dict[str, int] = field(default_factory=dict)
+    balances: dict[str, int] = field(default_factory=dict)
+    #: False for a broken ledger that writes a posting again under its used (kind, reference)
+    idempotent: bool = True
+    #: what such a ledger wrote again: (kind, reference, merchant, effect)
+    repeated: list[tuple[str, str, str, Booked]] = field(default_factory=list)
 
     def post(self, posting: Posting) -> bool:
         assert posting.merchant_id is not None
@@ -237,9 +242,12 @@ class LedgerBook:
         """Idempotent on (kind, reference), as the real ledger; False when it was already posted."""
         key = (kind, ref)
         if key in self.transactions:
-            return False
-        self.transactions[key] = (merchant, effect)
-        self.wallets[merchant] = self.wallets.get(merchant, 0) + effect.payable
+            if self.idempotent:
+                return False
+            self.repeated.append((kind, ref, merchant, effect))
+        else:
+            self.transactions[key] = (merchant, effect)
+        self.balances[merchant] = self.balances.get(merchant, 0) + effect.payable
         return True
 
 
@@ -286,14 +294,20 @@ class SimDatabase:
         self.env, self.c = env, config.database
         self.pool = Pool(env, config.database.pool, config.database.commit_s)
         self.keys: dict[tuple[int, str], str] = {}
-        self.ledger = LedgerBook()
+        self.ledger = LedgerBook(idempotent=config.design.idempotent_postings)
         self.faults_on = True
+        #: transactions through the pool (the wallet hosts count their own)
+        self.commits = 0
+
+    def restarting(self) -> bool:
+        return bool(self.c.restarts) and self.faults_on and in_window(self.env.now, self.c.restarts)
 
     def commit(self) -> simpy.Event:
         """One transaction (a connection from the pool, then the commit), as one event to wait for; raises
         ``Unavailable`` while the database restarts."""
         if self.c.restarts and self.faults_on and in_window(self.env.now, self.c.restarts):
             raise Unavailable("database restarting")
+        self.commits += 1
         return self.pool.hold()
 
 

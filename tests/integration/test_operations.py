@@ -11,6 +11,9 @@ import httpx
 import psycopg
 import pytest
 
+from actors.wallet_host import host_name
+from payray.settings import Settings
+from payray.slots import SlotMap
 from payray.stack import StackInfo
 from tests.integration.stack_fixtures import STACK_NAMESPACE, Merchant
 
@@ -73,7 +76,7 @@ def test_payray_verify_passes_against_the_stack(stack: StackInfo, merchant: Merc
 def test_payray_verify_fails_when_a_wallet_disagrees_with_the_ledger(
     stack: StackInfo, merchant: Merchant, api_database_url: str
 ) -> None:
-    """A posting that bypasses the merchant's wallet actor breaks invariant 3, and verify exits 1."""
+    """A posting that bypasses the merchant's wallet breaks invariant 3, and verify exits 1."""
     import ray
 
     from ledger.postings import payout_posting
@@ -89,8 +92,9 @@ def test_payray_verify_fails_when_a_wallet_disagrees_with_the_ledger(
     report = json.loads(done.stdout)
     assert report["ok"] is False and report["wallets_match_ledger"]["violations"] == 1
 
-    wallet = ray.get_actor(f"wallet:{merchant.id}", namespace=STACK_NAMESPACE)
-    ray.get(wallet.resync.remote())  # the wallet rebuilds from the ledger, its source of truth
+    owner = host_name(SlotMap(Settings().wallet_hosts).host_of(merchant.id))
+    host = ray.get_actor(owner, namespace=STACK_NAMESPACE)
+    ray.get(host.resync.remote(merchant.id))  # the wallet rebuilds from the ledger, its source of truth
     healed = _payray("verify", "--url", stack.base_url, "--admin-key", stack.admin_key, env=dict(os.environ))
     assert healed.returncode == 0, healed.stdout
 

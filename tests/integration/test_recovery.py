@@ -1,7 +1,7 @@
 """The recovery janitor finishes what interrupted requests left behind, with the invariants intact.
 
 Each interruption is produced for real: the PSP call is made (or not) with the real SDK against the
-emulator, the ledger posting goes through the merchant's real wallet actor, and the payment row is left in the
+emulator, the ledger posting goes through the merchant's real wallet host, and the payment row is left in the
 state a crash at that point leaves; or the API replica itself is killed in the middle of a charge.
 """
 
@@ -19,9 +19,12 @@ import pytest
 import ray
 from psycopg.types.json import Jsonb
 
+from actors.wallet_host import host_name
 from ledger.postings import capture_posting, dispute_hold_posting, fee_for
 from payray.charge import psp_idempotency_key
 from payray.money import Money
+from payray.settings import Settings
+from payray.slots import SlotMap
 from payray.stack import EMULATOR_API_KEY, StackInfo
 from psp.stripe_adapter import StripePsp
 from tests.integration.polling import until
@@ -83,7 +86,9 @@ def leave_payment(
 
 
 def wallet(merchant_id: str) -> Any:
-    return ray.get_actor(f"wallet:{merchant_id}", namespace=STACK_NAMESPACE)
+    """The host that holds the merchant's wallet."""
+    index = SlotMap(Settings().wallet_hosts).host_of(merchant_id)
+    return ray.get_actor(host_name(index), namespace=STACK_NAMESPACE)
 
 
 def charge_status(merchant: Merchant, payment_id: str) -> str:
@@ -223,14 +228,12 @@ def in_state(database_url: str, merchant_id: str, state: str) -> str | None:
     return row[0] if row else None
 
 
-def test_killing_the_wallet_and_the_ledger_writers_between_charges_loses_nothing(
+def test_killing_every_wallet_host_between_charges_loses_nothing(
     merchant: Merchant, admin: httpx.Client
 ) -> None:
     assert merchant.charge(amount=1000).status_code == 200
-    ray.kill(wallet(merchant.id), no_restart=False)
-    for actor in ray.util.list_named_actors(all_namespaces=True):
-        if actor["namespace"] == STACK_NAMESPACE and actor["name"].startswith("ledger_writer:"):
-            ray.kill(ray.get_actor(actor["name"], namespace=STACK_NAMESPACE), no_restart=False)
+    for index in range(Settings().wallet_hosts):
+        ray.kill(ray.get_actor(host_name(index), namespace=STACK_NAMESPACE), no_restart=False)
     with ThreadPoolExecutor(8) as pool:
         answers = list(pool.map(lambda i: merchant.charge(amount=1000 + i), range(8)))
     assert all(a.status_code == 200 for a in answers), [a.text for a in answers]

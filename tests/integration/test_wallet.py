@@ -11,7 +11,8 @@ import psycopg
 import pytest
 
 from actors.ledger_writer import LedgerWriter
-from actors.wallet import InsufficientFunds, Wallet
+from actors.wallet import InsufficientFunds, Ledger, Wallet
+from actors.wallet_host import LedgerReads
 from ledger import invariants, store
 from ledger.postings import Posting, capture_posting, fee_for, payout_posting
 from ledger.store import PostingResult
@@ -21,13 +22,25 @@ from payray.money import Money
 T = TypeVar("T")
 
 
-def run(scenario: Callable[[LedgerWriter], Awaitable[T]], database_url: str) -> T:
+class Parts:
+    """A real ledger writer and the reads a wallet host makes, on the test database."""
+
+    def __init__(self, database_url: str) -> None:
+        self.writer = LedgerWriter(database_url, shard=3)
+        self.reads = LedgerReads(database_url, "payray-test-wallet")
+
+    def wallet(self, merchant: str, ledger: Ledger | None = None) -> Wallet:
+        return Wallet(merchant, ledger or self.writer, self.reads)
+
+
+def run(scenario: Callable[[Parts], Awaitable[T]], database_url: str) -> T:
     async def main() -> T:
-        writer = LedgerWriter(database_url, shard=3)
+        parts = Parts(database_url)
         try:
-            return await scenario(writer)
+            return await scenario(parts)
         finally:
-            await writer.close()
+            await parts.writer.close()
+            await parts.reads.close()
 
     return asyncio.run(main())
 
@@ -68,17 +81,20 @@ class FlakyLedger:
             raise ConnectionError("the answer was lost on the way back")
         return result
 
+    async def post_many(self, postings: list[Posting]) -> list[PostingResult]:
+        return [await self.post(posting) for posting in postings]
+
 
 def test_credits_update_the_wallet_and_match_the_ledger(database_url: str) -> None:
     merchant = new_merchant()
 
-    async def scenario(writer: LedgerWriter) -> tuple[dict[str, int], dict[str, int]]:
-        wallet = Wallet(merchant, database_url, writer)
+    async def scenario(parts: Parts) -> tuple[dict[str, int], dict[str, int]]:
+        wallet = parts.wallet(merchant)
         assert await wallet.balances() == {}
         postings = [capture(merchant, 1000 + i) for i in range(50)] + [capture(merchant, 700, "eur")]
         results = await asyncio.gather(*(wallet.credit(p) for p in postings))
         assert all(r.created for r in results)
-        reborn = Wallet(merchant, database_url, writer)  # a restarted actor rebuilds from Postgres
+        reborn = parts.wallet(merchant)  # a restarted actor rebuilds from Postgres
         return await wallet.balances(), await reborn.balances()
 
     held, rebuilt = run(scenario, database_url)
@@ -93,8 +109,8 @@ def test_credits_update_the_wallet_and_match_the_ledger(database_url: str) -> No
 def test_concurrent_debits_never_overdraw(database_url: str) -> None:
     merchant = new_merchant()
 
-    async def scenario(writer: LedgerWriter) -> list[PostingResult | BaseException]:
-        wallet = Wallet(merchant, database_url, writer)
+    async def scenario(parts: Parts) -> list[PostingResult | BaseException]:
+        wallet = parts.wallet(merchant)
         await wallet.credit(funding(merchant, 10_000))
         assert await wallet.balances() == {"usd": 10_000}
         return await asyncio.gather(
@@ -113,8 +129,8 @@ def test_concurrent_debits_never_overdraw(database_url: str) -> None:
 def test_insufficient_funds_is_a_client_error_with_its_code(database_url: str) -> None:
     merchant = new_merchant()
 
-    async def scenario(writer: LedgerWriter) -> None:
-        wallet = Wallet(merchant, database_url, writer)
+    async def scenario(parts: Parts) -> None:
+        wallet = parts.wallet(merchant)
         with pytest.raises(InsufficientFunds) as refused:
             await wallet.debit(payout(merchant, 1), Money(1, "usd"))
         assert isinstance(refused.value, ClientError)
@@ -128,11 +144,11 @@ def test_a_retried_debit_answers_its_first_result_even_when_funds_are_gone(datab
     merchant = new_merchant()
     payout_id = f"po_{uuid.uuid4().hex[:12]}"
 
-    async def scenario(writer: LedgerWriter) -> tuple[PostingResult, PostingResult]:
-        wallet = Wallet(merchant, database_url, writer)
+    async def scenario(parts: Parts) -> tuple[PostingResult, PostingResult]:
+        wallet = parts.wallet(merchant)
         await wallet.credit(funding(merchant, 1000))  # 1000 available
         first = await wallet.debit(payout(merchant, 1000, payout_id), Money(1000, "usd"))
-        retried = await Wallet(merchant, database_url, writer).debit(
+        retried = await parts.wallet(merchant).debit(
             payout(merchant, 1000, payout_id), Money(1000, "usd")
         )
         return first, retried
@@ -148,9 +164,9 @@ def test_postgres_refuses_what_a_stale_wallet_would_allow(database_url: str) -> 
     the whole balance is theirs; the database's funds check keeps the merchant from going negative."""
     merchant = new_merchant()
 
-    async def scenario(writer: LedgerWriter) -> tuple[PostingResult | BaseException, ...]:
-        await Wallet(merchant, database_url, writer).credit(funding(merchant, 1000))
-        old, new = Wallet(merchant, database_url, writer), Wallet(merchant, database_url, writer)
+    async def scenario(parts: Parts) -> tuple[PostingResult | BaseException, ...]:
+        await parts.wallet(merchant).credit(funding(merchant, 1000))
+        old, new = parts.wallet(merchant), parts.wallet(merchant)
         assert await old.balances() == await new.balances() == {"usd": 1000}
         return await asyncio.gather(
             old.debit(payout(merchant, 1000), Money(1000, "usd")),
@@ -167,9 +183,9 @@ def test_postgres_refuses_what_a_stale_wallet_would_allow(database_url: str) -> 
 def test_a_ledger_failure_resyncs_the_wallet_from_postgres(database_url: str) -> None:
     merchant = new_merchant()
 
-    async def scenario(writer: LedgerWriter) -> dict[str, int]:
-        ledger = FlakyLedger(writer)
-        wallet = Wallet(merchant, database_url, ledger)
+    async def scenario(parts: Parts) -> dict[str, int]:
+        ledger = FlakyLedger(parts.writer)
+        wallet = parts.wallet(merchant, ledger)
         await wallet.credit(funding(merchant, 1000))
         ledger.fail_after_posting = True
         with pytest.raises(DependencyFailure):
@@ -183,8 +199,8 @@ def test_a_ledger_failure_resyncs_the_wallet_from_postgres(database_url: str) ->
 def test_a_refused_posting_resyncs_and_reports_its_error(database_url: str) -> None:
     merchant = new_merchant()
 
-    async def scenario(writer: LedgerWriter) -> tuple[PostingResult, dict[str, int]]:
-        wallet = Wallet(merchant, database_url, writer)
+    async def scenario(parts: Parts) -> tuple[PostingResult, dict[str, int]]:
+        wallet = parts.wallet(merchant)
         first = funding(merchant, 1000)
         await wallet.credit(first)
         conflicting = capture_posting(first.external_ref, merchant, Money(5000, "usd"), Money(0, "usd"))
@@ -197,8 +213,8 @@ def test_a_refused_posting_resyncs_and_reports_its_error(database_url: str) -> N
 
 
 def test_a_wallet_only_takes_its_own_merchant_postings(database_url: str) -> None:
-    async def scenario(writer: LedgerWriter) -> None:
-        wallet = Wallet(new_merchant(), database_url, writer)
+    async def scenario(parts: Parts) -> None:
+        wallet = parts.wallet(new_merchant())
         with pytest.raises(ValueError):
             await wallet.credit(capture(new_merchant(), 100))
 
@@ -210,8 +226,8 @@ def test_a_batch_of_credits_is_one_ledger_call_and_matches_the_ledger(database_u
 
     postings = [funding(merchant, 100 + i) for i in range(30)]
 
-    async def scenario(writer: LedgerWriter) -> tuple[list[PostingResult], dict[str, int]]:
-        wallet = Wallet(merchant, database_url, writer)
+    async def scenario(parts: Parts) -> tuple[list[PostingResult], dict[str, int]]:
+        wallet = parts.wallet(merchant)
         results = await wallet.credit_many(postings)
         again = await wallet.credit_many(postings[:5])  # a retried batch posts nothing twice
         assert [r.created for r in again] == [False] * 5
@@ -226,8 +242,8 @@ def test_a_batch_of_credits_is_one_ledger_call_and_matches_the_ledger(database_u
 def test_a_batch_with_another_merchants_posting_is_refused_whole(database_url: str) -> None:
     merchant = new_merchant()
 
-    async def scenario(writer: LedgerWriter) -> None:
-        wallet = Wallet(merchant, database_url, writer)
+    async def scenario(parts: Parts) -> None:
+        wallet = parts.wallet(merchant)
         with pytest.raises(ValueError, match="sent to the wallet of"):
             await wallet.credit_many([funding(merchant, 100), funding(new_merchant(), 100)])
 

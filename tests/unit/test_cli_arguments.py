@@ -54,6 +54,6 @@ def test_verify_without_a_stack_says_so(
 
 
 def test_bad_setting_exits_2(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.setenv("PAYRAY_LEDGER_WRITERS", "many")
+    monkeypatch.setenv("PAYRAY_WALLET_HOSTS", "many")
     assert main(["migrate"]) == 2
-    assert "PAYRAY_LEDGER_WRITERS" in capsys.readouterr().err
+    assert "PAYRAY_WALLET_HOSTS" in capsys.readouterr().err

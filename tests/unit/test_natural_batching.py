@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from serve_app.batching import NaturalBatcher
+from payray.batching import NaturalBatcher
 
 
 class Recorder:

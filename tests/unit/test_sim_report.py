@@ -26,7 +26,7 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_the_report_is_self_contained(report: Path) -> None:
     page = report.read_text()
-    assert page.count("<svg") == 7 and "no_double_capture" in page and "psp_matches_ledger" in page
+    assert page.count("<svg") == 8 and "no_double_capture" in page and "psp_matches_ledger" in page
     assert not re.search(r"(src|href)=\"(https?:)?//", page), "the page must not load anything"
 
 
@@ -36,7 +36,7 @@ def test_the_report_renders_in_headless_chromium(report: Path, tmp_path: Path) -
     dom = subprocess.run(
         [CHROMIUM, *flags, "--dump-dom", report.as_uri()], capture_output=True, text=True, timeout=120
     )
-    assert "<title>payray simulate: 7 of 7 charts drawn</title>" in dom.stdout, (
+    assert "<title>payray simulate: 8 of 8 charts drawn</title>" in dom.stdout, (
         dom.stdout[:500] + dom.stderr[-500:]
     )
     shot = tmp_path / "report.png"
