@@ -77,8 +77,8 @@ class Wallet:
         self._reader = reader
         self._balances: dict[str, MerchantBalance] = {}
         self._reserved: dict[str, int] | None = None
-        #: the load from the ledger: None before the first, done once loaded
-        self._load: asyncio.Future[None] | None = None
+        #: the load from the ledger: None before (or after a failure), the task while it runs, True once done
+        self._load: asyncio.Future[None] | bool | None = None
         self._posting = 0
         #: calls of the host's that hold this wallet now (counted by the host)
         self.callers = 0
@@ -86,7 +86,7 @@ class Wallet:
     @property
     def busy(self) -> bool:
         """In a call, holding a reservation, a posting in flight or a load: not to be passivated."""
-        loading = self._load is not None and not self._load.done()
+        loading = isinstance(self._load, asyncio.Future)
         return bool(self.callers or self._posting or self._reserved or loading)
 
     async def credit(self, posting: Posting) -> PostingResult:
@@ -103,10 +103,11 @@ class Wallet:
             self._check_owner(posting)
         loading = self._start_loading()
         results = await self._through_ledger(self._ledger.post_many(postings))
-        try:
-            await loading
-        except DependencyFailure:  # the postings stand; the next call loads again
-            log.warning("wallet load failed", extra={"merchant_id": self.merchant_id})
+        if loading is not None:
+            try:
+                await loading
+            except DependencyFailure:  # the postings stand; the next call loads again
+                log.warning("wallet load failed", extra={"merchant_id": self.merchant_id})
         return results
 
     async def debit(self, posting: Posting, amount: Money) -> PostingResult:
@@ -120,7 +121,7 @@ class Wallet:
         self._check_owner(posting)
         if not amount.is_positive():
             raise ValueError(f"debit amount must be positive, got {amount.amount}")
-        await self._start_loading()
+        await self._loaded()
         currency = amount.currency
         reserved = self._reserved or {}
         spendable = self._available(currency) - reserved.get(currency, 0)
@@ -144,12 +145,12 @@ class Wallet:
 
     async def balances(self) -> dict[str, int]:
         """Available balance per currency, in minor units."""
-        await self._start_loading()
+        await self._loaded()
         return {currency: b.available for currency, b in sorted(self._balances.items())}
 
     async def snapshot(self) -> dict[str, dict[str, int]]:
         """Per currency: available, reserved by debits in flight, and the balance row's version."""
-        await self._start_loading()
+        await self._loaded()
         reserved = self._reserved or {}
         return {
             currency: {"available": b.available, "reserved": reserved.get(currency, 0), "version": b.version}
@@ -190,16 +191,29 @@ class Wallet:
             if held is None or balance.version > held.version:
                 self._balances[balance.currency] = balance
 
-    def _start_loading(self) -> asyncio.Future[None]:
-        """The wallet's load: started by the first call, shared by every call that arrives meanwhile, and
-        started again by the next call after a failed one."""
+    def _start_loading(self) -> asyncio.Future[None] | None:
+        """The wallet's load if it is not loaded yet: started by the first call, shared by every call that
+        arrives meanwhile, and started again by the next call after a failed one. ``None`` once loaded (a
+        loaded wallet keeps no task alive: it is one of thousands in its host)."""
         load = self._load
-        if load is None or (load.done() and load.exception() is not None):
+        if load is True:
+            return None
+        if not isinstance(load, asyncio.Future):
             load = self._load = asyncio.ensure_future(self._load_once())
         return load
 
+    async def _loaded(self) -> None:
+        loading = self._start_loading()
+        if loading is not None:
+            await loading
+
     async def _load_once(self) -> None:
-        await self.resync()
+        try:
+            await self.resync()
+        except BaseException:
+            self._load = None
+            raise
+        self._load = True
 
     async def _through_ledger(self, request: Awaitable[list[PostingResult]]) -> list[PostingResult]:
         """The ledger's results, their balances taken as ours; after any failure, rebuilt from Postgres."""

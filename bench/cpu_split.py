@@ -2,8 +2,8 @@
 
 Starts the stack on the embedded defaults, drives fresh-key charges over ``--merchants`` merchants, and reads
 each process's user + system time from ``/proc`` before and after. A charge crosses the HAProxy ingress, the
-API replica, Redis, Postgres, the PSP emulator, the merchant's wallet actor and its ledger writer; each of
-those, and Ray's own processes, gets its share. Linux only.
+API replica, Redis, Postgres, the PSP emulator and the merchant's wallet host (which writes its ledger
+postings); each of those, the outbox relay and notifier, and Ray's own processes gets its share. Linux only.
 
     .venv/bin/python -m bench.cpu_split [--requests 3000] [--concurrency 32] [--merchants 1,8]
 """
@@ -28,13 +28,15 @@ from payray.stack import Stack, free_port, haproxy_available
 #: Command-line fragments that name a component, most specific first.
 COMPONENTS = (
     ("ServeReplica", "API replica (FastAPI, Stripe SDK, psycopg, redis)"),
-    ("WalletHost", "wallet hosts"),
-    ("WalletActor", "wallet actors"),
-    ("LedgerWriter", "ledger writers"),
+    ("WalletHost", "wallet hosts (wallets and their ledger writer)"),
     ("postgres", "Postgres"),
     ("psp.emulator", "PSP emulator"),
     ("redis", "Redis"),
     ("haproxy", "HAProxy"),
+    ("OutboxRelay", "outbox relay and notifier"),
+    ("NotificationConsumer", "outbox relay and notifier"),
+    ("Janitor", "janitor and reconciliation scheduler"),
+    ("ReconScheduler", "janitor and reconciliation scheduler"),
     ("ray::", "Ray's own actors (controller, proxy, HAProxy manager, agents)"),
     ("gcs_server", "Ray GCS and raylet"),
     ("raylet", "Ray GCS and raylet"),

@@ -52,7 +52,13 @@ async def closed_loop(n: int, concurrency: int, one: Callable[[int], Awaitable[o
     return time.perf_counter() - started
 
 
-async def _drive(base_url: str, make: Callable[[int], Request], n: int, concurrency: int) -> Run:
+async def _drive(
+    base_url: str,
+    make: Callable[[int], Request],
+    n: int,
+    concurrency: int,
+    observe: Callable[[int, float], None] | None = None,
+) -> Run:
     latencies: list[float] = []
     statuses: Counter[int] = Counter()
     connector = aiohttp.TCPConnector(limit=concurrency)
@@ -65,6 +71,8 @@ async def _drive(base_url: str, make: Callable[[int], Request], n: int, concurre
                 await response.read()
                 statuses[response.status] += 1
             latencies.append(time.perf_counter() - started)
+            if observe is not None:
+                observe(i, latencies[-1])
 
         cpu_before = _cpu()
         elapsed = await closed_loop(n, concurrency, one)
@@ -88,6 +96,13 @@ def _cpu() -> float:
     return times.user + times.system
 
 
-def drive(base_url: str, make: Callable[[int], Request], n: int, concurrency: int) -> Run:
-    """Send ``n`` requests, ``concurrency`` at a time; latencies are per request, end to end."""
-    return asyncio.run(_drive(base_url.rstrip("/"), make, n, concurrency))
+def drive(
+    base_url: str,
+    make: Callable[[int], Request],
+    n: int,
+    concurrency: int,
+    observe: Callable[[int, float], None] | None = None,
+) -> Run:
+    """Send ``n`` requests, ``concurrency`` at a time; latencies are per request, end to end (each also
+    given to ``observe(i, seconds)``)."""
+    return asyncio.run(_drive(base_url.rstrip("/"), make, n, concurrency, observe))

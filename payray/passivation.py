@@ -65,17 +65,18 @@ class WalletCache(Generic[V]):
         return self._evict(now, over_capacity_only=False)
 
     def _evict(self, now: float, *, over_capacity_only: bool) -> list[str]:
-        gone: list[str] = []
         excess = len(self._entries) - self.capacity
-        for key, (value, used) in list(self._entries.items()):  # oldest first
-            if over_capacity_only and excess <= 0:
+        if over_capacity_only and excess <= 0:
+            return []
+        gone: list[str] = []
+        for key, (value, used) in self._entries.items():  # oldest first; stops at the first to keep
+            if over_capacity_only and excess - len(gone) <= 0:
                 break
-            if not over_capacity_only and excess <= 0 and now - used < self.idle_s:
+            if not over_capacity_only and excess - len(gone) <= 0 and now - used < self.idle_s:
                 break  # the rest were used more recently still
-            if self._busy(value):
-                continue
+            if not self._busy(value):
+                gone.append(key)
+        for key in gone:
             del self._entries[key]
-            gone.append(key)
-            excess -= 1
         self.passivated += len(gone)
         return gone

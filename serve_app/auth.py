@@ -28,12 +28,19 @@ def bearer_key(authorization: str | None) -> str:
 
 
 class Authenticator:
-    """Resolves keys to merchants, caching hits; keys are only ever compared as hashes."""
+    """Resolves keys to merchants, caching hits (at most ``cache_size``, the oldest going first, so memory
+    does not follow every merchant that ever called); keys are only ever compared as hashes."""
 
-    def __init__(self, admin_key: str | None, lookup: Callable[[str], Awaitable[str | None]]) -> None:
+    def __init__(
+        self,
+        admin_key: str | None,
+        lookup: Callable[[str], Awaitable[str | None]],
+        cache_size: int = 100_000,
+    ) -> None:
         self._admin_hash = hash_api_key(admin_key) if admin_key else None
         self._lookup = lookup
         self._cache: dict[bytes, str] = {}
+        self._cache_size = cache_size
 
     def is_admin(self, key: str) -> bool:
         return self._admin_hash is not None and keys_equal(hash_api_key(key), self._admin_hash)
@@ -46,6 +53,8 @@ class Authenticator:
             merchant_id = await self._lookup(key)
             if merchant_id is None:
                 raise AuthenticationFailed("Invalid API key provided.")
+            if len(self._cache) >= self._cache_size:
+                del self._cache[next(iter(self._cache))]
             self._cache[digest] = merchant_id
         return merchant_id
 

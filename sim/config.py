@@ -91,9 +91,12 @@ class Service:
 
 @dataclass(frozen=True)
 class WalletHosts:
-    """The wallet hosts (``PAYRAY_WALLET_HOSTS``): each holds its slots' wallets and writes their postings."""
+    """The wallet hosts (``PAYRAY_WALLET_HOSTS``): each holds its slots' wallets and writes their postings.
 
-    hosts: int = 2
+    Defaults as measured on 2 cores (``bench/RESULTS.md``): one host, an actor call's fixed cost
+    (``bench.ray_calls``: 1.4-2.0 ms), and the writer's 2 ms group-commit window."""
+
+    hosts: int = 1
     slots: int = DEFAULT_SLOTS
     #: a host's CPU per call, whatever the call carries (one call at a time)
     call_s: float = 0.0015

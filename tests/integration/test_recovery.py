@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -242,4 +243,35 @@ def test_killing_every_wallet_host_between_charges_loses_nothing(
         for amount in [1000, *(1000 + i for i in range(8))]
     )
     assert merchant.available() == expected  # the restarted wallet rebuilt itself from Postgres
+    assert not sweep(admin)["counts"].get("payments_failed")
+
+
+def test_a_wallet_host_killed_under_load_costs_no_charge(
+    new_merchant: Callable[[], Merchant], admin: httpx.Client
+) -> None:
+    """Charges keep coming while the host of their merchants dies: Ray restarts it and retries the calls it
+    had in flight, so every charge still answers 200, once, and every wallet is rebuilt right."""
+    merchants = [new_merchant() for _ in range(4)]
+    victim = ray.get_actor(host_name(SlotMap(Settings().wallet_hosts).host_of(merchants[0].id)),
+                           namespace=STACK_NAMESPACE)  # fmt: skip
+    answered = threading.Semaphore(0)
+
+    def charge(i: int) -> tuple[Merchant, int, httpx.Response]:
+        merchant, amount = merchants[i % 4], 1000 + i
+        answer = merchant.charge(amount=amount)
+        answered.release()
+        return merchant, amount, answer
+
+    with ThreadPoolExecutor(16) as pool:
+        futures = [pool.submit(charge, i) for i in range(240)]
+        for _ in range(60):
+            answered.acquire(timeout=120)
+        ray.kill(victim, no_restart=False)
+        results = [f.result() for f in futures]
+
+    statuses = [answer.status_code for _, _, answer in results]
+    assert statuses == [200] * 240, [answer.text for _, _, answer in results if answer.is_error]
+    for merchant in merchants:
+        charged = [amount for m, amount, _ in results if m is merchant]
+        assert merchant.available() == sum(a - fee_for(Money(a, "usd"), FEE_BPS).amount for a in charged)
     assert not sweep(admin)["counts"].get("payments_failed")

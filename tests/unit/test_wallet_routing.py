@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import tracemalloc
 from collections import Counter
@@ -128,7 +129,9 @@ def test_a_cache_needs_room_and_a_positive_idle_limit(capacity: int, idle_s: flo
         WalletCache(capacity, idle_s, busy=lambda _: False)
 
 
-class NoLedger:
+class OneBalanceLedger:
+    """Every merchant's ledger holds one usd balance; nothing is ever posted."""
+
     async def post(self, posting: object) -> object:
         raise AssertionError("not called")
 
@@ -136,27 +139,35 @@ class NoLedger:
         raise AssertionError("not called")
 
     async def merchant_balances(self, merchant_id: str) -> dict[str, MerchantBalance]:
-        raise AssertionError("not called")
+        return {"usd": MerchantBalance("usd", 123_456_789, 4_321)}
 
     async def transaction_for(self, kind: str, external_ref: str) -> str | None:
         raise AssertionError("not called")
 
 
 def test_an_idle_cached_wallet_costs_under_a_kilobyte() -> None:
-    """What a host pays per merchant it holds: the wallet, its balance, and its place in the cache."""
-    shared = NoLedger()
+    """What a host pays per merchant it holds: the wallet loaded from the ledger as a first call loads it,
+    its balance, and its place in the cache."""
+    ledger = OneBalanceLedger()
     held: WalletCache[Wallet] = WalletCache(1_000_000, 600.0, busy=lambda w: w.busy)
     count = 10_000
+
+    async def load_all() -> None:
+        for i in range(count):
+            merchant = f"acct_{i:016d}"
+            wallet = Wallet(merchant, ledger, ledger)  # type: ignore[arg-type]
+            held.put(merchant, wallet, now=float(i))
+            assert await wallet.balances() == {"usd": 123_456_789}
+
+    loop = asyncio.new_event_loop()
     gc.collect()
     tracemalloc.start()
     before = tracemalloc.get_traced_memory()[0]
-    for i in range(count):
-        merchant = f"acct_{i:016d}"
-        wallet = Wallet(merchant, shared, shared)  # type: ignore[arg-type]
-        wallet._apply([MerchantBalance("usd", 123_456 + i, 17 + i)])
-        held.put(merchant, wallet, now=float(i))
+    loop.run_until_complete(load_all())
+    gc.collect()
     per_wallet = (tracemalloc.get_traced_memory()[0] - before) / count
     tracemalloc.stop()
+    loop.close()
     assert not any(w.busy for w in held.values())
     print(f"{per_wallet:.0f} bytes per idle cached wallet")
     assert per_wallet <= 1024
