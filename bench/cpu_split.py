@@ -15,6 +15,7 @@ import json
 import os
 import tempfile
 from collections import defaultdict
+from collections.abc import Iterator
 from pathlib import Path
 
 from rich.console import Console
@@ -52,24 +53,28 @@ def _component(cmdline: str) -> str:
     return "other"
 
 
-def _cpu_by_process() -> dict[int, tuple[str, float]]:
-    """pid → (component, CPU seconds so far) for every process we may read."""
-    tick = os.sysconf("SC_CLK_TCK")
-    found = {}
+def proc_stats() -> Iterator[tuple[int, list[str], str]]:
+    """(pid, the fields of ``/proc/PID/stat`` after the command name, the command line) of every process we
+    may read."""
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
             stat = Path(f"/proc/{entry}/stat").read_text()
             raw = Path(f"/proc/{entry}/cmdline").read_bytes()
-            cmdline = raw.replace(b"\0", b" ").decode("utf-8", "replace")
         except OSError:
             continue
-        fields = stat.rsplit(")", 1)[1].split()
-        seconds = (int(fields[11]) + int(fields[12])) / tick
-        name = CLIENT if int(entry) == os.getpid() else _component(cmdline)
-        found[int(entry)] = (name, seconds)
-    return found
+        cmdline = raw.replace(b"\0", b" ").decode("utf-8", "replace").strip()
+        yield int(entry), stat.rsplit(")", 1)[1].split(), cmdline
+
+
+def _cpu_by_process() -> dict[int, tuple[str, float]]:
+    """pid → (component, CPU seconds so far) for every process we may read."""
+    tick = os.sysconf("SC_CLK_TCK")
+    return {
+        pid: (CLIENT if pid == os.getpid() else _component(cmdline), (int(f[11]) + int(f[12])) / tick)
+        for pid, f, cmdline in proc_stats()
+    }
 
 
 def measure(url: str, keys: list[str], requests: int, concurrency: int) -> tuple[float, dict[str, float]]:

@@ -66,7 +66,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.charge_path import NoopApi, _charges, _noop
-from bench.cpu_split import CLIENT, COMPONENTS, _component, _cpu_by_process
+from bench.cpu_split import CLIENT, COMPONENTS, _component, _cpu_by_process, proc_stats
 from bench.loadgen import Request, Run, drive
 from payray.ids import hash_api_key, new_api_key, new_id
 from payray.settings import Settings
@@ -98,19 +98,7 @@ class Process:
 
 def _processes() -> dict[int, Process]:
     """Every process we may read, by pid."""
-    found = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-            raw = Path(f"/proc/{entry}/cmdline").read_bytes()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[1].split()
-        cmdline = raw.replace(b"\0", b" ").decode("utf-8", "replace").strip()
-        found[int(entry)] = Process(int(fields[1]), cmdline, int(fields[21]) * PAGE)
-    return found
+    return {pid: Process(int(f[1]), cmdline, int(f[21]) * PAGE) for pid, f, cmdline in proc_stats()}
 
 
 def _tree(processes: dict[int, Process], roots: Iterable[int]) -> set[int]:

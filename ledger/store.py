@@ -11,7 +11,7 @@ and an ``_async`` twin sharing the SQL.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, TypedDict
 
@@ -195,14 +195,14 @@ async def _complete(
     conn: psycopg.AsyncConnection[Any], postings: Sequence[Posting], results: list[PostingResult]
 ) -> list[PostingResult]:
     """Run the statements the written postings complete, one pipelined ``executemany`` per distinct SQL."""
-    by_sql: dict[str, list[int]] = {}
+    by_sql: dict[str, list[tuple[int, Mapping[str, Any]]]] = {}
     for i, (posting, result) in enumerate(zip(postings, results, strict=True)):
         if posting.completes is not None and result.ok:
-            by_sql.setdefault(posting.completes.sql, []).append(i)
-    for sql, indices in by_sql.items():
+            by_sql.setdefault(posting.completes.sql, []).append((i, posting.completes.params))
+    for sql, rows in by_sql.items():
         async with conn.cursor() as cur:
-            await cur.executemany(sql, [postings[i].completes.params for i in indices], returning=True)  # type: ignore[union-attr]
-            for n, i in enumerate(indices):
+            await cur.executemany(sql, [params for _, params in rows], returning=True)
+            for n, (i, _) in enumerate(rows):
                 if n:
                     cur.nextset()
                 results[i] = replace(results[i], completed=await cur.fetchone() is not None)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import date
@@ -17,6 +19,7 @@ from ledger import invariants, store
 from ledger.postings import (
     AccountRef,
     Posting,
+    Statement,
     capture_posting,
     credit,
     debit,
@@ -377,3 +380,31 @@ def test_after_a_set_based_batch_the_deferred_checks_are_back_on(
         )
     assert all(count_transactions(conn, p.external_ref) == 0 for p in postings)
     assert invariants.balances_match_entries(conn) == 0
+
+
+def test_what_a_posting_completes_commits_with_it_or_not_at_all(database_url: str, merchant: str) -> None:
+    """``Posting.completes`` runs in the batch's transaction, only for the postings that were written, and
+    says whether it took effect."""
+    table = f"completed_{uuid.uuid4().hex[:8]}"
+    mark = f"INSERT INTO {table} (ref) VALUES (%(ref)s) ON CONFLICT DO NOTHING RETURNING ref"
+    with psycopg.connect(database_url, autocommit=True) as setup:
+        setup.execute(f"CREATE TABLE {table} (ref text PRIMARY KEY)")
+
+    def capture(ref: str, amount: int) -> Posting:
+        posting = capture_posting(ref, merchant, Money(amount, "usd"), Money(0, "usd"))
+        return dataclasses.replace(posting, completes=Statement(mark, {"ref": ref}))
+
+    first, second = f"ch_{uuid.uuid4().hex[:10]}", f"ch_{uuid.uuid4().hex[:10]}"
+
+    async def post(postings: list[Posting]) -> list[store.PostingResult]:
+        async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as aconn:
+            return await store.post_batch_async(aconn, postings, shard=0)
+
+    written = asyncio.run(post([capture(first, 100), capture(second, 200)]))
+    again = asyncio.run(post([capture(first, 100), capture(second, 999)]))  # a repost, and a conflicting one
+
+    assert [r.completed for r in written] == [True, True]
+    assert again[0].ok and not again[0].created and again[0].completed is False  # ran, found its row there
+    assert again[1].error_code == "idempotency_conflict" and again[1].completed is None  # refused: not run
+    with psycopg.connect(database_url) as check:
+        assert sorted(r[0] for r in check.execute(f"SELECT ref FROM {table}")) == sorted([first, second])

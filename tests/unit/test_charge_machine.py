@@ -16,6 +16,7 @@ from payray.charge import (
     ChargeState,
     Command,
     allowed_events,
+    booking,
     is_terminal,
     psp_idempotency_key,
     public_status,
@@ -123,3 +124,19 @@ def test_replaying_a_recorded_log_gives_the_same_commands(choices: list[int]) ->
         replayed.append(transition.commands)
         state = transition.target
     assert replayed == commands
+
+
+def test_a_capture_is_booked_from_the_psps_answer_to_the_clients_in_one_chain() -> None:
+    for state in (ChargeState.PSP_PENDING, ChargeState.UNKNOWN):
+        chain = booking(state)
+        assert [t.event for t in chain] == [
+            ChargeEvent.PSP_CAPTURED, ChargeEvent.LEDGER_POSTED, ChargeEvent.RESPONDED
+        ]
+        assert chain[0].source is state and chain[0].commands == (Command.POST_LEDGER,)
+        assert all(a.target is b.source for a, b in itertools.pairwise(chain))
+        assert chain[-1].target is ChargeState.SUCCEEDED and chain[-1].commands == ()
+    from_captured = [t.event for t in booking(ChargeState.CAPTURED)]
+    assert from_captured == [ChargeEvent.LEDGER_POSTED, ChargeEvent.RESPONDED]
+    for state in set(ChargeState) - {ChargeState.PSP_PENDING, ChargeState.UNKNOWN, ChargeState.CAPTURED}:
+        with pytest.raises(IllegalTransition):
+            booking(state)
