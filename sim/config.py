@@ -93,13 +93,15 @@ class Service:
 class WalletHosts:
     """The wallet hosts (``PAYRAY_WALLET_HOSTS``): each holds its slots' wallets and writes their postings.
 
-    Defaults as measured on 2 cores (``bench/RESULTS.md``): one host, an actor call's fixed cost
-    (``bench.ray_calls``: 1.4-2.0 ms), and the writer's 2 ms group-commit window."""
+    Defaults as measured on 2 cores (``bench/RESULTS.md``): one host; its CPU per call, 1.5 ms fixed (an
+    actor call, ``bench.ray_calls``: 1.4-2.0 ms) and 0.45 ms per posting it carries (``bench.merchants``: 0.7
+    ms per charge at about six postings a call); and the writer's 2 ms group-commit window."""
 
     hosts: int = 1
     slots: int = DEFAULT_SLOTS
-    #: a host's CPU per call, whatever the call carries (one call at a time)
+    #: a host's CPU per call (one call at a time): ``call_s`` whatever it carries, ``posting_s`` per posting
     call_s: float = 0.0015
+    posting_s: float = 0.00045
     #: postings that arrive within this long of a batch's first, or while a batch commits, commit together
     group_commit_s: float = 0.002
     #: wallets a host keeps in memory, and how long an idle one stays (``payray.passivation``)

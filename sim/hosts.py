@@ -2,11 +2,12 @@
 
 A merchant's postings go to ``payray.slots.SlotMap(hosts, slots).host_of(merchant)``, as production routes
 them. Each replica (and the background workers) keeps one call in flight per host; what its requests post
-meanwhile rides its next call (``payray.batching``). A host does one call's CPU at a time (``call_s``,
-whatever the call carries), checks debits against its wallets (loaded from the ledger on first use, LRU
-passivated by ``payray.passivation``), and group-commits: what arrives within ``group_commit_s`` of a
-batch's first posting, or while a batch commits, goes to Postgres in one transaction. A capture's posting
-commits with the transitions it completes (``payray.charge.booking``), guarded by the state they start from.
+meanwhile rides its next call (``payray.batching``). A host does one call's CPU at a time (``call_s``, and
+``posting_s`` for each posting it carries), checks debits against its wallets (loaded from the ledger on
+first use, LRU passivated by ``payray.passivation``), and group-commits: what arrives within
+``group_commit_s`` of a batch's first posting, or while a batch commits, goes to Postgres in one
+transaction. A capture's posting commits with the transitions it completes (``payray.charge.booking``),
+guarded by the state they start from.
 
 A host that dies comes back ``restart_s`` later, empty; Ray retries the calls it had in flight on the new
 copy, so callers wait instead of failing, and a batch that was committing when it died may have committed
@@ -114,14 +115,15 @@ class Host:
     it dies it either stops (``dead``) or, as a duplicate copy, goes on writing unheard.
 
     Its CPU is a clock rather than a process: a call is taken when the calls before it are done and its own
-    ``call_s`` has passed, and it joins the batch open at that time, or the next. So a call costs the host
+    CPU time has passed, and it joins the batch open at that time, or the next. So a call costs the host
     no event of its own; a batch costs one, when its transaction ends. The wallet checks are made in the
     order the calls arrive, which is the order the host takes them in."""
 
     def __init__(self, hosts: Hosts, index: int) -> None:
         self.hosts, self.index, self.env = hosts, index, hosts.env
         c = hosts.c
-        self.call_s, self.window_s, self.commit_s = c.call_s, c.group_commit_s, hosts.commit_s
+        self.call_s, self.posting_s = c.call_s, c.posting_s
+        self.window_s, self.commit_s = c.group_commit_s, hosts.commit_s
         self.wallets: WalletCache[Wallet] = WalletCache(c.wallet_cache, c.wallet_idle_s, _busy)
         self.cpu_free_at = 0.0
         #: the batches to commit, in order (the first may be committing), and the calls with nothing to write,
@@ -137,7 +139,8 @@ class Host:
 
     def receive(self, call: HostCall) -> None:
         now = self.env.now
-        taken_at = self.cpu_free_at = max(now, self.cpu_free_at) + self.call_s
+        cpu_s = self.call_s + self.posting_s * len(call.postings)
+        taken_at = self.cpu_free_at = max(now, self.cpu_free_at) + cpu_s
         taken = self._take(call)
         if not taken:  # nothing to write: answered once its CPU turn is over
             self.bare[call] = None
