@@ -148,15 +148,6 @@ class Wallet:
         await self._loaded()
         return {currency: b.available for currency, b in sorted(self._balances.items())}
 
-    async def snapshot(self) -> dict[str, dict[str, int]]:
-        """Per currency: available, reserved by debits in flight, and the balance row's version."""
-        await self._loaded()
-        reserved = self._reserved or {}
-        return {
-            currency: {"available": b.available, "reserved": reserved.get(currency, 0), "version": b.version}
-            for currency, b in sorted(self._balances.items())
-        }
-
     async def resync(self) -> dict[str, int]:
         """Reload the balances from Postgres (keeping any newer version already held)."""
         try:

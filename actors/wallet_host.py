@@ -159,10 +159,6 @@ class WalletHost:
             **{f"writer_{k}": v for k, v in (await self._writer.stats()).items()},
         }
 
-    async def passivate_idle(self) -> int:
-        """Passivate now what the sweeper would next; returns how many wallets went."""
-        return len(self._wallets.sweep(time.monotonic()))
-
     async def close(self) -> None:
         if self._sweeper is not None:
             self._sweeper.cancel()

@@ -47,6 +47,7 @@ merchant count. The run fails, with the status counts, on any answer but 200.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -87,12 +88,10 @@ class Process:
 
     def pss_bytes(self, pid: int) -> int:
         """The proportional set size: a page shared by n processes counts 1/n in each (RSS if unreadable)."""
-        try:
+        with contextlib.suppress(OSError):
             for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
                 if line.startswith("Pss:"):
                     return int(line.split()[1]) * 1024
-        except OSError:
-            pass
         return self.rss_bytes
 
 

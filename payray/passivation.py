@@ -41,6 +41,9 @@ class WalletCache(Generic[V]):
     def values(self) -> list[V]:
         return [value for value, _ in self._entries.values()]
 
+    def items(self) -> list[tuple[str, V]]:
+        return [(key, value) for key, (value, _) in self._entries.items()]
+
     def get(self, key: str, now: float) -> V | None:
         """The entry, marked as just used; ``None`` if it is not held."""
         held = self._entries.get(key)

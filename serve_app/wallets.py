@@ -71,9 +71,6 @@ class WalletDirectory:
             held.update(found)
         return held
 
-    async def stats(self) -> list[dict[str, float]]:
-        return list(await asyncio.gather(*(h.stats.remote() for h in self._hosts)))
-
     async def ready(self) -> bool:
         await asyncio.gather(*(h.ready.remote() for h in self._hosts))
         return True

@@ -73,7 +73,7 @@ def check(
             violations.append(Violation("wallets_match_ledger", None, detail))
     hosts = service.hosts
     for host in hosts.live():
-        for merchant, wallet in zip(host.wallets.keys(), host.wallets.values(), strict=True):
+        for merchant, wallet in host.wallets.items():
             if wallet.balance != booked[merchant] or wallet.reserved or wallet.pending:
                 detail = (
                     f"wallet {merchant} on host {host.index} holds {wallet.balance} ({wallet.reserved} "

@@ -3,12 +3,9 @@ charge's capture commits with its answer."""
 
 from __future__ import annotations
 
-import contextlib
-import os
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import httpx
 import psycopg
@@ -16,8 +13,9 @@ import pytest
 import ray
 
 from actors.wallet_host import host_name
+from bench.cpu_split import proc_stats
+from bench.merchants import seed_merchants
 from ledger.postings import fee_for
-from payray.ids import hash_api_key, new_api_key, new_id
 from payray.money import Money
 from payray.settings import Settings
 from payray.stack import StackInfo
@@ -29,27 +27,9 @@ MERCHANTS = 2_000
 FEE_BPS = 290
 
 
-def seed_merchants(database_url: str, count: int) -> list[tuple[str, str]]:
-    """``count`` merchants written straight into Postgres, as ``POST /v1/merchants`` writes them: no wallet
-    anywhere has seen them, so each first charge finds and loads its wallet cold."""
-    merchants = [(new_id("acct", 16), new_api_key()) for _ in range(count)]
-    copy_in = "COPY merchants (id, name, api_key_hash) FROM STDIN"
-    with (
-        psycopg.connect(database_url, autocommit=True) as conn,
-        conn.cursor() as cur,
-        cur.copy(copy_in) as copy,
-    ):
-        for merchant_id, key in merchants:
-            copy.write_row((merchant_id, f"seeded-{merchant_id}", hash_api_key(key)))
-    return merchants
-
-
 def ray_workers() -> tuple[int, list[str]]:
     """Ray's worker processes on this machine (an actor is one), and the stack's named actors."""
-    processes = 0
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        with contextlib.suppress(OSError):
-            processes += Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"ray::")
+    processes = sum(cmdline.startswith("ray::") for _, _, cmdline in proc_stats())
     named = sorted(a["name"] for a in ray.util.list_named_actors(all_namespaces=True))
     return processes, named
 
@@ -60,22 +40,24 @@ def hosts_stats() -> list[dict[str, float]]:
 
 
 @pytest.fixture
-def seeded(stack: StackInfo) -> Iterator[list[tuple[str, str]]]:
-    yield seed_merchants(stack.database_url, MERCHANTS)
+def seeded(stack: StackInfo) -> Iterator[list[str]]:
+    """Merchants written straight into Postgres (their keys): no wallet anywhere has seen them, so each
+    first charge finds and loads its wallet cold."""
+    yield seed_merchants(stack.database_url, MERCHANTS, "scale")
 
 
 def test_two_thousand_merchants_charge_on_a_fixed_set_of_processes(
-    stack: StackInfo, seeded: list[tuple[str, str]]
+    stack: StackInfo, seeded: list[str]
 ) -> None:
     processes_before, actors_before = ray_workers()
     created_before = sum(s["wallets_created"] for s in hosts_stats())
 
-    def charge(merchant: tuple[str, str]) -> int:
+    def charge(key: str) -> int:
         with httpx.Client(base_url=stack.base_url, timeout=120) as client:
             answer = client.post(
                 "/v1/charges",
                 json={"amount": 1000, "currency": "usd", "payment_method": "pm_card_visa"},
-                headers={"Authorization": f"Bearer {merchant[1]}", "Idempotency-Key": uuid.uuid4().hex},
+                headers={"Authorization": f"Bearer {key}", "Idempotency-Key": uuid.uuid4().hex},
             )
         return answer.status_code
 
@@ -89,10 +71,10 @@ def test_two_thousand_merchants_charge_on_a_fixed_set_of_processes(
     assert sum(s["wallets_created"] for s in stats) - created_before == MERCHANTS
     assert all(s["wallets"] > 0 for s in stats)  # the merchants spread over every host
     net = 1000 - fee_for(Money(1000, "usd"), FEE_BPS).amount
-    for merchant_id, key in seeded[:: MERCHANTS // 20]:
+    for i in range(0, MERCHANTS, MERCHANTS // 20):
         with httpx.Client(base_url=stack.base_url, timeout=60) as client:
-            balance = client.get("/v1/balance", headers={"Authorization": f"Bearer {key}"}).json()
-        assert balance["available"] == [{"amount": net, "currency": "usd"}], merchant_id
+            balance = client.get("/v1/balance", headers={"Authorization": f"Bearer {seeded[i]}"}).json()
+        assert balance["available"] == [{"amount": net, "currency": "usd"}], f"merchant {i}"
 
 
 def test_a_capture_its_transitions_and_its_answer_commit_in_one_transaction(
