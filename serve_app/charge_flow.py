@@ -277,14 +277,15 @@ class ChargeFlow:
         after = payment.evolve(
             state=chain[-1].target.value, **{k: v for k, v in fields.items() if v is not None}
         )
-        reply = reply_for(after)
+        charge = charge_object(after)  # a booked charge has succeeded: its answer is 200 with the charge
+        reply = Reply(200, dumps(charge), after)
         completes = db.booking_statement(
             payment,
             chain,
             fields=fields,
             detail=detail,
             response=(reply.status, reply.body),
-            outbox=("charge.succeeded", charge_object(after)),
+            outbox=("charge.succeeded", charge),
         )
         posting = dataclasses.replace(self._capture_posting(payment), completes=completes)
         error = "ledger unavailable"
