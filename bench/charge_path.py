@@ -24,8 +24,8 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.loadgen import drive
+from ops.stack import Stack, free_port, haproxy_available
 from payray.settings import Settings
-from payray.stack import Stack, free_port, haproxy_available
 
 noop_api = FastAPI()
 

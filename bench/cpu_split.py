@@ -23,8 +23,8 @@ from rich.table import Table
 
 from bench.charge_path import _charges, _merchants
 from bench.loadgen import drive
+from ops.stack import Stack, free_port, haproxy_available
 from payray.settings import Settings
-from payray.stack import Stack, free_port, haproxy_available
 
 #: Command-line fragments that name a component, most specific first.
 COMPONENTS = (

@@ -31,8 +31,8 @@ from actors.wallet_host import host_name
 from bench.charge_path import _charges
 from bench.loadgen import drive
 from bench.merchants import seed_merchants
+from ops.stack import Stack, free_port, haproxy_available
 from payray.settings import Settings
-from payray.stack import Stack, free_port, haproxy_available
 
 
 def main() -> None:

@@ -31,12 +31,12 @@ from rich.table import Table
 
 from bench.loadgen import closed_loop
 from ledger.migrate import migrate
+from ops.embedded import EmbeddedPostgres, EmbeddedRedis
 from payray.charge import ChargeEvent, ChargeState, psp_idempotency_key, step
 from payray.ids import hash_api_key, new_api_key, new_id
-from payray.services import EmbeddedPostgres, EmbeddedRedis
-from serve_app import keys_db
-from serve_app import payments_db as db
-from serve_app.fast_keys import FastKeys
+from serve_app.stores import keys as keys_db
+from serve_app.stores import payments as db
+from serve_app.stores.fast_keys import FastKeys
 
 FINGERPRINT = bytes(32)
 MERCHANT = "acct_benchidem"

@@ -38,8 +38,8 @@ from bench.loadgen import closed_loop
 from ledger import store
 from ledger.migrate import migrate
 from ledger.postings import Posting, capture_posting
+from ops.embedded import EmbeddedPostgres
 from payray.money import Money
-from payray.services import EmbeddedPostgres
 from payray.slots import SlotMap
 
 NAMESPACE = "payray-bench"

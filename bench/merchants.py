@@ -14,7 +14,7 @@ ceiling measured in that same run:
    their charges interleaved in one run with a few in flight, so the two p50s meet the same load and the
    same background work and their difference is what a first charge adds.
 
-Merchants are inserted straight into Postgres (one COPY), as ``payray.stack`` seeds the demo merchant: one
+Merchants are inserted straight into Postgres (one COPY), as ``ops.stack`` seeds the demo merchant: one
 created through the API would have its wallet opened, and its first charge would no longer be a cold one. A
 uniform count runs twice. The first pass sends ``max(--requests, count)`` charges round robin, so each of
 its merchants is charged at least once and the pass holds exactly ``count`` first charges (at 10,000
@@ -69,9 +69,9 @@ from rich.table import Table
 from bench.charge_path import NoopApi, _charges, _noop
 from bench.cpu_split import CLIENT, COMPONENTS, _component, _cpu_by_process, proc_stats
 from bench.loadgen import Request, Run, drive
+from ops.stack import Stack, StackInfo, free_port, haproxy_available
 from payray.ids import hash_api_key, new_api_key, new_id
 from payray.settings import Settings
-from payray.stack import Stack, StackInfo, free_port, haproxy_available
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 COPY_MERCHANTS = "COPY merchants (id, name, api_key_hash) FROM STDIN"

@@ -41,9 +41,9 @@ from ledger import store
 from ledger.migrate import migrate
 from ledger.postings import capture_posting, fee_for, refund_fee_share, refund_posting
 from ledger.reconcile import REPORT_COLUMNS, reconcile_day
+from ops.embedded import EmbeddedPostgres
 from payray.ids import hash_api_key
 from payray.money import Money
-from payray.services import EmbeddedPostgres
 from psp.emulator.server import EmulatorProcess
 from psp.emulator.synthetic import SyntheticCharge, synthetic_day
 from psp.stripe_adapter import StripePsp

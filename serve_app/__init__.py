@@ -1,1 +1,2 @@
-"""The HTTP face of payray: a FastAPI app inside a Ray Serve deployment, and the charge flow's driver."""
+"""The payment service on Ray Serve, in rooms: ``edge`` (HTTP), ``wire`` (request and response shapes),
+``flows`` (the drivers of the state machines), ``stores`` (SQL and Redis) and ``workers`` (background actors)."""

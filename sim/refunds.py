@@ -1,4 +1,4 @@
-"""Refunds, simulated: ``payray.refund``'s machine driven as ``serve_app/refund_flow.py`` drives it.
+"""Refunds, simulated: ``payray.refund``'s machine driven as ``serve_app/flows/refund.py`` drives it.
 
 The merchant's wallet is debited by its host (never below zero: the wallet checks its balance and reserves
 the funds, the ledger's ``require_funds`` checks again; a refund the balance does not cover leaves nothing

@@ -1,6 +1,6 @@
 """The service, simulated: the idempotency layers, and a SimPy driver of ``payray.charge``'s state machine.
 
-The driver does what ``serve_app/charge_flow.py`` does, against simulated components: each transition comes
+The driver does what ``serve_app/flows/charge.py`` does, against simulated components: each transition comes
 from ``payray.charge.step`` and is persisted (a database commit) before its commands run; the commands call
 the simulated PSP and the merchant's wallet host; recovery looks a payment up at the PSP rather than
 capturing again. A capture is booked as ``payray.charge.booking`` says: its posting and the transitions it
@@ -199,7 +199,7 @@ class SimService:
             if known is not None:
                 return self.payments[known]
         # Redis does not know the key: one transaction inserts it with the payment, already submitted (as
-        # ``serve_app/charges.py`` does), or finds it there
+        # ``serve_app/flows/charge.py`` does), or finds it there
         submit = self._chain(None, S.CREATED, E.SUBMIT)
         yield self.db.commit()
         if mode == "full" and scoped in self.db.keys:

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from payray.stack import free_port
+from ops.stack import free_port
 
 START_TIMEOUT_S = 180
 
@@ -25,7 +25,7 @@ class RunningUp:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("PAYRAY_", "STRIPE_", "RAY_ADDRESS"))}
         env["PAYRAY_HOME"] = str(home)
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "payray.cli", "up", "--port", str(port)],
+            [sys.executable, "-m", "ops.cli", "up", "--port", str(port)],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -83,7 +83,7 @@ def test_payray_up_serves_charges_and_keeps_data_across_restarts(home: Path) -> 
         )
         assert charge.status_code == 200, charge.text
         verify = subprocess.run(
-            [sys.executable, "-m", "payray.cli", "verify"],
+            [sys.executable, "-m", "ops.cli", "verify"],
             env={**os.environ, "PAYRAY_HOME": str(home)},
             capture_output=True,
             text=True,

@@ -6,7 +6,7 @@ from typing import Any
 
 import httpx
 
-from payray.stack import EMULATOR_API_KEY
+from ops.stack import EMULATOR_API_KEY
 
 
 def payment_intents(psp: httpx.Client, **metadata: str) -> list[dict[str, Any]]:

@@ -11,8 +11,8 @@ from typing import Any
 import httpx
 import pytest
 
+from ops.stack import HANDLED_EVENTS, Stack, StackInfo, free_port
 from payray.settings import Settings
-from payray.stack import HANDLED_EVENTS, Stack, StackInfo, free_port
 from tests.conftest import fresh_database
 
 #: The stack's actors (writers bound to its database, wallets) live apart from the actor tests' own.

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from payray.stack import StackInfo
+from ops.stack import StackInfo
 
 pytestmark = pytest.mark.integration
 
@@ -21,7 +21,7 @@ def _demo(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PAYRAY_", "STRIPE_", "RAY_ADDRESS"))}
     env.update(PAYRAY_HOME=str(home), COLUMNS="200")
     return subprocess.run(
-        [sys.executable, "-m", "payray.cli", "demo", *args],
+        [sys.executable, "-m", "ops.cli", "demo", *args],
         capture_output=True,
         text=True,
         env=env,

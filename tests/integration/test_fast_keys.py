@@ -10,7 +10,7 @@ from typing import TypeVar
 import pytest
 from redis.asyncio import Redis
 
-from serve_app.fast_keys import FastKeys, FastRecord
+from serve_app.stores.fast_keys import FastKeys, FastRecord
 
 pytestmark = pytest.mark.integration
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from payray.stack import StackInfo
+from ops.stack import StackInfo
 
 pytestmark = pytest.mark.integration
 
@@ -22,7 +22,7 @@ def _loadtest(stack: StackInfo, *args: str) -> subprocess.CompletedProcess[str]:
     # A busy test machine may be slow; a request counts as failed only if it truly fails.
     env = {**os.environ, "PAYRAY_LOAD_CLIENT_TIMEOUT": "60"}
     return subprocess.run(
-        [sys.executable, "-m", "payray.cli", "loadtest", *target, *args],
+        [sys.executable, "-m", "ops.cli", "loadtest", *target, *args],
         env=env,
         capture_output=True,
         text=True,

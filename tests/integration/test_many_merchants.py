@@ -16,9 +16,9 @@ from actors.wallet_host import host_name
 from bench.cpu_split import proc_stats
 from bench.merchants import seed_merchants
 from ledger.postings import fee_for
+from ops.stack import StackInfo
 from payray.money import Money
 from payray.settings import Settings
-from payray.stack import StackInfo
 from tests.integration.stack_fixtures import STACK_NAMESPACE, Merchant
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("invariants_hold")]

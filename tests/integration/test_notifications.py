@@ -11,8 +11,8 @@ import psycopg
 import pytest
 import ray
 
-from serve_app.janitor import JANITOR_NAME
-from serve_app.notifications import RELAY_NAME, consumer_name
+from serve_app.workers.janitor import JANITOR_NAME
+from serve_app.workers.notifications import RELAY_NAME, consumer_name
 from tests.integration.polling import until
 from tests.integration.stack_fixtures import STACK_NAMESPACE, Merchant
 

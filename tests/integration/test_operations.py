@@ -12,9 +12,9 @@ import psycopg
 import pytest
 
 from actors.wallet_host import host_name
+from ops.stack import StackInfo
 from payray.settings import Settings
 from payray.slots import SlotMap
-from payray.stack import StackInfo
 from tests.integration.stack_fixtures import STACK_NAMESPACE, Merchant
 
 pytestmark = pytest.mark.integration
@@ -62,7 +62,7 @@ def test_bad_merchant_body_creates_nothing(
 
 def _payray(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "payray.cli", *args], capture_output=True, text=True, env=env, timeout=120
+        [sys.executable, "-m", "ops.cli", *args], capture_output=True, text=True, env=env, timeout=120
     )
 
 

@@ -22,9 +22,9 @@ import ray
 
 from ledger import store
 from ledger.postings import refund_posting, refund_reversal_posting
+from ops.stack import StackInfo
 from payray.money import Money
-from payray.stack import StackInfo
-from serve_app.recon_scheduler import SCHEDULER_NAME
+from serve_app.workers.reconciliation import SCHEDULER_NAME
 from tests.integration.polling import until
 from tests.integration.stack_fixtures import STACK_NAMESPACE, Merchant
 
@@ -210,12 +210,12 @@ def test_the_scheduler_caught_up_on_yesterday_and_waits_for_0215(
 def test_payray_recon_prints_the_run_and_exits_by_its_outcome(stack: StackInfo, today: str) -> None:
     env = dict(os.environ)
     target = ["--url", stack.base_url, "--admin-key", stack.admin_key]
-    done = subprocess.run([sys.executable, "-m", "payray.cli", "recon", "--date", today, *target],
+    done = subprocess.run([sys.executable, "-m", "ops.cli", "recon", "--date", today, *target],
                           capture_output=True, text=True, env=env, timeout=300)  # fmt: skip
     assert done.returncode in (0, 1), done.stderr
     assert f"of {today}" in done.stdout and "matched" in done.stdout
     for bad in ("2026-02-30", "tomorrow", "2999-01-01"):
-        refused = subprocess.run([sys.executable, "-m", "payray.cli", "recon", "--date", bad, *target],
+        refused = subprocess.run([sys.executable, "-m", "ops.cli", "recon", "--date", bad, *target],
                                  capture_output=True, text=True, env=env, timeout=60)  # fmt: skip
         assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
 

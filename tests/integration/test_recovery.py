@@ -22,11 +22,11 @@ from psycopg.types.json import Jsonb
 
 from actors.wallet_host import host_name
 from ledger.postings import capture_posting, dispute_hold_posting, fee_for
+from ops.stack import EMULATOR_API_KEY, StackInfo
 from payray.charge import psp_idempotency_key
 from payray.money import Money
 from payray.settings import Settings
 from payray.slots import SlotMap
-from payray.stack import EMULATOR_API_KEY, StackInfo
 from psp.stripe_adapter import StripePsp
 from tests.integration.polling import until
 from tests.integration.psp_queries import captures_for_merchant

@@ -17,7 +17,7 @@ import httpx
 import psycopg
 import pytest
 
-from payray.stack import EMULATOR_API_KEY, HANDLED_EVENTS, StackInfo
+from ops.stack import EMULATOR_API_KEY, HANDLED_EVENTS, StackInfo
 from psp.emulator.webhooks import sign
 from tests.integration.polling import until
 from tests.integration.stack_fixtures import WEBHOOK_SECRETS, Merchant

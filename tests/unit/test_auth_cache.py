@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from serve_app.auth import Authenticator
+from serve_app.edge.auth import Authenticator
 
 
 def test_the_key_cache_keeps_at_most_its_bound_and_still_answers_every_key() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from payray.cli import main
+from ops.cli import main
 
 
 @pytest.mark.parametrize("argv", [[], ["nope"], ["up", "--port", "x"], ["merchant"], ["merchant", "create"]])

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from payray.settings import Settings
-from serve_app.recon_scheduler import ReconScheduler, next_run_at
+from serve_app.workers.reconciliation import ReconScheduler, next_run_at
 
 AT = time(2, 15)
 

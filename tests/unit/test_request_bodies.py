@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from payray.errors import InvalidRequest, PayloadTooLarge
-from serve_app.bodies import parse_body
-from serve_app.schemas import ChargeCreate, PayoutCreate, RefundCreate
+from serve_app.edge.bodies import parse_body
+from serve_app.wire.schemas import ChargeCreate, PayoutCreate, RefundCreate
 
 FORM = "application/x-www-form-urlencoded"
 

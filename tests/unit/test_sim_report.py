@@ -17,7 +17,7 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 def report(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("report") / "sim.html"
     done = subprocess.run(
-        [sys.executable, "-m", "payray.cli", "simulate", "all", "--charges", "300", "--report", str(path)],
+        [sys.executable, "-m", "ops.cli", "simulate", "all", "--charges", "300", "--report", str(path)],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr

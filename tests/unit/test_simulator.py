@@ -174,7 +174,7 @@ def test_replicas_are_capacity_under_a_spike() -> None:
 
 def _payray(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "payray.cli", "simulate", *args], capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", "ops.cli", "simulate", *args], capture_output=True, text=True, timeout=300
     )
 
 

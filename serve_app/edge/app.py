@@ -36,25 +36,25 @@ from payray.errors import (
 )
 from payray.settings import Settings
 from psp.stripe_adapter import StripePsp
-from serve_app import merchants_db, recon_db, refunds_db
-from serve_app import payments_db as db
-from serve_app.auth import Authenticator
-from serve_app.bodies import MAX_BODY_BYTES, parse_body
-from serve_app.charge_flow import ChargeFlow
-from serve_app.charges import ChargeService
-from serve_app.disputes import DisputeBooking, dispute_object, list_disputes, load_dispute
-from serve_app.fast_keys import FastKeys
-from serve_app.idempotent import Answer, IdempotentRequests, check_idempotency_key
-from serve_app.invariants import check_invariants
-from serve_app.janitor import janitor
-from serve_app.metrics import ApiMetrics
-from serve_app.payouts import PayoutFlow, PayoutService, list_payouts, load_payout, payout_object
-from serve_app.recon_scheduler import recon_scheduler
-from serve_app.reconciliation import discrepancy_object, run_object
-from serve_app.refund_flow import RefundFlow
-from serve_app.refunds import RefundService
-from serve_app.render import charge_object, dumps, error_object, list_object, refund_object
-from serve_app.schemas import (
+from serve_app.edge.auth import Authenticator
+from serve_app.edge.bodies import MAX_BODY_BYTES, parse_body
+from serve_app.edge.metrics import ApiMetrics
+from serve_app.flows.charge import ChargeFlow, ChargeService
+from serve_app.flows.dispute import DisputeBooking, dispute_object, list_disputes, load_dispute
+from serve_app.flows.idempotent import Answer, IdempotentRequests, check_idempotency_key
+from serve_app.flows.invariants import check_invariants
+from serve_app.flows.payout import PayoutFlow, PayoutService, list_payouts, load_payout, payout_object
+from serve_app.flows.reconciliation import discrepancy_object, run_object
+from serve_app.flows.refund import RefundFlow, RefundService
+from serve_app.flows.webhook import WebhookReceiver
+from serve_app.stores import merchants as merchants_db
+from serve_app.stores import payments as db
+from serve_app.stores import reconciliation as recon_db
+from serve_app.stores import refunds as refunds_db
+from serve_app.stores.fast_keys import FastKeys
+from serve_app.wallets import WalletDirectory
+from serve_app.wire.render import charge_object, dumps, error_object, list_object, refund_object
+from serve_app.wire.schemas import (
     ChargeCreate,
     DiscrepancyResolve,
     MerchantCreate,
@@ -63,8 +63,8 @@ from serve_app.schemas import (
     RecoverySweep,
     RefundCreate,
 )
-from serve_app.wallets import WalletDirectory
-from serve_app.webhooks import WebhookReceiver
+from serve_app.workers.janitor import janitor
+from serve_app.workers.reconciliation import recon_scheduler
 
 api = FastAPI(
     title="payray",

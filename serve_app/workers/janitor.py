@@ -18,14 +18,14 @@ from psycopg_pool import AsyncConnectionPool
 
 from payray.settings import Settings
 from psp.stripe_adapter import StripePsp
-from serve_app.charge_flow import ChargeFlow
-from serve_app.disputes import DisputeBooking
-from serve_app.notifications import RELAY_NAME, consumer_name
-from serve_app.payouts import PayoutFlow
-from serve_app.recovery import Recovery
-from serve_app.refund_flow import RefundFlow
-from serve_app.schedules import scheduled, start_scheduled
+from serve_app.flows.charge import ChargeFlow
+from serve_app.flows.dispute import DisputeBooking
+from serve_app.flows.payout import PayoutFlow
+from serve_app.flows.recovery import Recovery
+from serve_app.flows.refund import RefundFlow
 from serve_app.wallets import WalletDirectory
+from serve_app.workers.notifications import RELAY_NAME, consumer_name
+from serve_app.workers.schedules import scheduled, start_scheduled
 
 log = logging.getLogger("payray.janitor")
 

@@ -25,8 +25,8 @@ from rich.console import Console
 from rich.json import JSON
 from rich.text import Text
 
+from ops.stack import EMULATOR_API_KEY
 from payray.settings import STACK_FILE, Settings, running_stack
-from payray.stack import EMULATOR_API_KEY
 
 AMOUNT = 2500
 CURRENCY = "usd"
@@ -140,7 +140,7 @@ def _demo_merchant(home: Path) -> tuple[str | None, str | None]:
 def _on_own_stack(settings: Settings, args: argparse.Namespace, console: Console) -> int:
     """Start a stack like ``payray up`` (on a free port), walk through it, stop it; the record of any stack
     ``payray up`` left under PAYRAY_HOME is put back as it was."""
-    from payray.stack import Stack, free_port
+    from ops.stack import Stack, free_port
 
     if args.admin_key:
         settings = settings.with_(admin_key=args.admin_key)

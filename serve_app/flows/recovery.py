@@ -20,11 +20,14 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from payray.errors import ClientError
-from serve_app import disputes, payments_db, payouts, refunds_db
-from serve_app.charge_flow import ChargeFlow
-from serve_app.disputes import Dispute, DisputeBooking
-from serve_app.payouts import PayoutFlow
-from serve_app.refund_flow import RefundFlow
+from serve_app.flows import dispute as disputes
+from serve_app.flows import payout as payouts
+from serve_app.flows.charge import ChargeFlow
+from serve_app.flows.dispute import Dispute, DisputeBooking
+from serve_app.flows.payout import PayoutFlow
+from serve_app.flows.refund import RefundFlow
+from serve_app.stores import payments as payments_db
+from serve_app.stores import refunds as refunds_db
 
 log = logging.getLogger("payray.recovery")
 

@@ -8,8 +8,8 @@ from typing import Any
 from payray import refund as refund_machine
 from payray.charge import public_status
 from payray.errors import PayrayError
-from serve_app.payments_db import Payment
-from serve_app.refunds_db import Refund
+from serve_app.stores.payments import Payment
+from serve_app.stores.refunds import Refund
 
 
 def dumps(obj: Any) -> bytes:

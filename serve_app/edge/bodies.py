@@ -12,7 +12,7 @@ from pydantic import BaseModel, ValidationError
 
 from payray.errors import InvalidRequest, PayloadTooLarge
 from payray.forms import FormDecodeError, decode_form
-from serve_app.schemas import validation_param
+from serve_app.wire.schemas import validation_param
 
 MAX_BODY_BYTES = 64 * 1024
 _FORM_INTEGER = re.compile(r"^-?\d{1,18}$")

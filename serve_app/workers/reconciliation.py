@@ -20,9 +20,9 @@ from psycopg_pool import AsyncConnectionPool
 
 from payray.settings import Settings
 from psp.stripe_adapter import StripePsp
-from serve_app import recon_db
-from serve_app.reconciliation import Reconciliation, run_object
-from serve_app.schedules import scheduled, start_scheduled
+from serve_app.flows.reconciliation import Reconciliation, run_object
+from serve_app.stores import reconciliation as recon_db
+from serve_app.workers.schedules import scheduled, start_scheduled
 
 log = logging.getLogger("payray.recon")
 

@@ -15,7 +15,7 @@ from ledger.postings import fee_for, refund_fee_share
 from payray.errors import ClientError, NotFound
 from payray.money import Money
 from payray.refund import RefundTransition
-from serve_app.keys_db import CLAIM_KEY
+from serve_app.stores.keys import CLAIM_KEY
 
 
 class ChargeNotRefundable(ClientError):

@@ -20,8 +20,8 @@ from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
 from payray.errors import IdempotencyKeyInUse, IdempotencyKeyReused, InvalidRequest
-from serve_app import keys_db
-from serve_app.fast_keys import FastKeys, FastRecord
+from serve_app.stores import keys as keys_db
+from serve_app.stores.fast_keys import FastKeys, FastRecord
 
 KEY_REUSED = "An Idempotency-Key can only be reused with the same parameters it was first used with."
 KEY_IN_USE = "A request with this Idempotency-Key is still being processed; retry later."

@@ -22,8 +22,8 @@ from typing import Any
 import psycopg
 
 from ledger.migrate import migrate
+from ops.embedded import EmbeddedPostgres, EmbeddedRedis
 from payray.ids import hash_api_key, new_api_key, new_id
-from payray.services import EmbeddedPostgres, EmbeddedRedis
 from payray.settings import STACK_FILE, Settings
 
 EMULATOR_API_KEY = "sk_test_payray_emulator"
@@ -136,8 +136,8 @@ class Stack:
         """The recovery janitor and the reconciliation scheduler: detached actors, killed on stop."""
         import ray
 
-        from serve_app.janitor import JANITOR_NAME, start_janitor
-        from serve_app.recon_scheduler import SCHEDULER_NAME, start_recon_scheduler
+        from serve_app.workers.janitor import JANITOR_NAME, start_janitor
+        from serve_app.workers.reconciliation import SCHEDULER_NAME, start_recon_scheduler
 
         start_janitor(settings, psp_key, psp_base)
         start_recon_scheduler(settings, psp_key, psp_base)
@@ -152,7 +152,7 @@ class Stack:
     def _start_notifications(self, settings: Settings) -> None:
         import ray
 
-        from serve_app.notifications import start_notifications
+        from serve_app.workers.notifications import start_notifications
 
         assert settings.database_url and settings.redis_url
         handles = start_notifications(settings.database_url, settings.redis_url, settings.ray_namespace)
@@ -167,7 +167,7 @@ class Stack:
         import ray
         from ray import serve
 
-        from serve_app.app import build_app
+        from serve_app.edge.app import build_app
 
         if not ray.is_initialized():
             if self.haproxy:

@@ -8,7 +8,7 @@ database (a ledger posting through the merchant's wallet) runs after the commit 
 transaction left, which the flows (and recovery) resume from.
 
 Order does not matter: a ``charge.succeeded`` for a charge already settled changes nothing (and when this
-replica drove that charge, it says so without a database transaction: ``serve_app/recent.py``); a
+replica drove that charge, it says so without a database transaction: ``serve_app/flows/recent.py``); a
 ``charge.refunded`` carrying a refund payray never made creates it; a ``charge.dispute.closed`` seen before
 its ``charge.dispute.created`` opens and closes the dispute at once. An event about a charge or refund whose
 own request is still waiting for the PSP is answered 409 and left unrecorded: the PSP delivers it again.
@@ -34,12 +34,11 @@ from payray.money import Money
 from payray.refund import RefundState
 from psp.port import PaymentServiceProvider
 from psp.stripe_adapter import PAYMENT_ID_KEY
-from serve_app import disputes
-from serve_app import payments_db as payments
-from serve_app import refunds_db as refunds
-from serve_app.charge_flow import ChargeFlow
-from serve_app.disputes import DisputeBooking
-from serve_app.refund_flow import RefundFlow
+from serve_app.flows import dispute as disputes
+from serve_app.flows.charge import ChargeFlow
+from serve_app.flows.dispute import DisputeBooking
+from serve_app.flows.refund import RefundFlow
+from serve_app.stores import payments, refunds
 
 log = logging.getLogger("payray.webhooks")
 

@@ -16,16 +16,28 @@ from psycopg_pool import AsyncConnectionPool
 from actors.wallet import InsufficientFunds
 from ledger.postings import Posting, refund_posting, refund_reversal_posting
 from payray.errors import DependencyFailure
+from payray.fingerprint import request_fingerprint
+from payray.ids import new_id
 from payray.money import Money
-from payray.refund import RESUME, RefundCommand, RefundEvent, RefundState, allowed_events, public_status, step
+from payray.refund import (
+    RESUME,
+    RefundCommand,
+    RefundEvent,
+    RefundState,
+    allowed_events,
+    psp_refund_key,
+    public_status,
+    step,
+)
 from psp.port import PaymentServiceProvider
-from serve_app import refunds_db as db
-from serve_app.refunds_db import Refund
-from serve_app.render import dumps, refund_object
+from serve_app.flows.idempotent import Answer, IdempotentRequests, Operation
+from serve_app.stores import refunds as db
+from serve_app.stores.refunds import Refund
 from serve_app.wallets import WalletDirectory
+from serve_app.wire.render import dumps, refund_object
+from serve_app.wire.schemas import RefundCreate
 
 log = logging.getLogger("payray.refund")
-
 _PSP_EVENTS = {
     "refunded": RefundEvent.PSP_REFUNDED,
     "failed": RefundEvent.PSP_REFUSED,
@@ -191,3 +203,46 @@ class RefundFlow:
             log.warning("%s not posted yet", posting.kind, exc_info=True, extra={"refund_id": refund.id})
             return None
         return result.transaction_id if result.error is None else None
+
+
+class RefundService:
+    def __init__(
+        self, pool: AsyncConnectionPool[Any], requests: IdempotentRequests, flow: RefundFlow, fee_bps: int
+    ) -> None:
+        self._pool = pool
+        self._requests = requests
+        self._flow = flow
+        self._fee_bps = fee_bps
+
+    async def create(self, merchant_id: str, key: str, body: RefundCreate) -> Answer:
+        fingerprint = request_fingerprint("POST", "/v1/refunds", body.model_dump(mode="json"))
+        refund_id = new_id("re")
+        fresh = Refund(
+            id=refund_id,
+            merchant_id=merchant_id,
+            payment_id=body.charge,
+            amount=0,  # decided against the charge, under its lock (as are the fee share and currency)
+            fee_returned=0,
+            currency="",
+            state=RefundState.PENDING.value,
+            psp_idempotency_key=psp_refund_key(refund_id),
+            created_at=None,  # type: ignore[arg-type]  # set by the database
+            idempotency_key=key,
+            reason=body.reason,
+            metadata=dict(body.metadata),
+        )
+
+        async def create(conn: AsyncConnection[Any]) -> Refund | None:
+            return await db.insert_refund(
+                conn, fresh, body.charge, fingerprint, self._requests.lease_ms, body.amount, self._fee_bps
+            )
+
+        async def resume(refund_id: str) -> tuple[int, bytes]:
+            async with self._pool.connection() as conn:
+                refund = await db.load_refund(conn, refund_id)
+            assert refund is not None
+            return await self._flow.resume(refund)
+
+        return await self._requests.run(
+            merchant_id, key, fingerprint, Operation(create, self._flow.start, resume)
+        )

@@ -12,7 +12,7 @@ from psycopg.types.json import Jsonb
 
 from ledger.postings import CAPTURE, Statement
 from payray.charge import Transition
-from serve_app.keys_db import CLAIM_KEY
+from serve_app.stores.keys import CLAIM_KEY
 
 
 @dataclass(frozen=True)

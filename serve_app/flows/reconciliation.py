@@ -9,7 +9,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from ledger.reconcile import KINDS, REPORT_COLUMNS, RunResult, reconcile_day
 from psp.port import PaymentServiceProvider
-from serve_app import recon_db
+from serve_app.stores import reconciliation as recon_db
 
 
 class Reconciliation:

@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _demo(settings: Settings, args: argparse.Namespace) -> int:
-    from payray.demo import run
+    from ops.demo import run
 
     return run(settings, args)
 
@@ -155,7 +155,7 @@ def _demo(settings: Settings, args: argparse.Namespace) -> int:
 def _up(settings: Settings, args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from payray.stack import Stack, haproxy_available
+    from ops.stack import Stack, haproxy_available
 
     if not 0 < args.port < 65536:
         print(f"payray up: error: --port must be 1..65535, got {args.port}", file=sys.stderr)
@@ -204,7 +204,7 @@ def _up(settings: Settings, args: argparse.Namespace) -> int:
 def _with_database(settings: Settings) -> tuple[str, object | None]:
     if settings.database_url:
         return settings.database_url, None
-    from payray.services import EmbeddedPostgres
+    from ops.embedded import EmbeddedPostgres
 
     server = EmbeddedPostgres(settings.home.resolve() / "postgres")
     return server.start(), server

@@ -24,11 +24,11 @@ from payray.errors import DependencyFailure
 from payray.fingerprint import request_fingerprint
 from payray.ids import new_id
 from payray.money import Money
-from serve_app.idempotent import Answer, IdempotentRequests, Operation
-from serve_app.keys_db import CLAIM_KEY
-from serve_app.render import dumps
-from serve_app.schemas import PayoutCreate
+from serve_app.flows.idempotent import Answer, IdempotentRequests, Operation
+from serve_app.stores.keys import CLAIM_KEY
 from serve_app.wallets import WalletDirectory
+from serve_app.wire.render import dumps
+from serve_app.wire.schemas import PayoutCreate
 
 log = logging.getLogger("payray.payout")
 

@@ -1,0 +1,1 @@
+"""The background workers: Ray actors for recovery, nightly reconciliation, the outbox relay and consumers."""
