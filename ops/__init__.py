@@ -1,1 +1,2 @@
-"""Running payray: the ``payray`` command line, the one-machine stack, the demo, embedded Postgres and Redis."""
+"""Running payray: the ``payray`` command line, the one-machine stack, the demo,
+and the embedded Postgres and Redis."""
