@@ -102,7 +102,7 @@ def _resolve(settings: Settings, args: argparse.Namespace) -> Target | None:
         return Target(recorded, admin_key, psp_url.rstrip("/"), *_demo_merchant(settings.home))
     if args.psp_url:
         raise UsageError("--psp-url names the PSP of a running stack and none is running; pass --url too")
-    if settings.stripe_api_key:
+    if settings.psp_api_key:
         raise UsageError(
             "with STRIPE_API_KEY set, a stack started by the demo has no PSP emulator to refund at; "
             "unset it, or pass --url and --psp-url"

@@ -74,7 +74,7 @@ class Stack:
             database_url = s.database_url or self._start_postgres(home)
             migrate(database_url)
             redis_url = s.redis_url or self._start_redis(home)
-            psp_key, psp_base = self._psp(home)
+            psp_api_key, psp_api_base = self._psp(home)
             admin_key = s.admin_key or _stored_secret(
                 home / "admin_key", lambda: "sk_admin_" + secrets.token_urlsafe(24)
             )
@@ -86,18 +86,20 @@ class Stack:
                 redis_url=redis_url,
                 admin_key=admin_key,
                 stripe_webhook_secrets=webhook_secrets,
+                psp_api_key=psp_api_key,
+                psp_api_base=psp_api_base,
             )
-            base_url = self._start_serve(settings, psp_key, psp_base)
+            base_url = self._start_serve(settings)
             if self._emulator_started:
-                _send_webhooks_to(psp_base, f"{base_url}/v1/webhooks/psp", webhook_secrets[0])
-            self._start_schedules(settings, psp_key, psp_base)
+                _send_webhooks_to(psp_api_base, f"{base_url}/v1/webhooks/psp", webhook_secrets[0])
+            self._start_schedules(settings)
             self._start_notifications(settings)
             demo_id, demo_key = _demo_merchant(home, database_url)
         except BaseException:
             self.stop()
             raise
-        info = StackInfo(base_url, admin_key, demo_id, demo_key, psp_base, database_url, redis_url)
-        stored = {"base_url": base_url, "admin_key": admin_key, "psp_api_base": psp_base}
+        info = StackInfo(base_url, admin_key, demo_id, demo_key, psp_api_base, database_url, redis_url)
+        stored = {"base_url": base_url, "admin_key": admin_key, "psp_api_base": psp_api_base}
         _write_private(home / STACK_FILE, json.dumps(stored))
         return info
 
@@ -122,8 +124,9 @@ class Stack:
         return url
 
     def _psp(self, home: Path) -> tuple[str, str | None]:
-        if self.settings.stripe_api_key:
-            return self.settings.stripe_api_key, self.settings.stripe_api_base
+        """The configured PSP's key and base, or the emulator's, started here."""
+        if self.settings.psp_api_key:
+            return self.settings.psp_api_key, self.settings.psp_api_base
         from psp.emulator.server import EmulatorProcess
 
         emulator = EmulatorProcess(home / "psp")
@@ -132,15 +135,15 @@ class Stack:
         self._emulator_started = True
         return EMULATOR_API_KEY, base
 
-    def _start_schedules(self, settings: Settings, psp_key: str, psp_base: str | None) -> None:
+    def _start_schedules(self, settings: Settings) -> None:
         """The recovery janitor and the reconciliation scheduler: detached actors, killed on stop."""
         import ray
 
         from serve_app.workers.janitor import JANITOR_NAME, start_janitor
         from serve_app.workers.reconciliation import SCHEDULER_NAME, start_recon_scheduler
 
-        start_janitor(settings, psp_key, psp_base)
-        start_recon_scheduler(settings, psp_key, psp_base)
+        start_janitor(settings)
+        start_recon_scheduler(settings)
 
         def stop() -> None:
             for name in (JANITOR_NAME, SCHEDULER_NAME):
@@ -163,7 +166,7 @@ class Stack:
 
         self._stops.append(stop)
 
-    def _start_serve(self, settings: Settings, psp_key: str, psp_base: str | None) -> str:
+    def _start_serve(self, settings: Settings) -> str:
         import ray
         from ray import serve
 
@@ -189,7 +192,7 @@ class Stack:
             http_options={"host": self.host, "port": self.port}, logging_config={"enable_access_log": False}
         )
         self._stops.append(serve.shutdown)
-        serve.run(build_app(settings, psp_key, psp_base), name=APP_NAME, route_prefix="/", blocking=False)
+        serve.run(build_app(settings), name=APP_NAME, route_prefix="/", blocking=False)
         return f"http://{self.host}:{self.port}"
 
 

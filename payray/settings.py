@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 from payray.slots import DEFAULT_SLOTS
 
@@ -30,18 +31,24 @@ def default_wallet_hosts() -> int:
     return max(1, (os.cpu_count() or 2) // 2)
 
 
-@dataclass(frozen=True)
+#: Fields whose values are credentials: shown as ``***`` by ``repr`` (and so in any log of the settings).
+SECRETS = frozenset({"psp_api_key", "admin_key", "stripe_webhook_secrets"})
+
+
+@dataclass(frozen=True, repr=False)
 class Settings:
     """Everything the service needs to know about its surroundings.
 
-    ``None`` for a URL means "not configured": ``payray up`` then starts the embedded default.
+    ``None`` for a URL means "not configured": ``payray up`` then starts the embedded default (for the PSP,
+    the emulator, and fills in its key and base). Its ``repr`` leaves out keys, secrets and URL passwords.
     """
 
     home: Path = Path(".payray")
     database_url: str | None = None
     redis_url: str | None = None
-    stripe_api_key: str | None = None
-    stripe_api_base: str | None = None
+    #: the PSP's API key and base URL (``STRIPE_API_KEY``, ``STRIPE_API_BASE``; a base of None is Stripe's)
+    psp_api_key: str | None = None
+    psp_api_base: str | None = None
     stripe_webhook_secrets: tuple[str, ...] = ()
     ray_address: str | None = None
     admin_key: str | None = None
@@ -74,8 +81,8 @@ class Settings:
             home=Path(env.get("PAYRAY_HOME", DEFAULT_HOME)),
             database_url=env.get("PAYRAY_DATABASE_URL") or None,
             redis_url=env.get("PAYRAY_REDIS_URL") or None,
-            stripe_api_key=env.get("STRIPE_API_KEY") or None,
-            stripe_api_base=env.get("STRIPE_API_BASE") or None,
+            psp_api_key=env.get("STRIPE_API_KEY") or None,
+            psp_api_base=env.get("STRIPE_API_BASE") or None,
             stripe_webhook_secrets=secrets,
             ray_address=env.get("RAY_ADDRESS") or None,
             admin_key=env.get("PAYRAY_ADMIN_KEY") or None,
@@ -96,6 +103,23 @@ class Settings:
 
     def with_(self, **changes: object) -> Settings:
         return replace(self, **changes)  # type: ignore[arg-type]
+
+    def __repr__(self) -> str:
+        shown = (f"{f.name}={_shown(f.name, getattr(self, f.name))!r}" for f in fields(self))
+        return f"Settings({', '.join(shown)})"
+
+
+def _shown(name: str, value: object) -> object:
+    """A field's value as ``repr`` may show it: credentials masked, a URL without its password."""
+    if name in SECRETS and value:
+        return "***"
+    if name.endswith("_url") and isinstance(value, str):
+        parts = urlsplit(value)
+        if parts.password is not None:
+            netloc = f"{parts.username or ''}:***@{parts.hostname or ''}"
+            netloc += f":{parts.port}" if parts.port is not None else ""
+            return urlunsplit(parts._replace(netloc=netloc))
+    return value
 
 
 def _positive_int(env: Mapping[str, str], name: str, default: int, *, allow_zero: bool = False) -> int:

@@ -146,10 +146,8 @@ async def _read_body(request: Request) -> bytes:
 @serve.deployment(max_ongoing_requests=256, ray_actor_options={"num_cpus": 0})
 @serve.ingress(api)
 class PaymentApi:
-    def __init__(self, settings: Settings, psp_api_key: str, psp_api_base: str | None) -> None:
+    def __init__(self, settings: Settings) -> None:
         self._settings = settings
-        self._psp_key = psp_api_key
-        self._psp_base = psp_api_base
         self._ready = asyncio.Lock()
         self._built = False
         self.metrics = ApiMetrics()
@@ -161,14 +159,14 @@ class PaymentApi:
             if self._built:
                 return
             s = self._settings
-            assert s.database_url and s.redis_url
+            assert s.database_url and s.redis_url and s.psp_api_key
             self.pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
                 s.database_url, min_size=2, max_size=s.db_pool_size, open=False, kwargs={"autocommit": True}
             )
             await self.pool.open(wait=True, timeout=30)
             self.redis = Redis.from_url(s.redis_url, socket_timeout=0.5, socket_connect_timeout=0.5)
             self.fast_keys = FastKeys(self.redis, s.idempotency_ttl_ms, s.in_flight_lease_ms)
-            self.psp = StripePsp(self._psp_key, self._psp_base, s.psp_timeout_s, s.psp_max_retries)
+            self.psp = StripePsp(s.psp_api_key, s.psp_api_base, s.psp_timeout_s, s.psp_max_retries)
             self.wallets = WalletDirectory.from_settings(s)
             self.flow = ChargeFlow(
                 self.pool,
@@ -193,8 +191,8 @@ class PaymentApi:
             )
             self.auth = Authenticator(s.admin_key, self._merchant_for_key)
             # The schedules run wherever the API does, also when deployed with serve_config.yaml alone.
-            await janitor(s, self._psp_key, self._psp_base)
-            await recon_scheduler(s, self._psp_key, self._psp_base)
+            await janitor(s)
+            await recon_scheduler(s)
             self._built = True
 
     async def _merchant_for_key(self, key: str) -> str | None:
@@ -388,7 +386,7 @@ class PaymentApi:
         """Run the recovery janitor's pass now; ``{"grace_s": n}`` narrows "stuck" to n seconds untouched."""
         await self._admin(request)
         body = parse_body(RecoverySweep, await _read_body(request), request.headers.get("content-type"))
-        sweeper = await janitor(self._settings, self._psp_key, self._psp_base)
+        sweeper = await janitor(self._settings)
         return json_response(200, dumps(await sweeper.sweep.remote(body.grace_s)))
 
     # -- reconciliation (admin) ------------------------------------------------------------------------------
@@ -400,7 +398,7 @@ class PaymentApi:
         body = parse_body(
             ReconciliationRunCreate, await _read_body(request), request.headers.get("content-type")
         )
-        scheduler = await recon_scheduler(self._settings, self._psp_key, self._psp_base)
+        scheduler = await recon_scheduler(self._settings)
         return json_response(200, dumps(await scheduler.run.remote(body.date)))
 
     @api.get("/v1/reconciliation/runs/{run_id}")
@@ -510,15 +508,15 @@ class PaymentApi:
             self.metrics.recon_last_run.set(midnight.timestamp())
 
 
-def build_app(settings: Settings, psp_api_key: str, psp_api_base: str | None) -> Any:
+def build_app(settings: Settings) -> Any:
     """The Serve application, ready for ``serve.run``; ``serve_config.yaml`` points at ``app_from_env``."""
     deployment: Any = PaymentApi
-    return deployment.options(num_replicas=settings.api_replicas).bind(settings, psp_api_key, psp_api_base)
+    return deployment.options(num_replicas=settings.api_replicas).bind(settings)
 
 
 def app_from_env(args: dict[str, str] | None = None) -> Any:
     """Application builder for ``serve deploy serve_config.yaml``: configuration from the environment."""
     settings = Settings.from_env()
-    if not settings.stripe_api_key:
+    if not settings.psp_api_key:
         raise ValueError("STRIPE_API_KEY must be set when deploying with serve_config.yaml")
-    return build_app(settings, settings.stripe_api_key, settings.stripe_api_base)
+    return build_app(settings)

@@ -33,10 +33,8 @@ JANITOR_NAME = "recovery_janitor"
 
 
 class Janitor:
-    def __init__(self, settings: Settings, psp_api_key: str, psp_api_base: str | None) -> None:
+    def __init__(self, settings: Settings) -> None:
         self._settings = settings
-        self._psp_key = psp_api_key
-        self._psp_base = psp_api_base
         self._recovery: Recovery | None = None
         self._loop: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
@@ -89,12 +87,12 @@ class Janitor:
         if self._recovery is not None:
             return self._recovery
         s = self._settings
-        assert s.database_url
+        assert s.database_url and s.psp_api_key
         pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
             s.database_url, min_size=1, max_size=4, open=False, kwargs={"autocommit": True}
         )
         await pool.open(wait=True, timeout=30)
-        psp = StripePsp(self._psp_key, self._psp_base, s.psp_timeout_s, s.psp_max_retries)
+        psp = StripePsp(s.psp_api_key, s.psp_api_base, s.psp_timeout_s, s.psp_max_retries)
         wallets = WalletDirectory.from_settings(s)
         self._recovery = Recovery(
             pool,
@@ -115,10 +113,10 @@ class Janitor:
 JanitorActor: Any = ray.remote(max_restarts=-1, max_task_retries=-1, num_cpus=0)(Janitor)
 
 
-def start_janitor(settings: Settings, psp_api_key: str, psp_api_base: str | None) -> Any:
+def start_janitor(settings: Settings) -> Any:
     """The deployment's janitor, created if missing, sweeping on its schedule."""
-    return start_scheduled(JanitorActor, JANITOR_NAME, settings, psp_api_key, psp_api_base)
+    return start_scheduled(JanitorActor, JANITOR_NAME, settings)
 
 
-async def janitor(settings: Settings, psp_api_key: str, psp_api_base: str | None) -> Any:
-    return await scheduled(JanitorActor, JANITOR_NAME, settings, psp_api_key, psp_api_base)
+async def janitor(settings: Settings) -> Any:
+    return await scheduled(JanitorActor, JANITOR_NAME, settings)

@@ -47,14 +47,10 @@ class ReconScheduler:
     def __init__(
         self,
         settings: Settings,
-        psp_api_key: str,
-        psp_api_base: str | None,
         clock: Callable[[], float] = wall.time,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self._settings = settings
-        self._psp_key = psp_api_key
-        self._psp_base = psp_api_base
         self._clock = clock
         self._sleep = sleep
         self._at = parse_at(settings.recon_at)
@@ -132,12 +128,12 @@ class ReconScheduler:
     async def _build(self) -> Reconciliation:
         if self._recon is None:
             s = self._settings
-            assert s.database_url
+            assert s.database_url and s.psp_api_key
             pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
                 s.database_url, min_size=1, max_size=2, open=False, kwargs={"autocommit": True}
             )
             await pool.open(wait=True, timeout=30)
-            psp = StripePsp(self._psp_key, self._psp_base, s.psp_timeout_s, s.psp_max_retries)
+            psp = StripePsp(s.psp_api_key, s.psp_api_base, s.psp_timeout_s, s.psp_max_retries)
             self._pool, self._recon = pool, Reconciliation(pool, psp)
         return self._recon
 
@@ -151,10 +147,10 @@ class ReconScheduler:
 ReconSchedulerActor: Any = ray.remote(max_restarts=-1, max_task_retries=-1, num_cpus=0)(ReconScheduler)
 
 
-def start_recon_scheduler(settings: Settings, psp_api_key: str, psp_api_base: str | None) -> Any:
+def start_recon_scheduler(settings: Settings) -> Any:
     """The deployment's scheduler, created if missing, waiting for its next night."""
-    return start_scheduled(ReconSchedulerActor, SCHEDULER_NAME, settings, psp_api_key, psp_api_base)
+    return start_scheduled(ReconSchedulerActor, SCHEDULER_NAME, settings)
 
 
-async def recon_scheduler(settings: Settings, psp_api_key: str, psp_api_base: str | None) -> Any:
-    return await scheduled(ReconSchedulerActor, SCHEDULER_NAME, settings, psp_api_key, psp_api_base)
+async def recon_scheduler(settings: Settings) -> Any:
+    return await scheduled(ReconSchedulerActor, SCHEDULER_NAME, settings)

@@ -11,26 +11,20 @@ import ray
 from payray.settings import Settings
 
 
-def _detached(
-    actor_class: Any, name: str, settings: Settings, psp_api_key: str, psp_api_base: str | None
-) -> Any:
+def _detached(actor_class: Any, name: str, settings: Settings) -> Any:
     return actor_class.options(
         name=name, namespace=settings.ray_namespace, get_if_exists=True, lifetime="detached"
-    ).remote(settings, psp_api_key, psp_api_base)
+    ).remote(settings)
 
 
-def start_scheduled(
-    actor_class: Any, name: str, settings: Settings, psp_api_key: str, psp_api_base: str | None
-) -> Any:
-    handle = _detached(actor_class, name, settings, psp_api_key, psp_api_base)
+def start_scheduled(actor_class: Any, name: str, settings: Settings) -> Any:
+    handle = _detached(actor_class, name, settings)
     ray.get(handle.start.remote())
     return handle
 
 
-async def scheduled(
-    actor_class: Any, name: str, settings: Settings, psp_api_key: str, psp_api_base: str | None
-) -> Any:
+async def scheduled(actor_class: Any, name: str, settings: Settings) -> Any:
     """The same from async code."""
-    handle = _detached(actor_class, name, settings, psp_api_key, psp_api_base)
+    handle = _detached(actor_class, name, settings)
     await handle.start.remote()
     return handle

@@ -37,9 +37,8 @@ class Scripted(ReconScheduler):
         self.failures = failures
         self.reconciled = reconciled
         self.nights = nights
-        super().__init__(
-            Settings(recon_at="02:15"), "sk_test", None, clock=lambda: self.now, sleep=self.pass_time
-        )
+        settings = Settings(psp_api_key="sk_test", recon_at="02:15")
+        super().__init__(settings, clock=lambda: self.now, sleep=self.pass_time)
 
     async def pass_time(self, seconds: float) -> None:
         assert seconds > 0
