@@ -18,10 +18,8 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from psycopg import AsyncConnection
-from psycopg_pool import AsyncConnectionPool
 from ray import serve
 from ray.exceptions import RayError
-from redis.asyncio import Redis
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ledger import store as ledger_store
@@ -35,24 +33,19 @@ from payray.errors import (
     PayrayError,
 )
 from payray.settings import Settings
-from psp.stripe_adapter import StripePsp
 from serve_app.edge.auth import Authenticator
 from serve_app.edge.bodies import MAX_BODY_BYTES, parse_body
 from serve_app.edge.metrics import ApiMetrics
-from serve_app.flows.charge import ChargeFlow, ChargeService
-from serve_app.flows.dispute import DisputeBooking, dispute_object, list_disputes, load_dispute
-from serve_app.flows.idempotent import Answer, IdempotentRequests, check_idempotency_key
+from serve_app.flows.dispute import dispute_object, list_disputes, load_dispute
+from serve_app.flows.idempotent import Answer, check_idempotency_key
 from serve_app.flows.invariants import check_invariants
-from serve_app.flows.payout import PayoutFlow, PayoutService, list_payouts, load_payout, payout_object
+from serve_app.flows.payout import list_payouts, load_payout, payout_object
 from serve_app.flows.reconciliation import discrepancy_object, run_object
-from serve_app.flows.refund import RefundFlow, RefundService
-from serve_app.flows.webhook import WebhookReceiver
+from serve_app.parts import Parts
 from serve_app.stores import merchants as merchants_db
 from serve_app.stores import payments as db
 from serve_app.stores import reconciliation as recon_db
 from serve_app.stores import refunds as refunds_db
-from serve_app.stores.fast_keys import FastKeys
-from serve_app.wallets import WalletDirectory
 from serve_app.wire.render import charge_object, dumps, error_object, list_object, refund_object
 from serve_app.wire.schemas import (
     ChargeCreate,
@@ -159,44 +152,26 @@ class PaymentApi:
             if self._built:
                 return
             s = self._settings
-            assert s.database_url and s.redis_url and s.psp_api_key
-            self.pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
-                s.database_url, min_size=2, max_size=s.db_pool_size, open=False, kwargs={"autocommit": True}
-            )
-            await self.pool.open(wait=True, timeout=30)
-            self.redis = Redis.from_url(s.redis_url, socket_timeout=0.5, socket_connect_timeout=0.5)
-            self.fast_keys = FastKeys(self.redis, s.idempotency_ttl_ms, s.in_flight_lease_ms)
-            self.psp = StripePsp(s.psp_api_key, s.psp_api_base, s.psp_timeout_s, s.psp_max_retries)
-            self.wallets = WalletDirectory.from_settings(s)
-            self.flow = ChargeFlow(
-                self.pool,
-                self.psp,
-                self.wallets,
-                s.fee_bps,
+            self.parts = await Parts.open(
+                s,
+                min_connections=2,
+                max_connections=s.db_pool_size,
                 on_transition=lambda t: self.metrics.transitions.labels(t.event.value, t.target.value).inc(),
             )
-            self.requests = IdempotentRequests(self.pool, self.fast_keys, s.in_flight_lease_ms)
-            self.charges = ChargeService(self.pool, self.requests, self.flow)
-            refund_flow = RefundFlow(self.pool, self.psp, self.wallets)
-            self.refunds = RefundService(self.pool, self.requests, refund_flow, s.fee_bps)
-            self.payouts = PayoutService(self.pool, self.requests, PayoutFlow(self.pool, self.wallets))
-            self.webhooks = WebhookReceiver(
-                self.pool,
-                self.psp,
-                self.flow,
-                refund_flow,
-                DisputeBooking(self.pool, self.wallets),
-                s.stripe_webhook_secrets,
-                s.fee_bps,
-            )
+            self.parts.build_api()
             self.auth = Authenticator(s.admin_key, self._merchant_for_key)
             # The schedules run wherever the API does, also when deployed with serve_config.yaml alone.
             await janitor(s)
             await recon_scheduler(s)
             self._built = True
 
+    async def __del__(self) -> None:
+        """Serve calls this when it stops the replica: the pool, Redis and the PSP's session close."""
+        if self._built:
+            await self.parts.aclose()
+
     async def _merchant_for_key(self, key: str) -> str | None:
-        async with self.pool.connection() as conn:
+        async with self.parts.pool.connection() as conn:
             return await merchants_db.merchant_for_key(conn, key)
 
     async def _merchant(self, request: Request) -> str:
@@ -245,7 +220,7 @@ class PaymentApi:
     ) -> Response:
         """One of the merchant's objects; another merchant's answers 404 like a missing one."""
         merchant_id = await self._merchant(request)
-        async with self.pool.connection() as conn:
+        async with self.parts.pool.connection() as conn:
             found = await load(conn, object_id, merchant_id)
         if found is None:
             raise NotFound(f"No such {kind}: '{object_id}'", param="id")
@@ -264,7 +239,7 @@ class PaymentApi:
         merchant_id = await self._merchant(request)
         limit = _limit(request.query_params.get("limit"))
         after = request.query_params.get("starting_after")
-        async with self.pool.connection() as conn:
+        async with self.parts.pool.connection() as conn:
             if after is not None and await load(conn, after, merchant_id) is None:
                 raise NotFound(f"No such {kind}: '{after}'", param="starting_after")
             found = await page(conn, merchant_id, limit + 1, after)
@@ -275,7 +250,9 @@ class PaymentApi:
 
     @api.post("/v1/charges")
     async def create_charge(self, request: Request) -> Response:
-        return await self._money_post(request, "POST /v1/charges", ChargeCreate, lambda: self.charges.create)
+        return await self._money_post(
+            request, "POST /v1/charges", ChargeCreate, lambda: self.parts.charges.create
+        )
 
     @api.get("/v1/charges/{charge_id}")
     async def get_charge(self, charge_id: str, request: Request) -> Response:
@@ -289,7 +266,9 @@ class PaymentApi:
 
     @api.post("/v1/refunds")
     async def create_refund(self, request: Request) -> Response:
-        return await self._money_post(request, "POST /v1/refunds", RefundCreate, lambda: self.refunds.create)
+        return await self._money_post(
+            request, "POST /v1/refunds", RefundCreate, lambda: self.parts.refunds.create
+        )
 
     @api.get("/v1/refunds/{refund_id}")
     async def get_refund(self, refund_id: str, request: Request) -> Response:
@@ -300,7 +279,7 @@ class PaymentApi:
         charge = request.query_params.get("charge")
         if charge is not None:  # a charge the merchant does not have is a 404, not an empty list
             merchant_id = await self._merchant(request)
-            async with self.pool.connection() as conn:
+            async with self.parts.pool.connection() as conn:
                 if await db.load_payment(conn, charge, merchant_id) is None:
                     raise NotFound(f"No such charge: '{charge}'", param="charge")
 
@@ -314,7 +293,7 @@ class PaymentApi:
     @api.get("/v1/balance")
     async def balance(self, request: Request) -> Response:
         merchant_id = await self._merchant(request)
-        balances = await self.wallets.balances(merchant_id)
+        balances = await self.parts.wallets.balances(merchant_id)
         available = [{"amount": amount, "currency": cur} for cur, amount in sorted(balances.items())]
         pending = [{"amount": 0, "currency": cur} for cur in sorted(balances)]
         body = {"object": "balance", "livemode": False, "available": available, "pending": pending}
@@ -322,7 +301,9 @@ class PaymentApi:
 
     @api.post("/v1/payouts")
     async def create_payout(self, request: Request) -> Response:
-        return await self._money_post(request, "POST /v1/payouts", PayoutCreate, lambda: self.payouts.create)
+        return await self._money_post(
+            request, "POST /v1/payouts", PayoutCreate, lambda: self.parts.payouts.create
+        )
 
     @api.get("/v1/payouts/{payout_id}")
     async def get_payout(self, payout_id: str, request: Request) -> Response:
@@ -347,7 +328,7 @@ class PaymentApi:
         """Authenticated by its signature, not a key: the PSP calls it."""
         await self._build()
         started = time.perf_counter()
-        answer = await self.webhooks.receive(
+        answer = await self.parts.webhooks.receive(
             await _read_body(request), request.headers.get("stripe-signature")
         )
         self._observe("POST /v1/webhooks/psp", started, 200)
@@ -359,7 +340,7 @@ class PaymentApi:
     async def create_merchant(self, request: Request) -> Response:
         await self._admin(request)
         body = parse_body(MerchantCreate, await _read_body(request), request.headers.get("content-type"))
-        async with self.pool.connection() as conn:
+        async with self.parts.pool.connection() as conn:
             merchant = await merchants_db.create_merchant(conn, body.name)
         return json_response(200, dumps(merchant))
 
@@ -378,7 +359,7 @@ class PaymentApi:
     async def invariants(self, request: Request) -> Response:
         await self._admin(request)
         assert self._settings.database_url
-        report = await check_invariants(self._settings.database_url, self.psp, self.wallets)
+        report = await check_invariants(self._settings.database_url, self.parts.psp, self.parts.wallets)
         return json_response(200, dumps(report))
 
     @api.post("/v1/admin/recovery/sweep")
@@ -404,7 +385,7 @@ class PaymentApi:
     @api.get("/v1/reconciliation/runs/{run_id}")
     async def get_reconciliation_run(self, run_id: str, request: Request) -> Response:
         await self._admin(request)
-        async with self.pool.connection() as conn:
+        async with self.parts.pool.connection() as conn:
             run = await recon_db.load_run(conn, run_id)
         if run is None:
             raise NotFound(f"No such reconciliation run: '{run_id}'", param="id")
@@ -415,7 +396,7 @@ class PaymentApi:
         await self._admin(request)
         limit = _limit(request.query_params.get("limit"))
         after = request.query_params.get("starting_after")
-        async with self.pool.connection() as conn:
+        async with self.parts.pool.connection() as conn:
             if after is not None and await recon_db.load_run(conn, after) is None:
                 raise NotFound(f"No such reconciliation run: '{after}'", param="starting_after")
             runs = await recon_db.list_runs(conn, limit + 1, after)
@@ -425,7 +406,7 @@ class PaymentApi:
     @api.get("/v1/reconciliation/discrepancies/{discrepancy_id}")
     async def get_discrepancy(self, discrepancy_id: str, request: Request) -> Response:
         await self._admin(request)
-        async with self.pool.connection() as conn:
+        async with self.parts.pool.connection() as conn:
             found = await recon_db.load_discrepancy(conn, discrepancy_id)
         if found is None:
             raise NotFound(f"No such discrepancy: '{discrepancy_id}'", param="id")
@@ -440,7 +421,7 @@ class PaymentApi:
         status, run_id, after = query.get("status"), query.get("run"), query.get("starting_after")
         if status is not None and status not in ("open", "resolved"):
             raise InvalidRequest("status must be open or resolved", param="status")
-        async with self.pool.connection() as conn:
+        async with self.parts.pool.connection() as conn:
             if run_id is not None and await recon_db.load_run(conn, run_id) is None:
                 raise NotFound(f"No such reconciliation run: '{run_id}'", param="run")
             if after is not None and await recon_db.load_discrepancy(conn, after) is None:
@@ -454,7 +435,7 @@ class PaymentApi:
     async def resolve_discrepancy(self, discrepancy_id: str, request: Request) -> Response:
         await self._admin(request)
         body = parse_body(DiscrepancyResolve, await _read_body(request), request.headers.get("content-type"))
-        async with self.pool.connection() as conn:
+        async with self.parts.pool.connection() as conn:
             resolved = await recon_db.resolve(conn, discrepancy_id, body.resolution, body.note)
         return json_response(200, dumps(discrepancy_object(resolved)))
 
@@ -465,17 +446,17 @@ class PaymentApi:
         await self._build()
         checks: dict[str, bool] = {}
         try:
-            async with self.pool.connection(timeout=2) as conn:
+            async with self.parts.pool.connection(timeout=2) as conn:
                 await conn.execute("SELECT 1")
             checks["postgres"] = True
         except Exception:
             checks["postgres"] = False
-        checks["redis"] = await self.fast_keys.ping()
+        checks["redis"] = await self.parts.fast_keys.ping()
         try:
-            checks["ray"] = await asyncio.wait_for(self.wallets.ready(), timeout=5)
+            checks["ray"] = await asyncio.wait_for(self.parts.wallets.ready(), timeout=5)
         except Exception:
             checks["ray"] = False
-        checks["psp"] = await self.psp.ping()
+        checks["psp"] = await self.parts.psp.ping()
         ok = all(checks.values())
         if not ok:
             failing = ", ".join(name for name, good in checks.items() if not good)
@@ -495,7 +476,7 @@ class PaymentApi:
     async def _observe_reconciliation(self) -> None:
         """The review queue read at scrape time, so every replica reports the same figures."""
         try:
-            async with self.pool.connection(timeout=2) as conn:
+            async with self.parts.pool.connection(timeout=2) as conn:
                 open_by_kind = await recon_db.open_counts(conn)
                 latest = await recon_db.latest_reconciled_day(conn)
         except (psycopg.Error, psycopg_pool.PoolTimeout):

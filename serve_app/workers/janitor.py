@@ -14,16 +14,10 @@ import time
 from typing import Any
 
 import ray
-from psycopg_pool import AsyncConnectionPool
 
 from payray.settings import Settings
-from psp.stripe_adapter import StripePsp
-from serve_app.flows.charge import ChargeFlow
-from serve_app.flows.dispute import DisputeBooking
-from serve_app.flows.payout import PayoutFlow
 from serve_app.flows.recovery import Recovery
-from serve_app.flows.refund import RefundFlow
-from serve_app.wallets import WalletDirectory
+from serve_app.parts import Parts
 from serve_app.workers.notifications import RELAY_NAME, consumer_name
 from serve_app.workers.schedules import scheduled, start_scheduled
 
@@ -35,7 +29,7 @@ JANITOR_NAME = "recovery_janitor"
 class Janitor:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
-        self._recovery: Recovery | None = None
+        self._parts: Parts | None = None
         self._loop: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
         self._sweeps = 0
@@ -84,30 +78,17 @@ class Janitor:
             await handle.start.remote()
 
     async def _build(self) -> Recovery:
-        if self._recovery is not None:
-            return self._recovery
-        s = self._settings
-        assert s.database_url and s.psp_api_key
-        pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
-            s.database_url, min_size=1, max_size=4, open=False, kwargs={"autocommit": True}
-        )
-        await pool.open(wait=True, timeout=30)
-        psp = StripePsp(s.psp_api_key, s.psp_api_base, s.psp_timeout_s, s.psp_max_retries)
-        wallets = WalletDirectory.from_settings(s)
-        self._recovery = Recovery(
-            pool,
-            ChargeFlow(pool, psp, wallets, s.fee_bps),
-            RefundFlow(pool, psp, wallets),
-            PayoutFlow(pool, wallets),
-            DisputeBooking(pool, wallets),
-        )
-        return self._recovery
+        if self._parts is None:
+            self._parts = await Parts.open(self._settings, max_connections=4)
+        return self._parts.recovery
 
     async def close(self) -> None:
         if self._loop is not None:
             self._loop.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._loop
+        if self._parts is not None:
+            await self._parts.aclose()
 
 
 JanitorActor: Any = ray.remote(max_restarts=-1, max_task_retries=-1, num_cpus=0)(Janitor)

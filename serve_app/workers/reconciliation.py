@@ -16,11 +16,10 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
 import ray
-from psycopg_pool import AsyncConnectionPool
 
 from payray.settings import Settings
-from psp.stripe_adapter import StripePsp
 from serve_app.flows.reconciliation import Reconciliation, run_object
+from serve_app.parts import Parts
 from serve_app.stores import reconciliation as recon_db
 from serve_app.workers.schedules import scheduled, start_scheduled
 
@@ -54,8 +53,7 @@ class ReconScheduler:
         self._clock = clock
         self._sleep = sleep
         self._at = parse_at(settings.recon_at)
-        self._recon: Reconciliation | None = None
-        self._pool: AsyncConnectionPool[Any] | None = None
+        self._parts: Parts | None = None
         self._lock = asyncio.Lock()
         self._loop: asyncio.Task[None] | None = None
         self._next: datetime | None = None
@@ -101,8 +99,8 @@ class ReconScheduler:
 
     async def _reconciled(self, day: date) -> bool:
         await self._build()
-        assert self._pool is not None
-        async with self._pool.connection() as conn:
+        assert self._parts is not None
+        async with self._parts.pool.connection() as conn:
             done = await recon_db.run_of_day(conn, day)
         return done is not None and done["status"] == "succeeded"
 
@@ -126,22 +124,17 @@ class ReconScheduler:
         log.error("gave up reconciling %s after %d attempts; run it by hand", day, RETRIES + 1)
 
     async def _build(self) -> Reconciliation:
-        if self._recon is None:
-            s = self._settings
-            assert s.database_url and s.psp_api_key
-            pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
-                s.database_url, min_size=1, max_size=2, open=False, kwargs={"autocommit": True}
-            )
-            await pool.open(wait=True, timeout=30)
-            psp = StripePsp(s.psp_api_key, s.psp_api_base, s.psp_timeout_s, s.psp_max_retries)
-            self._pool, self._recon = pool, Reconciliation(pool, psp)
-        return self._recon
+        if self._parts is None:
+            self._parts = await Parts.open(self._settings, max_connections=2)
+        return self._parts.reconciliation
 
     async def close(self) -> None:
         if self._loop is not None:
             self._loop.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._loop
+        if self._parts is not None:
+            await self._parts.aclose()
 
 
 ReconSchedulerActor: Any = ray.remote(max_restarts=-1, max_task_retries=-1, num_cpus=0)(ReconScheduler)

@@ -1,0 +1,174 @@
+"""The service's parts, built from ``Settings``: the one place that knows how the Postgres pool, the Redis
+fast keys, the PSP client, the wallet directory, the flows and the services are made and wired together.
+
+The API replica and each background worker open their own ``Parts`` (a Ray actor cannot share another
+process's connections) and take what they use. Each part is built on first use and once, so a worker that
+never charges never connects to Redis, and the reconciliation scheduler never looks up the wallet hosts.
+``aclose`` closes what was opened.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from functools import cached_property
+from typing import Any
+
+from psycopg_pool import AsyncConnectionPool
+from redis.asyncio import Redis
+
+from payray.charge import Transition
+from payray.settings import Settings
+from psp.stripe_adapter import StripePsp
+from serve_app.flows.charge import ChargeFlow, ChargeService
+from serve_app.flows.dispute import DisputeBooking
+from serve_app.flows.idempotent import IdempotentRequests
+from serve_app.flows.payout import PayoutFlow, PayoutService
+from serve_app.flows.reconciliation import Reconciliation
+from serve_app.flows.recovery import Recovery
+from serve_app.flows.refund import RefundFlow, RefundService
+from serve_app.flows.webhook import WebhookReceiver
+from serve_app.stores.fast_keys import FastKeys
+from serve_app.wallets import WalletDirectory
+
+log = logging.getLogger("payray.parts")
+
+#: How long the pool may take to open its first connections before the service gives up starting.
+POOL_OPEN_TIMEOUT_S = 30
+#: The fast keys give up on Redis this quickly: a slow Redis falls back to Postgres instead of stalling.
+REDIS_TIMEOUT_S = 0.5
+
+
+class Parts:
+    """What one process of the service runs on; open it with ``await Parts.open(...)``."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        pool: AsyncConnectionPool[Any],
+        on_transition: Callable[[Transition], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.pool = pool
+        self._on_transition = on_transition
+
+    @classmethod
+    async def open(
+        cls,
+        settings: Settings,
+        *,
+        min_connections: int = 1,
+        max_connections: int,
+        on_transition: Callable[[Transition], None] | None = None,
+    ) -> Parts:
+        """The parts over a Postgres pool of ``min_connections`` to ``max_connections``, opened and ready.
+
+        ``on_transition`` sees every transition of the charges this process drives (the API counts them).
+        """
+        assert settings.database_url, "the database URL is filled in before the service starts"
+        pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
+            settings.database_url,
+            min_size=min_connections,
+            max_size=max_connections,
+            open=False,
+            kwargs={"autocommit": True},
+        )
+        await pool.open(wait=True, timeout=POOL_OPEN_TIMEOUT_S)
+        return cls(settings, pool, on_transition)
+
+    def build_api(self) -> None:
+        """Build every part the API's routes use now, rather than in the first request to need each."""
+        _ = (self.charges, self.refunds, self.payouts, self.webhooks)
+
+    # -- clients ---------------------------------------------------------------------------------------------
+
+    @cached_property
+    def psp(self) -> StripePsp:
+        s = self.settings
+        assert s.psp_api_key, "the PSP key is filled in before the service starts"
+        return StripePsp(s.psp_api_key, s.psp_api_base, s.psp_timeout_s, s.psp_max_retries)
+
+    @cached_property
+    def redis(self) -> Redis:
+        assert self.settings.redis_url, "the Redis URL is filled in before the service starts"
+        return Redis.from_url(
+            self.settings.redis_url, socket_timeout=REDIS_TIMEOUT_S, socket_connect_timeout=REDIS_TIMEOUT_S
+        )
+
+    @cached_property
+    def fast_keys(self) -> FastKeys:
+        return FastKeys(self.redis, self.settings.idempotency_ttl_ms, self.settings.in_flight_lease_ms)
+
+    @cached_property
+    def wallets(self) -> WalletDirectory:
+        return WalletDirectory.from_settings(self.settings)
+
+    # -- flows: each drives one resource's state machine -----------------------------------------------------
+
+    @cached_property
+    def charge_flow(self) -> ChargeFlow:
+        """One per process: the webhooks ask it which charges it is driving or saw past the PSP."""
+        return ChargeFlow(
+            self.pool, self.psp, self.wallets, self.settings.fee_bps, on_transition=self._on_transition
+        )
+
+    @cached_property
+    def refund_flow(self) -> RefundFlow:
+        return RefundFlow(self.pool, self.psp, self.wallets)
+
+    @cached_property
+    def payout_flow(self) -> PayoutFlow:
+        return PayoutFlow(self.pool, self.wallets)
+
+    @cached_property
+    def disputes(self) -> DisputeBooking:
+        return DisputeBooking(self.pool, self.wallets)
+
+    @cached_property
+    def recovery(self) -> Recovery:
+        return Recovery(self.pool, self.charge_flow, self.refund_flow, self.payout_flow, self.disputes)
+
+    @cached_property
+    def reconciliation(self) -> Reconciliation:
+        return Reconciliation(self.pool, self.psp)
+
+    # -- services: the API's requests, behind the idempotency layers ----------------------------------------
+
+    @cached_property
+    def requests(self) -> IdempotentRequests:
+        return IdempotentRequests(self.pool, self.fast_keys, self.settings.in_flight_lease_ms)
+
+    @cached_property
+    def charges(self) -> ChargeService:
+        return ChargeService(self.pool, self.requests, self.charge_flow)
+
+    @cached_property
+    def refunds(self) -> RefundService:
+        return RefundService(self.pool, self.requests, self.refund_flow, self.settings.fee_bps)
+
+    @cached_property
+    def payouts(self) -> PayoutService:
+        return PayoutService(self.pool, self.requests, self.payout_flow)
+
+    @cached_property
+    def webhooks(self) -> WebhookReceiver:
+        s = self.settings
+        return WebhookReceiver(
+            self.pool,
+            self.psp,
+            self.charge_flow,
+            self.refund_flow,
+            self.disputes,
+            s.stripe_webhook_secrets,
+            s.fee_bps,
+        )
+
+    async def aclose(self) -> None:
+        """Close the clients that were opened (the PSP's HTTP session, Redis), then the pool."""
+        for name in ("psp", "redis"):
+            if name in vars(self):  # built: a cached_property keeps its value in the instance
+                try:
+                    await getattr(self, name).aclose()
+                except Exception:  # closing the rest matters more
+                    log.warning("closing %s failed", name, exc_info=True)
+        await self.pool.close()
