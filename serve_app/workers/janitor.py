@@ -8,7 +8,6 @@ everything it acts on is in Postgres. ``sweep`` runs a pass on demand (``POST /v
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from typing import Any
@@ -16,34 +15,28 @@ from typing import Any
 import ray
 
 from payray.settings import Settings
-from serve_app.flows.recovery import Recovery
-from serve_app.parts import Parts
 from serve_app.workers.notifications import RELAY_NAME, consumer_name
-from serve_app.workers.schedules import scheduled, start_scheduled
+from serve_app.workers.schedules import ServiceSchedule, repeat, restartable, scheduled, start_scheduled
 
 log = logging.getLogger("payray.janitor")
 
 JANITOR_NAME = "recovery_janitor"
 
 
-class Janitor:
+class Janitor(ServiceSchedule):
+    """Sweeps now and then every ``recovery_interval_s`` once started."""
+
+    max_connections = 4
+
     def __init__(self, settings: Settings) -> None:
-        self._settings = settings
-        self._parts: Parts | None = None
-        self._loop: asyncio.Task[None] | None = None
+        super().__init__(settings)
         self._lock = asyncio.Lock()
         self._sweeps = 0
         self._last: dict[str, Any] = {}
 
-    async def start(self) -> bool:
-        """Sweep now and then every ``recovery_interval_s``; idempotent."""
-        if self._loop is None or self._loop.done():
-            self._loop = asyncio.get_running_loop().create_task(self._forever())
-        return True
-
     async def sweep(self, grace_s: float | None = None) -> dict[str, Any]:
         """One pass over what has been stuck for ``grace_s`` (default: the configured grace)."""
-        recovery = await self._build()
+        recovery = (await self._parts()).recovery
         grace = self._settings.recovery_grace_s if grace_s is None else grace_s
         async with self._lock:  # one pass at a time; a second caller waits and then runs its own
             started = time.perf_counter()
@@ -57,16 +50,20 @@ class Janitor:
         return self._last
 
     async def stats(self) -> dict[str, Any]:
-        return {"sweeps": self._sweeps, "last": self._last, "running": self._loop is not None}
+        return {"sweeps": self._sweeps, "last": self._last, "running": self._task is not None}
 
     async def _forever(self) -> None:
-        while True:
-            try:
-                await self._keep_notifications_running()
-                await self.sweep()
-            except Exception:  # never let the schedule die: the next pass tries again
-                log.exception("recovery sweep failed")
-            await asyncio.sleep(self._settings.recovery_interval_s)
+        """Sweep now, then ``recovery_interval_s`` after each pass ends, whether it worked or not."""
+        interval = self._settings.recovery_interval_s
+        await repeat(
+            self._pass, pause_after_failure_s=interval, failure="recovery sweep failed", logger=log,
+            level=logging.ERROR,
+        )  # fmt: skip
+
+    async def _pass(self) -> float:
+        await self._keep_notifications_running()
+        await self.sweep()
+        return self._settings.recovery_interval_s
 
     async def _keep_notifications_running(self) -> None:
         """A relay or consumer that Ray restarted comes back idle; ``start`` (idempotent) sets it going."""
@@ -77,21 +74,8 @@ class Janitor:
                 continue  # not deployed
             await handle.start.remote()
 
-    async def _build(self) -> Recovery:
-        if self._parts is None:
-            self._parts = await Parts.open(self._settings, max_connections=4)
-        return self._parts.recovery
 
-    async def close(self) -> None:
-        if self._loop is not None:
-            self._loop.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._loop
-        if self._parts is not None:
-            await self._parts.aclose()
-
-
-JanitorActor: Any = ray.remote(max_restarts=-1, max_task_retries=-1, num_cpus=0)(Janitor)
+JanitorActor: Any = restartable(Janitor)
 
 
 def start_janitor(settings: Settings) -> Any:

@@ -15,9 +15,6 @@ delivered when Redis restarts are gone (their outbox rows say when they were pub
 
 from __future__ import annotations
 
-import abc
-import asyncio
-import contextlib
 import json
 import logging
 from typing import Any
@@ -26,7 +23,9 @@ import ray
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 from redis.asyncio import Redis
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import ResponseError
+
+from serve_app.workers.schedules import ScheduledActor, repeat, restartable
 
 log = logging.getLogger("payray.notifications")
 
@@ -51,24 +50,16 @@ RETURNING outbox_id, topic, aggregate_id
 """
 
 
-class _Worker(abc.ABC):
+class _Worker(ScheduledActor):
     """A loop over Postgres and Redis, started (idempotently) by ``start``; connects on first use."""
 
     def __init__(self, database_url: str, redis_url: str, redis_timeout_s: float) -> None:
+        super().__init__()
         self._database_url = database_url
         self._redis_url = redis_url
         self._redis_timeout_s = redis_timeout_s
         self._pool: AsyncConnectionPool[Any] | None = None
         self._redis: Redis | None = None
-        self._task: asyncio.Task[None] | None = None
-
-    async def start(self) -> bool:
-        if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(self._forever())
-        return True
-
-    @abc.abstractmethod
-    async def _forever(self) -> None: ...
 
     async def _connect(self) -> tuple[AsyncConnectionPool[Any], Redis]:
         if self._pool is None:
@@ -114,17 +105,18 @@ class OutboxRelay(_Worker):
         return {"published": self.published, "running": self._task is not None and not self._task.done()}
 
     async def _forever(self) -> None:
-        while True:
-            try:
-                if await self.relay_once() == self._batch:
-                    continue  # more waiting: no pause
-            except (RedisError, OSError, Exception):  # a dependency down: rows wait in the outbox
-                log.warning("outbox relay pass failed", exc_info=True)
-            await asyncio.sleep(self._idle_s)
+        """A dependency down: rows wait in the outbox, and the next pass tries again."""
+        failure = "outbox relay pass failed"
+        await repeat(self._pass, pause_after_failure_s=self._idle_s, failure=failure, logger=log)
+
+    async def _pass(self) -> float:
+        more_waiting = await self.relay_once() == self._batch
+        return 0.0 if more_waiting else self._idle_s
 
 
 class NotificationConsumer(_Worker):
-    """One member of the consumer group: delivers entries once each, acknowledges them after."""
+    """One member of the consumer group: delivers entries once each, acknowledges them after. ``stop`` stops
+    reading; what is pending stays pending in the group."""
 
     def __init__(
         self, database_url: str, redis_url: str, name: str, block_ms: int = 1000, claim_idle_ms: int = 30_000
@@ -149,14 +141,6 @@ class NotificationConsumer(_Worker):
         if entries:
             await redis.xack(STREAM, GROUP, *(entry_id for entry_id, _ in entries))
         return len(entries)
-
-    async def stop(self) -> bool:
-        """Stop reading (what is pending stays pending in the group)."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        return True
 
     async def stats(self) -> dict[str, Any]:
         return {"name": self.name, "delivered": self.delivered}
@@ -197,20 +181,17 @@ class NotificationConsumer(_Worker):
                 raise
 
     async def _forever(self) -> None:
-        while True:
-            try:
-                await self.consume_once()
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # Redis or Postgres down: entries wait in the group
-                log.warning("notification pass failed", exc_info=True)
-                await asyncio.sleep(1.0)
+        """Redis or Postgres down: entries wait in the group; the next pass, a second later, tries again."""
+        await repeat(self._pass, pause_after_failure_s=1.0, failure="notification pass failed", logger=log)
+
+    async def _pass(self) -> float:
+        await self.consume_once()  # it waits for new entries itself, up to ``block_ms``
+        return 0.0
 
 
 RELAY_NAME = "outbox_relay"
-OPTIONS: dict[str, Any] = {"max_restarts": -1, "max_task_retries": -1, "num_cpus": 0}
-OutboxRelayActor: Any = ray.remote(**OPTIONS)(OutboxRelay)
-NotificationConsumerActor: Any = ray.remote(**OPTIONS)(NotificationConsumer)
+OutboxRelayActor: Any = restartable(OutboxRelay)
+NotificationConsumerActor: Any = restartable(NotificationConsumer)
 
 
 def consumer_name(index: int) -> str:

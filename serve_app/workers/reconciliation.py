@@ -8,20 +8,16 @@ Postgres, so a scheduler that was down at 02:15 finds yesterday unreconciled whe
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time as wall
 from collections.abc import Awaitable, Callable
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
-import ray
-
 from payray.settings import Settings
-from serve_app.flows.reconciliation import Reconciliation, run_object
-from serve_app.parts import Parts
+from serve_app.flows.reconciliation import run_object
 from serve_app.stores import reconciliation as recon_db
-from serve_app.workers.schedules import scheduled, start_scheduled
+from serve_app.workers.schedules import ServiceSchedule, restartable, scheduled, start_scheduled
 
 log = logging.getLogger("payray.recon")
 
@@ -42,34 +38,30 @@ def parse_at(value: str) -> time:
     return time(int(hours), int(minutes))
 
 
-class ReconScheduler:
+class ReconScheduler(ServiceSchedule):
+    """Once started, catches up on yesterday if its run is missing or failed, then runs every night."""
+
+    max_connections = 2
+
     def __init__(
         self,
         settings: Settings,
         clock: Callable[[], float] = wall.time,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
-        self._settings = settings
+        super().__init__(settings)
         self._clock = clock
         self._sleep = sleep
         self._at = parse_at(settings.recon_at)
-        self._parts: Parts | None = None
         self._lock = asyncio.Lock()
-        self._loop: asyncio.Task[None] | None = None
         self._next: datetime | None = None
         self._scheduled_runs = 0
 
-    async def start(self) -> bool:
-        """Catch up on yesterday if its run is missing or failed, then run every night; idempotent."""
-        if self._loop is None or self._loop.done():
-            self._loop = asyncio.get_running_loop().create_task(self._forever())
-        return True
-
     async def run(self, day: str) -> dict[str, Any]:
         """Reconcile one UTC day (``YYYY-MM-DD``) now; the run as the API renders it."""
-        recon = await self._build()
+        reconciliation = (await self._parts()).reconciliation
         async with self._lock:
-            return run_object(await recon.run(date.fromisoformat(day)))
+            return run_object(await reconciliation.run(date.fromisoformat(day)))
 
     async def status(self) -> dict[str, Any]:
         return {
@@ -98,9 +90,8 @@ class ReconScheduler:
             await self._scheduled(yesterday)
 
     async def _reconciled(self, day: date) -> bool:
-        await self._build()
-        assert self._parts is not None
-        async with self._parts.pool.connection() as conn:
+        parts = await self._parts()
+        async with parts.pool.connection() as conn:
             done = await recon_db.run_of_day(conn, day)
         return done is not None and done["status"] == "succeeded"
 
@@ -123,21 +114,8 @@ class ReconScheduler:
                 await self._sleep(RETRY_AFTER_S * attempt)
         log.error("gave up reconciling %s after %d attempts; run it by hand", day, RETRIES + 1)
 
-    async def _build(self) -> Reconciliation:
-        if self._parts is None:
-            self._parts = await Parts.open(self._settings, max_connections=2)
-        return self._parts.reconciliation
 
-    async def close(self) -> None:
-        if self._loop is not None:
-            self._loop.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._loop
-        if self._parts is not None:
-            await self._parts.aclose()
-
-
-ReconSchedulerActor: Any = ray.remote(max_restarts=-1, max_task_retries=-1, num_cpus=0)(ReconScheduler)
+ReconSchedulerActor: Any = restartable(ReconScheduler)
 
 
 def start_recon_scheduler(settings: Settings) -> Any:
