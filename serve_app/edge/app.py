@@ -70,6 +70,11 @@ log = logging.getLogger("payray.api")
 
 #: ``load(conn, object_id, merchant_id)``: one of the merchant's objects, or None.
 Loader = Callable[[AsyncConnection[Any], str, str], Awaitable[Any]]
+#: ``find(conn, object_id)``: an object the caller may see, or None (missing, or not the caller's).
+Finder = Callable[[AsyncConnection[Any], str], Awaitable[Any]]
+#: ``page(conn, limit, after)``: up to ``limit`` of the objects the caller may see, newest first.
+Pager = Callable[[AsyncConnection[Any], int, str | None], Awaitable[list[Any]]]
+Render = Callable[[Any], dict[str, Any]]
 
 
 def json_response(status: int, body: bytes, headers: dict[str, str] | None = None) -> Response:
@@ -193,17 +198,17 @@ class PaymentApi:
         request: Request,
         route: str,
         model: type[Any],
-        service: Callable[[], Callable[[str, str, Any], Awaitable[Answer]]],
+        create: Callable[[Parts], Callable[[str, str, Any], Awaitable[Answer]]],
     ) -> Response:
         """A POST that moves money: authenticated, keyed, validated, run behind the idempotency layers.
 
-        ``service`` is asked for the create method only after authentication has built the replica's parts.
+        ``create`` picks the service's create method from the parts, which authentication has built.
         """
         started = time.perf_counter()
         merchant_id = await self._merchant(request)
         key = check_idempotency_key(request.headers.get("idempotency-key"))
         body = parse_body(model, await _read_body(request), request.headers.get("content-type"))
-        answer = await service()(merchant_id, key, body)
+        answer = await create(self.parts)(merchant_id, key, body)
         headers = {"Idempotent-Replayed": "true"} if answer.replayed else None
         if answer.replayed:
             self.metrics.replays.inc()
@@ -211,20 +216,15 @@ class PaymentApi:
         return json_response(answer.status, answer.body, headers)
 
     async def _retrieve(
-        self,
-        request: Request,
-        kind: str,
-        object_id: str,
-        load: Loader,
-        render: Callable[[Any], dict[str, Any]],
+        self, request: Request, kind: str, object_id: str, load: Loader, render: Render
     ) -> Response:
         """One of the merchant's objects; another merchant's answers 404 like a missing one."""
         merchant_id = await self._merchant(request)
-        async with self.parts.pool.connection() as conn:
-            found = await load(conn, object_id, merchant_id)
-        if found is None:
-            raise NotFound(f"No such {kind}: '{object_id}'", param="id")
-        return json_response(200, dumps(render(found)))
+
+        async def find(conn: AsyncConnection[Any], object_id: str) -> Any:
+            return await load(conn, object_id, merchant_id)
+
+        return await self._one(kind, object_id, find, render)
 
     async def _list(
         self,
@@ -233,16 +233,49 @@ class PaymentApi:
         url: str,
         load: Loader,
         page: Callable[[AsyncConnection[Any], str, int, str | None], Awaitable[list[Any]]],
-        render: Callable[[Any], dict[str, Any]],
+        render: Render,
     ) -> Response:
         """A page of the merchant's objects, newest first, after ``starting_after`` (one of them)."""
         merchant_id = await self._merchant(request)
+
+        async def find(conn: AsyncConnection[Any], object_id: str) -> Any:
+            return await load(conn, object_id, merchant_id)
+
+        async def merchants_page(conn: AsyncConnection[Any], limit: int, after: str | None) -> list[Any]:
+            return await page(conn, merchant_id, limit, after)
+
+        return await self._page(request, kind, url, find, merchants_page, render)
+
+    async def _one(self, kind: str, object_id: str, find: Finder, render: Render) -> Response:
+        """The object, rendered; one the caller may not see answers 404 like a missing one."""
+        async with self.parts.pool.connection() as conn:
+            found = await find(conn, object_id)
+        if found is None:
+            raise NotFound(f"No such {kind}: '{object_id}'", param="id")
+        return json_response(200, dumps(render(found)))
+
+    async def _page(
+        self,
+        request: Request,
+        kind: str,
+        url: str,
+        find: Finder,
+        page: Pager,
+        render: Render,
+        check: Callable[[AsyncConnection[Any]], Awaitable[None]] | None = None,
+    ) -> Response:
+        """A page of the objects the caller may see, newest first, after ``starting_after`` (one of them).
+
+        ``check`` validates the route's own filters first, on the same connection.
+        """
         limit = _limit(request.query_params.get("limit"))
         after = request.query_params.get("starting_after")
         async with self.parts.pool.connection() as conn:
-            if after is not None and await load(conn, after, merchant_id) is None:
+            if check is not None:
+                await check(conn)
+            if after is not None and await find(conn, after) is None:
                 raise NotFound(f"No such {kind}: '{after}'", param="starting_after")
-            found = await page(conn, merchant_id, limit + 1, after)
+            found = await page(conn, limit + 1, after)
         data = [render(item) for item in found[:limit]]
         return json_response(200, dumps(list_object(url, data, len(found) > limit)))
 
@@ -250,9 +283,7 @@ class PaymentApi:
 
     @api.post("/v1/charges")
     async def create_charge(self, request: Request) -> Response:
-        return await self._money_post(
-            request, "POST /v1/charges", ChargeCreate, lambda: self.parts.charges.create
-        )
+        return await self._money_post(request, "POST /v1/charges", ChargeCreate, lambda p: p.charges.create)
 
     @api.get("/v1/charges/{charge_id}")
     async def get_charge(self, charge_id: str, request: Request) -> Response:
@@ -266,9 +297,7 @@ class PaymentApi:
 
     @api.post("/v1/refunds")
     async def create_refund(self, request: Request) -> Response:
-        return await self._money_post(
-            request, "POST /v1/refunds", RefundCreate, lambda: self.parts.refunds.create
-        )
+        return await self._money_post(request, "POST /v1/refunds", RefundCreate, lambda p: p.refunds.create)
 
     @api.get("/v1/refunds/{refund_id}")
     async def get_refund(self, refund_id: str, request: Request) -> Response:
@@ -301,9 +330,7 @@ class PaymentApi:
 
     @api.post("/v1/payouts")
     async def create_payout(self, request: Request) -> Response:
-        return await self._money_post(
-            request, "POST /v1/payouts", PayoutCreate, lambda: self.parts.payouts.create
-        )
+        return await self._money_post(request, "POST /v1/payouts", PayoutCreate, lambda p: p.payouts.create)
 
     @api.get("/v1/payouts/{payout_id}")
     async def get_payout(self, payout_id: str, request: Request) -> Response:
@@ -385,51 +412,40 @@ class PaymentApi:
     @api.get("/v1/reconciliation/runs/{run_id}")
     async def get_reconciliation_run(self, run_id: str, request: Request) -> Response:
         await self._admin(request)
-        async with self.parts.pool.connection() as conn:
-            run = await recon_db.load_run(conn, run_id)
-        if run is None:
-            raise NotFound(f"No such reconciliation run: '{run_id}'", param="id")
-        return json_response(200, dumps(run_object(run)))
+        return await self._one("reconciliation run", run_id, recon_db.load_run, run_object)
 
     @api.get("/v1/reconciliation/runs")
     async def list_reconciliation_runs(self, request: Request) -> Response:
         await self._admin(request)
-        limit = _limit(request.query_params.get("limit"))
-        after = request.query_params.get("starting_after")
-        async with self.parts.pool.connection() as conn:
-            if after is not None and await recon_db.load_run(conn, after) is None:
-                raise NotFound(f"No such reconciliation run: '{after}'", param="starting_after")
-            runs = await recon_db.list_runs(conn, limit + 1, after)
-        data = [run_object(run) for run in runs[:limit]]
-        return json_response(200, dumps(list_object("/v1/reconciliation/runs", data, len(runs) > limit)))
+        return await self._page(
+            request, "reconciliation run", "/v1/reconciliation/runs", recon_db.load_run, recon_db.list_runs,
+            run_object,
+        )  # fmt: skip
 
     @api.get("/v1/reconciliation/discrepancies/{discrepancy_id}")
     async def get_discrepancy(self, discrepancy_id: str, request: Request) -> Response:
         await self._admin(request)
-        async with self.parts.pool.connection() as conn:
-            found = await recon_db.load_discrepancy(conn, discrepancy_id)
-        if found is None:
-            raise NotFound(f"No such discrepancy: '{discrepancy_id}'", param="id")
-        return json_response(200, dumps(discrepancy_object(found)))
+        return await self._one("discrepancy", discrepancy_id, recon_db.load_discrepancy, discrepancy_object)
 
     @api.get("/v1/reconciliation/discrepancies")
     async def list_discrepancies(self, request: Request) -> Response:
         """``?status=open|resolved``, ``?run=recon_…``, newest first."""
         await self._admin(request)
-        query = request.query_params
-        limit = _limit(query.get("limit"))
-        status, run_id, after = query.get("status"), query.get("run"), query.get("starting_after")
-        if status is not None and status not in ("open", "resolved"):
-            raise InvalidRequest("status must be open or resolved", param="status")
-        async with self.parts.pool.connection() as conn:
+        status, run_id = request.query_params.get("status"), request.query_params.get("run")
+
+        async def filters_known(conn: AsyncConnection[Any]) -> None:
+            if status is not None and status not in ("open", "resolved"):
+                raise InvalidRequest("status must be open or resolved", param="status")
             if run_id is not None and await recon_db.load_run(conn, run_id) is None:
                 raise NotFound(f"No such reconciliation run: '{run_id}'", param="run")
-            if after is not None and await recon_db.load_discrepancy(conn, after) is None:
-                raise NotFound(f"No such discrepancy: '{after}'", param="starting_after")
-            found = await recon_db.list_discrepancies(conn, status, run_id, limit + 1, after)
-        data = [discrepancy_object(d) for d in found[:limit]]
+
+        async def page(conn: AsyncConnection[Any], limit: int, after: str | None) -> list[Any]:
+            return await recon_db.list_discrepancies(conn, status, run_id, limit, after)
+
         url = "/v1/reconciliation/discrepancies"
-        return json_response(200, dumps(list_object(url, data, len(found) > limit)))
+        return await self._page(
+            request, "discrepancy", url, recon_db.load_discrepancy, page, discrepancy_object, filters_known
+        )
 
     @api.post("/v1/reconciliation/discrepancies/{discrepancy_id}/resolve")
     async def resolve_discrepancy(self, discrepancy_id: str, request: Request) -> Response:
