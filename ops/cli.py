@@ -54,13 +54,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     _target_arguments(verify)
 
-    recon = commands.add_parser(
+    reconcile = commands.add_parser(
         "recon",
         help="reconcile one UTC day with the PSP's settlement report and print its discrepancies; "
         "exit 1 if the run failed or found any",
     )
-    recon.add_argument("--date", required=True, type=_utc_day, help="the UTC day YYYY-MM-DD, not after today")
-    _target_arguments(recon)
+    reconcile.add_argument(
+        "--date", required=True, type=_utc_day, help="the UTC day YYYY-MM-DD, not after today"
+    )
+    _target_arguments(reconcile)
 
     demo = commands.add_parser(
         "demo",
@@ -138,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         "migrate": _migrate,
         "merchant": _merchant_create,
         "verify": _verify,
-        "recon": _recon,
+        "recon": _reconcile,
         "simulate": _simulate,
         "loadtest": _loadtest,
         "demo": _demo,
@@ -307,7 +309,7 @@ def _simulate(settings: Settings, args: argparse.Namespace) -> int:
 SHOWN = 100
 
 
-def _recon(settings: Settings, args: argparse.Namespace) -> int:
+def _reconcile(settings: Settings, args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 

@@ -136,17 +136,17 @@ class Stack:
         return EMULATOR_API_KEY, base
 
     def _start_schedules(self, settings: Settings) -> None:
-        """The recovery janitor and the reconciliation scheduler: detached actors, killed on stop."""
+        """The recovery sweeper and the reconciliation scheduler: detached actors, killed on stop."""
         import ray
 
-        from serve_app.workers.janitor import JANITOR_NAME, start_janitor
-        from serve_app.workers.reconciliation import SCHEDULER_NAME, start_recon_scheduler
+        from serve_app.workers.reconciliation import SCHEDULER_NAME, start_reconciliation_scheduler
+        from serve_app.workers.recovery import SWEEPER_NAME, start_recovery_sweeper
 
-        start_janitor(settings)
-        start_recon_scheduler(settings)
+        start_recovery_sweeper(settings)
+        start_reconciliation_scheduler(settings)
 
         def stop() -> None:
-            for name in (JANITOR_NAME, SCHEDULER_NAME):
+            for name in (SWEEPER_NAME, SCHEDULER_NAME):
                 with contextlib.suppress(ValueError):
                     ray.kill(ray.get_actor(name, namespace=settings.ray_namespace))
 

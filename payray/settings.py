@@ -66,12 +66,12 @@ class Settings:
     idempotency_ttl_ms: int = 86_400_000
     in_flight_lease_ms: int = 60_000
     db_pool_size: int = 8
-    #: how often the recovery janitor sweeps, and how long a row must sit untouched before it counts as
+    #: how often the recovery sweeper sweeps, and how long a row must sit untouched before it counts as
     #: abandoned (longer than any live request waits on the PSP and the ledger)
     recovery_interval_s: float = 30.0
     recovery_grace_s: float = 120.0
     #: when (UTC, "HH:MM") the scheduler reconciles the day before
-    recon_at: str = "02:15"
+    reconciliation_at: str = "02:15"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -98,7 +98,7 @@ class Settings:
             db_pool_size=_positive_int(env, "PAYRAY_DB_POOL_SIZE", 8),
             recovery_interval_s=float(env.get("PAYRAY_RECOVERY_INTERVAL_S", "30")),
             recovery_grace_s=float(env.get("PAYRAY_RECOVERY_GRACE_S", "120")),
-            recon_at=_utc_time_of_day(env, "PAYRAY_RECON_AT", "02:15"),
+            reconciliation_at=_utc_time_of_day(env, "PAYRAY_RECON_AT", "02:15"),
         )
 
     def with_(self, **changes: object) -> Settings:

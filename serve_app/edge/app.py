@@ -44,7 +44,7 @@ from serve_app.flows.reconciliation import discrepancy_object, run_object
 from serve_app.parts import Parts
 from serve_app.stores import merchants as merchants_db
 from serve_app.stores import payments as db
-from serve_app.stores import reconciliation as recon_db
+from serve_app.stores import reconciliation as reconciliation_db
 from serve_app.stores import refunds as refunds_db
 from serve_app.wire.render import charge_object, dumps, error_object, list_object, refund_object
 from serve_app.wire.schemas import (
@@ -56,8 +56,8 @@ from serve_app.wire.schemas import (
     RecoverySweep,
     RefundCreate,
 )
-from serve_app.workers.janitor import janitor
-from serve_app.workers.reconciliation import recon_scheduler
+from serve_app.workers.reconciliation import reconciliation_scheduler
+from serve_app.workers.recovery import recovery_sweeper
 
 api = FastAPI(
     title="payray",
@@ -166,8 +166,8 @@ class PaymentApi:
             self.parts.build_api()
             self.auth = Authenticator(s.admin_key, self._merchant_for_key)
             # The schedules run wherever the API does, also when deployed with serve_config.yaml alone.
-            await janitor(s)
-            await recon_scheduler(s)
+            await recovery_sweeper(s)
+            await reconciliation_scheduler(s)
             self._built = True
 
     async def __del__(self) -> None:
@@ -391,10 +391,10 @@ class PaymentApi:
 
     @api.post("/v1/admin/recovery/sweep")
     async def recovery_sweep(self, request: Request) -> Response:
-        """Run the recovery janitor's pass now; ``{"grace_s": n}`` narrows "stuck" to n seconds untouched."""
+        """Run the recovery sweeper's pass now; ``{"grace_s": n}`` narrows "stuck" to n seconds untouched."""
         await self._admin(request)
         body = parse_body(RecoverySweep, await _read_body(request), request.headers.get("content-type"))
-        sweeper = await janitor(self._settings)
+        sweeper = await recovery_sweeper(self._settings)
         return json_response(200, dumps(await sweeper.sweep.remote(body.grace_s)))
 
     # -- reconciliation (admin) ------------------------------------------------------------------------------
@@ -406,26 +406,25 @@ class PaymentApi:
         body = parse_body(
             ReconciliationRunCreate, await _read_body(request), request.headers.get("content-type")
         )
-        scheduler = await recon_scheduler(self._settings)
+        scheduler = await reconciliation_scheduler(self._settings)
         return json_response(200, dumps(await scheduler.run.remote(body.date)))
 
     @api.get("/v1/reconciliation/runs/{run_id}")
     async def get_reconciliation_run(self, run_id: str, request: Request) -> Response:
         await self._admin(request)
-        return await self._one("reconciliation run", run_id, recon_db.load_run, run_object)
+        return await self._one("reconciliation run", run_id, reconciliation_db.load_run, run_object)
 
     @api.get("/v1/reconciliation/runs")
     async def list_reconciliation_runs(self, request: Request) -> Response:
         await self._admin(request)
-        return await self._page(
-            request, "reconciliation run", "/v1/reconciliation/runs", recon_db.load_run, recon_db.list_runs,
-            run_object,
-        )  # fmt: skip
+        url, load, page = "/v1/reconciliation/runs", reconciliation_db.load_run, reconciliation_db.list_runs
+        return await self._page(request, "reconciliation run", url, load, page, run_object)
 
     @api.get("/v1/reconciliation/discrepancies/{discrepancy_id}")
     async def get_discrepancy(self, discrepancy_id: str, request: Request) -> Response:
         await self._admin(request)
-        return await self._one("discrepancy", discrepancy_id, recon_db.load_discrepancy, discrepancy_object)
+        load = reconciliation_db.load_discrepancy
+        return await self._one("discrepancy", discrepancy_id, load, discrepancy_object)
 
     @api.get("/v1/reconciliation/discrepancies")
     async def list_discrepancies(self, request: Request) -> Response:
@@ -436,23 +435,21 @@ class PaymentApi:
         async def filters_known(conn: AsyncConnection[Any]) -> None:
             if status is not None and status not in ("open", "resolved"):
                 raise InvalidRequest("status must be open or resolved", param="status")
-            if run_id is not None and await recon_db.load_run(conn, run_id) is None:
+            if run_id is not None and await reconciliation_db.load_run(conn, run_id) is None:
                 raise NotFound(f"No such reconciliation run: '{run_id}'", param="run")
 
         async def page(conn: AsyncConnection[Any], limit: int, after: str | None) -> list[Any]:
-            return await recon_db.list_discrepancies(conn, status, run_id, limit, after)
+            return await reconciliation_db.list_discrepancies(conn, status, run_id, limit, after)
 
-        url = "/v1/reconciliation/discrepancies"
-        return await self._page(
-            request, "discrepancy", url, recon_db.load_discrepancy, page, discrepancy_object, filters_known
-        )
+        url, load = "/v1/reconciliation/discrepancies", reconciliation_db.load_discrepancy
+        return await self._page(request, "discrepancy", url, load, page, discrepancy_object, filters_known)
 
     @api.post("/v1/reconciliation/discrepancies/{discrepancy_id}/resolve")
     async def resolve_discrepancy(self, discrepancy_id: str, request: Request) -> Response:
         await self._admin(request)
         body = parse_body(DiscrepancyResolve, await _read_body(request), request.headers.get("content-type"))
         async with self.parts.pool.connection() as conn:
-            resolved = await recon_db.resolve(conn, discrepancy_id, body.resolution, body.note)
+            resolved = await reconciliation_db.resolve(conn, discrepancy_id, body.resolution, body.note)
         return json_response(200, dumps(discrepancy_object(resolved)))
 
     # -- operations ------------------------------------------------------------------------------------------
@@ -493,16 +490,16 @@ class PaymentApi:
         """The review queue read at scrape time, so every replica reports the same figures."""
         try:
             async with self.parts.pool.connection(timeout=2) as conn:
-                open_by_kind = await recon_db.open_counts(conn)
-                latest = await recon_db.latest_reconciled_day(conn)
+                open_by_kind = await reconciliation_db.open_counts(conn)
+                latest = await reconciliation_db.latest_reconciled_day(conn)
         except (psycopg.Error, psycopg_pool.PoolTimeout):
             log.warning("reconciliation metrics skipped: the database did not answer")
             return
         for kind in KINDS:
-            self.metrics.recon_diffs.labels(kind).set(open_by_kind.get(kind, 0))
+            self.metrics.reconciliation_diffs.labels(kind).set(open_by_kind.get(kind, 0))
         if latest is not None:
             midnight = datetime.datetime.combine(latest, datetime.time(), tzinfo=datetime.UTC)
-            self.metrics.recon_last_run.set(midnight.timestamp())
+            self.metrics.reconciliation_last_run.set(midnight.timestamp())
 
 
 def build_app(settings: Settings) -> Any:

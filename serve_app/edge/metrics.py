@@ -30,13 +30,13 @@ class ApiMetrics:
         self.replays = Counter(
             "payray_idempotent_replays", "Responses replayed from an idempotency key", registry=self.registry
         )
-        self.recon_diffs = Gauge(
+        self.reconciliation_diffs = Gauge(
             "payray_recon_diffs",
             "Open reconciliation discrepancies by kind (recon.diffs): what waits for a person",
             ["kind"],
             registry=self.registry,
         )
-        self.recon_last_run = Gauge(
+        self.reconciliation_last_run = Gauge(
             "payray_recon_last_run_date_seconds",
             "The latest UTC day reconciled (its midnight, unix seconds): stale when nightly runs stop",
             registry=self.registry,

@@ -9,7 +9,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from ledger.reconcile import KINDS, REPORT_COLUMNS, RunResult, reconcile_day
 from psp.port import PaymentServiceProvider
-from serve_app.stores import reconciliation as recon_db
+from serve_app.stores import reconciliation as reconciliation_db
 
 
 class Reconciliation:
@@ -24,7 +24,7 @@ class Reconciliation:
         async with self._pool.connection() as conn:
             report = self._psp.settlement_report(day, REPORT_COLUMNS)
             result: RunResult = await reconcile_day(conn, day, report)
-            row = await recon_db.load_run(conn, result.id)
+            row = await reconciliation_db.load_run(conn, result.id)
         assert row is not None
         return row
 

@@ -1,7 +1,7 @@
 """The nightly reconciliation: a Ray actor that reconciles yesterday at ``PAYRAY_RECON_AT`` (02:15 UTC), and
 any day on demand (``POST /v1/reconciliation/runs``), one run at a time.
 
-One named, detached, restartable actor (``recon_scheduler``). Its only state is a timer: runs live in
+One named, detached, restartable actor per deployment. Its only state is a timer: runs live in
 Postgres, so a scheduler that was down at 02:15 finds yesterday unreconciled when it comes back, and runs it.
 """
 
@@ -16,11 +16,13 @@ from typing import Any
 
 from payray.settings import Settings
 from serve_app.flows.reconciliation import run_object
-from serve_app.stores import reconciliation as recon_db
+from serve_app.stores import reconciliation as reconciliation_db
 from serve_app.workers.schedules import ServiceSchedule, restartable, scheduled, start_scheduled
 
-log = logging.getLogger("payray.recon")
+log = logging.getLogger("payray.reconciliation")
 
+#: The actor's name in Ray, as deployments already running know it (a new name would start a second scheduler
+#: beside the old, detached one).
 SCHEDULER_NAME = "recon_scheduler"
 #: a failed nightly run is tried again this many times, after 10, 20, 30 … minutes
 RETRIES = 5
@@ -38,7 +40,7 @@ def parse_at(value: str) -> time:
     return time(int(hours), int(minutes))
 
 
-class ReconScheduler(ServiceSchedule):
+class ReconciliationScheduler(ServiceSchedule):
     """Once started, catches up on yesterday if its run is missing or failed, then runs every night."""
 
     max_connections = 2
@@ -52,7 +54,7 @@ class ReconScheduler(ServiceSchedule):
         super().__init__(settings)
         self._clock = clock
         self._sleep = sleep
-        self._at = parse_at(settings.recon_at)
+        self._at = parse_at(settings.reconciliation_at)
         self._lock = asyncio.Lock()
         self._next: datetime | None = None
         self._scheduled_runs = 0
@@ -65,7 +67,7 @@ class ReconScheduler(ServiceSchedule):
 
     async def status(self) -> dict[str, Any]:
         return {
-            "at": self._settings.recon_at,
+            "at": self._settings.reconciliation_at,
             "next_run_at": self._next.isoformat() if self._next else None,
             "scheduled_runs": self._scheduled_runs,
         }
@@ -92,7 +94,7 @@ class ReconScheduler(ServiceSchedule):
     async def _reconciled(self, day: date) -> bool:
         parts = await self._parts()
         async with parts.pool.connection() as conn:
-            done = await recon_db.run_of_day(conn, day)
+            done = await reconciliation_db.run_of_day(conn, day)
         return done is not None and done["status"] == "succeeded"
 
     async def _scheduled(self, day: date) -> None:
@@ -115,13 +117,13 @@ class ReconScheduler(ServiceSchedule):
         log.error("gave up reconciling %s after %d attempts; run it by hand", day, RETRIES + 1)
 
 
-ReconSchedulerActor: Any = restartable(ReconScheduler)
+ReconciliationSchedulerActor: Any = restartable(ReconciliationScheduler)
 
 
-def start_recon_scheduler(settings: Settings) -> Any:
+def start_reconciliation_scheduler(settings: Settings) -> Any:
     """The deployment's scheduler, created if missing, waiting for its next night."""
-    return start_scheduled(ReconSchedulerActor, SCHEDULER_NAME, settings)
+    return start_scheduled(ReconciliationSchedulerActor, SCHEDULER_NAME, settings)
 
 
-async def recon_scheduler(settings: Settings) -> Any:
-    return await scheduled(ReconSchedulerActor, SCHEDULER_NAME, settings)
+async def reconciliation_scheduler(settings: Settings) -> Any:
+    return await scheduled(ReconciliationSchedulerActor, SCHEDULER_NAME, settings)

@@ -1,6 +1,6 @@
 """What the background workers share: one loop each, started idempotently, never ended by a failed pass.
 
-The deployment's scheduled actors (the recovery janitor, the reconciliation scheduler) are one named,
+The deployment's scheduled actors (the recovery sweeper, the reconciliation scheduler) are one named,
 detached, restartable actor each, created on first use, by ``payray up`` or by an API replica when a plain
 ``serve deploy`` left them out, then started (``start`` is idempotent). They run on the service's parts,
 opened on first use. The outbox relay and the notification consumers share the loop, not the parts.

@@ -11,8 +11,8 @@ import psycopg
 import pytest
 import ray
 
-from serve_app.workers.janitor import JANITOR_NAME
 from serve_app.workers.notifications import RELAY_NAME, consumer_name
+from serve_app.workers.recovery import SWEEPER_NAME
 from tests.integration.polling import until
 from tests.integration.stack_fixtures import STACK_NAMESPACE, Merchant
 
@@ -46,13 +46,13 @@ def actor(name: str) -> Any:
 
 
 @pytest.fixture
-def janitor_paused(admin: httpx.Client) -> Iterator[None]:
-    """The janitor starts an idle relay or consumer again on its schedule; these tests keep one idle on
-    purpose, so the janitor is away meanwhile. The API creates it anew on the next admin sweep."""
-    ray.kill(actor(JANITOR_NAME), no_restart=True)
+def sweeper_paused(admin: httpx.Client) -> Iterator[None]:
+    """The recovery sweeper starts an idle relay or consumer again on its schedule; these tests keep one idle
+    on purpose, so the sweeper is away meanwhile. The API creates it anew on the next admin sweep."""
+    ray.kill(actor(SWEEPER_NAME), no_restart=True)
     yield
     assert admin.post("/v1/admin/recovery/sweep", json={}).status_code == 200
-    assert ray.get(actor(JANITOR_NAME).stats.remote())["running"]
+    assert ray.get(actor(SWEEPER_NAME).stats.remote())["running"]
 
 
 def test_each_state_change_is_delivered_once(merchant: Merchant, api_database_url: str) -> None:
@@ -69,7 +69,7 @@ def test_each_state_change_is_delivered_once(merchant: Merchant, api_database_ur
     assert payload is not None and payload[0]["id"] == charge["id"] and payload[0]["status"] == "succeeded"
 
 
-@pytest.mark.usefixtures("janitor_paused")
+@pytest.mark.usefixtures("sweeper_paused")
 def test_a_stopped_consumer_loses_nothing(merchant: Merchant, api_database_url: str) -> None:
     consumer = actor(consumer_name(0))
     assert ray.get(consumer.stop.remote())
@@ -83,7 +83,7 @@ def test_a_stopped_consumer_loses_nothing(merchant: Merchant, api_database_url: 
     until(lambda: all(deliveries(api_database_url, c) == [("charge.succeeded", 1)] for c in charges))
 
 
-@pytest.mark.usefixtures("janitor_paused")
+@pytest.mark.usefixtures("sweeper_paused")
 def test_a_killed_relay_never_blocks_a_charge_and_catches_up(
     merchant: Merchant, api_database_url: str
 ) -> None:
@@ -94,5 +94,5 @@ def test_a_killed_relay_never_blocks_a_charge_and_catches_up(
     charge_id = response.json()["id"]
     assert deliveries(api_database_url, charge_id) == [("charge.succeeded", 0)]
     assert not published(api_database_url, charge_id)
-    assert ray.get(actor(RELAY_NAME).start.remote())  # what the janitor's schedule does
+    assert ray.get(actor(RELAY_NAME).start.remote())  # what the recovery sweeper's schedule does
     until(lambda: deliveries(api_database_url, charge_id) == [("charge.succeeded", 1)])

@@ -1,4 +1,4 @@
-"""The recovery janitor finishes what interrupted requests left behind, with the invariants intact.
+"""The recovery sweeper finishes what interrupted requests left behind, with the invariants intact.
 
 Each interruption is produced for real: the PSP call is made (or not) with the real SDK against the
 emulator, the ledger posting goes through the merchant's real wallet host, and the payment row is left in the
@@ -32,7 +32,7 @@ from tests.integration.polling import until
 from tests.integration.psp_queries import captures_for_merchant
 from tests.integration.stack_fixtures import STACK_NAMESPACE, Merchant
 
-#: Without webhooks: what the PSP knows reaches payray only through the janitor under test.
+#: Without webhooks: what the PSP knows reaches payray only through the recovery sweeper under test.
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("invariants_hold", "no_webhooks")]
 
 FEE_BPS = 290
@@ -140,7 +140,7 @@ def test_a_payment_interrupted_at_each_step_is_finished(
     assert sweep(admin)["counts"].get("payments_found", 0) == 0  # nothing left behind
 
 
-def test_killing_the_api_replica_mid_charge_leaves_work_the_janitor_finishes(
+def test_killing_the_api_replica_mid_charge_leaves_work_the_sweeper_finishes(
     merchant: Merchant,
     stack: StackInfo,
     admin: httpx.Client,

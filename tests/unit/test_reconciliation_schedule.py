@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from payray.settings import Settings
-from serve_app.workers.reconciliation import ReconScheduler, next_run_at
+from serve_app.workers.reconciliation import ReconciliationScheduler, next_run_at
 
 AT = time(2, 15)
 
@@ -27,7 +27,7 @@ def test_next_run_is_the_first_0215_utc_after_now(now: datetime, expected: datet
     assert next_run_at(now, AT) == expected
 
 
-class Scripted(ReconScheduler):
+class Scripted(ReconciliationScheduler):
     """The schedule with a fake clock and no IO: runs are recorded, sleeping moves the clock."""
 
     def __init__(self, start: datetime, reconciled: set[date], nights: int, failures: int = 0) -> None:
@@ -37,7 +37,7 @@ class Scripted(ReconScheduler):
         self.failures = failures
         self.reconciled = reconciled
         self.nights = nights
-        settings = Settings(psp_api_key="sk_test", recon_at="02:15")
+        settings = Settings(psp_api_key="sk_test", reconciliation_at="02:15")
         super().__init__(settings, clock=lambda: self.now, sleep=self.pass_time)
 
     async def pass_time(self, seconds: float) -> None:
@@ -97,8 +97,8 @@ def test_no_catch_up_when_yesterday_is_done() -> None:
     assert ran == [date(2026, 11, 25)]
 
 
-def test_recon_at_is_validated() -> None:
-    assert Settings.from_env({"PAYRAY_RECON_AT": "3:05"}).recon_at == "03:05"
+def test_reconciliation_at_is_validated() -> None:
+    assert Settings.from_env({"PAYRAY_RECON_AT": "3:05"}).reconciliation_at == "03:05"
     for bad in ("24:00", "2:60", "0215", "noon"):
         with pytest.raises(ValueError, match="PAYRAY_RECON_AT"):
             Settings.from_env({"PAYRAY_RECON_AT": bad})

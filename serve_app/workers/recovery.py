@@ -1,8 +1,8 @@
-"""The recovery janitor: a Ray actor that sweeps at start-up and then on a schedule (see ``recovery``), and
-keeps the notification relay and consumer running after Ray restarts them.
+"""The recovery sweeper: a Ray actor that runs recovery (``serve_app/flows/recovery.py``) at start-up and
+then on a schedule, and keeps the notification relay and consumer running after Ray restarts them.
 
-One named, detached, restartable actor per deployment (``recovery_janitor``); its state is only a timer,
-everything it acts on is in Postgres. ``sweep`` runs a pass on demand (``POST /v1/admin/recovery/sweep``).
+One named, detached, restartable actor per deployment; its state is only a timer, everything it acts on is in
+Postgres. ``sweep`` runs a pass on demand (``POST /v1/admin/recovery/sweep``).
 """
 
 from __future__ import annotations
@@ -18,12 +18,14 @@ from payray.settings import Settings
 from serve_app.workers.notifications import RELAY_NAME, consumer_name
 from serve_app.workers.schedules import ServiceSchedule, repeat, restartable, scheduled, start_scheduled
 
-log = logging.getLogger("payray.janitor")
+log = logging.getLogger("payray.recovery")
 
-JANITOR_NAME = "recovery_janitor"
+#: The actor's name in Ray, as deployments already running know it (a new name would start a second sweeper
+#: beside the old, detached one).
+SWEEPER_NAME = "recovery_janitor"
 
 
-class Janitor(ServiceSchedule):
+class RecoverySweeper(ServiceSchedule):
     """Sweeps now and then every ``recovery_interval_s`` once started."""
 
     max_connections = 4
@@ -75,13 +77,13 @@ class Janitor(ServiceSchedule):
             await handle.start.remote()
 
 
-JanitorActor: Any = restartable(Janitor)
+RecoverySweeperActor: Any = restartable(RecoverySweeper)
 
 
-def start_janitor(settings: Settings) -> Any:
-    """The deployment's janitor, created if missing, sweeping on its schedule."""
-    return start_scheduled(JanitorActor, JANITOR_NAME, settings)
+def start_recovery_sweeper(settings: Settings) -> Any:
+    """The deployment's recovery sweeper, created if missing, sweeping on its schedule."""
+    return start_scheduled(RecoverySweeperActor, SWEEPER_NAME, settings)
 
 
-async def janitor(settings: Settings) -> Any:
-    return await scheduled(JanitorActor, JANITOR_NAME, settings)
+async def recovery_sweeper(settings: Settings) -> Any:
+    return await scheduled(RecoverySweeperActor, SWEEPER_NAME, settings)
