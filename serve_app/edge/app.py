@@ -40,10 +40,10 @@ from serve_app.edge.auth import Authenticator
 from serve_app.edge.bodies import MAX_BODY_BYTES, parse_body
 from serve_app.edge.metrics import ApiMetrics
 from serve_app.flows.charge import ChargeFlow, ChargeService
-from serve_app.flows.dispute import DisputeBooking, dispute_object, list_disputes, load_dispute
+from serve_app.flows.dispute import DisputeBooking, dispute_object
 from serve_app.flows.idempotent import Answer, IdempotentRequests, check_idempotency_key
 from serve_app.flows.invariants import check_invariants
-from serve_app.flows.payout import PayoutFlow, PayoutService, list_payouts, load_payout, payout_object
+from serve_app.flows.payout import PayoutFlow, PayoutService, payout_object
 from serve_app.flows.reconciliation import discrepancy_object, run_object
 from serve_app.flows.refund import RefundFlow, RefundService
 from serve_app.flows.webhook import WebhookReceiver
@@ -51,7 +51,9 @@ from serve_app.stores import merchants as merchants_db
 from serve_app.stores import payments as db
 from serve_app.stores import reconciliation as recon_db
 from serve_app.stores import refunds as refunds_db
+from serve_app.stores.disputes import list_disputes, load_dispute
 from serve_app.stores.fast_keys import FastKeys
+from serve_app.stores.payouts import list_payouts, load_payout
 from serve_app.wallets import WalletDirectory
 from serve_app.wire.render import charge_object, dumps, error_object, list_object, refund_object
 from serve_app.wire.schemas import (

@@ -247,3 +247,18 @@ def booking_statement(
 
 async def store_response(conn: AsyncConnection[Any], payment_id: str, status: int, body: bytes) -> None:
     await conn.execute(STORE_RESPONSE, {"id": payment_id, "status": status, "body": body})
+
+
+PAYMENT_BY_PSP = "SELECT id FROM payments WHERE psp_reference = %s"
+
+LOCK_PAYMENT = "SELECT id FROM payments WHERE id = %s FOR UPDATE"
+
+
+async def payment_id_for_psp_reference(conn: AsyncConnection[Any], psp_reference: str) -> str | None:
+    row = await (await conn.execute(PAYMENT_BY_PSP, (psp_reference,))).fetchone()
+    return str(row[0]) if row else None
+
+
+async def lock_payment(conn: AsyncConnection[Any], payment_id: str) -> None:
+    """Hold the payment's row until the transaction ends: one writer of its refunded amount at a time."""
+    await conn.execute(LOCK_PAYMENT, (payment_id,))

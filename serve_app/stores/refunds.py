@@ -254,3 +254,51 @@ async def list_refunds(
     async with conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(LIST_REFUNDS, params)
         return [Refund(**row) for row in await cur.fetchall()]
+
+
+#: Of a charge's refunds: what the PSP confirmed to us, and whether one is waiting for the PSP's word.
+REFUNDS_CONFIRMED = """
+SELECT coalesce(sum(amount) FILTER (WHERE state IN ('succeeded', 'booking')), 0),
+       bool_or(state = 'psp_unknown')
+FROM refunds WHERE payment_id = %s
+"""
+
+#: A refund the PSP made without us, booked as ``booking``: the charge's refunded amount grows with it.
+LEARN_REFUND = """
+WITH counted AS (
+    UPDATE payments SET amount_refunded = amount_refunded + %(amount)s, updated_at = now()
+    WHERE id = %(payment_id)s
+      AND NOT EXISTS (SELECT 1 FROM refunds WHERE psp_reference = %(psp_reference)s)
+    RETURNING id, merchant_id, currency
+)
+INSERT INTO refunds (id, merchant_id, payment_id, amount, fee_returned, currency, state, psp_idempotency_key,
+                     psp_reference)
+SELECT %(id)s, merchant_id, id, %(amount)s, %(fee_returned)s, currency, 'booking', %(psp_key)s,
+       %(psp_reference)s
+FROM counted
+RETURNING id
+"""
+
+
+async def refunds_confirmed(conn: AsyncConnection[Any], payment_id: str) -> tuple[int, bool]:
+    """How much of the charge's refunds the PSP confirmed, and whether one still awaits the PSP's word."""
+    row = await (await conn.execute(REFUNDS_CONFIRMED, (payment_id,))).fetchone()
+    return (int(row[0]), bool(row[1])) if row else (0, False)
+
+
+async def learn_refund(
+    conn: AsyncConnection[Any], refund_id: str, payment_id: str, amount: int, fee_returned: int,
+    psp_reference: str,
+) -> str | None:  # fmt: skip
+    """Record a refund the PSP made without us (``booking``), counted on its charge; ``None`` if one with
+    that PSP reference is known already."""
+    params = {
+        "id": refund_id,
+        "payment_id": payment_id,
+        "amount": amount,
+        "fee_returned": fee_returned,
+        "psp_key": f"psp-{psp_reference}",
+        "psp_reference": psp_reference,
+    }
+    row = await (await conn.execute(LEARN_REFUND, params)).fetchone()
+    return str(row[0]) if row else None
