@@ -8,8 +8,10 @@ from datetime import datetime
 from typing import Any
 
 from psycopg import AsyncConnection
-from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
+
+from serve_app.stores.pages import newest_first
+from serve_app.stores.rows import fetch_all, fetch_one
 
 _COLUMNS = "id, merchant_id, payment_id, psp_dispute_id, amount, currency, reason, status, created_at"
 
@@ -51,14 +53,7 @@ ANNOUNCE = "INSERT INTO outbox (topic, aggregate_id, payload) VALUES (%(topic)s,
 
 SELECT_ONE = f"SELECT {_COLUMNS} FROM disputes WHERE id = %(id)s AND merchant_id = %(merchant_id)s"
 SELECT_BY_PSP = f"SELECT {_COLUMNS} FROM disputes WHERE psp_dispute_id = %(psp_dispute_id)s"
-LIST = f"""
-SELECT {_COLUMNS} FROM disputes
-WHERE merchant_id = %(merchant_id)s
-  AND (%(after_id)s::text IS NULL OR (created_at, id) < (
-        SELECT created_at, id FROM disputes WHERE id = %(after_id)s AND merchant_id = %(merchant_id)s))
-ORDER BY created_at DESC, id DESC
-LIMIT %(limit)s
-"""
+LIST = newest_first("disputes", _COLUMNS)
 
 #: Disputes whose booking no request finished: the hold (or its release or loss) is still to be posted.
 SELECT_STUCK = f"""
@@ -70,16 +65,11 @@ ORDER BY updated_at LIMIT %(limit)s
 
 
 async def _one(conn: AsyncConnection[Any], sql: str, params: dict[str, Any]) -> Dispute | None:
-    async with conn.cursor(row_factory=dict_row) as cur:
-        await cur.execute(sql, params)
-        row = await cur.fetchone()
-    return Dispute(**row) if row else None
+    return await fetch_one(conn, sql, params, Dispute)
 
 
 async def _all(conn: AsyncConnection[Any], sql: str, params: dict[str, Any]) -> list[Dispute]:
-    async with conn.cursor(row_factory=dict_row) as cur:
-        await cur.execute(sql, params)
-        return [Dispute(**row) for row in await cur.fetchall()]
+    return await fetch_all(conn, sql, params, Dispute)
 
 
 async def insert_dispute(

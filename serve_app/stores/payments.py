@@ -12,7 +12,9 @@ from psycopg.types.json import Jsonb
 
 from ledger.postings import CAPTURE, Statement
 from payray.charge import Transition
+from serve_app.stores.answers import ANSWER_AND_ANNOUNCE, answer_params
 from serve_app.stores.keys import CLAIM_KEY
+from serve_app.stores.pages import newest_first
 
 
 @dataclass(frozen=True)
@@ -65,14 +67,7 @@ SELECT * FROM payment
 SELECT_PAYMENT = f"SELECT {_PAYMENT_COLUMNS} FROM payments WHERE id = %s"
 SELECT_MERCHANT_PAYMENT = f"SELECT {_PAYMENT_COLUMNS} FROM payments WHERE id = %s AND merchant_id = %s"
 
-LIST_PAYMENTS = f"""
-SELECT {_PAYMENT_COLUMNS} FROM payments
-WHERE merchant_id = %(merchant_id)s
-  AND (%(after_id)s::text IS NULL OR (created_at, id) < (
-        SELECT created_at, id FROM payments WHERE id = %(after_id)s AND merchant_id = %(merchant_id)s))
-ORDER BY created_at DESC, id DESC
-LIMIT %(limit)s
-"""
+LIST_PAYMENTS = newest_first("payments", _PAYMENT_COLUMNS)
 
 def _apply_transitions(ledger_transaction: str) -> str:
     """Applies a chain of transitions (guarded by the expected current state), writes their history, and
@@ -92,17 +87,7 @@ WITH moved AS (
     INSERT INTO payment_transitions (payment_id, from_state, event, to_state, detail)
     SELECT moved.id, steps.from_state, steps.event, steps.to_state, %(detail)s
     FROM moved, jsonb_to_recordset(%(steps)s) AS steps(from_state text, event text, to_state text)
-), answered AS (
-    UPDATE idempotency_keys AS k SET
-        response_status = %(response_status)s, response_body = %(response_body)s,
-        completed_at = now(), locked_until = NULL
-    FROM moved
-    WHERE %(response_status)s::int IS NOT NULL
-      AND k.merchant_id = moved.merchant_id AND k.key = moved.idempotency_key
-), announced AS (
-    INSERT INTO outbox (topic, aggregate_id, payload)
-    SELECT %(topic)s, moved.id, %(outbox_payload)s FROM moved WHERE %(topic)s::text IS NOT NULL
-)
+), {ANSWER_AND_ANNOUNCE}
 SELECT * FROM moved
 """
 
@@ -207,10 +192,7 @@ def _transition_params(
         "ledger_transaction_id": fields.get("ledger_transaction_id"),
         "detail": Jsonb(detail or {}),
         "steps": _steps(transitions),
-        "response_status": response[0] if response else None,
-        "response_body": response[1] if response else None,
-        "topic": outbox[0] if outbox else None,
-        "outbox_payload": Jsonb(outbox[1]) if outbox else None,
+        **answer_params(response, outbox),
     }
 
 

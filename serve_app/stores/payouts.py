@@ -7,10 +7,11 @@ from datetime import datetime
 from typing import Any
 
 from psycopg import AsyncConnection
-from psycopg.rows import dict_row
-from psycopg.types.json import Jsonb
 
+from serve_app.stores.answers import ANSWER_AND_ANNOUNCE, answer_params
 from serve_app.stores.keys import CLAIM_KEY
+from serve_app.stores.pages import newest_first
+from serve_app.stores.rows import fetch_all, fetch_one
 
 
 @dataclass(frozen=True)
@@ -39,14 +40,7 @@ WITH moved AS (
     UPDATE payouts SET state = 'in_transit', ledger_transaction_id = %(txn)s, updated_at = now()
     WHERE id = %(id)s AND state = 'pending'
     RETURNING {_COLUMNS}, idempotency_key
-), answered AS (
-    UPDATE idempotency_keys k SET response_status = 200, response_body = %(body)s, completed_at = now(),
-           locked_until = NULL
-    FROM moved WHERE k.merchant_id = moved.merchant_id AND k.key = moved.idempotency_key
-), announced AS (
-    INSERT INTO outbox (topic, aggregate_id, payload)
-    SELECT 'payout.in_transit', moved.id, %(event)s FROM moved
-)
+), {ANSWER_AND_ANNOUNCE}
 SELECT {_COLUMNS} FROM moved
 """
 
@@ -66,27 +60,15 @@ ORDER BY updated_at LIMIT %(limit)s
 """
 
 SELECT_PAYOUT = f"SELECT {_COLUMNS} FROM payouts WHERE id = %(id)s AND merchant_id = %(merchant_id)s"
-LIST_PAYOUTS = f"""
-SELECT {_COLUMNS} FROM payouts
-WHERE merchant_id = %(merchant_id)s
-  AND (%(after_id)s::text IS NULL OR (created_at, id) < (
-        SELECT created_at, id FROM payouts WHERE id = %(after_id)s AND merchant_id = %(merchant_id)s))
-ORDER BY created_at DESC, id DESC
-LIMIT %(limit)s
-"""
+LIST_PAYOUTS = newest_first("payouts", _COLUMNS)
 
 
 async def _one(conn: AsyncConnection[Any], sql: str, params: dict[str, Any]) -> Payout | None:
-    async with conn.cursor(row_factory=dict_row) as cur:
-        await cur.execute(sql, params)
-        row = await cur.fetchone()
-    return Payout(**row) if row else None
+    return await fetch_one(conn, sql, params, Payout)
 
 
 async def _all(conn: AsyncConnection[Any], sql: str, params: dict[str, Any]) -> list[Payout]:
-    async with conn.cursor(row_factory=dict_row) as cur:
-        await cur.execute(sql, params)
-        return [Payout(**row) for row in await cur.fetchall()]
+    return await fetch_all(conn, sql, params, Payout)
 
 
 async def insert_payout(
@@ -110,7 +92,11 @@ async def mark_in_transit(
     conn: AsyncConnection[Any], payout_id: str, transaction_id: str, body: bytes, event: dict[str, Any]
 ) -> Payout | None:
     """Move a ``pending`` payout in transit with its answer and outbox event; ``None`` if it already moved."""
-    params = {"id": payout_id, "txn": transaction_id, "body": body, "event": Jsonb(event)}
+    params = {
+        "id": payout_id,
+        "txn": transaction_id,
+        **answer_params((200, body), ("payout.in_transit", event)),
+    }
     return await _one(conn, MARK_IN_TRANSIT, params)
 
 

@@ -15,7 +15,9 @@ from ledger.postings import fee_for, refund_fee_share
 from payray.errors import ClientError, NotFound
 from payray.money import Money
 from payray.refund import RefundTransition
+from serve_app.stores.answers import ANSWER_AND_ANNOUNCE, answer_params
 from serve_app.stores.keys import CLAIM_KEY
+from serve_app.stores.pages import newest_first
 
 
 class ChargeNotRefundable(ClientError):
@@ -94,17 +96,7 @@ WITH moved AS (
 ), released AS (
     UPDATE payments p SET amount_refunded = p.amount_refunded - moved.amount, updated_at = now()
     FROM moved WHERE p.id = moved.payment_id AND %(to_state)s = 'failed'
-), answered AS (
-    UPDATE idempotency_keys AS k SET
-        response_status = %(response_status)s, response_body = %(response_body)s,
-        completed_at = now(), locked_until = NULL
-    FROM moved
-    WHERE %(response_status)s::int IS NOT NULL
-      AND k.merchant_id = moved.merchant_id AND k.key = moved.idempotency_key
-), announced AS (
-    INSERT INTO outbox (topic, aggregate_id, payload)
-    SELECT %(topic)s, moved.id, %(outbox_payload)s FROM moved WHERE %(topic)s::text IS NOT NULL
-)
+), {ANSWER_AND_ANNOUNCE}
 SELECT * FROM moved
 """
 
@@ -124,15 +116,7 @@ WHERE k.merchant_id = gone.merchant_id AND k.key = gone.idempotency_key
 SELECT_REFUND = f"SELECT {_COLUMNS} FROM refunds WHERE id = %s"
 SELECT_MERCHANT_REFUND = f"SELECT {_COLUMNS} FROM refunds WHERE id = %s AND merchant_id = %s"
 
-LIST_REFUNDS = f"""
-SELECT {_COLUMNS} FROM refunds
-WHERE merchant_id = %(merchant_id)s
-  AND (%(charge)s::text IS NULL OR payment_id = %(charge)s)
-  AND (%(after_id)s::text IS NULL OR (created_at, id) < (
-        SELECT created_at, id FROM refunds WHERE id = %(after_id)s AND merchant_id = %(merchant_id)s))
-ORDER BY created_at DESC, id DESC
-LIMIT %(limit)s
-"""
+LIST_REFUNDS = newest_first("refunds", _COLUMNS, only="(%(charge)s::text IS NULL OR payment_id = %(charge)s)")
 
 
 async def insert_refund(
@@ -212,10 +196,7 @@ async def apply_transition(
         "failure_reason": fields.get("failure_reason"),
         "ledger_transaction_id": fields.get("ledger_transaction_id"),
         "detail": Jsonb(detail or {}),
-        "response_status": response[0] if response else None,
-        "response_body": response[1] if response else None,
-        "topic": outbox[0] if outbox else None,
-        "outbox_payload": Jsonb(outbox[1]) if outbox else None,
+        **answer_params(response, outbox),
     }
     async with conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(APPLY_TRANSITION, params)
