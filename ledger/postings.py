@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import Any, Literal
 
+from payray.fees import fee_for as fee_for  # the fee rules live in the core; callers may import them here
+from payray.fees import refund_fee_share as refund_fee_share
 from payray.money import CurrencyMismatch, Money
 
 Direction = Literal["debit", "credit"]
@@ -220,29 +222,6 @@ dispute_release_posting = Transfer(
 dispute_loss_posting = Transfer(
     DISPUTE_LOSS, "dispute_hold", "psp_receivable", "lost", "loss of dispute {ref}"
 )
-
-
-def fee_for(amount: Money, fee_bps: int) -> Money:
-    """Our fee on ``amount`` at ``fee_bps`` basis points, rounded half up, never more than the amount."""
-    if fee_bps < 0:
-        raise ValueError(f"fee_bps must be non-negative, got {fee_bps}")
-    if amount.amount < 0:
-        raise ValueError(f"cannot take a fee on a negative amount ({amount.amount})")
-    fee = amount.fraction_bps(fee_bps)
-    return fee if fee <= amount else amount
-
-
-def refund_fee_share(fee: Money, charged: int, refunded_before: int, refunding: int) -> Money:
-    """The part of a charge's ``fee`` that a refund of ``refunding`` returns, after ``refunded_before``.
-
-    Shares are taken cumulatively (floor of ``fee * refunded / charged`` after minus before), so any sequence
-    of partial refunds returns exactly ``fee`` once the whole charge is refunded, never a cent more.
-    """
-    if not (refunded_before >= 0 and refunding > 0 and refunded_before + refunding <= charged):
-        raise ValueError(f"cannot refund {refunding} after {refunded_before} of a charge of {charged}")
-    after = fee.amount * (refunded_before + refunding) // charged
-    before = fee.amount * refunded_before // charged
-    return Money(after - before, fee.currency)
 
 
 def capture_posting(

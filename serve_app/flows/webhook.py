@@ -26,9 +26,9 @@ import stripe
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
-from ledger.postings import fee_for, refund_fee_share
 from payray.charge import ChargeState
 from payray.errors import ClientError, PayrayError
+from payray.fees import RefundRefused, fee_for, refund_terms
 from payray.ids import new_id
 from payray.money import Money
 from payray.refund import RefundState
@@ -230,14 +230,25 @@ class WebhookReceiver:
         self, conn: AsyncConnection[Any], payment: payments.Payment, psp_refund: Any
     ) -> str | None:
         refund_id = new_id("re")
-        fee = fee_for(Money(payment.amount, payment.currency), self._fee_bps)
-        amount = min(int(psp_refund.amount), payment.amount - payment.amount_refunded)
-        if amount <= 0:
+        charged = Money(payment.amount, payment.currency)
+        try:
+            terms = refund_terms(
+                charged,
+                fee_for(charged, self._fee_bps),
+                payment.amount_refunded,
+                int(psp_refund.amount),
+                capped=True,
+            )
+        except RefundRefused:  # nothing left, or nothing refunded
             log.error("the PSP refunded more than payray reserved", extra={"payment_id": payment.id})
             return None
-        share = refund_fee_share(fee, payment.amount, payment.amount_refunded, amount)
         return await refunds.learn_refund(
-            conn, refund_id, payment.id, amount, share.amount, psp_refund.psp_reference
+            conn,
+            refund_id,
+            payment.id,
+            terms.amount.amount,
+            terms.fee_returned.amount,
+            psp_refund.psp_reference,
         )
 
     async def _resume_refund(self, refund_id: str) -> None:

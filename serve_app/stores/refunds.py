@@ -11,8 +11,8 @@ from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from ledger.postings import fee_for, refund_fee_share
 from payray.errors import ClientError, NotFound
+from payray.fees import NothingLeftToRefund, RefundTerms, RefundTooLarge, fee_for, refund_terms
 from payray.money import Money
 from payray.refund import RefundTransition
 from serve_app.stores.answers import ANSWER_AND_ANNOUNCE, answer_params
@@ -156,23 +156,32 @@ async def insert_refund(
                     f"Charge {charge_id} has not succeeded; only succeeded charges can be refunded.",
                     param="charge",
                 )
-            charged, refunded = int(charge["amount"]), int(charge["amount_refunded"])
-            refundable = charged - refunded
-            amount = refundable if requested is None else requested
-            if refundable == 0:
-                raise ChargeNotRefundable(f"Charge {charge_id} has already been refunded.", param="charge")
-            if amount > refundable:
-                raise AmountTooLarge(
-                    f"Refund amount ({amount}) is greater than unrefunded amount on charge ({refundable}).",
-                    param="amount",
-                )
-            fee = fee_for(Money(charged, charge["currency"]), fee_bps)
-            share = refund_fee_share(fee, charged, refunded, amount)
-            params.update(amount=amount, fee_returned=share.amount, currency=charge["currency"])
+            charged = Money(int(charge["amount"]), charge["currency"])
+            terms = _terms(
+                charge_id, charged, fee_for(charged, fee_bps), int(charge["amount_refunded"]), requested
+            )
+            params.update(
+                amount=terms.amount.amount, fee_returned=terms.fee_returned.amount, currency=charged.currency
+            )
             await cur.execute(RESERVE_AND_INSERT, params)
             row = await cur.fetchone()
     assert row is not None  # the charge row is locked: the reservation cannot fail after the checks
     return Refund(**row)
+
+
+def _terms(
+    charge_id: str, charged: Money, capture_fee: Money, refunded: int, requested: int | None
+) -> RefundTerms:
+    """``refund_terms``, its refusals answered as the API answers them."""
+    try:
+        return refund_terms(charged, capture_fee, refunded, requested)
+    except NothingLeftToRefund:
+        raise ChargeNotRefundable(f"Charge {charge_id} has already been refunded.", param="charge") from None
+    except RefundTooLarge as exc:
+        asked, left = exc.requested, exc.refundable
+        raise AmountTooLarge(
+            f"Refund amount ({asked}) is greater than unrefunded amount on charge ({left}).", param="amount"
+        ) from None
 
 
 async def apply_transition(
