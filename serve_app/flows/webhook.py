@@ -28,7 +28,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from payray.charge import ChargeState
 from payray.errors import ClientError, PayrayError
-from payray.fees import RefundRefused, fee_for, refund_terms
+from payray.fees import RefundRefused, refund_terms
 from payray.ids import new_id
 from payray.money import Money
 from payray.refund import RefundState
@@ -113,7 +113,6 @@ class WebhookReceiver:
         self._refunds = refund_flow
         self._booking = booking
         self._secrets = secrets
-        self._fee_bps = fee_bps
 
     async def receive(self, payload: bytes, signature: str | None) -> dict[str, Any]:
         event = verify(payload, signature, self._secrets)
@@ -233,11 +232,7 @@ class WebhookReceiver:
         charged = Money(payment.amount, payment.currency)
         try:
             terms = refund_terms(
-                charged,
-                fee_for(charged, self._fee_bps),
-                payment.amount_refunded,
-                int(psp_refund.amount),
-                capped=True,
+                charged, payment.capture_fee, payment.amount_refunded, int(psp_refund.amount), capped=True
             )
         except RefundRefused:  # nothing left, or nothing refunded
             log.error("the PSP refunded more than payray reserved", extra={"payment_id": payment.id})

@@ -12,6 +12,7 @@ from psycopg.types.json import Jsonb
 
 from ledger.postings import CAPTURE, Statement
 from payray.charge import Transition
+from payray.money import Money
 from serve_app.stores.answers import ANSWER_AND_ANNOUNCE, answer_params
 from serve_app.stores.keys import CLAIM_KEY
 from serve_app.stores.pages import newest_first
@@ -23,6 +24,7 @@ class Payment:
     merchant_id: str
     amount: int
     currency: str
+    fee: int  # our fee on the amount, taken at capture; decided when the payment is created
     payment_method: str
     state: str
     idempotency_key: str
@@ -37,12 +39,16 @@ class Payment:
     amount_refunded: int = 0
     ledger_transaction_id: str | None = None
 
+    @property
+    def capture_fee(self) -> Money:
+        return Money(self.fee, self.currency)
+
     def evolve(self, **changes: Any) -> Payment:
         return replace(self, **changes)
 
 
 _PAYMENT_COLUMNS = (
-    "id, merchant_id, amount, currency, payment_method, state, idempotency_key, psp_idempotency_key, "
+    "id, merchant_id, amount, currency, fee, payment_method, state, idempotency_key, psp_idempotency_key, "
     "created_at, description, metadata, customer, psp_reference, failure_code, failure_message, "
     "amount_refunded, ledger_transaction_id"
 )
@@ -50,9 +56,9 @@ _PAYMENT_COLUMNS = (
 #: Claims the key and creates the payment in one statement: either both rows exist or neither does.
 INSERT_PAYMENT_WITH_KEY = f"""
 WITH claimed AS ({CLAIM_KEY}), payment AS (
-    INSERT INTO payments (id, merchant_id, amount, currency, payment_method, state, idempotency_key,
+    INSERT INTO payments (id, merchant_id, amount, currency, fee, payment_method, state, idempotency_key,
                           psp_idempotency_key, description, metadata, customer)
-    SELECT %(id)s, %(merchant_id)s, %(amount)s, %(currency)s, %(payment_method)s, %(state)s, %(key)s,
+    SELECT %(id)s, %(merchant_id)s, %(amount)s, %(currency)s, %(fee)s, %(payment_method)s, %(state)s, %(key)s,
            %(psp_idempotency_key)s, %(description)s, %(metadata)s, %(customer)s
     FROM claimed
     RETURNING {_PAYMENT_COLUMNS}
@@ -137,6 +143,7 @@ async def insert_payment(
         "lease_ms": lease_ms,
         "amount": payment.amount,
         "currency": payment.currency,
+        "fee": payment.fee,
         "payment_method": payment.payment_method,
         "state": payment.state,
         "psp_idempotency_key": payment.psp_idempotency_key,

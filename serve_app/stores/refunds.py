@@ -12,7 +12,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from payray.errors import ClientError, NotFound
-from payray.fees import NothingLeftToRefund, RefundTerms, RefundTooLarge, fee_for, refund_terms
+from payray.fees import NothingLeftToRefund, RefundTerms, RefundTooLarge, refund_terms
 from payray.money import Money
 from payray.refund import RefundTransition
 from serve_app.stores.answers import ANSWER_AND_ANNOUNCE, answer_params
@@ -59,7 +59,7 @@ CLAIM = f"WITH claimed AS ({CLAIM_KEY}) SELECT 1 FROM claimed"
 
 #: The charge, locked until the refund is inserted: concurrent refunds of one charge queue here.
 LOCK_CHARGE = """
-SELECT state, currency, amount, amount_refunded
+SELECT state, currency, amount, fee, amount_refunded
 FROM payments WHERE id = %(charge)s AND merchant_id = %(merchant_id)s
 FOR UPDATE
 """
@@ -121,14 +121,14 @@ LIST_REFUNDS = newest_first("refunds", _COLUMNS, only="(%(charge)s::text IS NULL
 
 async def insert_refund(
     conn: AsyncConnection[Any], refund: Refund, charge_id: str, fingerprint: bytes, lease_ms: int,
-    requested: int | None, fee_bps: int,
+    requested: int | None,
 ) -> Refund | None:  # fmt: skip
     """Claim the key, check the charge and reserve the amount on it, and insert the refund, atomically.
 
     ``None`` if the key was already taken. Raises ``NotFound`` for a charge the merchant does not have,
     ``ChargeNotRefundable`` unless it succeeded, ``AmountTooLarge`` past what is left to refund; then nothing
-    is written. ``requested`` ``None`` refunds what is left. The refund gives back its share of the charge's
-    fee at ``fee_bps``, so refunding a whole charge takes back exactly what its capture gave the merchant.
+    is written. ``requested`` ``None`` refunds what is left. The refund gives back its share of the fee stored
+    with the charge, so refunding a whole charge takes back exactly what its capture gave the merchant.
     """
     params: dict[str, Any] = {
         "id": refund.id,
@@ -157,9 +157,8 @@ async def insert_refund(
                     param="charge",
                 )
             charged = Money(int(charge["amount"]), charge["currency"])
-            terms = _terms(
-                charge_id, charged, fee_for(charged, fee_bps), int(charge["amount_refunded"]), requested
-            )
+            capture_fee = Money(int(charge["fee"]), charged.currency)
+            terms = _terms(charge_id, charged, capture_fee, int(charge["amount_refunded"]), requested)
             params.update(
                 amount=terms.amount.amount, fee_returned=terms.fee_returned.amount, currency=charged.currency
             )
