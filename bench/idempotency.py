@@ -65,6 +65,7 @@ def _payment(key: str) -> db.Payment:
         merchant_id=MERCHANT,
         amount=1000,
         currency="usd",
+        fee=29,
         payment_method="pm_card_visa",
         state=ChargeState.PSP_PENDING.value,
         idempotency_key=key,

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import Any, Literal
 
+from payray.fees import fee_for as fee_for  # the fee rules live in the core; callers may import them here
+from payray.fees import refund_fee_share as refund_fee_share
 from payray.money import CurrencyMismatch, Money
 
 Direction = Literal["debit", "credit"]
@@ -167,27 +169,59 @@ def _check_amount_and_fee(amount: Money, fee: Money, what: str) -> None:
         raise ValueError(f"{what} fee must be between 0 and the amount ({amount.amount}), got {fee.amount}")
 
 
-def fee_for(amount: Money, fee_bps: int) -> Money:
-    """Our fee on ``amount`` at ``fee_bps`` basis points, rounded half up, never more than the amount."""
-    if fee_bps < 0:
-        raise ValueError(f"fee_bps must be non-negative, got {fee_bps}")
-    if amount.amount < 0:
-        raise ValueError(f"cannot take a fee on a negative amount ({amount.amount})")
-    fee = amount.fraction_bps(fee_bps)
-    return fee if fee <= amount else amount
+@dataclass(frozen=True, slots=True)
+class Transfer:
+    """A business event that moves one amount from one account to another: debit ``source``, credit
+    ``target``. The accounts are named from the chart; a merchant-scoped one is the posting merchant's.
+    Called with the event's id, the merchant and the amount, it builds the event's posting."""
+
+    kind: str
+    source: str
+    target: str
+    what: str  # the amount, as its errors name it
+    description: str  # with ``{ref}`` for the external reference
+    require_funds: bool = False
+
+    def __call__(
+        self, ref: str, merchant_id: str, amount: Money, *, posting_date: date | None = None
+    ) -> Posting:
+        if not amount.is_positive():
+            raise ValueError(f"{self.what} amount must be positive, got {amount.amount}")
+        return Posting(
+            kind=self.kind,
+            external_ref=ref,
+            merchant_id=merchant_id,
+            entries=(
+                debit(_account(self.source, amount.currency, merchant_id), amount),
+                credit(_account(self.target, amount.currency, merchant_id), amount),
+            ),
+            description=self.description.format(ref=ref),
+            posting_date=posting_date,
+            require_funds=self.require_funds,
+        )
 
 
-def refund_fee_share(fee: Money, charged: int, refunded_before: int, refunding: int) -> Money:
-    """The part of a charge's ``fee`` that a refund of ``refunding`` returns, after ``refunded_before``.
+def _account(name: str, currency: str, merchant_id: str) -> AccountRef:
+    """The account ``name`` in ``currency``: the merchant's own if the chart scopes it to merchants."""
+    return AccountRef(name, currency, merchant_id if CHART[name][1] == "merchant" else None)
 
-    Shares are taken cumulatively (floor of ``fee * refunded / charged`` after minus before), so any sequence
-    of partial refunds returns exactly ``fee`` once the whole charge is refunded, never a cent more.
-    """
-    if not (refunded_before >= 0 and refunding > 0 and refunded_before + refunding <= charged):
-        raise ValueError(f"cannot refund {refunding} after {refunded_before} of a charge of {charged}")
-    after = fee.amount * (refunded_before + refunding) // charged
-    before = fee.amount * refunded_before // charged
-    return Money(after - before, fee.currency)
+
+#: Funds leave the merchant's available balance on their way to its bank.
+payout_posting = Transfer(
+    PAYOUT, "merchant_payable", "payouts_in_transit", "payout", "payout {ref}", require_funds=True
+)
+#: A dispute opened: the disputed amount moves from the merchant's balance to a hold.
+dispute_hold_posting = Transfer(
+    DISPUTE_HOLD, "merchant_payable", "dispute_hold", "disputed", "hold for dispute {ref}"
+)
+#: A dispute won: the hold returns to the merchant's balance.
+dispute_release_posting = Transfer(
+    DISPUTE_RELEASE, "dispute_hold", "merchant_payable", "released", "release of dispute {ref}"
+)
+#: A dispute lost: the PSP claws the held funds back.
+dispute_loss_posting = Transfer(
+    DISPUTE_LOSS, "dispute_hold", "psp_receivable", "lost", "loss of dispute {ref}"
+)
 
 
 def capture_posting(
@@ -245,27 +279,6 @@ def refund_reversal_posting(
     )
 
 
-def payout_posting(
-    payout_id: str, merchant_id: str, amount: Money, *, posting_date: date | None = None
-) -> Posting:
-    """Funds leave the merchant's available balance on their way to its bank."""
-    if not amount.is_positive():
-        raise ValueError(f"payout amount must be positive, got {amount.amount}")
-    currency = amount.currency
-    return Posting(
-        kind=PAYOUT,
-        external_ref=payout_id,
-        merchant_id=merchant_id,
-        entries=(
-            debit(AccountRef("merchant_payable", currency, merchant_id), amount),
-            credit(AccountRef("payouts_in_transit", currency), amount),
-        ),
-        description=f"payout {payout_id}",
-        posting_date=posting_date,
-        require_funds=True,
-    )
-
-
 def settlement_posting(
     settlement_ref: str, gross: Money, fee: Money | None = None, *, posting_date: date | None = None
 ) -> Posting:
@@ -296,65 +309,5 @@ def settlement_posting(
             signed("psp_receivable", gross, "credit"),
         ),
         description=f"settlement {settlement_ref}",
-        posting_date=posting_date,
-    )
-
-
-def dispute_hold_posting(
-    dispute_id: str, merchant_id: str, amount: Money, *, posting_date: date | None = None
-) -> Posting:
-    """A dispute opened: the disputed amount moves from the merchant's balance to a hold."""
-    if not amount.is_positive():
-        raise ValueError(f"disputed amount must be positive, got {amount.amount}")
-    currency = amount.currency
-    return Posting(
-        kind=DISPUTE_HOLD,
-        external_ref=dispute_id,
-        merchant_id=merchant_id,
-        entries=(
-            debit(AccountRef("merchant_payable", currency, merchant_id), amount),
-            credit(AccountRef("dispute_hold", currency, merchant_id), amount),
-        ),
-        description=f"hold for dispute {dispute_id}",
-        posting_date=posting_date,
-    )
-
-
-def dispute_release_posting(
-    dispute_id: str, merchant_id: str, amount: Money, *, posting_date: date | None = None
-) -> Posting:
-    """A dispute won: the hold returns to the merchant's balance."""
-    if not amount.is_positive():
-        raise ValueError(f"released amount must be positive, got {amount.amount}")
-    currency = amount.currency
-    return Posting(
-        kind=DISPUTE_RELEASE,
-        external_ref=dispute_id,
-        merchant_id=merchant_id,
-        entries=(
-            debit(AccountRef("dispute_hold", currency, merchant_id), amount),
-            credit(AccountRef("merchant_payable", currency, merchant_id), amount),
-        ),
-        description=f"release of dispute {dispute_id}",
-        posting_date=posting_date,
-    )
-
-
-def dispute_loss_posting(
-    dispute_id: str, merchant_id: str, amount: Money, *, posting_date: date | None = None
-) -> Posting:
-    """A dispute lost: the PSP claws the held funds back."""
-    if not amount.is_positive():
-        raise ValueError(f"lost amount must be positive, got {amount.amount}")
-    currency = amount.currency
-    return Posting(
-        kind=DISPUTE_LOSS,
-        external_ref=dispute_id,
-        merchant_id=merchant_id,
-        entries=(
-            debit(AccountRef("dispute_hold", currency, merchant_id), amount),
-            credit(AccountRef("psp_receivable", currency), amount),
-        ),
-        description=f"loss of dispute {dispute_id}",
         posting_date=posting_date,
     )

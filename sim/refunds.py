@@ -13,8 +13,9 @@ from collections.abc import Generator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from ledger.postings import fee_for, refund_fee_share, refund_posting, refund_reversal_posting
+from ledger.postings import refund_posting, refund_reversal_posting
 from payray.errors import IllegalTransition
+from payray.fees import fee_for, refund_terms
 from payray.money import Money
 from payray.refund import (
     RESUME,
@@ -93,7 +94,7 @@ class SimRefunds:
 
     def _create(self, payment: SimPayment, amount: int, reserved: int, key: str) -> SimRefund:
         charged = Money(payment.amount, "usd")
-        fee = refund_fee_share(fee_for(charged, FEE_BPS), payment.amount, reserved, amount)
+        fee = refund_terms(charged, fee_for(charged, FEE_BPS), reserved, amount).fee_returned
         self.created += 1
         refund = SimRefund(f"re_{self.created:08d}", payment, amount, fee.amount, key, touched=self.s.env.now)
         self.refunds[refund.id] = refund

@@ -36,16 +36,18 @@ from payray.settings import Settings
 from serve_app.edge.auth import Authenticator
 from serve_app.edge.bodies import MAX_BODY_BYTES, parse_body
 from serve_app.edge.metrics import ApiMetrics
-from serve_app.flows.dispute import dispute_object, list_disputes, load_dispute
+from serve_app.flows.dispute import dispute_object
 from serve_app.flows.idempotent import Answer, check_idempotency_key
 from serve_app.flows.invariants import check_invariants
-from serve_app.flows.payout import list_payouts, load_payout, payout_object
+from serve_app.flows.payout import payout_object
 from serve_app.flows.reconciliation import discrepancy_object, run_object
 from serve_app.parts import Parts
 from serve_app.stores import merchants as merchants_db
 from serve_app.stores import payments as db
 from serve_app.stores import reconciliation as reconciliation_db
 from serve_app.stores import refunds as refunds_db
+from serve_app.stores.disputes import list_disputes, load_dispute
+from serve_app.stores.payouts import list_payouts, load_payout
 from serve_app.wire.render import charge_object, dumps, error_object, list_object, refund_object
 from serve_app.wire.schemas import (
     ChargeCreate,

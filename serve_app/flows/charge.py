@@ -100,7 +100,7 @@ class ChargeFlow:
         self._pool = pool
         self._psp = psp
         self._wallets = wallets
-        self._fee_bps = fee_bps
+        self.fee_bps = fee_bps  # of the fee each new payment stores
         self._on_transition = on_transition or (lambda t: None)
         #: payments this driver saw past the PSP, and those it is driving now (for the webhooks)
         self.outcomes = RecentOutcomes()
@@ -268,7 +268,7 @@ class ChargeFlow:
 
     def _capture_posting(self, payment: Payment) -> Any:
         amount = Money(payment.amount, payment.currency)
-        return capture_posting(payment.id, payment.merchant_id, amount, fee_for(amount, self._fee_bps))
+        return capture_posting(payment.id, payment.merchant_id, amount, payment.capture_fee)
 
     async def _post_ledger(self, payment: Payment) -> Reply:
         return await self._book(payment, {}, {})
@@ -350,7 +350,7 @@ class ChargeFlow:
     async def _post_compensation(self, payment: Payment) -> Reply:
         """Book the capture and its reversal, so the money the PSP moved twice is counted twice."""
         amount = Money(payment.amount, payment.currency)
-        fee = fee_for(amount, self._fee_bps)
+        fee = payment.capture_fee
         try:
             await self._wallets.apply(payment.merchant_id, self._capture_posting(payment))
             reversal = refund_posting(f"compensation-{payment.id}", payment.merchant_id, amount, fee)
@@ -385,6 +385,7 @@ class ChargeService:
             merchant_id=merchant_id,
             amount=body.amount,
             currency=body.currency,
+            fee=fee_for(Money(body.amount, body.currency), self._flow.fee_bps).amount,
             payment_method=body.payment_method,
             state=ChargeState.CREATED.value,
             idempotency_key=key,

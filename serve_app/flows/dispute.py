@@ -10,68 +10,19 @@ dispute and books the hold first: the order of events does not matter.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from psycopg import AsyncConnection
-from psycopg.rows import dict_row
-from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from ledger.postings import dispute_hold_posting, dispute_loss_posting, dispute_release_posting
 from payray.ids import new_id
 from payray.money import Money
+from serve_app.stores import disputes as store
+from serve_app.stores.disputes import Dispute
 from serve_app.wallets import WalletDirectory
 
 log = logging.getLogger("payray.dispute")
-
-COLUMNS = "id, merchant_id, payment_id, psp_dispute_id, amount, currency, reason, status, created_at"
-
-
-@dataclass(frozen=True)
-class Dispute:
-    id: str
-    merchant_id: str
-    payment_id: str
-    psp_dispute_id: str
-    amount: int
-    currency: str
-    reason: str | None
-    status: str
-    created_at: datetime
-
-
-#: Opened (or, for a close seen first, opened already decided); nothing if the PSP dispute is known.
-OPEN = f"""
-INSERT INTO disputes (id, merchant_id, payment_id, psp_dispute_id, amount, currency, reason, status)
-SELECT %(id)s, p.merchant_id, p.id, %(psp_dispute_id)s, %(amount)s, %(currency)s, %(reason)s, %(status)s
-FROM payments p WHERE p.id = %(payment_id)s
-ON CONFLICT (psp_dispute_id) DO NOTHING
-RETURNING {COLUMNS}
-"""
-
-DECIDE = f"""
-UPDATE disputes SET status = %(status)s, updated_at = now()
-WHERE psp_dispute_id = %(psp_dispute_id)s AND status IN ('opening', 'open')
-RETURNING {COLUMNS}
-"""
-
-ADVANCE = f"""
-UPDATE disputes SET status = %(to)s, updated_at = now() WHERE id = %(id)s AND status = %(from)s
-RETURNING {COLUMNS}
-"""
-
-SELECT_ONE = f"SELECT {COLUMNS} FROM disputes WHERE id = %(id)s AND merchant_id = %(merchant_id)s"
-SELECT_BY_PSP = f"SELECT {COLUMNS} FROM disputes WHERE psp_dispute_id = %(psp_dispute_id)s"
-LIST = f"""
-SELECT {COLUMNS} FROM disputes
-WHERE merchant_id = %(merchant_id)s
-  AND (%(after_id)s::text IS NULL OR (created_at, id) < (
-        SELECT created_at, id FROM disputes WHERE id = %(after_id)s AND merchant_id = %(merchant_id)s))
-ORDER BY created_at DESC, id DESC
-LIMIT %(limit)s
-"""
 
 PUBLIC_STATUS = {"opening": "needs_response", "open": "needs_response", "closing_won": "won",
                  "closing_lost": "lost", "won": "won", "lost": "lost"}  # fmt: skip
@@ -91,22 +42,10 @@ def dispute_object(d: Dispute) -> dict[str, Any]:
     }
 
 
-async def _one(conn: AsyncConnection[Any], sql: str, params: dict[str, Any]) -> Dispute | None:
-    async with conn.cursor(row_factory=dict_row) as cur:
-        await cur.execute(sql, params)
-        row = await cur.fetchone()
-    return Dispute(**row) if row else None
-
-
-ANNOUNCE = "INSERT INTO outbox (topic, aggregate_id, payload) VALUES (%(topic)s, %(id)s, %(payload)s)"
-
-
 async def _announce(conn: AsyncConnection[Any], dispute: Dispute) -> None:
     """The dispute's outbox row, on the connection (and in the transaction) that changed it."""
     body = dispute_object(dispute)
-    await conn.execute(
-        ANNOUNCE, {"topic": f"dispute.{body['status']}", "id": dispute.id, "payload": Jsonb(body)}
-    )
+    await store.announce(conn, dispute.id, f"dispute.{body['status']}", body)
 
 
 async def record_opened(
@@ -114,16 +53,8 @@ async def record_opened(
 ) -> Dispute | None:
     """Insert the dispute the PSP opened (``closed_as`` ``won``/``lost`` for a close seen before its open);
     ``None`` if it is already known."""
-    params = {
-        "id": new_id("du"),
-        "payment_id": payment_id,
-        "psp_dispute_id": psp_dispute["id"],
-        "amount": int(psp_dispute["amount"]),
-        "currency": str(psp_dispute["currency"]),
-        "reason": psp_dispute.get("reason"),
-        "status": f"closing_{closed_as}" if closed_as else "opening",
-    }
-    opened = await _one(conn, OPEN, params)
+    status = f"closing_{closed_as}" if closed_as else "opening"
+    opened = await store.insert_dispute(conn, new_id("du"), payment_id, psp_dispute, status)
     if opened is not None:
         await _announce(conn, opened)
     return opened
@@ -135,13 +66,12 @@ async def record_closed(
     """The PSP decided ``outcome`` (``won``/``lost``): the dispute is marked to be booked so; ``None`` if it
     was already decided. A close seen before its open creates the dispute already decided; one racing its
     open (delivered at the same time) waits for the open to commit and then decides it."""
-    decide = {"psp_dispute_id": psp_dispute["id"], "status": f"closing_{outcome}"}
     for _ in range(3):
-        decided = await _one(conn, DECIDE, decide)
+        decided = await store.decide(conn, psp_dispute["id"], f"closing_{outcome}")
         if decided is not None:
             await _announce(conn, decided)
             return decided
-        known = await _one(conn, SELECT_BY_PSP, {"psp_dispute_id": psp_dispute["id"]})
+        known = await store.load_by_psp(conn, psp_dispute["id"])
         if known is not None and known.status not in ("opening", "open"):
             return None  # already decided (a duplicate or a second close)
         if known is None:
@@ -150,19 +80,6 @@ async def record_closed(
                 return opened
         # an open committed between our statements: decide it on the next turn
     raise RuntimeError(f"dispute {psp_dispute['id']} keeps changing under its close")
-
-
-async def load_dispute(conn: AsyncConnection[Any], dispute_id: str, merchant_id: str) -> Dispute | None:
-    return await _one(conn, SELECT_ONE, {"id": dispute_id, "merchant_id": merchant_id})
-
-
-async def list_disputes(
-    conn: AsyncConnection[Any], merchant_id: str, limit: int, starting_after: str | None
-) -> list[Dispute]:
-    params = {"merchant_id": merchant_id, "after_id": starting_after, "limit": limit}
-    async with conn.cursor(row_factory=dict_row) as cur:
-        await cur.execute(LIST, params)
-        return [Dispute(**row) for row in await cur.fetchall()]
 
 
 class DisputeBooking:
@@ -197,7 +114,7 @@ class DisputeBooking:
 
     async def _advance(self, dispute: Dispute, to: str) -> Dispute:
         async with self._pool.connection() as conn, conn.transaction():
-            moved = await _one(conn, ADVANCE, {"id": dispute.id, "from": dispute.status, "to": to})
+            moved = await store.advance(conn, dispute, to)
             if moved is not None and to in ("won", "lost"):
                 await _announce(conn, moved)
         return moved or dispute

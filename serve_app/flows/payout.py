@@ -9,13 +9,10 @@ A payout the balance does not cover leaves nothing behind (row, key), as any ref
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, replace
-from datetime import datetime
+from dataclasses import replace
 from typing import Any
 
 from psycopg import AsyncConnection
-from psycopg.rows import dict_row
-from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from actors.wallet import InsufficientFunds
@@ -25,74 +22,13 @@ from payray.fingerprint import request_fingerprint
 from payray.ids import new_id
 from payray.money import Money
 from serve_app.flows.idempotent import Answer, IdempotentRequests, Operation
-from serve_app.stores.keys import CLAIM_KEY
+from serve_app.stores import payouts as store
+from serve_app.stores.payouts import Payout
 from serve_app.wallets import WalletDirectory
 from serve_app.wire.render import dumps
 from serve_app.wire.schemas import PayoutCreate
 
 log = logging.getLogger("payray.payout")
-
-
-@dataclass(frozen=True)
-class Payout:
-    id: str
-    merchant_id: str
-    amount: int
-    currency: str
-    state: str
-    created_at: datetime
-    ledger_transaction_id: str | None = None
-
-
-_COLUMNS = "id, merchant_id, amount, currency, state, created_at, ledger_transaction_id"
-
-INSERT_WITH_KEY = f"""
-WITH claimed AS ({CLAIM_KEY})
-INSERT INTO payouts (id, merchant_id, amount, currency, state, idempotency_key)
-SELECT %(id)s, %(merchant_id)s, %(amount)s, %(currency)s, 'pending', %(key)s FROM claimed
-RETURNING {_COLUMNS}
-"""
-
-#: The debit is in the ledger: the payout is in transit, its answer stored, its event in the outbox.
-MARK_IN_TRANSIT = f"""
-WITH moved AS (
-    UPDATE payouts SET state = 'in_transit', ledger_transaction_id = %(txn)s, updated_at = now()
-    WHERE id = %(id)s AND state = 'pending'
-    RETURNING {_COLUMNS}, idempotency_key
-), answered AS (
-    UPDATE idempotency_keys k SET response_status = 200, response_body = %(body)s, completed_at = now(),
-           locked_until = NULL
-    FROM moved WHERE k.merchant_id = moved.merchant_id AND k.key = moved.idempotency_key
-), announced AS (
-    INSERT INTO outbox (topic, aggregate_id, payload)
-    SELECT 'payout.in_transit', moved.id, %(event)s FROM moved
-)
-SELECT {_COLUMNS} FROM moved
-"""
-
-DISCARD = """
-WITH gone AS (
-    DELETE FROM payouts WHERE id = %(id)s AND state = 'pending' RETURNING merchant_id, idempotency_key
-)
-DELETE FROM idempotency_keys k USING gone
-WHERE k.merchant_id = gone.merchant_id AND k.key = gone.idempotency_key
-"""
-
-SELECT_STUCK = f"""
-SELECT {_COLUMNS} FROM payouts
-WHERE state = 'pending' AND updated_at < now() - %(grace)s * interval '1 second'
-ORDER BY updated_at LIMIT %(limit)s
-"""
-
-SELECT_PAYOUT = f"SELECT {_COLUMNS} FROM payouts WHERE id = %(id)s AND merchant_id = %(merchant_id)s"
-LIST_PAYOUTS = f"""
-SELECT {_COLUMNS} FROM payouts
-WHERE merchant_id = %(merchant_id)s
-  AND (%(after_id)s::text IS NULL OR (created_at, id) < (
-        SELECT created_at, id FROM payouts WHERE id = %(after_id)s AND merchant_id = %(merchant_id)s))
-ORDER BY created_at DESC, id DESC
-LIMIT %(limit)s
-"""
 
 
 def payout_object(p: Payout) -> dict[str, Any]:
@@ -107,32 +43,6 @@ def payout_object(p: Payout) -> dict[str, Any]:
     }
 
 
-async def _one(conn: AsyncConnection[Any], sql: str, params: dict[str, Any]) -> Payout | None:
-    async with conn.cursor(row_factory=dict_row) as cur:
-        await cur.execute(sql, params)
-        row = await cur.fetchone()
-    return Payout(**row) if row else None
-
-
-async def load_payout(conn: AsyncConnection[Any], payout_id: str, merchant_id: str) -> Payout | None:
-    return await _one(conn, SELECT_PAYOUT, {"id": payout_id, "merchant_id": merchant_id})
-
-
-async def stuck_payouts(conn: AsyncConnection[Any], grace_s: float, limit: int) -> list[Payout]:
-    async with conn.cursor(row_factory=dict_row) as cur:
-        await cur.execute(SELECT_STUCK, {"grace": grace_s, "limit": limit})
-        return [Payout(**row) for row in await cur.fetchall()]
-
-
-async def list_payouts(
-    conn: AsyncConnection[Any], merchant_id: str, limit: int, starting_after: str | None
-) -> list[Payout]:
-    params = {"merchant_id": merchant_id, "after_id": starting_after, "limit": limit}
-    async with conn.cursor(row_factory=dict_row) as cur:
-        await cur.execute(LIST_PAYOUTS, params)
-        return [Payout(**row) for row in await cur.fetchall()]
-
-
 class PayoutService:
     def __init__(
         self, pool: AsyncConnectionPool[Any], requests: IdempotentRequests, flow: PayoutFlow
@@ -143,22 +53,16 @@ class PayoutService:
 
     async def create(self, merchant_id: str, key: str, body: PayoutCreate) -> Answer:
         fingerprint = request_fingerprint("POST", "/v1/payouts", body.model_dump(mode="json"))
-        params = {
-            "id": new_id("po"),
-            "merchant_id": merchant_id,
-            "key": key,
-            "fingerprint": fingerprint,
-            "lease_ms": self._requests.lease_ms,
-            "amount": body.amount,
-            "currency": body.currency,
-        }
+        payout_id, lease_ms = new_id("po"), self._requests.lease_ms
 
         async def create(conn: AsyncConnection[Any]) -> Payout | None:
-            return await _one(conn, INSERT_WITH_KEY, params)
+            return await store.insert_payout(
+                conn, payout_id, merchant_id, body.amount, body.currency, key, fingerprint, lease_ms
+            )
 
         async def resume(payout_id: str) -> tuple[int, bytes]:
             async with self._pool.connection() as conn:
-                payout = await load_payout(conn, payout_id, merchant_id)
+                payout = await store.load_payout(conn, payout_id, merchant_id)
             assert payout is not None
             return await self._flow.pay(payout)
 
@@ -182,7 +86,7 @@ class PayoutFlow:
             result = await self._wallets.debit(payout.merchant_id, posting, amount)
         except InsufficientFunds as exc:  # (Ray's wrapper of the wallet's error: answer with our own)
             async with self._pool.connection() as conn:
-                await conn.execute(DISCARD, {"id": payout.id})
+                await store.discard(conn, payout.id)
             raise InsufficientFunds(
                 f"The available balance does not cover a payout of {amount}.", param="amount"
             ) from exc
@@ -193,17 +97,13 @@ class PayoutFlow:
             raise DependencyFailure(f"the ledger refused payout {payout.id}: {result.error}")
         done = replace(payout, state="in_transit", ledger_transaction_id=result.transaction_id)
         body = dumps(payout_object(done))
-        params = {
-            "id": payout.id,
-            "txn": result.transaction_id,
-            "body": body,
-            "event": Jsonb(payout_object(done)),
-        }
         async with self._pool.connection() as conn:
-            stored = await _one(conn, MARK_IN_TRANSIT, params)
+            stored = await store.mark_in_transit(
+                conn, payout.id, result.transaction_id, body, payout_object(done)
+            )
         if stored is None:  # another request finished it first
             async with self._pool.connection() as conn:
-                current = await load_payout(conn, payout.id, payout.merchant_id)
+                current = await store.load_payout(conn, payout.id, payout.merchant_id)
             assert current is not None
             return 200, dumps(payout_object(current))
         return 200, body

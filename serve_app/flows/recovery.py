@@ -15,19 +15,17 @@ import logging
 from collections import Counter
 from typing import Any
 
-from psycopg import AsyncConnection
-from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from payray.errors import ClientError
-from serve_app.flows import dispute as disputes
-from serve_app.flows import payout as payouts
 from serve_app.flows.charge import ChargeFlow
-from serve_app.flows.dispute import Dispute, DisputeBooking
+from serve_app.flows.dispute import DisputeBooking
 from serve_app.flows.payout import PayoutFlow
 from serve_app.flows.refund import RefundFlow
+from serve_app.stores import disputes, payouts
 from serve_app.stores import payments as payments_db
 from serve_app.stores import refunds as refunds_db
+from serve_app.stores.disputes import Dispute
 
 log = logging.getLogger("payray.recovery")
 
@@ -40,12 +38,6 @@ ORDER BY updated_at LIMIT %(limit)s
 STUCK_REFUNDS = """
 SELECT id FROM refunds
 WHERE state NOT IN ('succeeded', 'failed') AND updated_at < now() - %(grace)s * interval '1 second'
-ORDER BY updated_at LIMIT %(limit)s
-"""
-STUCK_DISPUTES = f"""
-SELECT {disputes.COLUMNS} FROM disputes
-WHERE status IN ('opening', 'closing_won', 'closing_lost')
-  AND updated_at < now() - %(grace)s * interval '1 second'
 ORDER BY updated_at LIMIT %(limit)s
 """
 
@@ -72,7 +64,7 @@ class Recovery:
         async with self._pool.connection() as conn:
             payment_ids = [r[0] for r in await (await conn.execute(STUCK_PAYMENTS, params)).fetchall()]
             refund_ids = [r[0] for r in await (await conn.execute(STUCK_REFUNDS, params)).fetchall()]
-            stuck_disputes = await _disputes(conn, params)
+            stuck_disputes = await disputes.stuck_disputes(conn, grace_s, limit)
             stuck_payouts = await payouts.stuck_payouts(conn, grace_s, limit)
         for payment_id in payment_ids:
             await self._one("payments", seen, self._payment(payment_id))
@@ -121,9 +113,3 @@ class Recovery:
     async def _payout(self, payout: payouts.Payout) -> bool:
         status, _ = await self._payouts.pay(payout)
         return status == 200
-
-
-async def _disputes(conn: AsyncConnection[Any], params: dict[str, Any]) -> list[Dispute]:
-    async with conn.cursor(row_factory=dict_row) as cur:
-        await cur.execute(STUCK_DISPUTES, params)
-        return [Dispute(**row) for row in await cur.fetchall()]

@@ -234,7 +234,7 @@ class RefundService:
 
         async def create(conn: AsyncConnection[Any]) -> Refund | None:
             return await db.insert_refund(
-                conn, fresh, body.charge, fingerprint, self._requests.lease_ms, body.amount, self._fee_bps
+                conn, fresh, body.charge, fingerprint, self._requests.lease_ms, body.amount
             )
 
         async def resume(refund_id: str) -> tuple[int, bytes]:

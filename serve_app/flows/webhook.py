@@ -26,9 +26,9 @@ import stripe
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
-from ledger.postings import fee_for, refund_fee_share
 from payray.charge import ChargeState
 from payray.errors import ClientError, PayrayError
+from payray.fees import RefundRefused, refund_terms
 from payray.ids import new_id
 from payray.money import Money
 from payray.refund import RefundState
@@ -39,45 +39,11 @@ from serve_app.flows.charge import ChargeFlow
 from serve_app.flows.dispute import DisputeBooking
 from serve_app.flows.refund import RefundFlow
 from serve_app.stores import payments, refunds
+from serve_app.stores import webhooks as events
 
 log = logging.getLogger("payray.webhooks")
 
 TOLERANCE_S = 300
-
-RECORD_EVENT = """
-INSERT INTO webhook_events (id, type, object_id, effect) VALUES (%(id)s, %(type)s, %(object_id)s, %(effect)s)
-ON CONFLICT (id) DO NOTHING
-RETURNING id
-"""
-
-PAYMENT_BY_PSP = "SELECT id FROM payments WHERE psp_reference = %s"
-
-#: Of a charge's refunds: what the PSP confirmed to us, and whether one is waiting for the PSP's word.
-REFUNDS_CONFIRMED = """
-SELECT coalesce(sum(amount) FILTER (WHERE state IN ('succeeded', 'booking')), 0),
-       bool_or(state = 'psp_unknown')
-FROM refunds WHERE payment_id = %s
-"""
-
-SET_EFFECT = "UPDATE webhook_events SET effect = %(effect)s WHERE id = %(id)s"
-
-LOCK_PAYMENT = "SELECT id FROM payments WHERE id = %s FOR UPDATE"
-
-#: A refund the PSP made without us, booked as ``booking``: the charge's refunded amount grows with it.
-LEARN_REFUND = """
-WITH counted AS (
-    UPDATE payments SET amount_refunded = amount_refunded + %(amount)s, updated_at = now()
-    WHERE id = %(payment_id)s
-      AND NOT EXISTS (SELECT 1 FROM refunds WHERE psp_reference = %(psp_reference)s)
-    RETURNING id, merchant_id, currency
-)
-INSERT INTO refunds (id, merchant_id, payment_id, amount, fee_returned, currency, state, psp_idempotency_key,
-                     psp_reference)
-SELECT %(id)s, merchant_id, id, %(amount)s, %(fee_returned)s, currency, 'booking', %(psp_key)s,
-       %(psp_reference)s
-FROM counted
-RETURNING id
-"""
 
 
 class InvalidSignature(ClientError):
@@ -147,7 +113,6 @@ class WebhookReceiver:
         self._refunds = refund_flow
         self._booking = booking
         self._secrets = secrets
-        self._fee_bps = fee_bps
 
     async def receive(self, payload: bytes, signature: str | None) -> dict[str, Any]:
         event = verify(payload, signature, self._secrets)
@@ -161,13 +126,12 @@ class WebhookReceiver:
         psp_refunds = None
         if event["type"] == "charge.refunded" and await self._refunds_unsettled(obj):
             psp_refunds = await self._psp.refunds_for(psp_reference=str(obj["payment_intent"]))
-        params = {"id": event["id"], "type": event["type"], "object_id": obj.get("id"), "effect": "applying"}
         async with self._pool.connection() as conn, conn.transaction():
             # a concurrent delivery of the same event waits here for ours to commit, then finds it
-            if await (await conn.execute(RECORD_EVENT, params)).fetchone() is None:
+            if not await events.record_event(conn, event["id"], event["type"], obj.get("id"), "applying"):
                 return {"received": True, "id": event["id"], "effect": "duplicate: already applied"}
             effect, follow_ups = await self._apply(conn, event["type"], obj, psp_refunds)
-            await conn.execute(SET_EFFECT, {"id": event["id"], "effect": effect})
+            await events.set_effect(conn, event["id"], effect)
         for follow_up in follow_ups:
             try:
                 await follow_up()
@@ -186,8 +150,7 @@ class WebhookReceiver:
             payment = await self._payment(conn, charge)
             if payment is None:
                 return False
-            row = await (await conn.execute(REFUNDS_CONFIRMED, (payment.id,))).fetchone()
-        confirmed, waiting = (int(row[0]), bool(row[1])) if row else (0, False)
+            confirmed, waiting = await refunds.refunds_confirmed(conn, payment.id)
         return waiting or int(charge.get("amount_refunded") or 0) != confirmed
 
     async def _apply(
@@ -204,8 +167,7 @@ class WebhookReceiver:
     async def _payment(self, conn: AsyncConnection[Any], obj: dict[str, Any]) -> payments.Payment | None:
         payment_id = (obj.get("metadata") or {}).get(PAYMENT_ID_KEY)
         if not payment_id and obj.get("payment_intent"):
-            row = await (await conn.execute(PAYMENT_BY_PSP, (obj["payment_intent"],))).fetchone()
-            payment_id = row[0] if row else None
+            payment_id = await payments.payment_id_for_psp_reference(conn, str(obj["payment_intent"]))
         if not payment_id:
             return None
         return await payments.load_payment(conn, str(payment_id))
@@ -239,7 +201,7 @@ class WebhookReceiver:
         payment = await self._payment(conn, obj)
         if payment is None:
             return "ignored: not a payray charge", []
-        await conn.execute(LOCK_PAYMENT, (payment.id,))  # one refund bookkeeper per charge at a time
+        await payments.lock_payment(conn, payment.id)  # one refund bookkeeper per charge at a time
         effects: list[str] = []
         follow_ups: list[FollowUp] = []
         for psp_refund in psp_refunds:
@@ -267,22 +229,22 @@ class WebhookReceiver:
         self, conn: AsyncConnection[Any], payment: payments.Payment, psp_refund: Any
     ) -> str | None:
         refund_id = new_id("re")
-        fee = fee_for(Money(payment.amount, payment.currency), self._fee_bps)
-        amount = min(int(psp_refund.amount), payment.amount - payment.amount_refunded)
-        if amount <= 0:
+        charged = Money(payment.amount, payment.currency)
+        try:
+            terms = refund_terms(
+                charged, payment.capture_fee, payment.amount_refunded, int(psp_refund.amount), capped=True
+            )
+        except RefundRefused:  # nothing left, or nothing refunded
             log.error("the PSP refunded more than payray reserved", extra={"payment_id": payment.id})
             return None
-        share = refund_fee_share(fee, payment.amount, payment.amount_refunded, amount)
-        params = {
-            "id": refund_id,
-            "payment_id": payment.id,
-            "amount": amount,
-            "fee_returned": share.amount,
-            "psp_key": f"psp-{psp_refund.psp_reference}",
-            "psp_reference": psp_refund.psp_reference,
-        }
-        row = await (await conn.execute(LEARN_REFUND, params)).fetchone()
-        return str(row[0]) if row else None
+        return await refunds.learn_refund(
+            conn,
+            refund_id,
+            payment.id,
+            terms.amount.amount,
+            terms.fee_returned.amount,
+            psp_refund.psp_reference,
+        )
 
     async def _resume_refund(self, refund_id: str) -> None:
         async with self._pool.connection() as conn:

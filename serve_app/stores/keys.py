@@ -1,7 +1,7 @@
 """The durable idempotency record shared by every money-moving POST (charges, refunds, payouts).
 
-A key row is always inserted in the same statement as the object it names (see each object's ``*_db``
-module), so either both exist or neither does. This module reads, leases and releases keys.
+A key row is always inserted in the same statement as the object it names (see each object's store in
+this folder), so either both exist or neither does. This module reads, leases and releases keys.
 """
 
 from __future__ import annotations

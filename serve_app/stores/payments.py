@@ -12,7 +12,10 @@ from psycopg.types.json import Jsonb
 
 from ledger.postings import CAPTURE, Statement
 from payray.charge import Transition
+from payray.money import Money
+from serve_app.stores.answers import ANSWER_AND_ANNOUNCE, answer_params
 from serve_app.stores.keys import CLAIM_KEY
+from serve_app.stores.pages import newest_first
 
 
 @dataclass(frozen=True)
@@ -21,6 +24,7 @@ class Payment:
     merchant_id: str
     amount: int
     currency: str
+    fee: int  # our fee on the amount, taken at capture; decided when the payment is created
     payment_method: str
     state: str
     idempotency_key: str
@@ -35,12 +39,16 @@ class Payment:
     amount_refunded: int = 0
     ledger_transaction_id: str | None = None
 
+    @property
+    def capture_fee(self) -> Money:
+        return Money(self.fee, self.currency)
+
     def evolve(self, **changes: Any) -> Payment:
         return replace(self, **changes)
 
 
 _PAYMENT_COLUMNS = (
-    "id, merchant_id, amount, currency, payment_method, state, idempotency_key, psp_idempotency_key, "
+    "id, merchant_id, amount, currency, fee, payment_method, state, idempotency_key, psp_idempotency_key, "
     "created_at, description, metadata, customer, psp_reference, failure_code, failure_message, "
     "amount_refunded, ledger_transaction_id"
 )
@@ -48,9 +56,9 @@ _PAYMENT_COLUMNS = (
 #: Claims the key and creates the payment in one statement: either both rows exist or neither does.
 INSERT_PAYMENT_WITH_KEY = f"""
 WITH claimed AS ({CLAIM_KEY}), payment AS (
-    INSERT INTO payments (id, merchant_id, amount, currency, payment_method, state, idempotency_key,
+    INSERT INTO payments (id, merchant_id, amount, currency, fee, payment_method, state, idempotency_key,
                           psp_idempotency_key, description, metadata, customer)
-    SELECT %(id)s, %(merchant_id)s, %(amount)s, %(currency)s, %(payment_method)s, %(state)s, %(key)s,
+    SELECT %(id)s, %(merchant_id)s, %(amount)s, %(currency)s, %(fee)s, %(payment_method)s, %(state)s, %(key)s,
            %(psp_idempotency_key)s, %(description)s, %(metadata)s, %(customer)s
     FROM claimed
     RETURNING {_PAYMENT_COLUMNS}
@@ -65,14 +73,7 @@ SELECT * FROM payment
 SELECT_PAYMENT = f"SELECT {_PAYMENT_COLUMNS} FROM payments WHERE id = %s"
 SELECT_MERCHANT_PAYMENT = f"SELECT {_PAYMENT_COLUMNS} FROM payments WHERE id = %s AND merchant_id = %s"
 
-LIST_PAYMENTS = f"""
-SELECT {_PAYMENT_COLUMNS} FROM payments
-WHERE merchant_id = %(merchant_id)s
-  AND (%(after_id)s::text IS NULL OR (created_at, id) < (
-        SELECT created_at, id FROM payments WHERE id = %(after_id)s AND merchant_id = %(merchant_id)s))
-ORDER BY created_at DESC, id DESC
-LIMIT %(limit)s
-"""
+LIST_PAYMENTS = newest_first("payments", _PAYMENT_COLUMNS)
 
 def _apply_transitions(ledger_transaction: str) -> str:
     """Applies a chain of transitions (guarded by the expected current state), writes their history, and
@@ -92,17 +93,7 @@ WITH moved AS (
     INSERT INTO payment_transitions (payment_id, from_state, event, to_state, detail)
     SELECT moved.id, steps.from_state, steps.event, steps.to_state, %(detail)s
     FROM moved, jsonb_to_recordset(%(steps)s) AS steps(from_state text, event text, to_state text)
-), answered AS (
-    UPDATE idempotency_keys AS k SET
-        response_status = %(response_status)s, response_body = %(response_body)s,
-        completed_at = now(), locked_until = NULL
-    FROM moved
-    WHERE %(response_status)s::int IS NOT NULL
-      AND k.merchant_id = moved.merchant_id AND k.key = moved.idempotency_key
-), announced AS (
-    INSERT INTO outbox (topic, aggregate_id, payload)
-    SELECT %(topic)s, moved.id, %(outbox_payload)s FROM moved WHERE %(topic)s::text IS NOT NULL
-)
+), {ANSWER_AND_ANNOUNCE}
 SELECT * FROM moved
 """
 
@@ -152,6 +143,7 @@ async def insert_payment(
         "lease_ms": lease_ms,
         "amount": payment.amount,
         "currency": payment.currency,
+        "fee": payment.fee,
         "payment_method": payment.payment_method,
         "state": payment.state,
         "psp_idempotency_key": payment.psp_idempotency_key,
@@ -207,10 +199,7 @@ def _transition_params(
         "ledger_transaction_id": fields.get("ledger_transaction_id"),
         "detail": Jsonb(detail or {}),
         "steps": _steps(transitions),
-        "response_status": response[0] if response else None,
-        "response_body": response[1] if response else None,
-        "topic": outbox[0] if outbox else None,
-        "outbox_payload": Jsonb(outbox[1]) if outbox else None,
+        **answer_params(response, outbox),
     }
 
 
@@ -247,3 +236,18 @@ def booking_statement(
 
 async def store_response(conn: AsyncConnection[Any], payment_id: str, status: int, body: bytes) -> None:
     await conn.execute(STORE_RESPONSE, {"id": payment_id, "status": status, "body": body})
+
+
+PAYMENT_BY_PSP = "SELECT id FROM payments WHERE psp_reference = %s"
+
+LOCK_PAYMENT = "SELECT id FROM payments WHERE id = %s FOR UPDATE"
+
+
+async def payment_id_for_psp_reference(conn: AsyncConnection[Any], psp_reference: str) -> str | None:
+    row = await (await conn.execute(PAYMENT_BY_PSP, (psp_reference,))).fetchone()
+    return str(row[0]) if row else None
+
+
+async def lock_payment(conn: AsyncConnection[Any], payment_id: str) -> None:
+    """Hold the payment's row until the transaction ends: one writer of its refunded amount at a time."""
+    await conn.execute(LOCK_PAYMENT, (payment_id,))

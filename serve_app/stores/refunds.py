@@ -11,11 +11,13 @@ from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from ledger.postings import fee_for, refund_fee_share
 from payray.errors import ClientError, NotFound
+from payray.fees import NothingLeftToRefund, RefundTerms, RefundTooLarge, refund_terms
 from payray.money import Money
 from payray.refund import RefundTransition
+from serve_app.stores.answers import ANSWER_AND_ANNOUNCE, answer_params
 from serve_app.stores.keys import CLAIM_KEY
+from serve_app.stores.pages import newest_first
 
 
 class ChargeNotRefundable(ClientError):
@@ -57,7 +59,7 @@ CLAIM = f"WITH claimed AS ({CLAIM_KEY}) SELECT 1 FROM claimed"
 
 #: The charge, locked until the refund is inserted: concurrent refunds of one charge queue here.
 LOCK_CHARGE = """
-SELECT state, currency, amount, amount_refunded
+SELECT state, currency, amount, fee, amount_refunded
 FROM payments WHERE id = %(charge)s AND merchant_id = %(merchant_id)s
 FOR UPDATE
 """
@@ -94,17 +96,7 @@ WITH moved AS (
 ), released AS (
     UPDATE payments p SET amount_refunded = p.amount_refunded - moved.amount, updated_at = now()
     FROM moved WHERE p.id = moved.payment_id AND %(to_state)s = 'failed'
-), answered AS (
-    UPDATE idempotency_keys AS k SET
-        response_status = %(response_status)s, response_body = %(response_body)s,
-        completed_at = now(), locked_until = NULL
-    FROM moved
-    WHERE %(response_status)s::int IS NOT NULL
-      AND k.merchant_id = moved.merchant_id AND k.key = moved.idempotency_key
-), announced AS (
-    INSERT INTO outbox (topic, aggregate_id, payload)
-    SELECT %(topic)s, moved.id, %(outbox_payload)s FROM moved WHERE %(topic)s::text IS NOT NULL
-)
+), {ANSWER_AND_ANNOUNCE}
 SELECT * FROM moved
 """
 
@@ -124,27 +116,19 @@ WHERE k.merchant_id = gone.merchant_id AND k.key = gone.idempotency_key
 SELECT_REFUND = f"SELECT {_COLUMNS} FROM refunds WHERE id = %s"
 SELECT_MERCHANT_REFUND = f"SELECT {_COLUMNS} FROM refunds WHERE id = %s AND merchant_id = %s"
 
-LIST_REFUNDS = f"""
-SELECT {_COLUMNS} FROM refunds
-WHERE merchant_id = %(merchant_id)s
-  AND (%(charge)s::text IS NULL OR payment_id = %(charge)s)
-  AND (%(after_id)s::text IS NULL OR (created_at, id) < (
-        SELECT created_at, id FROM refunds WHERE id = %(after_id)s AND merchant_id = %(merchant_id)s))
-ORDER BY created_at DESC, id DESC
-LIMIT %(limit)s
-"""
+LIST_REFUNDS = newest_first("refunds", _COLUMNS, only="(%(charge)s::text IS NULL OR payment_id = %(charge)s)")
 
 
 async def insert_refund(
     conn: AsyncConnection[Any], refund: Refund, charge_id: str, fingerprint: bytes, lease_ms: int,
-    requested: int | None, fee_bps: int,
+    requested: int | None,
 ) -> Refund | None:  # fmt: skip
     """Claim the key, check the charge and reserve the amount on it, and insert the refund, atomically.
 
     ``None`` if the key was already taken. Raises ``NotFound`` for a charge the merchant does not have,
     ``ChargeNotRefundable`` unless it succeeded, ``AmountTooLarge`` past what is left to refund; then nothing
-    is written. ``requested`` ``None`` refunds what is left. The refund gives back its share of the charge's
-    fee at ``fee_bps``, so refunding a whole charge takes back exactly what its capture gave the merchant.
+    is written. ``requested`` ``None`` refunds what is left. The refund gives back its share of the fee stored
+    with the charge, so refunding a whole charge takes back exactly what its capture gave the merchant.
     """
     params: dict[str, Any] = {
         "id": refund.id,
@@ -172,23 +156,31 @@ async def insert_refund(
                     f"Charge {charge_id} has not succeeded; only succeeded charges can be refunded.",
                     param="charge",
                 )
-            charged, refunded = int(charge["amount"]), int(charge["amount_refunded"])
-            refundable = charged - refunded
-            amount = refundable if requested is None else requested
-            if refundable == 0:
-                raise ChargeNotRefundable(f"Charge {charge_id} has already been refunded.", param="charge")
-            if amount > refundable:
-                raise AmountTooLarge(
-                    f"Refund amount ({amount}) is greater than unrefunded amount on charge ({refundable}).",
-                    param="amount",
-                )
-            fee = fee_for(Money(charged, charge["currency"]), fee_bps)
-            share = refund_fee_share(fee, charged, refunded, amount)
-            params.update(amount=amount, fee_returned=share.amount, currency=charge["currency"])
+            charged = Money(int(charge["amount"]), charge["currency"])
+            capture_fee = Money(int(charge["fee"]), charged.currency)
+            terms = _terms(charge_id, charged, capture_fee, int(charge["amount_refunded"]), requested)
+            params.update(
+                amount=terms.amount.amount, fee_returned=terms.fee_returned.amount, currency=charged.currency
+            )
             await cur.execute(RESERVE_AND_INSERT, params)
             row = await cur.fetchone()
     assert row is not None  # the charge row is locked: the reservation cannot fail after the checks
     return Refund(**row)
+
+
+def _terms(
+    charge_id: str, charged: Money, capture_fee: Money, refunded: int, requested: int | None
+) -> RefundTerms:
+    """``refund_terms``, its refusals answered as the API answers them."""
+    try:
+        return refund_terms(charged, capture_fee, refunded, requested)
+    except NothingLeftToRefund:
+        raise ChargeNotRefundable(f"Charge {charge_id} has already been refunded.", param="charge") from None
+    except RefundTooLarge as exc:
+        asked, left = exc.requested, exc.refundable
+        raise AmountTooLarge(
+            f"Refund amount ({asked}) is greater than unrefunded amount on charge ({left}).", param="amount"
+        ) from None
 
 
 async def apply_transition(
@@ -212,10 +204,7 @@ async def apply_transition(
         "failure_reason": fields.get("failure_reason"),
         "ledger_transaction_id": fields.get("ledger_transaction_id"),
         "detail": Jsonb(detail or {}),
-        "response_status": response[0] if response else None,
-        "response_body": response[1] if response else None,
-        "topic": outbox[0] if outbox else None,
-        "outbox_payload": Jsonb(outbox[1]) if outbox else None,
+        **answer_params(response, outbox),
     }
     async with conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(APPLY_TRANSITION, params)
@@ -254,3 +243,51 @@ async def list_refunds(
     async with conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(LIST_REFUNDS, params)
         return [Refund(**row) for row in await cur.fetchall()]
+
+
+#: Of a charge's refunds: what the PSP confirmed to us, and whether one is waiting for the PSP's word.
+REFUNDS_CONFIRMED = """
+SELECT coalesce(sum(amount) FILTER (WHERE state IN ('succeeded', 'booking')), 0),
+       bool_or(state = 'psp_unknown')
+FROM refunds WHERE payment_id = %s
+"""
+
+#: A refund the PSP made without us, booked as ``booking``: the charge's refunded amount grows with it.
+LEARN_REFUND = """
+WITH counted AS (
+    UPDATE payments SET amount_refunded = amount_refunded + %(amount)s, updated_at = now()
+    WHERE id = %(payment_id)s
+      AND NOT EXISTS (SELECT 1 FROM refunds WHERE psp_reference = %(psp_reference)s)
+    RETURNING id, merchant_id, currency
+)
+INSERT INTO refunds (id, merchant_id, payment_id, amount, fee_returned, currency, state, psp_idempotency_key,
+                     psp_reference)
+SELECT %(id)s, merchant_id, id, %(amount)s, %(fee_returned)s, currency, 'booking', %(psp_key)s,
+       %(psp_reference)s
+FROM counted
+RETURNING id
+"""
+
+
+async def refunds_confirmed(conn: AsyncConnection[Any], payment_id: str) -> tuple[int, bool]:
+    """How much of the charge's refunds the PSP confirmed, and whether one still awaits the PSP's word."""
+    row = await (await conn.execute(REFUNDS_CONFIRMED, (payment_id,))).fetchone()
+    return (int(row[0]), bool(row[1])) if row else (0, False)
+
+
+async def learn_refund(
+    conn: AsyncConnection[Any], refund_id: str, payment_id: str, amount: int, fee_returned: int,
+    psp_reference: str,
+) -> str | None:  # fmt: skip
+    """Record a refund the PSP made without us (``booking``), counted on its charge; ``None`` if one with
+    that PSP reference is known already."""
+    params = {
+        "id": refund_id,
+        "payment_id": payment_id,
+        "amount": amount,
+        "fee_returned": fee_returned,
+        "psp_key": f"psp-{psp_reference}",
+        "psp_reference": psp_reference,
+    }
+    row = await (await conn.execute(LEARN_REFUND, params)).fetchone()
+    return str(row[0]) if row else None

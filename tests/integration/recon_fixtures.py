@@ -104,14 +104,14 @@ class LedgerDay:
         """A captured charge; ``psp_reference`` names a real PaymentIntent at the PSP (made up when None)."""
         n = uuid.uuid4().hex[:12]
         payment_id, pi, ch = f"py_{n}", psp_reference or f"pi_{n}", f"ch_{n}"
-        self.conn.execute(
-            """INSERT INTO payments (id, merchant_id, amount, currency, payment_method, state,
-                                     idempotency_key, psp_idempotency_key, psp_reference)
-               VALUES (%s, %s, %s, %s, 'pm_card_visa', 'succeeded', %s, %s, %s)""",
-            (payment_id, self.merchant, amount, currency, n, f"psp-{n}", pi),
-        )
         money = Money(amount, currency)
         fee = fee_for(money, FEE_BPS)
+        self.conn.execute(
+            """INSERT INTO payments (id, merchant_id, amount, currency, fee, payment_method, state,
+                                     idempotency_key, psp_idempotency_key, psp_reference)
+               VALUES (%s, %s, %s, %s, %s, 'pm_card_visa', 'succeeded', %s, %s, %s)""",
+            (payment_id, self.merchant, amount, currency, fee.amount, n, f"psp-{n}", pi),
+        )
         self._post(capture_posting(payment_id, self.merchant, money, fee, posting_date=self.day))
         return self._row(f"txn_c{n}", "charge", pi, amount, psp_fee(amount), currency, ch)
 

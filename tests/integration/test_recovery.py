@@ -78,11 +78,20 @@ def leave_payment(
         )
         conn.execute(
             """
-            INSERT INTO payments (id, merchant_id, amount, currency, payment_method, state, idempotency_key,
-                                  psp_idempotency_key, psp_reference, metadata, updated_at)
-            VALUES (%s, %s, 1500, 'usd', 'pm_card_visa', %s, %s, %s, %s, %s, now() - interval '1 hour')
+            INSERT INTO payments (id, merchant_id, amount, currency, fee, payment_method, state,
+                                  idempotency_key, psp_idempotency_key, psp_reference, metadata, updated_at)
+            VALUES (%s, %s, 1500, 'usd', %s, 'pm_card_visa', %s, %s, %s, %s, %s, now() - interval '1 hour')
             """,
-            (payment_id, merchant_id, state, key, psp_idempotency_key(payment_id), psp_reference, Jsonb({})),
+            (
+                payment_id,
+                merchant_id,
+                FEE,
+                state,
+                key,
+                psp_idempotency_key(payment_id),
+                psp_reference,
+                Jsonb({}),
+            ),
         )
 
 
@@ -96,7 +105,8 @@ def charge_status(merchant: Merchant, payment_id: str) -> str:
     return str(merchant.client.get(f"/v1/charges/{payment_id}").json()["status"])
 
 
-NET = 1500 - fee_for(Money(1500, "usd"), FEE_BPS).amount
+FEE = fee_for(Money(1500, "usd"), FEE_BPS).amount
+NET = 1500 - FEE
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,37 @@
+"""What a guarded transition writes besides its own row: the answer under the request's key, and the outbox
+event, in the same statement, so the answer, the event and the new state commit together or not at all."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from psycopg.types.json import Jsonb
+
+#: The common table expressions that follow ``WITH moved AS (UPDATE … RETURNING …)``, where ``moved``
+#: returns ``id``, ``merchant_id`` and ``idempotency_key``: ``answered`` stores the response under the moved
+#: row's key when a status is given, ``announced`` writes the outbox event when a topic is given.
+ANSWER_AND_ANNOUNCE = """
+answered AS (
+    UPDATE idempotency_keys AS k SET
+        response_status = %(response_status)s, response_body = %(response_body)s,
+        completed_at = now(), locked_until = NULL
+    FROM moved
+    WHERE %(response_status)s::int IS NOT NULL
+      AND k.merchant_id = moved.merchant_id AND k.key = moved.idempotency_key
+), announced AS (
+    INSERT INTO outbox (topic, aggregate_id, payload)
+    SELECT %(topic)s, moved.id, %(outbox_payload)s FROM moved WHERE %(topic)s::text IS NOT NULL
+)"""
+
+
+def answer_params(
+    response: tuple[int, bytes] | None, outbox: tuple[str, dict[str, Any]] | None
+) -> dict[str, Any]:
+    """The parameters of ``ANSWER_AND_ANNOUNCE``: ``response`` as (status, body), ``outbox`` as (topic,
+    payload); either ``None`` to write nothing of it."""
+    return {
+        "response_status": response[0] if response else None,
+        "response_body": response[1] if response else None,
+        "topic": outbox[0] if outbox else None,
+        "outbox_payload": Jsonb(outbox[1]) if outbox else None,
+    }
