@@ -25,10 +25,10 @@ the PSP.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from enum import StrEnum
+from typing import TypeAlias
 
-from payray.errors import IllegalTransition
+from payray import machine
 
 
 class ChargeState(StrEnum):
@@ -90,8 +90,7 @@ TRANSITIONS: dict[tuple[ChargeState, ChargeEvent], tuple[ChargeState, tuple[Comm
     (S.COMPENSATED, E.COMPENSATION_POSTED): (S.FAILED, (C.RESPOND_FAILED,)),
 }
 
-#: What resuming a persisted, unfinished state runs: the commands of the transition that led into it (CREATED
-#: and UNKNOWN resume by an event instead: SUBMIT, PSP_RETRY).
+#: What resuming a persisted, unfinished state runs: the commands of the transition that led into it.
 RESUME: dict[ChargeState, tuple[Command, ...]] = {
     S.PSP_PENDING: (C.CALL_PSP,),
     S.CAPTURED: (C.POST_LEDGER,),
@@ -100,31 +99,43 @@ RESUME: dict[ChargeState, tuple[Command, ...]] = {
     S.COMPENSATED: (C.POST_COMPENSATION,),
 }
 
+#: The states that resume by an event instead: a payment never submitted, and one whose capture's outcome is
+#: unknown (asked again, under the same PSP idempotency key).
+RESUME_EVENTS: dict[ChargeState, ChargeEvent] = {S.CREATED: E.SUBMIT, S.UNKNOWN: E.PSP_RETRY}
+
+#: Answering a charge that succeeded is no IO of its own: ``responded`` is persisted with what led there.
+AUTOMATIC: dict[Command, ChargeEvent] = {C.RESPOND_SUCCEEDED: E.RESPONDED}
+
+#: Commands whose whole job is to answer the client with the charge's current state.
+ANSWERS = frozenset({C.RESPOND_DECLINED, C.RESPOND_PENDING, C.RESPOND_FAILED})
+
 TERMINAL_STATES = frozenset({S.SUCCEEDED, S.DECLINED, S.FAILED})
 
 #: States from which the PSP may not be asked to capture again: the money already moved (or never will).
 AFTER_CAPTURE = frozenset({S.CAPTURED, S.POSTED, S.SUCCEEDED, S.REFUND_PENDING, S.COMPENSATED})
 
+MACHINE = machine.Machine(
+    ChargeState,
+    ChargeEvent,
+    TRANSITIONS,
+    TERMINAL_STATES,
+    resume_events=RESUME_EVENTS,
+    resume_commands=RESUME,
+    automatic=AUTOMATIC,
+    answers=ANSWERS,
+    statuses={S.SUCCEEDED: "succeeded", S.DECLINED: "failed", S.FAILED: "failed", S.COMPENSATED: "failed"},
+)
+Transition: TypeAlias = machine.Transition[ChargeState, ChargeEvent, Command]
+Resumption: TypeAlias = machine.Resumption[ChargeEvent, Command]
 
-@dataclass(frozen=True, slots=True)
-class Transition:
-    """One step of the machine: what to persist (``source --event--> target``) and then what to run."""
-
-    source: ChargeState
-    event: ChargeEvent
-    target: ChargeState
-    commands: tuple[Command, ...]
-
-
-def step(state: ChargeState | str, event: ChargeEvent | str) -> Transition:
-    """The transition for ``event`` in ``state``; raises ``IllegalTransition`` if there is none."""
-    source = state if type(state) is ChargeState else ChargeState(state)
-    ev = event if type(event) is ChargeEvent else ChargeEvent(event)
-    try:
-        target, commands = TRANSITIONS[(source, ev)]
-    except KeyError:
-        raise IllegalTransition(source.value, ev.value) from None
-    return Transition(source, ev, target, commands)
+step = MACHINE.step
+allowed_events = MACHINE.allowed_events
+is_terminal = MACHINE.is_terminal
+resume = MACHINE.resume
+chain = MACHINE.chain
+with_automatic = MACHINE.with_automatic
+decides_answer = MACHINE.decides_answer
+public_status = MACHINE.public_status
 
 
 #: The events a committed capture posting completes, in order, from the PSP's answer to the client's.
@@ -136,34 +147,15 @@ def booking(state: ChargeState | str) -> tuple[Transition, ...]:
     ``unknown``) the PSP's capture, ``ledger_posted`` and ``responded``; from ``captured`` the last two.
 
     Raises ``IllegalTransition`` from any other state: there is nothing left to book there."""
-    source = state if type(state) is ChargeState else ChargeState(state)
+    source = MACHINE.state(state)
     events = BOOKED[1:] if source is S.CAPTURED else BOOKED
-    chain: list[Transition] = []
+    done: list[Transition] = []
     for event in events:
-        chain.append(step(source, event))
-        source = chain[-1].target
-    return tuple(chain)
-
-
-def allowed_events(state: ChargeState | str) -> list[ChargeEvent]:
-    source = ChargeState(state)
-    return [event for (s, event) in TRANSITIONS if s == source]
-
-
-def is_terminal(state: ChargeState | str) -> bool:
-    return ChargeState(state) in TERMINAL_STATES
+        done.append(step(source, event))
+        source = done[-1].target
+    return tuple(done)
 
 
 def psp_idempotency_key(payment_id: str) -> str:
     """The PSP-side idempotency key for a payment's capture: derived, so every retry reuses it."""
     return f"payray-capture-{payment_id}"
-
-
-def public_status(state: ChargeState | str) -> str:
-    """The API's ``status`` for a charge in ``state``: ``succeeded``, ``failed`` or ``pending``."""
-    s = ChargeState(state)
-    if s is S.SUCCEEDED:
-        return "succeeded"
-    if s in (S.DECLINED, S.FAILED, S.COMPENSATED):
-        return "failed"
-    return "pending"

@@ -112,7 +112,7 @@ class SimRefunds:
             if refund.state is R.PSP_UNKNOWN:
                 event = RE.PSP_RETRY
             elif refund.state in RESUME:
-                commands = (RESUME[refund.state],)
+                commands = RESUME[refund.state]
         while True:
             if event is not None:
                 try:

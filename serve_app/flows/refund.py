@@ -69,7 +69,8 @@ class RefundFlow:
         if state is RefundState.PSP_UNKNOWN:
             return await self._advance(refund, RefundEvent.PSP_RETRY)
         if state in RESUME:
-            return await self._run(refund, RESUME[state])
+            (command,) = RESUME[state]
+            return await self._run(refund, command)
         return reply_for(refund)
 
     async def _run(self, refund: Refund, command: RefundCommand) -> tuple[int, bytes]:
