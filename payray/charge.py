@@ -138,8 +138,38 @@ decides_answer = MACHINE.decides_answer
 public_status = MACHINE.public_status
 
 
+#: What the PSP's word on a capture means to the machine: its answer to ``call_psp``, a ``charge.*`` webhook
+#: (``captured`` or ``declined``), or its search by payment id during recovery.
+PSP_EVENTS: dict[str, ChargeEvent] = {
+    "captured": E.PSP_CAPTURED,
+    "declined": E.PSP_DECLINED,
+    "unknown": E.PSP_UNKNOWN,
+}
+
+#: The states still waiting for the PSP's word on the capture: a webhook brings news to them, and recovery
+#: asks the PSP what happened (``after_lookup``) rather than capturing again.
+AWAITING_PSP = frozenset({S.PSP_PENDING, S.UNKNOWN})
+
+
+def after_lookup(state: ChargeState | str, found: str | None) -> tuple[ChargeEvent, ...]:
+    """The events recovery applies, in order, to a payment in ``AWAITING_PSP`` once the PSP's search by
+    payment id answered: ``found`` is the status of the PSP's charge, None if the PSP never saw the payment.
+
+    Found captured, the capture is booked; declined, the decline recorded; found but undecided, nothing yet
+    (the next sweep asks again). Never seen, nothing was captured: the payment failed, by way of ``unknown``
+    if it was still ``psp_pending``."""
+    if found is None:
+        return (E.PSP_NOT_FOUND,) if MACHINE.state(state) is S.UNKNOWN else (E.PSP_UNKNOWN, E.PSP_NOT_FOUND)
+    event = PSP_EVENTS.get(found)
+    return (event,) if event in (E.PSP_CAPTURED, E.PSP_DECLINED) else ()
+
+
 #: The events a committed capture posting completes, in order, from the PSP's answer to the client's.
 BOOKED = (E.PSP_CAPTURED, E.LEDGER_POSTED, E.RESPONDED)
+
+
+#: Where a capture may still be booked: waiting for the PSP's word, or captured and not yet posted.
+BOOKABLE = AWAITING_PSP | {S.CAPTURED}
 
 
 def booking(state: ChargeState | str) -> tuple[Transition, ...]:

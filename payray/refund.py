@@ -106,6 +106,15 @@ resume = MACHINE.resume
 public_status = MACHINE.public_status
 
 
+#: What the PSP's answer to ``refund_at_psp`` means to the machine (its ``charge.refunded`` webhook is
+#: ``refunded``).
+PSP_EVENTS: dict[str, RefundEvent] = {
+    "refunded": E.PSP_REFUNDED,
+    "failed": E.PSP_REFUSED,
+    "unknown": E.PSP_UNKNOWN,
+}
+
+
 def holds_funds(state: RefundState | str) -> bool:
     """Whether the merchant's balance is debited in ``state`` (the ledger holds the refund posting and no
     reversal of it)."""

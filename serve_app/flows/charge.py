@@ -22,15 +22,21 @@ from psycopg_pool import AsyncConnectionPool
 
 from ledger.postings import capture_posting, fee_for, refund_posting
 from payray.charge import (
-    RESUME,
+    AUTOMATIC,
+    AWAITING_PSP,
+    PSP_EVENTS,
     ChargeEvent,
     ChargeState,
     Command,
     Transition,
+    after_lookup,
     allowed_events,
     booking,
+    decides_answer,
     psp_idempotency_key,
+    resume,
     step,
+    with_automatic,
 )
 from payray.fingerprint import request_fingerprint
 from payray.ids import new_id
@@ -47,14 +53,6 @@ from serve_app.wire.schemas import ChargeCreate
 log = logging.getLogger("payray.charge")
 LEDGER_ATTEMPTS = 3
 
-_PSP_EVENTS = {
-    "captured": ChargeEvent.PSP_CAPTURED,
-    "declined": ChargeEvent.PSP_DECLINED,
-    "unknown": ChargeEvent.PSP_UNKNOWN,
-}
-
-#: Commands whose whole job is to answer the client with the charge's current state.
-_ANSWERS = frozenset({Command.RESPOND_DECLINED, Command.RESPOND_PENDING, Command.RESPOND_FAILED})
 
 
 @dataclass(frozen=True)
@@ -121,13 +119,11 @@ class ChargeFlow:
 
     async def resume(self, payment: Payment) -> Reply:
         """Finish an interrupted or pending flow from its persisted state."""
-        state = ChargeState(payment.state)
-        if state is ChargeState.UNKNOWN:
-            return await self._advance(payment, ChargeEvent.PSP_RETRY)
-        if state is ChargeState.CREATED:
-            return await self._advance(payment, ChargeEvent.SUBMIT)
-        if state in RESUME:
-            return await self._run(payment, list(RESUME[state]))
+        resumption = resume(payment.state)
+        if resumption.event is not None:
+            return await self._advance(payment, resumption.event)
+        if resumption.commands:
+            return await self._run(payment, list(resumption.commands))
         reply = reply_for(payment)
         async with self._pool.connection() as conn:
             await db.store_response(conn, payment.id, reply.status, reply.body)
@@ -137,26 +133,23 @@ class ChargeFlow:
         """Finish a payment nobody drives any more (recovery). One that never heard the PSP's answer asks the
         PSP, by the payment id in the intent's metadata, what happened, rather than capturing again: found
         captured or declined, it goes on from there; not found, it failed. Every other state resumes."""
-        state = ChargeState(payment.state)
-        if state not in (ChargeState.PSP_PENDING, ChargeState.UNKNOWN):
+        if payment.state not in AWAITING_PSP:
             return await self.resume(payment)
         found = await self._psp.lookup(payment_id=payment.id)
-        if found is not None and found.status == "captured":
+        events = after_lookup(payment.state, found.status if found is not None else None)
+        if found is not None and events == (ChargeEvent.PSP_CAPTURED,):
             return await self._book(payment, {"psp_reference": found.psp_reference}, {"source": "recovery"})
-        if found is not None and found.status == "declined":
+        if found is not None and events == (ChargeEvent.PSP_DECLINED,):
             fields = {
                 "psp_reference": found.psp_reference,
                 "failure_code": found.failure_code,
                 "failure_message": found.failure_message,
             }
             return await self._advance(payment, ChargeEvent.PSP_DECLINED, fields)
-        if found is not None:  # the PSP itself cannot say yet: the next sweep asks again
-            return reply_for(payment)
-        if state is ChargeState.PSP_PENDING:
-            payment = (
-                await self._advance(payment, ChargeEvent.PSP_UNKNOWN, detail={"source": "recovery"})
-            ).payment
-        return await self._advance(payment, ChargeEvent.PSP_NOT_FOUND, detail={"source": "recovery"})
+        reply = reply_for(payment)  # found but undecided: the next sweep asks again
+        for event in events:  # never seen: nothing was captured
+            reply = await self._advance(reply.payment, event, detail={"source": "recovery"})
+        return reply
 
     async def _advance(
         self,
@@ -185,7 +178,7 @@ class ChargeFlow:
         """Persist, on ``conn`` and inside its transaction, an outcome the PSP reported out of band (a
         webhook): ``captured`` or ``declined``. ``None`` when the payment is no longer waiting for it; else
         run ``finish`` on the result once the transaction has committed."""
-        event = {"captured": ChargeEvent.PSP_CAPTURED, "declined": ChargeEvent.PSP_DECLINED}[outcome]
+        event = PSP_EVENTS[outcome]
         if event not in allowed_events(payment.state):
             return None
         return await self._persist(conn, payment, [step(payment.state, event)], fields, {"source": "webhook"})
@@ -199,18 +192,15 @@ class ChargeFlow:
         detail: dict[str, Any],
     ) -> Persisted:
         """Persist ``chain``; if it ends in an answer, store that answer in the same statement."""
+        chain = list(with_automatic(chain))
         commands = list(chain[-1].commands)
         after = payment.evolve(
             state=chain[-1].target.value, **{k: v for k, v in fields.items() if v is not None}
         )
-        if commands == [Command.RESPOND_SUCCEEDED]:
-            chain = [*chain, step(after.state, ChargeEvent.RESPONDED)]
-            after = after.evolve(state=chain[-1].target.value)
-            commands = []
         # A transition that decides the answer stores it (and announces it) in the same statement.
         response: Reply | None = None
         outbox = None
-        if not commands or commands[0] in _ANSWERS:
+        if decides_answer(chain[-1]):
             response = reply_for(after)
             charge = charge_object(after)
             outbox = (f"charge.{charge['status']}", charge)
@@ -264,7 +254,7 @@ class ChargeFlow:
         detail = {"psp_status": result.status, "detail": result.detail} if result.detail else {}
         if result.status == "captured":
             return await self._book(payment, fields, detail)
-        return await self._advance(payment, _PSP_EVENTS[result.status], fields, detail)
+        return await self._advance(payment, PSP_EVENTS[result.status], fields, detail)
 
     def _capture_posting(self, payment: Payment) -> Any:
         amount = Money(payment.amount, payment.currency)
@@ -331,7 +321,7 @@ class ChargeFlow:
         )
 
     async def _respond_succeeded(self, payment: Payment) -> Reply:
-        return await self._advance(payment, ChargeEvent.RESPONDED)
+        return await self._advance(payment, AUTOMATIC[Command.RESPOND_SUCCEEDED])
 
     async def _refund_at_psp(self, payment: Payment) -> Reply:
         assert payment.psp_reference is not None

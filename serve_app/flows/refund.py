@@ -20,13 +20,15 @@ from payray.fingerprint import request_fingerprint
 from payray.ids import new_id
 from payray.money import Money
 from payray.refund import (
-    RESUME,
+    MACHINE,
+    PSP_EVENTS,
     RefundCommand,
     RefundEvent,
     RefundState,
     allowed_events,
     psp_refund_key,
     public_status,
+    resume,
     step,
 )
 from psp.port import PaymentServiceProvider
@@ -38,11 +40,6 @@ from serve_app.wire.render import dumps, refund_object
 from serve_app.wire.schemas import RefundCreate
 
 log = logging.getLogger("payray.refund")
-_PSP_EVENTS = {
-    "refunded": RefundEvent.PSP_REFUNDED,
-    "failed": RefundEvent.PSP_REFUSED,
-    "unknown": RefundEvent.PSP_UNKNOWN,
-}
 
 
 def reply_for(refund: Refund) -> tuple[int, bytes]:
@@ -65,11 +62,11 @@ class RefundFlow:
 
     async def resume(self, refund: Refund) -> tuple[int, bytes]:
         """Finish an interrupted or pending refund from its persisted state."""
-        state = RefundState(refund.state)
-        if state is RefundState.PSP_UNKNOWN:
-            return await self._advance(refund, RefundEvent.PSP_RETRY)
-        if state in RESUME:
-            (command,) = RESUME[state]
+        resumption = resume(refund.state)
+        if resumption.event is not None:
+            return await self._advance(refund, resumption.event)
+        if resumption.commands:
+            (command,) = resumption.commands
             return await self._run(refund, command)
         return reply_for(refund)
 
@@ -106,12 +103,11 @@ class RefundFlow:
     ) -> bool:
         """Persist, on ``conn`` and inside its transaction, that the PSP refunded a refund whose outcome we
         did not know (a webhook); stores the answer under its key. False if it had moved on."""
-        if RefundEvent.PSP_REFUNDED not in allowed_events(refund.state):
+        event = PSP_EVENTS["refunded"]
+        if event not in allowed_events(refund.state):
             return False
         fields = {"psp_reference": psp_reference}
-        stored, _, _ = await self._persist(
-            conn, refund, RefundEvent.PSP_REFUNDED, fields, {"source": "webhook"}
-        )
+        stored, _, _ = await self._persist(conn, refund, event, fields, {"source": "webhook"})
         return stored is not None
 
     async def _persist(
@@ -127,7 +123,7 @@ class RefundFlow:
         (command,) = transition.commands
         after = refund.evolve(state=transition.target.value, **{k: v for k, v in fields.items() if v})
         response = outbox = None
-        if command is RefundCommand.RESPOND:
+        if MACHINE.decides_answer(transition):
             response = reply_for(after)
             outbox = (f"refund.{public_status(after.state)}", refund_object(after))
         stored = await db.apply_transition(
@@ -178,7 +174,7 @@ class RefundFlow:
             "failure_reason": result.detail if result.status == "failed" else None,
         }
         detail = {"psp_status": result.status, "detail": result.detail} if result.detail else {}
-        return await self._advance(refund, _PSP_EVENTS[result.status], fields, detail)
+        return await self._advance(refund, PSP_EVENTS[result.status], fields, detail)
 
     async def _book(self, refund: Refund) -> tuple[int, bytes]:
         """A refund the PSP made without us: the money is gone, so it is booked whatever the balance."""
