@@ -14,7 +14,7 @@ import asyncio
 import dataclasses
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from psycopg import AsyncConnection
@@ -76,6 +76,37 @@ class Reply:
     payment: Payment
 
 
+@dataclass(frozen=True)
+class Persist:
+    """Next: persist ``chain`` from the payment's state, then do what its last transition asks for."""
+
+    payment: Payment
+    chain: list[Transition]
+    fields: dict[str, Any] = field(default_factory=dict)
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Book:
+    """Next: post the capture with the transitions it completes (``booking``), in one transaction."""
+
+    payment: Payment
+    fields: dict[str, Any] = field(default_factory=dict)
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Run:
+    """Next: run the command a persisted transition asked for."""
+
+    payment: Payment
+    command: Command
+
+
+#: What the driver does next; a ``Reply`` ends the drive.
+Next = Persist | Book | Run | Reply
+
+
 def reply_for(payment: Payment) -> Reply:
     """The response a charge in its current state deserves."""
     state = ChargeState(payment.state)
@@ -84,6 +115,23 @@ def reply_for(payment: Payment) -> Reply:
     if state in (ChargeState.DECLINED, ChargeState.FAILED):
         return Reply(402, dumps(decline_object(payment)), payment)
     return Reply(202, dumps(charge_object(payment)), payment)
+
+
+def advance(
+    payment: Payment,
+    event: ChargeEvent,
+    fields: dict[str, Any] | None = None,
+    detail: dict[str, Any] | None = None,
+) -> Persist:
+    """Next: persist ``event`` in the payment's state."""
+    return Persist(payment, [step(payment.state, event)], fields or {}, detail or {})
+
+
+def heard(payment: Payment, event: ChargeEvent, fields: dict[str, Any], detail: dict[str, Any]) -> Next:
+    """Next, on the PSP's word: a capture is booked with its posting; any other answer is persisted."""
+    if event is ChargeEvent.PSP_CAPTURED:
+        return Book(payment, fields, detail)
+    return advance(payment, event, fields, detail)
 
 
 class ChargeFlow:
@@ -102,10 +150,9 @@ class ChargeFlow:
         self._on_transition = on_transition or (lambda t: None)
         #: payments this driver saw past the PSP, and those it is driving now (for the webhooks)
         self.outcomes = RecentOutcomes()
-        self._handlers: dict[Command, Callable[[Payment], Awaitable[Reply]]] = {
+        self._handlers: dict[Command, Callable[[Payment], Awaitable[Next]]] = {
             Command.CALL_PSP: self._call_psp,
             Command.POST_LEDGER: self._post_ledger,
-            Command.RESPOND_SUCCEEDED: self._respond_succeeded,
             Command.REFUND_AT_PSP: self._refund_at_psp,
             Command.POST_COMPENSATION: self._post_compensation,
         }
@@ -113,7 +160,7 @@ class ChargeFlow:
     async def start(self, payment: Payment) -> Reply:
         """Drive a freshly inserted payment (already ``psp_pending``) to its answer."""
         async with self.outcomes.driving(payment.id):
-            reply = await self._run(payment, [Command.CALL_PSP])
+            reply = await self._drive(Run(payment, Command.CALL_PSP))
         self.outcomes.saw(reply.payment.id, reply.payment.state)
         return reply
 
@@ -121,9 +168,10 @@ class ChargeFlow:
         """Finish an interrupted or pending flow from its persisted state."""
         resumption = resume(payment.state)
         if resumption.event is not None:
-            return await self._advance(payment, resumption.event)
+            return await self._drive(advance(payment, resumption.event))
         if resumption.commands:
-            return await self._run(payment, list(resumption.commands))
+            (command,) = resumption.commands
+            return await self._drive(Run(payment, command))
         reply = reply_for(payment)
         async with self._pool.connection() as conn:
             await db.store_response(conn, payment.id, reply.status, reply.body)
@@ -136,41 +184,17 @@ class ChargeFlow:
         if payment.state not in AWAITING_PSP:
             return await self.resume(payment)
         found = await self._psp.lookup(payment_id=payment.id)
-        events = after_lookup(payment.state, found.status if found is not None else None)
-        if found is not None and events == (ChargeEvent.PSP_CAPTURED,):
-            return await self._book(payment, {"psp_reference": found.psp_reference}, {"source": "recovery"})
-        if found is not None and events == (ChargeEvent.PSP_DECLINED,):
-            fields = {
-                "psp_reference": found.psp_reference,
-                "failure_code": found.failure_code,
-                "failure_message": found.failure_message,
-            }
-            return await self._advance(payment, ChargeEvent.PSP_DECLINED, fields)
+        fields: dict[str, Any] = {}
+        detail = {"source": "recovery"}
+        if found is not None:
+            fields["psp_reference"] = found.psp_reference
+        if found is not None and found.status == "declined":
+            fields.update(failure_code=found.failure_code, failure_message=found.failure_message)
+            detail = {}
         reply = reply_for(payment)  # found but undecided: the next sweep asks again
-        for event in events:  # never seen: nothing was captured
-            reply = await self._advance(reply.payment, event, detail={"source": "recovery"})
+        for event in after_lookup(payment.state, found.status if found is not None else None):
+            reply = await self._drive(heard(reply.payment, event, fields, detail))
         return reply
-
-    async def _advance(
-        self,
-        payment: Payment,
-        event: ChargeEvent,
-        fields: dict[str, Any] | None = None,
-        detail: dict[str, Any] | None = None,
-    ) -> Reply:
-        transition = step(payment.state, event)
-        return await self._persist_and_run(payment, [transition], fields or {}, detail or {})
-
-    async def _persist_and_run(
-        self,
-        payment: Payment,
-        chain: list[Transition],
-        fields: dict[str, Any],
-        detail: dict[str, Any],
-    ) -> Reply:
-        async with self._pool.connection() as conn:
-            persisted = await self._persist(conn, payment, chain, fields, detail)
-        return await self.finish(persisted)
 
     async def apply_psp_outcome(
         self, conn: AsyncConnection[Any], payment: Payment, outcome: str, fields: dict[str, Any]
@@ -183,6 +207,26 @@ class ChargeFlow:
             return None
         return await self._persist(conn, payment, [step(payment.state, event)], fields, {"source": "webhook"})
 
+    async def finish(self, persisted: Persisted) -> Reply:
+        """After a transition committed: run what it asked for, or answer with what it decided."""
+        return await self._drive(await self._after_commit(persisted))
+
+    async def _drive(self, todo: Next) -> Reply:
+        """Drive the machine: persist a chain, book a capture or run a command, each of which says what comes
+        next, until one has the answer."""
+        while not isinstance(todo, Reply):
+            if isinstance(todo, Persist):
+                async with self._pool.connection() as conn:
+                    persisted = await self._persist(conn, todo.payment, todo.chain, todo.fields, todo.detail)
+                todo = await self._after_commit(persisted)
+            elif isinstance(todo, Book):
+                todo = await self._book(todo.payment, todo.fields, todo.detail)
+            elif todo.command in AUTOMATIC:
+                todo = advance(todo.payment, AUTOMATIC[todo.command])
+            else:
+                todo = await self._handlers[todo.command](todo.payment)
+        return todo
+
     async def _persist(
         self,
         conn: AsyncConnection[Any],
@@ -191,7 +235,8 @@ class ChargeFlow:
         fields: dict[str, Any],
         detail: dict[str, Any],
     ) -> Persisted:
-        """Persist ``chain``; if it ends in an answer, store that answer in the same statement."""
+        """Persist ``chain`` (and the automatic steps after it); if it ends in an answer, store that answer
+        in the same statement."""
         chain = list(with_automatic(chain))
         commands = list(chain[-1].commands)
         after = payment.evolve(
@@ -216,8 +261,8 @@ class ChargeFlow:
         )
         return Persisted(payment, stored, chain, commands, response)
 
-    async def finish(self, persisted: Persisted) -> Reply:
-        """After a transition committed: run what it asked for, or answer with what it decided."""
+    async def _after_commit(self, persisted: Persisted) -> Next:
+        """What follows a committed transition: the command it asked for, or the answer it decided."""
         if persisted.stored is None:
             # Another driver moved this payment first; answer with what it has now.
             async with self._pool.connection() as conn:
@@ -228,14 +273,10 @@ class ChargeFlow:
         self._announce(stored, persisted.chain)
         if persisted.response is not None:
             return Reply(persisted.response.status, persisted.response.body, stored)
-        return await self._run(stored, persisted.commands)
+        (command,) = persisted.commands  # the machine asks for one command at a time
+        return Run(stored, command)
 
-    async def _run(self, payment: Payment, commands: list[Command]) -> Reply:
-        """Run the (single) command a transition asked for; each ends by advancing the machine again."""
-        (command,) = commands
-        return await self._handlers[command](payment)
-
-    async def _call_psp(self, payment: Payment) -> Reply:
+    async def _call_psp(self, payment: Payment) -> Next:
         result = await self._psp.capture(
             payment_id=payment.id,
             amount=payment.amount,
@@ -252,18 +293,16 @@ class ChargeFlow:
             "failure_message": result.failure_message if result.status == "declined" else None,
         }
         detail = {"psp_status": result.status, "detail": result.detail} if result.detail else {}
-        if result.status == "captured":
-            return await self._book(payment, fields, detail)
-        return await self._advance(payment, PSP_EVENTS[result.status], fields, detail)
+        return heard(payment, PSP_EVENTS[result.status], fields, detail)
 
     def _capture_posting(self, payment: Payment) -> Any:
         amount = Money(payment.amount, payment.currency)
         return capture_posting(payment.id, payment.merchant_id, amount, fee_for(amount, self._fee_bps))
 
-    async def _post_ledger(self, payment: Payment) -> Reply:
-        return await self._book(payment, {}, {})
+    async def _post_ledger(self, payment: Payment) -> Next:
+        return Book(payment)
 
-    async def _book(self, payment: Payment, fields: dict[str, Any], detail: dict[str, Any]) -> Reply:
+    async def _book(self, payment: Payment, fields: dict[str, Any], detail: dict[str, Any]) -> Next:
         """Post the capture with the transitions it completes (``booking``) and the answer they decide, in
         one transaction of the merchant's wallet host. Refused, or unreachable after retries: the capture is
         recorded as such and compensated at the PSP."""
@@ -299,9 +338,9 @@ class ChargeFlow:
             break
         log.error("ledger posting failed; compensating", extra={"payment_id": payment.id, "error": error})
         failed = [*chain[:-2], step(ChargeState.CAPTURED, ChargeEvent.LEDGER_FAILED)]
-        return await self._persist_and_run(payment, failed, fields, {**detail, "error": error[:500]})
+        return Persist(payment, failed, fields, {**detail, "error": error[:500]})
 
-    async def _after_someone_else(self, payment_id: str, transaction_id: str) -> Reply:
+    async def _after_someone_else(self, payment_id: str, transaction_id: str) -> Next:
         """The capture is booked but the payment had moved on (a webhook or recovery drives it too): answer
         with its state now, finishing the booking if that driver left it at ``captured``."""
         async with self._pool.connection() as conn:
@@ -309,7 +348,7 @@ class ChargeFlow:
         assert current is not None
         if current.state == ChargeState.CAPTURED:
             chain = list(booking(current.state))
-            return await self._persist_and_run(current, chain, {"ledger_transaction_id": transaction_id}, {})
+            return Persist(current, chain, {"ledger_transaction_id": transaction_id})
         return reply_for(current)
 
     def _announce(self, payment: Payment, chain: list[Transition]) -> None:
@@ -320,10 +359,7 @@ class ChargeFlow:
             extra={"payment_id": payment.id, "merchant_id": payment.merchant_id, "to": payment.state},
         )
 
-    async def _respond_succeeded(self, payment: Payment) -> Reply:
-        return await self._advance(payment, AUTOMATIC[Command.RESPOND_SUCCEEDED])
-
-    async def _refund_at_psp(self, payment: Payment) -> Reply:
+    async def _refund_at_psp(self, payment: Payment) -> Next:
         assert payment.psp_reference is not None
         result = await self._psp.refund(
             payment_id=payment.id,
@@ -332,12 +368,11 @@ class ChargeFlow:
             idempotency_key=f"payray-compensate-{payment.id}",
         )
         if result.status == "refunded":  # reconciliation matches the PSP's refund row by this id
-            detail = {"psp_refund": result.refund_reference}
-            return await self._advance(payment, ChargeEvent.PSP_REFUNDED, detail=detail)
+            return advance(payment, ChargeEvent.PSP_REFUNDED, detail={"psp_refund": result.refund_reference})
         # The refund's fate is unknown: stay in refund_pending and let recovery retry with the same key.
         return reply_for(payment)
 
-    async def _post_compensation(self, payment: Payment) -> Reply:
+    async def _post_compensation(self, payment: Payment) -> Next:
         """Book the capture and its reversal, so the money the PSP moved twice is counted twice."""
         amount = Money(payment.amount, payment.currency)
         fee = fee_for(amount, self._fee_bps)
@@ -349,7 +384,7 @@ class ChargeFlow:
             return reply_for(payment)  # recovery retries; both postings are idempotent
         if result.error is not None:
             return reply_for(payment)
-        return await self._advance(
+        return advance(
             payment,
             ChargeEvent.COMPENSATION_POSTED,
             {

@@ -8,6 +8,8 @@ postings keyed on the refund id, and the PSP refund carries a key derived from i
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from psycopg import AsyncConnection
@@ -41,11 +43,32 @@ from serve_app.wire.schemas import RefundCreate
 
 log = logging.getLogger("payray.refund")
 
+#: What the API answers (status and body), and stores under the idempotency key for replay.
+Reply = tuple[int, bytes]
 
-def reply_for(refund: Refund) -> tuple[int, bytes]:
+
+def reply_for(refund: Refund) -> Reply:
     """200 once the refund is settled either way; 202 while it is pending (a retry resumes it)."""
     status = 202 if public_status(refund.state) == "pending" else 200
     return status, dumps(refund_object(refund))
+
+
+@dataclass(frozen=True)
+class Persist:
+    """Next: persist ``event`` in the refund's state, then do what its transition asks for."""
+
+    refund: Refund
+    event: RefundEvent
+    fields: dict[str, Any] = field(default_factory=dict)
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Run:
+    """Next: run the command a persisted transition asked for."""
+
+    refund: Refund
+    command: RefundCommand
 
 
 class RefundFlow:
@@ -55,48 +78,51 @@ class RefundFlow:
         self._pool = pool
         self._psp = psp
         self._wallets = wallets
+        self._handlers: dict[RefundCommand, Callable[[Refund], Awaitable[Persist | Reply]]] = {
+            RefundCommand.DEBIT_WALLET: self._debit_wallet,
+            RefundCommand.REFUND_AT_PSP: self._refund_at_psp,
+            RefundCommand.POST_REVERSAL: self._post_reversal,
+            RefundCommand.BOOK_REFUND: self._book,
+        }
 
-    async def start(self, refund: Refund) -> tuple[int, bytes]:
+    async def start(self, refund: Refund) -> Reply:
         """Drive a freshly inserted refund (``pending``, amount reserved on its charge) to its answer."""
-        return await self._run(refund, RefundCommand.DEBIT_WALLET)
+        return await self._drive(Run(refund, RefundCommand.DEBIT_WALLET))
 
-    async def resume(self, refund: Refund) -> tuple[int, bytes]:
+    async def resume(self, refund: Refund) -> Reply:
         """Finish an interrupted or pending refund from its persisted state."""
         resumption = resume(refund.state)
         if resumption.event is not None:
-            return await self._advance(refund, resumption.event)
+            return await self._drive(Persist(refund, resumption.event))
         if resumption.commands:
             (command,) = resumption.commands
-            return await self._run(refund, command)
+            return await self._drive(Run(refund, command))
         return reply_for(refund)
 
-    async def _run(self, refund: Refund, command: RefundCommand) -> tuple[int, bytes]:
-        if command is RefundCommand.DEBIT_WALLET:
-            return await self._debit_wallet(refund)
-        if command is RefundCommand.REFUND_AT_PSP:
-            return await self._refund_at_psp(refund)
-        if command is RefundCommand.POST_REVERSAL:
-            return await self._post_reversal(refund)
-        if command is RefundCommand.BOOK_REFUND:
-            return await self._book(refund)
-        return reply_for(refund)
+    async def _drive(self, todo: Persist | Run | Reply) -> Reply:
+        """Drive the machine: persist an event or run a command, each of which says what comes next, until
+        one has the answer."""
+        while isinstance(todo, Persist | Run):
+            if isinstance(todo, Persist):
+                todo = await self._advance(todo)
+            elif todo.command in self._handlers:
+                todo = await self._handlers[todo.command](todo.refund)
+            else:  # respond: the answer is the state
+                todo = reply_for(todo.refund)
+        return todo
 
-    async def _advance(
-        self,
-        refund: Refund,
-        event: RefundEvent,
-        fields: dict[str, Any] | None = None,
-        detail: dict[str, Any] | None = None,
-    ) -> tuple[int, bytes]:
+    async def _advance(self, todo: Persist) -> Run | Reply:
+        refund = todo.refund
         async with self._pool.connection() as conn:
-            stored, command, response = await self._persist(conn, refund, event, fields or {}, detail or {})
+            persisted = await self._persist(conn, refund, todo.event, todo.fields, todo.detail)
+        stored, command, response = persisted
         if stored is None:  # another driver moved it first: answer with what it has now
             async with self._pool.connection() as conn:
                 current = await db.load_refund(conn, refund.id)
             assert current is not None
             return reply_for(current)
         log.info("refund transition", extra={"refund_id": refund.id, "to": stored.state})
-        return response if response is not None else await self._run(stored, command)
+        return response if response is not None else Run(stored, command)
 
     async def apply_psp_refunded(
         self, conn: AsyncConnection[Any], refund: Refund, psp_reference: str
@@ -117,7 +143,7 @@ class RefundFlow:
         event: RefundEvent,
         fields: dict[str, Any],
         detail: dict[str, Any],
-    ) -> tuple[Refund | None, RefundCommand, tuple[int, bytes] | None]:
+    ) -> tuple[Refund | None, RefundCommand, Reply | None]:
         """Write one transition; one that decides the answer stores it (and its outbox row) with it."""
         transition = step(refund.state, event)
         (command,) = transition.commands
@@ -135,7 +161,7 @@ class RefundFlow:
     def _posting_amount(refund: Refund) -> tuple[Money, Money]:
         return Money(refund.amount, refund.currency), Money(refund.fee_returned, refund.currency)
 
-    async def _debit_wallet(self, refund: Refund) -> tuple[int, bytes]:
+    async def _debit_wallet(self, refund: Refund) -> Persist | Reply:
         amount, fee_returned = self._posting_amount(refund)
         posting = refund_posting(refund.id, refund.merchant_id, amount, fee_returned)
         from_merchant = amount - fee_returned  # the platform gives back its share of the fee itself
@@ -155,11 +181,9 @@ class RefundFlow:
             raise DependencyFailure("The merchant's wallet is unavailable; retry with the same key.") from exc
         if result.error is not None or result.transaction_id is None:
             raise DependencyFailure(f"the ledger refused refund {refund.id}: {result.error}")
-        return await self._advance(
-            refund, RefundEvent.FUNDS_HELD, {"ledger_transaction_id": result.transaction_id}
-        )
+        return Persist(refund, RefundEvent.FUNDS_HELD, {"ledger_transaction_id": result.transaction_id})
 
-    async def _refund_at_psp(self, refund: Refund) -> tuple[int, bytes]:
+    async def _refund_at_psp(self, refund: Refund) -> Persist | Reply:
         async with self._pool.connection() as conn:
             psp_reference = await db.charge_psp_reference(conn, refund.payment_id)
         result = await self._psp.refund(
@@ -174,22 +198,22 @@ class RefundFlow:
             "failure_reason": result.detail if result.status == "failed" else None,
         }
         detail = {"psp_status": result.status, "detail": result.detail} if result.detail else {}
-        return await self._advance(refund, PSP_EVENTS[result.status], fields, detail)
+        return Persist(refund, PSP_EVENTS[result.status], fields, detail)
 
-    async def _book(self, refund: Refund) -> tuple[int, bytes]:
+    async def _book(self, refund: Refund) -> Persist | Reply:
         """A refund the PSP made without us: the money is gone, so it is booked whatever the balance."""
         amount, fee_returned = self._posting_amount(refund)
         booked = await self._post(refund, refund_posting(refund.id, refund.merchant_id, amount, fee_returned))
         if booked is None:
             return reply_for(refund)
-        return await self._advance(refund, RefundEvent.REFUND_BOOKED, {"ledger_transaction_id": booked})
+        return Persist(refund, RefundEvent.REFUND_BOOKED, {"ledger_transaction_id": booked})
 
-    async def _post_reversal(self, refund: Refund) -> tuple[int, bytes]:
+    async def _post_reversal(self, refund: Refund) -> Persist | Reply:
         amount, fee_returned = self._posting_amount(refund)
         reversal = refund_reversal_posting(refund.id, refund.merchant_id, amount, fee_returned)
         if await self._post(refund, reversal) is None:
             return reply_for(refund)
-        return await self._advance(refund, RefundEvent.REVERSAL_POSTED)
+        return Persist(refund, RefundEvent.REVERSAL_POSTED)
 
     async def _post(self, refund: Refund, posting: Posting) -> str | None:
         """Post through the wallet without a funds check; the ledger transaction, or None when it failed and
@@ -234,7 +258,7 @@ class RefundService:
                 conn, fresh, body.charge, fingerprint, self._requests.lease_ms, body.amount, self._fee_bps
             )
 
-        async def resume(refund_id: str) -> tuple[int, bytes]:
+        async def resume(refund_id: str) -> Reply:
             async with self._pool.connection() as conn:
                 refund = await db.load_refund(conn, refund_id)
             assert refund is not None
