@@ -15,12 +15,12 @@ import dataclasses
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
-from ledger.postings import capture_posting, fee_for, refund_posting
+from ledger.postings import Statement, capture_posting, fee_for, refund_posting
 from payray.charge import (
     AUTOMATIC,
     AWAITING_PSP,
@@ -44,6 +44,7 @@ from payray.money import Money
 from psp.port import PaymentServiceProvider
 from serve_app.flows.idempotent import Answer, IdempotentRequests, Operation
 from serve_app.flows.recent import RecentOutcomes
+from serve_app.stores import connection
 from serve_app.stores import payments as db
 from serve_app.stores.payments import Payment
 from serve_app.wallets import WalletDirectory
@@ -134,6 +135,87 @@ def heard(payment: Payment, event: ChargeEvent, fields: dict[str, Any], detail: 
     return advance(payment, event, fields, detail)
 
 
+class PaymentStore(Protocol):
+    """The payments the charge flow reads and writes: Postgres in the service, a dict in unit tests."""
+
+    async def load(self, payment_id: str) -> Payment | None: ...
+
+    async def apply(
+        self,
+        payment: Payment,
+        chain: list[Transition],
+        *,
+        fields: dict[str, Any],
+        detail: dict[str, Any],
+        response: tuple[int, bytes] | None,
+        outbox: tuple[str, dict[str, Any]] | None,
+        conn: AsyncConnection[Any] | None = None,
+    ) -> Payment | None:
+        """Persist ``chain`` from ``payment.state``, with the answer and the outbox event it decides (on
+        ``conn``, inside its transaction, when given); None if the payment had moved on meanwhile."""
+        ...
+
+    def booking(
+        self,
+        payment: Payment,
+        chain: list[Transition],
+        *,
+        fields: dict[str, Any],
+        detail: dict[str, Any],
+        response: tuple[int, bytes],
+        outbox: tuple[str, dict[str, Any]],
+    ) -> Statement:
+        """The same write, as the statement a capture's ledger transaction runs (``Posting.completes``)."""
+        ...
+
+    async def store_response(self, payment_id: str, status: int, body: bytes) -> None: ...
+
+
+class PostgresPayments:
+    """``PaymentStore`` on the service's pool, by ``serve_app/stores/payments.py``'s statements."""
+
+    def __init__(self, pool: AsyncConnectionPool[Any]) -> None:
+        self._pool = pool
+
+    async def load(self, payment_id: str) -> Payment | None:
+        async with self._pool.connection() as conn:
+            return await db.load_payment(conn, payment_id)
+
+    async def apply(
+        self,
+        payment: Payment,
+        chain: list[Transition],
+        *,
+        fields: dict[str, Any],
+        detail: dict[str, Any],
+        response: tuple[int, bytes] | None,
+        outbox: tuple[str, dict[str, Any]] | None,
+        conn: AsyncConnection[Any] | None = None,
+    ) -> Payment | None:
+        async with connection.on(self._pool, conn) as on:
+            return await db.apply_transitions(
+                on, payment, chain, fields=fields, detail=detail, response=response, outbox=outbox
+            )
+
+    def booking(
+        self,
+        payment: Payment,
+        chain: list[Transition],
+        *,
+        fields: dict[str, Any],
+        detail: dict[str, Any],
+        response: tuple[int, bytes],
+        outbox: tuple[str, dict[str, Any]],
+    ) -> Statement:
+        return db.booking_statement(
+            payment, chain, fields=fields, detail=detail, response=response, outbox=outbox
+        )
+
+    async def store_response(self, payment_id: str, status: int, body: bytes) -> None:
+        async with self._pool.connection() as conn:
+            await db.store_response(conn, payment_id, status, body)
+
+
 class ChargeFlow:
     def __init__(
         self,
@@ -142,8 +224,10 @@ class ChargeFlow:
         wallets: WalletDirectory,
         fee_bps: int,
         on_transition: Callable[[Transition], None] | None = None,
+        *,
+        store: PaymentStore | None = None,
     ) -> None:
-        self._pool = pool
+        self._store = store if store is not None else PostgresPayments(pool)
         self._psp = psp
         self._wallets = wallets
         self._fee_bps = fee_bps
@@ -173,8 +257,7 @@ class ChargeFlow:
             (command,) = resumption.commands
             return await self._drive(Run(payment, command))
         reply = reply_for(payment)
-        async with self._pool.connection() as conn:
-            await db.store_response(conn, payment.id, reply.status, reply.body)
+        await self._store.store_response(payment.id, reply.status, reply.body)
         return reply
 
     async def recover(self, payment: Payment) -> Reply:
@@ -205,7 +288,8 @@ class ChargeFlow:
         event = PSP_EVENTS[outcome]
         if event not in allowed_events(payment.state):
             return None
-        return await self._persist(conn, payment, [step(payment.state, event)], fields, {"source": "webhook"})
+        chain = [step(payment.state, event)]
+        return await self._persist(payment, chain, fields, {"source": "webhook"}, conn=conn)
 
     async def finish(self, persisted: Persisted) -> Reply:
         """After a transition committed: run what it asked for, or answer with what it decided."""
@@ -216,8 +300,7 @@ class ChargeFlow:
         next, until one has the answer."""
         while not isinstance(todo, Reply):
             if isinstance(todo, Persist):
-                async with self._pool.connection() as conn:
-                    persisted = await self._persist(conn, todo.payment, todo.chain, todo.fields, todo.detail)
+                persisted = await self._persist(todo.payment, todo.chain, todo.fields, todo.detail)
                 todo = await self._after_commit(persisted)
             elif isinstance(todo, Book):
                 todo = await self._book(todo.payment, todo.fields, todo.detail)
@@ -229,11 +312,11 @@ class ChargeFlow:
 
     async def _persist(
         self,
-        conn: AsyncConnection[Any],
         payment: Payment,
         chain: list[Transition],
         fields: dict[str, Any],
         detail: dict[str, Any],
+        conn: AsyncConnection[Any] | None = None,
     ) -> Persisted:
         """Persist ``chain`` (and the automatic steps after it); if it ends in an answer, store that answer
         in the same statement."""
@@ -250,14 +333,14 @@ class ChargeFlow:
             charge = charge_object(after)
             outbox = (f"charge.{charge['status']}", charge)
             commands = []
-        stored = await db.apply_transitions(
-            conn,
+        stored = await self._store.apply(
             payment,
             chain,
             fields=fields,
             detail=detail,
             response=(response.status, response.body) if response else None,
             outbox=outbox,
+            conn=conn,
         )
         return Persisted(payment, stored, chain, commands, response)
 
@@ -265,8 +348,7 @@ class ChargeFlow:
         """What follows a committed transition: the command it asked for, or the answer it decided."""
         if persisted.stored is None:
             # Another driver moved this payment first; answer with what it has now.
-            async with self._pool.connection() as conn:
-                current = await db.load_payment(conn, persisted.payment.id)
+            current = await self._store.load(persisted.payment.id)
             assert current is not None
             return reply_for(current)
         stored = persisted.stored
@@ -312,7 +394,7 @@ class ChargeFlow:
         )
         charge = charge_object(after)  # a booked charge has succeeded: its answer is 200 with the charge
         reply = Reply(200, dumps(charge), after)
-        completes = db.booking_statement(
+        completes = self._store.booking(
             payment,
             chain,
             fields=fields,
@@ -343,8 +425,7 @@ class ChargeFlow:
     async def _after_someone_else(self, payment_id: str, transaction_id: str) -> Next:
         """The capture is booked but the payment had moved on (a webhook or recovery drives it too): answer
         with its state now, finishing the booking if that driver left it at ``captured``."""
-        async with self._pool.connection() as conn:
-            current = await db.load_payment(conn, payment_id)
+        current = await self._store.load(payment_id)
         assert current is not None
         if current.state == ChargeState.CAPTURED:
             chain = list(booking(current.state))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
@@ -27,6 +27,7 @@ from payray.refund import (
     RefundCommand,
     RefundEvent,
     RefundState,
+    RefundTransition,
     allowed_events,
     psp_refund_key,
     public_status,
@@ -35,6 +36,7 @@ from payray.refund import (
 )
 from psp.port import PaymentServiceProvider
 from serve_app.flows.idempotent import Answer, IdempotentRequests, Operation
+from serve_app.stores import connection
 from serve_app.stores import refunds as db
 from serve_app.stores.refunds import Refund
 from serve_app.wallets import WalletDirectory
@@ -71,11 +73,80 @@ class Run:
     command: RefundCommand
 
 
+class RefundStore(Protocol):
+    """The refunds the refund flow reads and writes: Postgres in the service, a dict in unit tests."""
+
+    async def load(self, refund_id: str) -> Refund | None: ...
+
+    async def apply(
+        self,
+        refund: Refund,
+        transition: RefundTransition,
+        *,
+        fields: dict[str, Any],
+        detail: dict[str, Any],
+        response: Reply | None,
+        outbox: tuple[str, dict[str, Any]] | None,
+        conn: AsyncConnection[Any] | None = None,
+    ) -> Refund | None:
+        """Persist ``transition`` from ``refund.state``, with the answer and the outbox event it decides (on
+        ``conn``, inside its transaction, when given); None if the refund had moved on meanwhile."""
+        ...
+
+    async def charge_psp_reference(self, payment_id: str) -> str:
+        """The PSP's reference of the charge a refund gives back."""
+        ...
+
+    async def discard(self, refund_id: str) -> None:
+        """Forget a refund the balance did not cover, with its key and its reservation on the charge."""
+        ...
+
+
+class PostgresRefunds:
+    """``RefundStore`` on the service's pool, by ``serve_app/stores/refunds.py``'s statements."""
+
+    def __init__(self, pool: AsyncConnectionPool[Any]) -> None:
+        self._pool = pool
+
+    async def load(self, refund_id: str) -> Refund | None:
+        async with self._pool.connection() as conn:
+            return await db.load_refund(conn, refund_id)
+
+    async def apply(
+        self,
+        refund: Refund,
+        transition: RefundTransition,
+        *,
+        fields: dict[str, Any],
+        detail: dict[str, Any],
+        response: Reply | None,
+        outbox: tuple[str, dict[str, Any]] | None,
+        conn: AsyncConnection[Any] | None = None,
+    ) -> Refund | None:
+        async with connection.on(self._pool, conn) as on:
+            return await db.apply_transition(
+                on, refund, transition, fields=fields, detail=detail, response=response, outbox=outbox
+            )
+
+    async def charge_psp_reference(self, payment_id: str) -> str:
+        async with self._pool.connection() as conn:
+            return await db.charge_psp_reference(conn, payment_id)
+
+    async def discard(self, refund_id: str) -> None:
+        async with self._pool.connection() as conn:
+            await db.discard(conn, refund_id)
+
+
 class RefundFlow:
     def __init__(
-        self, pool: AsyncConnectionPool[Any], psp: PaymentServiceProvider, wallets: WalletDirectory
+        self,
+        pool: AsyncConnectionPool[Any],
+        psp: PaymentServiceProvider,
+        wallets: WalletDirectory,
+        *,
+        store: RefundStore | None = None,
     ) -> None:
-        self._pool = pool
+        self._store = store if store is not None else PostgresRefunds(pool)
         self._psp = psp
         self._wallets = wallets
         self._handlers: dict[RefundCommand, Callable[[Refund], Awaitable[Persist | Reply]]] = {
@@ -113,12 +184,9 @@ class RefundFlow:
 
     async def _advance(self, todo: Persist) -> Run | Reply:
         refund = todo.refund
-        async with self._pool.connection() as conn:
-            persisted = await self._persist(conn, refund, todo.event, todo.fields, todo.detail)
-        stored, command, response = persisted
+        stored, command, response = await self._persist(refund, todo.event, todo.fields, todo.detail)
         if stored is None:  # another driver moved it first: answer with what it has now
-            async with self._pool.connection() as conn:
-                current = await db.load_refund(conn, refund.id)
+            current = await self._store.load(refund.id)
             assert current is not None
             return reply_for(current)
         log.info("refund transition", extra={"refund_id": refund.id, "to": stored.state})
@@ -133,16 +201,16 @@ class RefundFlow:
         if event not in allowed_events(refund.state):
             return False
         fields = {"psp_reference": psp_reference}
-        stored, _, _ = await self._persist(conn, refund, event, fields, {"source": "webhook"})
+        stored, _, _ = await self._persist(refund, event, fields, {"source": "webhook"}, conn=conn)
         return stored is not None
 
     async def _persist(
         self,
-        conn: AsyncConnection[Any],
         refund: Refund,
         event: RefundEvent,
         fields: dict[str, Any],
         detail: dict[str, Any],
+        conn: AsyncConnection[Any] | None = None,
     ) -> tuple[Refund | None, RefundCommand, Reply | None]:
         """Write one transition; one that decides the answer stores it (and its outbox row) with it."""
         transition = step(refund.state, event)
@@ -152,8 +220,8 @@ class RefundFlow:
         if MACHINE.decides_answer(transition):
             response = reply_for(after)
             outbox = (f"refund.{public_status(after.state)}", refund_object(after))
-        stored = await db.apply_transition(
-            conn, refund, transition, fields=fields, detail=detail, response=response, outbox=outbox
+        stored = await self._store.apply(
+            refund, transition, fields=fields, detail=detail, response=response, outbox=outbox, conn=conn
         )
         return stored, command, response
 
@@ -171,8 +239,7 @@ class RefundFlow:
             else:  # a refund of fee only: nothing leaves the merchant's balance
                 result = await self._wallets.apply(refund.merchant_id, posting)
         except InsufficientFunds as exc:  # (Ray's wrapper of the wallet's error: answer with our own)
-            async with self._pool.connection() as conn:
-                await db.discard(conn, refund.id)
+            await self._store.discard(refund.id)
             raise InsufficientFunds(
                 f"The available balance does not cover a refund of {amount}.", param="amount"
             ) from exc
@@ -184,8 +251,7 @@ class RefundFlow:
         return Persist(refund, RefundEvent.FUNDS_HELD, {"ledger_transaction_id": result.transaction_id})
 
     async def _refund_at_psp(self, refund: Refund) -> Persist | Reply:
-        async with self._pool.connection() as conn:
-            psp_reference = await db.charge_psp_reference(conn, refund.payment_id)
+        psp_reference = await self._store.charge_psp_reference(refund.payment_id)
         result = await self._psp.refund(
             payment_id=refund.payment_id,
             psp_reference=psp_reference,
