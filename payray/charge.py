@@ -1,12 +1,16 @@
 """The charge state machine, sans IO: ``(state, event) -> (state, commands)``.
 
 The service's asyncio driver and the simulator's SimPy driver both execute the commands this machine
-returns; the machine itself never touches a socket, a clock or a database. Every transition is meant to be
-persisted before its commands run, so a crash anywhere resumes from the last recorded state. One fold is
-allowed, and both drivers make it: a capture's ledger posting is written in one database transaction with
-the transitions it completes (``booking``), so the PSP's capture, the posting and the stored answer commit
-together or not at all; a crash before that commit leaves ``psp_pending``, which recovery resolves by asking
-the PSP.
+returns; the machine itself never touches a socket, a clock or a database. Beside its table it holds every
+rule the drivers follow: how a persisted state resumes (``resume``), what recovery does with the PSP's lookup
+(``after_lookup``), what the PSP's answers mean (``PSP_EVENTS``) and the steps that need no IO
+(``AUTOMATIC``), so no driver keeps a copy of one.
+
+Every transition is meant to be persisted before its commands run, so a crash anywhere resumes from the last
+recorded state. One fold is allowed, and both drivers make it: a capture's ledger posting is written in one
+database transaction with the transitions it completes (``booking``), so the PSP's capture, the posting and
+the stored answer commit together or not at all; a crash before that commit leaves ``psp_pending``, which
+recovery resolves by asking the PSP.
 
     created --submit--> psp_pending                     [call_psp]
     psp_pending --psp_captured--> captured              [post_ledger]
@@ -109,6 +113,18 @@ AUTOMATIC: dict[Command, ChargeEvent] = {C.RESPOND_SUCCEEDED: E.RESPONDED}
 #: Commands whose whole job is to answer the client with the charge's current state.
 ANSWERS = frozenset({C.RESPOND_DECLINED, C.RESPOND_PENDING, C.RESPOND_FAILED})
 
+#: What the PSP's word on a capture means to the machine: its answer to ``call_psp``, a ``charge.*`` webhook
+#: (``captured`` or ``declined``), or its search by payment id during recovery.
+PSP_EVENTS: dict[str, ChargeEvent] = {
+    "captured": E.PSP_CAPTURED,
+    "declined": E.PSP_DECLINED,
+    "unknown": E.PSP_UNKNOWN,
+}
+
+#: The states still waiting for the PSP's word on the capture: a webhook brings news to them, and recovery
+#: asks the PSP what happened (``after_lookup``) rather than capturing again.
+AWAITING_PSP = frozenset({S.PSP_PENDING, S.UNKNOWN})
+
 TERMINAL_STATES = frozenset({S.SUCCEEDED, S.DECLINED, S.FAILED})
 
 #: States from which the PSP may not be asked to capture again: the money already moved (or never will).
@@ -138,19 +154,6 @@ decides_answer = MACHINE.decides_answer
 public_status = MACHINE.public_status
 
 
-#: What the PSP's word on a capture means to the machine: its answer to ``call_psp``, a ``charge.*`` webhook
-#: (``captured`` or ``declined``), or its search by payment id during recovery.
-PSP_EVENTS: dict[str, ChargeEvent] = {
-    "captured": E.PSP_CAPTURED,
-    "declined": E.PSP_DECLINED,
-    "unknown": E.PSP_UNKNOWN,
-}
-
-#: The states still waiting for the PSP's word on the capture: a webhook brings news to them, and recovery
-#: asks the PSP what happened (``after_lookup``) rather than capturing again.
-AWAITING_PSP = frozenset({S.PSP_PENDING, S.UNKNOWN})
-
-
 def after_lookup(state: ChargeState | str, found: str | None) -> tuple[ChargeEvent, ...]:
     """The events recovery applies, in order, to a payment in ``AWAITING_PSP`` once the PSP's search by
     payment id answered: ``found`` is the status of the PSP's charge, None if the PSP never saw the payment.
@@ -166,7 +169,6 @@ def after_lookup(state: ChargeState | str, found: str | None) -> tuple[ChargeEve
 
 #: The events a committed capture posting completes, in order, from the PSP's answer to the client's.
 BOOKED = (E.PSP_CAPTURED, E.LEDGER_POSTED, E.RESPONDED)
-
 
 #: Where a capture may still be booked: waiting for the PSP's word, or captured and not yet posted.
 BOOKABLE = AWAITING_PSP | {S.CAPTURED}
