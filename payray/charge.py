@@ -1,12 +1,16 @@
 """The charge state machine, sans IO: ``(state, event) -> (state, commands)``.
 
 The service's asyncio driver and the simulator's SimPy driver both execute the commands this machine
-returns; the machine itself never touches a socket, a clock or a database. Every transition is meant to be
-persisted before its commands run, so a crash anywhere resumes from the last recorded state. One fold is
-allowed, and both drivers make it: a capture's ledger posting is written in one database transaction with
-the transitions it completes (``booking``), so the PSP's capture, the posting and the stored answer commit
-together or not at all; a crash before that commit leaves ``psp_pending``, which recovery resolves by asking
-the PSP.
+returns; the machine itself never touches a socket, a clock or a database. Beside its table it holds every
+rule the drivers follow: how a persisted state resumes (``resume``), what recovery does with the PSP's lookup
+(``after_lookup``), what the PSP's answers mean (``PSP_EVENTS``) and the steps that need no IO
+(``AUTOMATIC``), so no driver keeps a copy of one.
+
+Every transition is meant to be persisted before its commands run, so a crash anywhere resumes from the last
+recorded state. One fold is allowed, and both drivers make it: a capture's ledger posting is written in one
+database transaction with the transitions it completes (``booking``), so the PSP's capture, the posting and
+the stored answer commit together or not at all; a crash before that commit leaves ``psp_pending``, which
+recovery resolves by asking the PSP.
 
     created --submit--> psp_pending                     [call_psp]
     psp_pending --psp_captured--> captured              [post_ledger]
@@ -25,10 +29,10 @@ the PSP.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from enum import StrEnum
+from typing import TypeAlias
 
-from payray.errors import IllegalTransition
+from payray import machine
 
 
 class ChargeState(StrEnum):
@@ -90,8 +94,7 @@ TRANSITIONS: dict[tuple[ChargeState, ChargeEvent], tuple[ChargeState, tuple[Comm
     (S.COMPENSATED, E.COMPENSATION_POSTED): (S.FAILED, (C.RESPOND_FAILED,)),
 }
 
-#: What resuming a persisted, unfinished state runs: the commands of the transition that led into it (CREATED
-#: and UNKNOWN resume by an event instead: SUBMIT, PSP_RETRY).
+#: What resuming a persisted, unfinished state runs: the commands of the transition that led into it.
 RESUME: dict[ChargeState, tuple[Command, ...]] = {
     S.PSP_PENDING: (C.CALL_PSP,),
     S.CAPTURED: (C.POST_LEDGER,),
@@ -100,35 +103,75 @@ RESUME: dict[ChargeState, tuple[Command, ...]] = {
     S.COMPENSATED: (C.POST_COMPENSATION,),
 }
 
+#: The states that resume by an event instead: a payment never submitted, and one whose capture's outcome is
+#: unknown (asked again, under the same PSP idempotency key).
+RESUME_EVENTS: dict[ChargeState, ChargeEvent] = {S.CREATED: E.SUBMIT, S.UNKNOWN: E.PSP_RETRY}
+
+#: Answering a charge that succeeded is no IO of its own: ``responded`` is persisted with what led there.
+AUTOMATIC: dict[Command, ChargeEvent] = {C.RESPOND_SUCCEEDED: E.RESPONDED}
+
+#: Commands whose whole job is to answer the client with the charge's current state.
+ANSWERS = frozenset({C.RESPOND_DECLINED, C.RESPOND_PENDING, C.RESPOND_FAILED})
+
+#: What the PSP's word on a capture means to the machine: its answer to ``call_psp``, a ``charge.*`` webhook
+#: (``captured`` or ``declined``), or its search by payment id during recovery.
+PSP_EVENTS: dict[str, ChargeEvent] = {
+    "captured": E.PSP_CAPTURED,
+    "declined": E.PSP_DECLINED,
+    "unknown": E.PSP_UNKNOWN,
+}
+
+#: The states still waiting for the PSP's word on the capture: a webhook brings news to them, and recovery
+#: asks the PSP what happened (``after_lookup``) rather than capturing again.
+AWAITING_PSP = frozenset({S.PSP_PENDING, S.UNKNOWN})
+
 TERMINAL_STATES = frozenset({S.SUCCEEDED, S.DECLINED, S.FAILED})
 
 #: States from which the PSP may not be asked to capture again: the money already moved (or never will).
 AFTER_CAPTURE = frozenset({S.CAPTURED, S.POSTED, S.SUCCEEDED, S.REFUND_PENDING, S.COMPENSATED})
 
+MACHINE = machine.Machine(
+    ChargeState,
+    ChargeEvent,
+    TRANSITIONS,
+    TERMINAL_STATES,
+    resume_events=RESUME_EVENTS,
+    resume_commands=RESUME,
+    automatic=AUTOMATIC,
+    answers=ANSWERS,
+    statuses={S.SUCCEEDED: "succeeded", S.DECLINED: "failed", S.FAILED: "failed", S.COMPENSATED: "failed"},
+)
+Transition: TypeAlias = machine.Transition[ChargeState, ChargeEvent, Command]
+Resumption: TypeAlias = machine.Resumption[ChargeEvent, Command]
 
-@dataclass(frozen=True, slots=True)
-class Transition:
-    """One step of the machine: what to persist (``source --event--> target``) and then what to run."""
+step = MACHINE.step
+allowed_events = MACHINE.allowed_events
+is_terminal = MACHINE.is_terminal
+resume = MACHINE.resume
+chain = MACHINE.chain
+with_automatic = MACHINE.with_automatic
+decides_answer = MACHINE.decides_answer
+public_status = MACHINE.public_status
 
-    source: ChargeState
-    event: ChargeEvent
-    target: ChargeState
-    commands: tuple[Command, ...]
 
+def after_lookup(state: ChargeState | str, found: str | None) -> tuple[ChargeEvent, ...]:
+    """The events recovery applies, in order, to a payment in ``AWAITING_PSP`` once the PSP's search by
+    payment id answered: ``found`` is the status of the PSP's charge, None if the PSP never saw the payment.
 
-def step(state: ChargeState | str, event: ChargeEvent | str) -> Transition:
-    """The transition for ``event`` in ``state``; raises ``IllegalTransition`` if there is none."""
-    source = state if type(state) is ChargeState else ChargeState(state)
-    ev = event if type(event) is ChargeEvent else ChargeEvent(event)
-    try:
-        target, commands = TRANSITIONS[(source, ev)]
-    except KeyError:
-        raise IllegalTransition(source.value, ev.value) from None
-    return Transition(source, ev, target, commands)
+    Found captured, the capture is booked; declined, the decline recorded; found but undecided, nothing yet
+    (the next sweep asks again). Never seen, nothing was captured: the payment failed, by way of ``unknown``
+    if it was still ``psp_pending``."""
+    if found is None:
+        return (E.PSP_NOT_FOUND,) if MACHINE.state(state) is S.UNKNOWN else (E.PSP_UNKNOWN, E.PSP_NOT_FOUND)
+    event = PSP_EVENTS.get(found)
+    return (event,) if event in (E.PSP_CAPTURED, E.PSP_DECLINED) else ()
 
 
 #: The events a committed capture posting completes, in order, from the PSP's answer to the client's.
 BOOKED = (E.PSP_CAPTURED, E.LEDGER_POSTED, E.RESPONDED)
+
+#: Where a capture may still be booked: waiting for the PSP's word, or captured and not yet posted.
+BOOKABLE = AWAITING_PSP | {S.CAPTURED}
 
 
 def booking(state: ChargeState | str) -> tuple[Transition, ...]:
@@ -136,34 +179,15 @@ def booking(state: ChargeState | str) -> tuple[Transition, ...]:
     ``unknown``) the PSP's capture, ``ledger_posted`` and ``responded``; from ``captured`` the last two.
 
     Raises ``IllegalTransition`` from any other state: there is nothing left to book there."""
-    source = state if type(state) is ChargeState else ChargeState(state)
+    source = MACHINE.state(state)
     events = BOOKED[1:] if source is S.CAPTURED else BOOKED
-    chain: list[Transition] = []
+    done: list[Transition] = []
     for event in events:
-        chain.append(step(source, event))
-        source = chain[-1].target
-    return tuple(chain)
-
-
-def allowed_events(state: ChargeState | str) -> list[ChargeEvent]:
-    source = ChargeState(state)
-    return [event for (s, event) in TRANSITIONS if s == source]
-
-
-def is_terminal(state: ChargeState | str) -> bool:
-    return ChargeState(state) in TERMINAL_STATES
+        done.append(step(source, event))
+        source = done[-1].target
+    return tuple(done)
 
 
 def psp_idempotency_key(payment_id: str) -> str:
     """The PSP-side idempotency key for a payment's capture: derived, so every retry reuses it."""
     return f"payray-capture-{payment_id}"
-
-
-def public_status(state: ChargeState | str) -> str:
-    """The API's ``status`` for a charge in ``state``: ``succeeded``, ``failed`` or ``pending``."""
-    s = ChargeState(state)
-    if s is S.SUCCEEDED:
-        return "succeeded"
-    if s in (S.DECLINED, S.FAILED, S.COMPENSATED):
-        return "failed"
-    return "pending"

@@ -23,10 +23,10 @@ the money already left, so the wallet books it whatever the balance (it may go b
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from enum import StrEnum
+from typing import TypeAlias
 
-from payray.errors import IllegalTransition
+from payray import machine
 
 
 class RefundState(StrEnum):
@@ -57,56 +57,62 @@ class RefundCommand(StrEnum):
     RESPOND = "respond"
 
 
+TERMINAL_STATES = frozenset({RefundState.SUCCEEDED, RefundState.FAILED})
+
 S, E, C = RefundState, RefundEvent, RefundCommand
 
-TRANSITIONS: dict[tuple[RefundState, RefundEvent], tuple[RefundState, tuple[RefundCommand, ...]]] = {
-    (S.PENDING, E.FUNDS_HELD): (S.FUNDS_HELD, (C.REFUND_AT_PSP,)),
-    (S.FUNDS_HELD, E.PSP_REFUNDED): (S.SUCCEEDED, (C.RESPOND,)),
-    (S.FUNDS_HELD, E.PSP_UNKNOWN): (S.PSP_UNKNOWN, (C.RESPOND,)),
-    (S.FUNDS_HELD, E.PSP_REFUSED): (S.REVERSING, (C.POST_REVERSAL,)),
-    (S.PSP_UNKNOWN, E.PSP_RETRY): (S.FUNDS_HELD, (C.REFUND_AT_PSP,)),
-    (S.PSP_UNKNOWN, E.PSP_REFUNDED): (S.SUCCEEDED, (C.RESPOND,)),
-    (S.PSP_UNKNOWN, E.PSP_REFUSED): (S.REVERSING, (C.POST_REVERSAL,)),
-    (S.REVERSING, E.REVERSAL_POSTED): (S.FAILED, (C.RESPOND,)),
-    (S.BOOKING, E.REFUND_BOOKED): (S.SUCCEEDED, (C.RESPOND,)),
+#: The machine as data: (state, event) -> (next state, the one command to run once it is persisted).
+NEXT: dict[tuple[RefundState, RefundEvent], tuple[RefundState, RefundCommand]] = {
+    (S.PENDING, E.FUNDS_HELD): (S.FUNDS_HELD, C.REFUND_AT_PSP),
+    (S.FUNDS_HELD, E.PSP_REFUNDED): (S.SUCCEEDED, C.RESPOND),
+    (S.FUNDS_HELD, E.PSP_UNKNOWN): (S.PSP_UNKNOWN, C.RESPOND),
+    (S.FUNDS_HELD, E.PSP_REFUSED): (S.REVERSING, C.POST_REVERSAL),
+    (S.PSP_UNKNOWN, E.PSP_RETRY): (S.FUNDS_HELD, C.REFUND_AT_PSP),
+    (S.PSP_UNKNOWN, E.PSP_REFUNDED): (S.SUCCEEDED, C.RESPOND),
+    (S.PSP_UNKNOWN, E.PSP_REFUSED): (S.REVERSING, C.POST_REVERSAL),
+    (S.REVERSING, E.REVERSAL_POSTED): (S.FAILED, C.RESPOND),
+    (S.BOOKING, E.REFUND_BOOKED): (S.SUCCEEDED, C.RESPOND),
 }
 
-TERMINAL_STATES = frozenset({S.SUCCEEDED, S.FAILED})
+TRANSITIONS = {key: (target, (command,)) for key, (target, command) in NEXT.items()}
 
 #: Re-running the command that led into a state is how an interrupted refund resumes.
-RESUME: dict[RefundState, RefundCommand] = {
-    S.PENDING: C.DEBIT_WALLET,
-    S.FUNDS_HELD: C.REFUND_AT_PSP,
-    S.REVERSING: C.POST_REVERSAL,
-    S.BOOKING: C.BOOK_REFUND,
+RESUME: dict[RefundState, tuple[RefundCommand, ...]] = {
+    S.PENDING: (C.DEBIT_WALLET,),
+    S.FUNDS_HELD: (C.REFUND_AT_PSP,),
+    S.REVERSING: (C.POST_REVERSAL,),
+    S.BOOKING: (C.BOOK_REFUND,),
 }
 
+#: A refund whose outcome at the PSP is unknown resumes by asking again, under the same idempotency key.
+RESUME_EVENTS: dict[RefundState, RefundEvent] = {S.PSP_UNKNOWN: E.PSP_RETRY}
 
-@dataclass(frozen=True, slots=True)
-class RefundTransition:
-    source: RefundState
-    event: RefundEvent
-    target: RefundState
-    commands: tuple[RefundCommand, ...]
+MACHINE = machine.Machine(
+    RefundState,
+    RefundEvent,
+    TRANSITIONS,
+    TERMINAL_STATES,
+    resume_events=RESUME_EVENTS,
+    resume_commands=RESUME,
+    answers=frozenset({C.RESPOND}),
+    statuses={S.SUCCEEDED: "succeeded", S.FAILED: "failed"},
+)
+RefundTransition: TypeAlias = machine.Transition[RefundState, RefundEvent, RefundCommand]
 
-
-def step(state: RefundState | str, event: RefundEvent | str) -> RefundTransition:
-    """The transition for ``event`` in ``state``; raises ``IllegalTransition`` if there is none."""
-    source, ev = RefundState(state), RefundEvent(event)
-    try:
-        target, commands = TRANSITIONS[(source, ev)]
-    except KeyError:
-        raise IllegalTransition(source.value, ev.value) from None
-    return RefundTransition(source, ev, target, commands)
-
-
-def allowed_events(state: RefundState | str) -> list[RefundEvent]:
-    source = RefundState(state)
-    return [event for (s, event) in TRANSITIONS if s == source]
+step = MACHINE.step
+allowed_events = MACHINE.allowed_events
+is_terminal = MACHINE.is_terminal
+resume = MACHINE.resume
+public_status = MACHINE.public_status
 
 
-def is_terminal(state: RefundState | str) -> bool:
-    return RefundState(state) in TERMINAL_STATES
+#: What the PSP's answer to ``refund_at_psp`` means to the machine (its ``charge.refunded`` webhook is
+#: ``refunded``).
+PSP_EVENTS: dict[str, RefundEvent] = {
+    "refunded": E.PSP_REFUNDED,
+    "failed": E.PSP_REFUSED,
+    "unknown": E.PSP_UNKNOWN,
+}
 
 
 def holds_funds(state: RefundState | str) -> bool:
@@ -123,13 +129,3 @@ def refunded_at_psp(state: RefundState | str) -> bool:
 def psp_refund_key(refund_id: str) -> str:
     """The PSP-side idempotency key for a refund: derived, so every retry reuses it."""
     return f"payray-refund-{refund_id}"
-
-
-def public_status(state: RefundState | str) -> str:
-    """The API's ``status``: ``succeeded``, ``failed`` or ``pending``."""
-    s = RefundState(state)
-    if s is S.SUCCEEDED:
-        return "succeeded"
-    if s is S.FAILED:
-        return "failed"
-    return "pending"

@@ -18,13 +18,14 @@ from payray.errors import IllegalTransition
 from payray.fees import fee_for, refund_terms
 from payray.money import Money
 from payray.refund import (
-    RESUME,
+    PSP_EVENTS,
     TERMINAL_STATES,
     RefundCommand,
     RefundEvent,
     RefundState,
     RefundTransition,
     psp_refund_key,
+    resume,
     step,
 )
 from sim.hosts import INSUFFICIENT, host_posting
@@ -33,7 +34,6 @@ from sim.world import FEE_BPS, Unavailable
 
 RefundAnswer = Literal["succeeded", "failed", "pending", "refused", "in_flight", "error"]
 R, RE, RC = RefundState, RefundEvent, RefundCommand
-PSP_EVENTS = {"refunded": RE.PSP_REFUNDED, "failed": RE.PSP_REFUSED, "unknown": RE.PSP_UNKNOWN}
 
 
 @dataclass(slots=True)
@@ -110,10 +110,8 @@ class SimRefunds:
         s, payment = self.s, refund.payment
         commands: tuple[RefundCommand, ...] = ()
         if event is None:
-            if refund.state is R.PSP_UNKNOWN:
-                event = RE.PSP_RETRY
-            elif refund.state in RESUME:
-                commands = (RESUME[refund.state],)
+            resumption = resume(refund.state)
+            event, commands = resumption.event, resumption.commands
         while True:
             if event is not None:
                 try:
@@ -192,7 +190,7 @@ class SimRefunds:
             return False
         refund.busy = True
         try:
-            yield from self._drive(refund, "webhook", RE.PSP_REFUNDED)
+            yield from self._drive(refund, "webhook", PSP_EVENTS["refunded"])
         except (Unavailable, Crash):
             return False
         finally:

@@ -20,16 +20,21 @@ from typing import Any, Literal
 import simpy
 
 from ledger.postings import CAPTURE
+from payray import charge
 from payray.charge import (
-    RESUME,
+    AUTOMATIC,
+    AWAITING_PSP,
+    BOOKABLE,
+    PSP_EVENTS,
     TERMINAL_STATES,
     ChargeEvent,
     ChargeState,
     Command,
     Transition,
+    after_lookup,
     booking,
     psp_idempotency_key,
-    step,
+    resume,
 )
 from payray.errors import IllegalTransition
 from sim.config import SimConfig
@@ -87,9 +92,7 @@ class SimPayment:
     history: list[tuple[float, str, Transition]] = field(default_factory=list)
 
 
-PSP_EVENTS = {"captured": E.PSP_CAPTURED, "declined": E.PSP_DECLINED, "unknown": E.PSP_UNKNOWN}
-#: where a capture may still be booked (``payray.charge.booking``), and the command that resumes it there
-BOOKABLE = frozenset({S.PSP_PENDING, S.UNKNOWN, S.CAPTURED})
+#: the command that resumes a capture to book (``payray.charge.booking``)
 BOOK = (Command.POST_LEDGER,)
 ANSWERS: dict[ChargeState, Answer] = {S.SUCCEEDED: "succeeded", S.DECLINED: "declined", S.FAILED: "failed"}
 
@@ -218,16 +221,13 @@ class SimService:
     # -- the driver ----------------------------------------------------------------------------------------
 
     def _chain(self, payment_id: str | None, state: ChargeState, event: ChargeEvent) -> Chain:
-        """The transitions one event persists in one transaction: its own, and ``responded`` after it when
-        all that is left is to answer (``ChargeFlow._persist`` stores the answer in the same statement)."""
+        """``payray.charge.chain``: the transitions one event persists in one transaction, its own and the
+        automatic ones after it (``ChargeFlow._persist`` stores the answer in the same statement)."""
         known = self._chains.get((state, event))
         if known is not None:
             return known
         try:
-            transition = step(state, event)
-            chain: Chain = (transition,)
-            if transition.commands == (Command.RESPOND_SUCCEEDED,):
-                chain += (step(transition.target, E.RESPONDED),)
+            chain = charge.chain(state, event)
         except IllegalTransition as exc:
             raise MachineRefused(f"payment {payment_id or '(new)'}: {exc}") from exc
         self._chains[(state, event)] = chain  # the machine is pure: one lookup per run and transition
@@ -284,10 +284,8 @@ class SimService:
         commands: tuple[Command, ...] = ()
         seen = payment.state
         if event is None:
-            if seen is S.UNKNOWN:
-                event = E.PSP_RETRY
-            else:
-                commands = RESUME.get(seen, ())
+            resumption = resume(seen)
+            event, commands = resumption.event, resumption.commands
         config, db = self.config, self.db
         chain: Chain = ()
         while True:
@@ -338,8 +336,8 @@ class SimService:
                 event = PSP_EVENTS[outcome]
             elif command is Command.POST_LEDGER:  # resuming from captured: booked as a capture is
                 event = None
-            elif command is Command.RESPOND_SUCCEEDED:
-                event = E.RESPONDED
+            elif command in AUTOMATIC:
+                event = AUTOMATIC[command]
             elif command is Command.REFUND_AT_PSP:
                 # a design that takes "failed" to mean "nothing moved" skips the refund
                 refunded = not config.design.compensation or (yield from self.psp.refund(payment.id))
@@ -373,23 +371,17 @@ class SimService:
             payment.busy = False
 
     def _recover(self, payment: SimPayment) -> Generator[Any, Any, None]:
-        if payment.state not in (S.PSP_PENDING, S.UNKNOWN):
+        if payment.state not in AWAITING_PSP:
             yield from self._drive(payment, "janitor")
             return
         found = yield from self.psp.lookup(payment.id)
-        if found == "captured":
-            yield from self._drive(payment, "janitor", E.PSP_CAPTURED)
-        elif found == "declined":
-            yield from self._drive(payment, "janitor", E.PSP_DECLINED)
-        elif found == "not_found":
-            if payment.state is S.PSP_PENDING:
-                yield from self._drive(payment, "janitor", E.PSP_UNKNOWN)
-            yield from self._drive(payment, "janitor", E.PSP_NOT_FOUND)
+        for event in after_lookup(payment.state, None if found == "not_found" else found):
+            yield from self._drive(payment, "janitor", event)
 
     def waits_for_psp(self, payment_id: str) -> bool:
         """Whether a ``charge.*`` event about this payment would be news: it is ours, and still waiting."""
         payment = self.payments.get(payment_id)
-        return payment is not None and payment.state in (S.PSP_PENDING, S.UNKNOWN)
+        return payment is not None and payment.state in AWAITING_PSP
 
     def webhook(self, payment_id: str, outcome: str) -> Generator[Any, Any, bool]:
         """A ``charge.succeeded`` or ``charge.failed`` event: applied to a payment still waiting to hear from

@@ -14,23 +14,29 @@ import asyncio
 import dataclasses
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
-from ledger.postings import capture_posting, fee_for, refund_posting
+from ledger.postings import Statement, capture_posting, fee_for, refund_posting
 from payray.charge import (
-    RESUME,
+    AUTOMATIC,
+    AWAITING_PSP,
+    PSP_EVENTS,
     ChargeEvent,
     ChargeState,
     Command,
     Transition,
+    after_lookup,
     allowed_events,
     booking,
+    decides_answer,
     psp_idempotency_key,
+    resume,
     step,
+    with_automatic,
 )
 from payray.fingerprint import request_fingerprint
 from payray.ids import new_id
@@ -38,6 +44,7 @@ from payray.money import Money
 from psp.port import PaymentServiceProvider
 from serve_app.flows.idempotent import Answer, IdempotentRequests, Operation
 from serve_app.flows.recent import RecentOutcomes
+from serve_app.stores import connection
 from serve_app.stores import payments as db
 from serve_app.stores.payments import Payment
 from serve_app.wallets import WalletDirectory
@@ -47,14 +54,6 @@ from serve_app.wire.schemas import ChargeCreate
 log = logging.getLogger("payray.charge")
 LEDGER_ATTEMPTS = 3
 
-_PSP_EVENTS = {
-    "captured": ChargeEvent.PSP_CAPTURED,
-    "declined": ChargeEvent.PSP_DECLINED,
-    "unknown": ChargeEvent.PSP_UNKNOWN,
-}
-
-#: Commands whose whole job is to answer the client with the charge's current state.
-_ANSWERS = frozenset({Command.RESPOND_DECLINED, Command.RESPOND_PENDING, Command.RESPOND_FAILED})
 
 
 @dataclass(frozen=True)
@@ -78,6 +77,37 @@ class Reply:
     payment: Payment
 
 
+@dataclass(frozen=True)
+class Persist:
+    """Next: persist ``chain`` from the payment's state, then do what its last transition asks for."""
+
+    payment: Payment
+    chain: list[Transition]
+    fields: dict[str, Any] = field(default_factory=dict)
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Book:
+    """Next: post the capture with the transitions it completes (``booking``), in one transaction."""
+
+    payment: Payment
+    fields: dict[str, Any] = field(default_factory=dict)
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Run:
+    """Next: run the command a persisted transition asked for."""
+
+    payment: Payment
+    command: Command
+
+
+#: What the driver does next; a ``Reply`` ends the drive.
+Next = Persist | Book | Run | Reply
+
+
 def reply_for(payment: Payment) -> Reply:
     """The response a charge in its current state deserves."""
     state = ChargeState(payment.state)
@@ -88,6 +118,104 @@ def reply_for(payment: Payment) -> Reply:
     return Reply(202, dumps(charge_object(payment)), payment)
 
 
+def advance(
+    payment: Payment,
+    event: ChargeEvent,
+    fields: dict[str, Any] | None = None,
+    detail: dict[str, Any] | None = None,
+) -> Persist:
+    """Next: persist ``event`` in the payment's state."""
+    return Persist(payment, [step(payment.state, event)], fields or {}, detail or {})
+
+
+def heard(payment: Payment, event: ChargeEvent, fields: dict[str, Any], detail: dict[str, Any]) -> Next:
+    """Next, on the PSP's word: a capture is booked with its posting; any other answer is persisted."""
+    if event is ChargeEvent.PSP_CAPTURED:
+        return Book(payment, fields, detail)
+    return advance(payment, event, fields, detail)
+
+
+class PaymentStore(Protocol):
+    """The payments the charge flow reads and writes: Postgres in the service, a dict in unit tests."""
+
+    async def load(self, payment_id: str) -> Payment | None: ...
+
+    async def apply(
+        self,
+        payment: Payment,
+        chain: list[Transition],
+        *,
+        fields: dict[str, Any],
+        detail: dict[str, Any],
+        response: tuple[int, bytes] | None,
+        outbox: tuple[str, dict[str, Any]] | None,
+        conn: AsyncConnection[Any] | None = None,
+    ) -> Payment | None:
+        """Persist ``chain`` from ``payment.state``, with the answer and the outbox event it decides (on
+        ``conn``, inside its transaction, when given); None if the payment had moved on meanwhile."""
+        ...
+
+    def booking(
+        self,
+        payment: Payment,
+        chain: list[Transition],
+        *,
+        fields: dict[str, Any],
+        detail: dict[str, Any],
+        response: tuple[int, bytes],
+        outbox: tuple[str, dict[str, Any]],
+    ) -> Statement:
+        """The same write, as the statement a capture's ledger transaction runs (``Posting.completes``)."""
+        ...
+
+    async def store_response(self, payment_id: str, status: int, body: bytes) -> None: ...
+
+
+class PostgresPayments:
+    """``PaymentStore`` on the service's pool, by ``serve_app/stores/payments.py``'s statements."""
+
+    def __init__(self, pool: AsyncConnectionPool[Any]) -> None:
+        self._pool = pool
+
+    async def load(self, payment_id: str) -> Payment | None:
+        async with self._pool.connection() as conn:
+            return await db.load_payment(conn, payment_id)
+
+    async def apply(
+        self,
+        payment: Payment,
+        chain: list[Transition],
+        *,
+        fields: dict[str, Any],
+        detail: dict[str, Any],
+        response: tuple[int, bytes] | None,
+        outbox: tuple[str, dict[str, Any]] | None,
+        conn: AsyncConnection[Any] | None = None,
+    ) -> Payment | None:
+        async with connection.on(self._pool, conn) as on:
+            return await db.apply_transitions(
+                on, payment, chain, fields=fields, detail=detail, response=response, outbox=outbox
+            )
+
+    def booking(
+        self,
+        payment: Payment,
+        chain: list[Transition],
+        *,
+        fields: dict[str, Any],
+        detail: dict[str, Any],
+        response: tuple[int, bytes],
+        outbox: tuple[str, dict[str, Any]],
+    ) -> Statement:
+        return db.booking_statement(
+            payment, chain, fields=fields, detail=detail, response=response, outbox=outbox
+        )
+
+    async def store_response(self, payment_id: str, status: int, body: bytes) -> None:
+        async with self._pool.connection() as conn:
+            await db.store_response(conn, payment_id, status, body)
+
+
 class ChargeFlow:
     def __init__(
         self,
@@ -96,18 +224,19 @@ class ChargeFlow:
         wallets: WalletDirectory,
         fee_bps: int,
         on_transition: Callable[[Transition], None] | None = None,
+        *,
+        store: PaymentStore | None = None,
     ) -> None:
-        self._pool = pool
+        self._store = store if store is not None else PostgresPayments(pool)
         self._psp = psp
         self._wallets = wallets
         self.fee_bps = fee_bps  # of the fee each new payment stores
         self._on_transition = on_transition or (lambda t: None)
         #: payments this driver saw past the PSP, and those it is driving now (for the webhooks)
         self.outcomes = RecentOutcomes()
-        self._handlers: dict[Command, Callable[[Payment], Awaitable[Reply]]] = {
+        self._handlers: dict[Command, Callable[[Payment], Awaitable[Next]]] = {
             Command.CALL_PSP: self._call_psp,
             Command.POST_LEDGER: self._post_ledger,
-            Command.RESPOND_SUCCEEDED: self._respond_succeeded,
             Command.REFUND_AT_PSP: self._refund_at_psp,
             Command.POST_COMPENSATION: self._post_compensation,
         }
@@ -115,69 +244,40 @@ class ChargeFlow:
     async def start(self, payment: Payment) -> Reply:
         """Drive a freshly inserted payment (already ``psp_pending``) to its answer."""
         async with self.outcomes.driving(payment.id):
-            reply = await self._run(payment, [Command.CALL_PSP])
+            reply = await self._drive(Run(payment, Command.CALL_PSP))
         self.outcomes.saw(reply.payment.id, reply.payment.state)
         return reply
 
     async def resume(self, payment: Payment) -> Reply:
         """Finish an interrupted or pending flow from its persisted state."""
-        state = ChargeState(payment.state)
-        if state is ChargeState.UNKNOWN:
-            return await self._advance(payment, ChargeEvent.PSP_RETRY)
-        if state is ChargeState.CREATED:
-            return await self._advance(payment, ChargeEvent.SUBMIT)
-        if state in RESUME:
-            return await self._run(payment, list(RESUME[state]))
+        resumption = resume(payment.state)
+        if resumption.event is not None:
+            return await self._drive(advance(payment, resumption.event))
+        if resumption.commands:
+            (command,) = resumption.commands
+            return await self._drive(Run(payment, command))
         reply = reply_for(payment)
-        async with self._pool.connection() as conn:
-            await db.store_response(conn, payment.id, reply.status, reply.body)
+        await self._store.store_response(payment.id, reply.status, reply.body)
         return reply
 
     async def recover(self, payment: Payment) -> Reply:
         """Finish a payment nobody drives any more (recovery). One that never heard the PSP's answer asks the
         PSP, by the payment id in the intent's metadata, what happened, rather than capturing again: found
         captured or declined, it goes on from there; not found, it failed. Every other state resumes."""
-        state = ChargeState(payment.state)
-        if state not in (ChargeState.PSP_PENDING, ChargeState.UNKNOWN):
+        if payment.state not in AWAITING_PSP:
             return await self.resume(payment)
         found = await self._psp.lookup(payment_id=payment.id)
-        if found is not None and found.status == "captured":
-            return await self._book(payment, {"psp_reference": found.psp_reference}, {"source": "recovery"})
+        fields: dict[str, Any] = {}
+        detail = {"source": "recovery"}
+        if found is not None:
+            fields["psp_reference"] = found.psp_reference
         if found is not None and found.status == "declined":
-            fields = {
-                "psp_reference": found.psp_reference,
-                "failure_code": found.failure_code,
-                "failure_message": found.failure_message,
-            }
-            return await self._advance(payment, ChargeEvent.PSP_DECLINED, fields)
-        if found is not None:  # the PSP itself cannot say yet: the next sweep asks again
-            return reply_for(payment)
-        if state is ChargeState.PSP_PENDING:
-            payment = (
-                await self._advance(payment, ChargeEvent.PSP_UNKNOWN, detail={"source": "recovery"})
-            ).payment
-        return await self._advance(payment, ChargeEvent.PSP_NOT_FOUND, detail={"source": "recovery"})
-
-    async def _advance(
-        self,
-        payment: Payment,
-        event: ChargeEvent,
-        fields: dict[str, Any] | None = None,
-        detail: dict[str, Any] | None = None,
-    ) -> Reply:
-        transition = step(payment.state, event)
-        return await self._persist_and_run(payment, [transition], fields or {}, detail or {})
-
-    async def _persist_and_run(
-        self,
-        payment: Payment,
-        chain: list[Transition],
-        fields: dict[str, Any],
-        detail: dict[str, Any],
-    ) -> Reply:
-        async with self._pool.connection() as conn:
-            persisted = await self._persist(conn, payment, chain, fields, detail)
-        return await self.finish(persisted)
+            fields.update(failure_code=found.failure_code, failure_message=found.failure_message)
+            detail = {}
+        reply = reply_for(payment)  # found but undecided: the next sweep asks again
+        for event in after_lookup(payment.state, found.status if found is not None else None):
+            reply = await self._drive(heard(reply.payment, event, fields, detail))
+        return reply
 
     async def apply_psp_outcome(
         self, conn: AsyncConnection[Any], payment: Payment, outcome: str, fields: dict[str, Any]
@@ -185,67 +285,80 @@ class ChargeFlow:
         """Persist, on ``conn`` and inside its transaction, an outcome the PSP reported out of band (a
         webhook): ``captured`` or ``declined``. ``None`` when the payment is no longer waiting for it; else
         run ``finish`` on the result once the transaction has committed."""
-        event = {"captured": ChargeEvent.PSP_CAPTURED, "declined": ChargeEvent.PSP_DECLINED}[outcome]
+        event = PSP_EVENTS[outcome]
         if event not in allowed_events(payment.state):
             return None
-        return await self._persist(conn, payment, [step(payment.state, event)], fields, {"source": "webhook"})
+        chain = [step(payment.state, event)]
+        return await self._persist(payment, chain, fields, {"source": "webhook"}, conn=conn)
+
+    async def finish(self, persisted: Persisted) -> Reply:
+        """After a transition committed: run what it asked for, or answer with what it decided."""
+        return await self._drive(await self._after_commit(persisted))
+
+    async def _drive(self, todo: Next) -> Reply:
+        """Drive the machine: persist a chain, book a capture or run a command, each of which says what comes
+        next, until one has the answer."""
+        while not isinstance(todo, Reply):
+            if isinstance(todo, Persist):
+                persisted = await self._persist(todo.payment, todo.chain, todo.fields, todo.detail)
+                todo = await self._after_commit(persisted)
+            elif isinstance(todo, Book):
+                todo = await self._book(todo.payment, todo.fields, todo.detail)
+            elif todo.command in AUTOMATIC:
+                todo = advance(todo.payment, AUTOMATIC[todo.command])
+            else:
+                todo = await self._handlers[todo.command](todo.payment)
+        return todo
 
     async def _persist(
         self,
-        conn: AsyncConnection[Any],
         payment: Payment,
         chain: list[Transition],
         fields: dict[str, Any],
         detail: dict[str, Any],
+        conn: AsyncConnection[Any] | None = None,
     ) -> Persisted:
-        """Persist ``chain``; if it ends in an answer, store that answer in the same statement."""
+        """Persist ``chain`` (and the automatic steps after it); if it ends in an answer, store that answer
+        in the same statement."""
+        chain = list(with_automatic(chain))
         commands = list(chain[-1].commands)
         after = payment.evolve(
             state=chain[-1].target.value, **{k: v for k, v in fields.items() if v is not None}
         )
-        if commands == [Command.RESPOND_SUCCEEDED]:
-            chain = [*chain, step(after.state, ChargeEvent.RESPONDED)]
-            after = after.evolve(state=chain[-1].target.value)
-            commands = []
         # A transition that decides the answer stores it (and announces it) in the same statement.
         response: Reply | None = None
         outbox = None
-        if not commands or commands[0] in _ANSWERS:
+        if decides_answer(chain[-1]):
             response = reply_for(after)
             charge = charge_object(after)
             outbox = (f"charge.{charge['status']}", charge)
             commands = []
-        stored = await db.apply_transitions(
-            conn,
+        stored = await self._store.apply(
             payment,
             chain,
             fields=fields,
             detail=detail,
             response=(response.status, response.body) if response else None,
             outbox=outbox,
+            conn=conn,
         )
         return Persisted(payment, stored, chain, commands, response)
 
-    async def finish(self, persisted: Persisted) -> Reply:
-        """After a transition committed: run what it asked for, or answer with what it decided."""
+    async def _after_commit(self, persisted: Persisted) -> Next:
+        """What follows a committed transition: the command it asked for, or the answer it decided."""
         if persisted.stored is None:
             # Another driver moved this payment first; answer with what it has now.
-            async with self._pool.connection() as conn:
-                current = await db.load_payment(conn, persisted.payment.id)
+            current = await self._store.load(persisted.payment.id)
             assert current is not None
             return reply_for(current)
         stored = persisted.stored
         self._announce(stored, persisted.chain)
         if persisted.response is not None:
             return Reply(persisted.response.status, persisted.response.body, stored)
-        return await self._run(stored, persisted.commands)
+        (command,) = persisted.commands  # the machine asks for one command at a time
+        return Run(stored, command)
 
-    async def _run(self, payment: Payment, commands: list[Command]) -> Reply:
-        """Run the (single) command a transition asked for; each ends by advancing the machine again."""
-        (command,) = commands
-        return await self._handlers[command](payment)
-
-    async def _call_psp(self, payment: Payment) -> Reply:
+    async def _call_psp(self, payment: Payment) -> Next:
         result = await self._psp.capture(
             payment_id=payment.id,
             amount=payment.amount,
@@ -262,18 +375,16 @@ class ChargeFlow:
             "failure_message": result.failure_message if result.status == "declined" else None,
         }
         detail = {"psp_status": result.status, "detail": result.detail} if result.detail else {}
-        if result.status == "captured":
-            return await self._book(payment, fields, detail)
-        return await self._advance(payment, _PSP_EVENTS[result.status], fields, detail)
+        return heard(payment, PSP_EVENTS[result.status], fields, detail)
 
     def _capture_posting(self, payment: Payment) -> Any:
         amount = Money(payment.amount, payment.currency)
         return capture_posting(payment.id, payment.merchant_id, amount, payment.capture_fee)
 
-    async def _post_ledger(self, payment: Payment) -> Reply:
-        return await self._book(payment, {}, {})
+    async def _post_ledger(self, payment: Payment) -> Next:
+        return Book(payment)
 
-    async def _book(self, payment: Payment, fields: dict[str, Any], detail: dict[str, Any]) -> Reply:
+    async def _book(self, payment: Payment, fields: dict[str, Any], detail: dict[str, Any]) -> Next:
         """Post the capture with the transitions it completes (``booking``) and the answer they decide, in
         one transaction of the merchant's wallet host. Refused, or unreachable after retries: the capture is
         recorded as such and compensated at the PSP."""
@@ -283,7 +394,7 @@ class ChargeFlow:
         )
         charge = charge_object(after)  # a booked charge has succeeded: its answer is 200 with the charge
         reply = Reply(200, dumps(charge), after)
-        completes = db.booking_statement(
+        completes = self._store.booking(
             payment,
             chain,
             fields=fields,
@@ -309,17 +420,16 @@ class ChargeFlow:
             break
         log.error("ledger posting failed; compensating", extra={"payment_id": payment.id, "error": error})
         failed = [*chain[:-2], step(ChargeState.CAPTURED, ChargeEvent.LEDGER_FAILED)]
-        return await self._persist_and_run(payment, failed, fields, {**detail, "error": error[:500]})
+        return Persist(payment, failed, fields, {**detail, "error": error[:500]})
 
-    async def _after_someone_else(self, payment_id: str, transaction_id: str) -> Reply:
+    async def _after_someone_else(self, payment_id: str, transaction_id: str) -> Next:
         """The capture is booked but the payment had moved on (a webhook or recovery drives it too): answer
         with its state now, finishing the booking if that driver left it at ``captured``."""
-        async with self._pool.connection() as conn:
-            current = await db.load_payment(conn, payment_id)
+        current = await self._store.load(payment_id)
         assert current is not None
         if current.state == ChargeState.CAPTURED:
             chain = list(booking(current.state))
-            return await self._persist_and_run(current, chain, {"ledger_transaction_id": transaction_id}, {})
+            return Persist(current, chain, {"ledger_transaction_id": transaction_id})
         return reply_for(current)
 
     def _announce(self, payment: Payment, chain: list[Transition]) -> None:
@@ -330,10 +440,7 @@ class ChargeFlow:
             extra={"payment_id": payment.id, "merchant_id": payment.merchant_id, "to": payment.state},
         )
 
-    async def _respond_succeeded(self, payment: Payment) -> Reply:
-        return await self._advance(payment, ChargeEvent.RESPONDED)
-
-    async def _refund_at_psp(self, payment: Payment) -> Reply:
+    async def _refund_at_psp(self, payment: Payment) -> Next:
         assert payment.psp_reference is not None
         result = await self._psp.refund(
             payment_id=payment.id,
@@ -342,12 +449,11 @@ class ChargeFlow:
             idempotency_key=f"payray-compensate-{payment.id}",
         )
         if result.status == "refunded":  # reconciliation matches the PSP's refund row by this id
-            detail = {"psp_refund": result.refund_reference}
-            return await self._advance(payment, ChargeEvent.PSP_REFUNDED, detail=detail)
+            return advance(payment, ChargeEvent.PSP_REFUNDED, detail={"psp_refund": result.refund_reference})
         # The refund's fate is unknown: stay in refund_pending and let recovery retry with the same key.
         return reply_for(payment)
 
-    async def _post_compensation(self, payment: Payment) -> Reply:
+    async def _post_compensation(self, payment: Payment) -> Next:
         """Book the capture and its reversal, so the money the PSP moved twice is counted twice."""
         amount = Money(payment.amount, payment.currency)
         fee = payment.capture_fee
@@ -359,7 +465,7 @@ class ChargeFlow:
             return reply_for(payment)  # recovery retries; both postings are idempotent
         if result.error is not None:
             return reply_for(payment)
-        return await self._advance(
+        return advance(
             payment,
             ChargeEvent.COMPENSATION_POSTED,
             {

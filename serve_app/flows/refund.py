@@ -8,7 +8,9 @@ postings keyed on the refund id, and the PSP refund carries a key derived from i
 from __future__ import annotations
 
 import logging
-from typing import Any
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
@@ -20,17 +22,21 @@ from payray.fingerprint import request_fingerprint
 from payray.ids import new_id
 from payray.money import Money
 from payray.refund import (
-    RESUME,
+    MACHINE,
+    PSP_EVENTS,
     RefundCommand,
     RefundEvent,
     RefundState,
+    RefundTransition,
     allowed_events,
     psp_refund_key,
     public_status,
+    resume,
     step,
 )
 from psp.port import PaymentServiceProvider
 from serve_app.flows.idempotent import Answer, IdempotentRequests, Operation
+from serve_app.stores import connection
 from serve_app.stores import refunds as db
 from serve_app.stores.refunds import Refund
 from serve_app.wallets import WalletDirectory
@@ -38,99 +44,184 @@ from serve_app.wire.render import dumps, refund_object
 from serve_app.wire.schemas import RefundCreate
 
 log = logging.getLogger("payray.refund")
-_PSP_EVENTS = {
-    "refunded": RefundEvent.PSP_REFUNDED,
-    "failed": RefundEvent.PSP_REFUSED,
-    "unknown": RefundEvent.PSP_UNKNOWN,
-}
+
+#: What the API answers (status and body), and stores under the idempotency key for replay.
+Reply = tuple[int, bytes]
 
 
-def reply_for(refund: Refund) -> tuple[int, bytes]:
+def reply_for(refund: Refund) -> Reply:
     """200 once the refund is settled either way; 202 while it is pending (a retry resumes it)."""
     status = 202 if public_status(refund.state) == "pending" else 200
     return status, dumps(refund_object(refund))
 
 
-class RefundFlow:
-    def __init__(
-        self, pool: AsyncConnectionPool[Any], psp: PaymentServiceProvider, wallets: WalletDirectory
-    ) -> None:
-        self._pool = pool
-        self._psp = psp
-        self._wallets = wallets
+@dataclass(frozen=True)
+class Persist:
+    """Next: persist ``event`` in the refund's state, then do what its transition asks for."""
 
-    async def start(self, refund: Refund) -> tuple[int, bytes]:
-        """Drive a freshly inserted refund (``pending``, amount reserved on its charge) to its answer."""
-        return await self._run(refund, RefundCommand.DEBIT_WALLET)
+    refund: Refund
+    event: RefundEvent
+    fields: dict[str, Any] = field(default_factory=dict)
+    detail: dict[str, Any] = field(default_factory=dict)
 
-    async def resume(self, refund: Refund) -> tuple[int, bytes]:
-        """Finish an interrupted or pending refund from its persisted state."""
-        state = RefundState(refund.state)
-        if state is RefundState.PSP_UNKNOWN:
-            return await self._advance(refund, RefundEvent.PSP_RETRY)
-        if state in RESUME:
-            return await self._run(refund, RESUME[state])
-        return reply_for(refund)
 
-    async def _run(self, refund: Refund, command: RefundCommand) -> tuple[int, bytes]:
-        if command is RefundCommand.DEBIT_WALLET:
-            return await self._debit_wallet(refund)
-        if command is RefundCommand.REFUND_AT_PSP:
-            return await self._refund_at_psp(refund)
-        if command is RefundCommand.POST_REVERSAL:
-            return await self._post_reversal(refund)
-        if command is RefundCommand.BOOK_REFUND:
-            return await self._book(refund)
-        return reply_for(refund)
+@dataclass(frozen=True)
+class Run:
+    """Next: run the command a persisted transition asked for."""
 
-    async def _advance(
+    refund: Refund
+    command: RefundCommand
+
+
+class RefundStore(Protocol):
+    """The refunds the refund flow reads and writes: Postgres in the service, a dict in unit tests."""
+
+    async def load(self, refund_id: str) -> Refund | None: ...
+
+    async def apply(
         self,
         refund: Refund,
-        event: RefundEvent,
-        fields: dict[str, Any] | None = None,
-        detail: dict[str, Any] | None = None,
-    ) -> tuple[int, bytes]:
+        transition: RefundTransition,
+        *,
+        fields: dict[str, Any],
+        detail: dict[str, Any],
+        response: Reply | None,
+        outbox: tuple[str, dict[str, Any]] | None,
+        conn: AsyncConnection[Any] | None = None,
+    ) -> Refund | None:
+        """Persist ``transition`` from ``refund.state``, with the answer and the outbox event it decides (on
+        ``conn``, inside its transaction, when given); None if the refund had moved on meanwhile."""
+        ...
+
+    async def charge_psp_reference(self, payment_id: str) -> str:
+        """The PSP's reference of the charge a refund gives back."""
+        ...
+
+    async def discard(self, refund_id: str) -> None:
+        """Forget a refund the balance did not cover, with its key and its reservation on the charge."""
+        ...
+
+
+class PostgresRefunds:
+    """``RefundStore`` on the service's pool, by ``serve_app/stores/refunds.py``'s statements."""
+
+    def __init__(self, pool: AsyncConnectionPool[Any]) -> None:
+        self._pool = pool
+
+    async def load(self, refund_id: str) -> Refund | None:
         async with self._pool.connection() as conn:
-            stored, command, response = await self._persist(conn, refund, event, fields or {}, detail or {})
+            return await db.load_refund(conn, refund_id)
+
+    async def apply(
+        self,
+        refund: Refund,
+        transition: RefundTransition,
+        *,
+        fields: dict[str, Any],
+        detail: dict[str, Any],
+        response: Reply | None,
+        outbox: tuple[str, dict[str, Any]] | None,
+        conn: AsyncConnection[Any] | None = None,
+    ) -> Refund | None:
+        async with connection.on(self._pool, conn) as on:
+            return await db.apply_transition(
+                on, refund, transition, fields=fields, detail=detail, response=response, outbox=outbox
+            )
+
+    async def charge_psp_reference(self, payment_id: str) -> str:
+        async with self._pool.connection() as conn:
+            return await db.charge_psp_reference(conn, payment_id)
+
+    async def discard(self, refund_id: str) -> None:
+        async with self._pool.connection() as conn:
+            await db.discard(conn, refund_id)
+
+
+class RefundFlow:
+    def __init__(
+        self,
+        pool: AsyncConnectionPool[Any],
+        psp: PaymentServiceProvider,
+        wallets: WalletDirectory,
+        *,
+        store: RefundStore | None = None,
+    ) -> None:
+        self._store = store if store is not None else PostgresRefunds(pool)
+        self._psp = psp
+        self._wallets = wallets
+        self._handlers: dict[RefundCommand, Callable[[Refund], Awaitable[Persist | Reply]]] = {
+            RefundCommand.DEBIT_WALLET: self._debit_wallet,
+            RefundCommand.REFUND_AT_PSP: self._refund_at_psp,
+            RefundCommand.POST_REVERSAL: self._post_reversal,
+            RefundCommand.BOOK_REFUND: self._book,
+        }
+
+    async def start(self, refund: Refund) -> Reply:
+        """Drive a freshly inserted refund (``pending``, amount reserved on its charge) to its answer."""
+        return await self._drive(Run(refund, RefundCommand.DEBIT_WALLET))
+
+    async def resume(self, refund: Refund) -> Reply:
+        """Finish an interrupted or pending refund from its persisted state."""
+        resumption = resume(refund.state)
+        if resumption.event is not None:
+            return await self._drive(Persist(refund, resumption.event))
+        if resumption.commands:
+            (command,) = resumption.commands
+            return await self._drive(Run(refund, command))
+        return reply_for(refund)
+
+    async def _drive(self, todo: Persist | Run | Reply) -> Reply:
+        """Drive the machine: persist an event or run a command, each of which says what comes next, until
+        one has the answer."""
+        while isinstance(todo, Persist | Run):
+            if isinstance(todo, Persist):
+                todo = await self._advance(todo)
+            elif todo.command in self._handlers:
+                todo = await self._handlers[todo.command](todo.refund)
+            else:  # respond: the answer is the state
+                todo = reply_for(todo.refund)
+        return todo
+
+    async def _advance(self, todo: Persist) -> Run | Reply:
+        refund = todo.refund
+        stored, command, response = await self._persist(refund, todo.event, todo.fields, todo.detail)
         if stored is None:  # another driver moved it first: answer with what it has now
-            async with self._pool.connection() as conn:
-                current = await db.load_refund(conn, refund.id)
+            current = await self._store.load(refund.id)
             assert current is not None
             return reply_for(current)
         log.info("refund transition", extra={"refund_id": refund.id, "to": stored.state})
-        return response if response is not None else await self._run(stored, command)
+        return response if response is not None else Run(stored, command)
 
     async def apply_psp_refunded(
         self, conn: AsyncConnection[Any], refund: Refund, psp_reference: str
     ) -> bool:
         """Persist, on ``conn`` and inside its transaction, that the PSP refunded a refund whose outcome we
         did not know (a webhook); stores the answer under its key. False if it had moved on."""
-        if RefundEvent.PSP_REFUNDED not in allowed_events(refund.state):
+        event = PSP_EVENTS["refunded"]
+        if event not in allowed_events(refund.state):
             return False
         fields = {"psp_reference": psp_reference}
-        stored, _, _ = await self._persist(
-            conn, refund, RefundEvent.PSP_REFUNDED, fields, {"source": "webhook"}
-        )
+        stored, _, _ = await self._persist(refund, event, fields, {"source": "webhook"}, conn=conn)
         return stored is not None
 
     async def _persist(
         self,
-        conn: AsyncConnection[Any],
         refund: Refund,
         event: RefundEvent,
         fields: dict[str, Any],
         detail: dict[str, Any],
-    ) -> tuple[Refund | None, RefundCommand, tuple[int, bytes] | None]:
+        conn: AsyncConnection[Any] | None = None,
+    ) -> tuple[Refund | None, RefundCommand, Reply | None]:
         """Write one transition; one that decides the answer stores it (and its outbox row) with it."""
         transition = step(refund.state, event)
         (command,) = transition.commands
         after = refund.evolve(state=transition.target.value, **{k: v for k, v in fields.items() if v})
         response = outbox = None
-        if command is RefundCommand.RESPOND:
+        if MACHINE.decides_answer(transition):
             response = reply_for(after)
             outbox = (f"refund.{public_status(after.state)}", refund_object(after))
-        stored = await db.apply_transition(
-            conn, refund, transition, fields=fields, detail=detail, response=response, outbox=outbox
+        stored = await self._store.apply(
+            refund, transition, fields=fields, detail=detail, response=response, outbox=outbox, conn=conn
         )
         return stored, command, response
 
@@ -138,7 +229,7 @@ class RefundFlow:
     def _posting_amount(refund: Refund) -> tuple[Money, Money]:
         return Money(refund.amount, refund.currency), Money(refund.fee_returned, refund.currency)
 
-    async def _debit_wallet(self, refund: Refund) -> tuple[int, bytes]:
+    async def _debit_wallet(self, refund: Refund) -> Persist | Reply:
         amount, fee_returned = self._posting_amount(refund)
         posting = refund_posting(refund.id, refund.merchant_id, amount, fee_returned)
         from_merchant = amount - fee_returned  # the platform gives back its share of the fee itself
@@ -148,8 +239,7 @@ class RefundFlow:
             else:  # a refund of fee only: nothing leaves the merchant's balance
                 result = await self._wallets.apply(refund.merchant_id, posting)
         except InsufficientFunds as exc:  # (Ray's wrapper of the wallet's error: answer with our own)
-            async with self._pool.connection() as conn:
-                await db.discard(conn, refund.id)
+            await self._store.discard(refund.id)
             raise InsufficientFunds(
                 f"The available balance does not cover a refund of {amount}.", param="amount"
             ) from exc
@@ -158,13 +248,10 @@ class RefundFlow:
             raise DependencyFailure("The merchant's wallet is unavailable; retry with the same key.") from exc
         if result.error is not None or result.transaction_id is None:
             raise DependencyFailure(f"the ledger refused refund {refund.id}: {result.error}")
-        return await self._advance(
-            refund, RefundEvent.FUNDS_HELD, {"ledger_transaction_id": result.transaction_id}
-        )
+        return Persist(refund, RefundEvent.FUNDS_HELD, {"ledger_transaction_id": result.transaction_id})
 
-    async def _refund_at_psp(self, refund: Refund) -> tuple[int, bytes]:
-        async with self._pool.connection() as conn:
-            psp_reference = await db.charge_psp_reference(conn, refund.payment_id)
+    async def _refund_at_psp(self, refund: Refund) -> Persist | Reply:
+        psp_reference = await self._store.charge_psp_reference(refund.payment_id)
         result = await self._psp.refund(
             payment_id=refund.payment_id,
             psp_reference=psp_reference,
@@ -177,22 +264,22 @@ class RefundFlow:
             "failure_reason": result.detail if result.status == "failed" else None,
         }
         detail = {"psp_status": result.status, "detail": result.detail} if result.detail else {}
-        return await self._advance(refund, _PSP_EVENTS[result.status], fields, detail)
+        return Persist(refund, PSP_EVENTS[result.status], fields, detail)
 
-    async def _book(self, refund: Refund) -> tuple[int, bytes]:
+    async def _book(self, refund: Refund) -> Persist | Reply:
         """A refund the PSP made without us: the money is gone, so it is booked whatever the balance."""
         amount, fee_returned = self._posting_amount(refund)
         booked = await self._post(refund, refund_posting(refund.id, refund.merchant_id, amount, fee_returned))
         if booked is None:
             return reply_for(refund)
-        return await self._advance(refund, RefundEvent.REFUND_BOOKED, {"ledger_transaction_id": booked})
+        return Persist(refund, RefundEvent.REFUND_BOOKED, {"ledger_transaction_id": booked})
 
-    async def _post_reversal(self, refund: Refund) -> tuple[int, bytes]:
+    async def _post_reversal(self, refund: Refund) -> Persist | Reply:
         amount, fee_returned = self._posting_amount(refund)
         reversal = refund_reversal_posting(refund.id, refund.merchant_id, amount, fee_returned)
         if await self._post(refund, reversal) is None:
             return reply_for(refund)
-        return await self._advance(refund, RefundEvent.REVERSAL_POSTED)
+        return Persist(refund, RefundEvent.REVERSAL_POSTED)
 
     async def _post(self, refund: Refund, posting: Posting) -> str | None:
         """Post through the wallet without a funds check; the ledger transaction, or None when it failed and
@@ -237,7 +324,7 @@ class RefundService:
                 conn, fresh, body.charge, fingerprint, self._requests.lease_ms, body.amount
             )
 
-        async def resume(refund_id: str) -> tuple[int, bytes]:
+        async def resume(refund_id: str) -> Reply:
             async with self._pool.connection() as conn:
                 refund = await db.load_refund(conn, refund_id)
             assert refund is not None

@@ -10,17 +10,26 @@ from hypothesis import strategies as st
 
 from payray.charge import (
     AFTER_CAPTURE,
+    AUTOMATIC,
+    AWAITING_PSP,
+    BOOKABLE,
+    PSP_EVENTS,
     TERMINAL_STATES,
     TRANSITIONS,
     ChargeEvent,
     ChargeState,
     Command,
+    after_lookup,
     allowed_events,
     booking,
+    chain,
+    decides_answer,
     is_terminal,
     psp_idempotency_key,
     public_status,
+    resume,
     step,
+    with_automatic,
 )
 from payray.errors import IllegalTransition
 
@@ -140,3 +149,83 @@ def test_a_capture_is_booked_from_the_psps_answer_to_the_clients_in_one_chain() 
     for state in set(ChargeState) - {ChargeState.PSP_PENDING, ChargeState.UNKNOWN, ChargeState.CAPTURED}:
         with pytest.raises(IllegalTransition):
             booking(state)
+
+
+@given(st.sampled_from(list(ChargeState)))
+def test_every_state_resumes_by_an_allowed_event_or_the_commands_that_led_into_it(state: ChargeState) -> None:
+    resumption = resume(state)
+    if is_terminal(state):
+        assert resumption.event is None and resumption.commands == ()
+    elif resumption.event is not None:
+        assert resumption.event in allowed_events(state) and resumption.commands == ()
+    else:
+        assert resumption.commands
+        assert any(
+            target is state and commands == resumption.commands for target, commands in TRANSITIONS.values()
+        )
+
+
+def test_a_payment_whose_capture_is_unknown_resumes_by_asking_the_psp_again() -> None:
+    assert resume(ChargeState.UNKNOWN).event is ChargeEvent.PSP_RETRY
+    assert resume(ChargeState.CREATED).event is ChargeEvent.SUBMIT
+    assert resume(ChargeState.PSP_PENDING).commands == (Command.CALL_PSP,)
+    assert resume("captured").commands == (Command.POST_LEDGER,)
+
+
+@given(st.sampled_from(sorted(AWAITING_PSP)), st.sampled_from(["captured", "declined", "unknown", None]))
+def test_what_recovery_does_after_a_lookup_is_a_legal_path(state: ChargeState, found: str | None) -> None:
+    events = after_lookup(state, found)
+    source = state
+    for event in events:
+        source = step(source, event).target
+    if found is None:
+        assert events[-1] is ChargeEvent.PSP_NOT_FOUND and source is ChargeState.FAILED
+    elif found == "captured":
+        assert events == (ChargeEvent.PSP_CAPTURED,)
+        assert booking(state)[0].event is ChargeEvent.PSP_CAPTURED  # found captured: booked
+    elif found == "declined":
+        assert events == (ChargeEvent.PSP_DECLINED,) and source is ChargeState.DECLINED
+    else:
+        assert events == ()  # the PSP cannot say yet: the next sweep asks again
+    if events:  # recovery never captures again
+        assert Command.CALL_PSP not in step(state, events[0]).commands
+
+
+def test_a_payment_the_psp_never_saw_fails_by_way_of_unknown() -> None:
+    assert after_lookup(ChargeState.PSP_PENDING, None) == (ChargeEvent.PSP_UNKNOWN, ChargeEvent.PSP_NOT_FOUND)
+    assert after_lookup(ChargeState.UNKNOWN, None) == (ChargeEvent.PSP_NOT_FOUND,)
+
+
+def test_every_psp_answer_to_a_capture_is_an_event_the_machine_takes_while_waiting() -> None:
+    assert set(PSP_EVENTS) == {"captured", "declined", "unknown"}
+    for event in PSP_EVENTS.values():
+        assert event in allowed_events(ChargeState.PSP_PENDING)
+    for webhook in ("captured", "declined"):  # charge.succeeded, charge.failed
+        assert PSP_EVENTS[webhook] in allowed_events(ChargeState.UNKNOWN)
+
+
+@given(st.sampled_from(sorted(TRANSITIONS)))
+def test_an_events_chain_ends_where_something_is_left_to_do(key: tuple[ChargeState, ChargeEvent]) -> None:
+    """After an automatic command comes its event in the same transaction: no chain ends asking for one."""
+    done = chain(*key)
+    assert done[0] == step(*key)
+    assert all(a.target is b.source for a, b in itertools.pairwise(done))
+    assert not (len(done[-1].commands) == 1 and done[-1].commands[0] in AUTOMATIC)
+    assert with_automatic(done) == done
+
+
+def test_a_posted_capture_is_answered_without_io() -> None:
+    done = chain(ChargeState.CAPTURED, ChargeEvent.LEDGER_POSTED)
+    assert [t.event for t in done] == [ChargeEvent.LEDGER_POSTED, ChargeEvent.RESPONDED]
+    assert done[-1].target is ChargeState.SUCCEEDED and decides_answer(done[-1])
+    assert not decides_answer(step(ChargeState.CREATED, ChargeEvent.SUBMIT))
+    assert decides_answer(step(ChargeState.PSP_PENDING, ChargeEvent.PSP_UNKNOWN))
+
+
+def test_a_capture_is_bookable_exactly_where_booking_has_a_chain() -> None:
+    for state in ChargeState:
+        if state in BOOKABLE:
+            assert booking(state)
+        else:
+            with pytest.raises(IllegalTransition):
+                booking(state)

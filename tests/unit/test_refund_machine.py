@@ -8,6 +8,8 @@ from hypothesis import strategies as st
 
 from payray.errors import IllegalTransition
 from payray.refund import (
+    MACHINE,
+    PSP_EVENTS,
     RESUME,
     TERMINAL_STATES,
     TRANSITIONS,
@@ -19,6 +21,7 @@ from payray.refund import (
     is_terminal,
     psp_refund_key,
     public_status,
+    resume,
     step,
 )
 
@@ -95,3 +98,31 @@ def test_a_refund_learned_from_the_psp_is_booked_and_never_sent_to_the_psp(event
         assert RefundCommand.REFUND_AT_PSP not in transition.commands
         state = transition.target
     assert state in (RefundState.BOOKING, RefundState.SUCCEEDED)
+
+
+@given(st.sampled_from(list(RefundState)))
+def test_every_state_resumes_by_an_allowed_event_or_the_command_that_led_into_it(state: RefundState) -> None:
+    resumption = resume(state)
+    if is_terminal(state):
+        assert resumption.event is None and resumption.commands == ()
+    elif resumption.event is not None:
+        assert resumption.event in allowed_events(state) and resumption.commands == ()
+    else:
+        assert len(resumption.commands) == 1
+        assert resumption.commands == RESUME[state]
+    assert resume(RefundState.PSP_UNKNOWN).event is RefundEvent.PSP_RETRY
+
+
+def test_every_psp_answer_to_a_refund_is_an_event_the_machine_takes_once_funds_are_held() -> None:
+    assert set(PSP_EVENTS) == {"refunded", "failed", "unknown"}
+    for event in PSP_EVENTS.values():
+        assert event in allowed_events(RefundState.FUNDS_HELD)
+    assert PSP_EVENTS["refunded"] in allowed_events(RefundState.PSP_UNKNOWN)  # charge.refunded settles it
+    assert PSP_EVENTS["failed"] is RefundEvent.PSP_REFUSED
+
+
+def test_each_transition_runs_one_command_and_those_that_answer_are_known() -> None:
+    for key in TRANSITIONS:
+        transition = step(*key)
+        assert len(transition.commands) == 1
+        assert MACHINE.decides_answer(transition) == (transition.commands == (RefundCommand.RESPOND,))

@@ -83,9 +83,7 @@ def test_the_simulator_exercises_every_transition_of_both_machines() -> None:
 
 def test_the_simulator_asks_payray_charge_for_every_transition(monkeypatch: pytest.MonkeyPatch) -> None:
     """Take a transition out of the production table and the simulated service can no longer capture."""
-    table = dict(charge.TRANSITIONS)
-    del table[(charge.ChargeState.PSP_PENDING, charge.ChargeEvent.PSP_CAPTURED)]
-    monkeypatch.setattr(charge, "TRANSITIONS", table)
+    monkeypatch.delitem(charge.TRANSITIONS, (charge.ChargeState.PSP_PENDING, charge.ChargeEvent.PSP_CAPTURED))
     with pytest.raises(MachineRefused, match="psp_captured"):
         simulate(SCENARIOS["happy_path"].config(1, 20))
 
