@@ -108,9 +108,7 @@ class Parts:
     @cached_property
     def charge_flow(self) -> ChargeFlow:
         """One per process: the webhooks ask it which charges it is driving or saw past the PSP."""
-        return ChargeFlow(
-            self.pool, self.psp, self.wallets, self.settings.fee_bps, on_transition=self._on_transition
-        )
+        return ChargeFlow(self.pool, self.psp, self.wallets, on_transition=self._on_transition)
 
     @cached_property
     def refund_flow(self) -> RefundFlow:
@@ -140,11 +138,11 @@ class Parts:
 
     @cached_property
     def charges(self) -> ChargeService:
-        return ChargeService(self.pool, self.requests, self.charge_flow)
+        return ChargeService(self.pool, self.requests, self.charge_flow, self.settings.fee_bps)
 
     @cached_property
     def refunds(self) -> RefundService:
-        return RefundService(self.pool, self.requests, self.refund_flow, self.settings.fee_bps)
+        return RefundService(self.pool, self.requests, self.refund_flow)
 
     @cached_property
     def payouts(self) -> PayoutService:
@@ -160,7 +158,6 @@ class Parts:
             self.refund_flow,
             self.disputes,
             s.stripe_webhook_secrets,
-            s.fee_bps,
         )
 
     async def aclose(self) -> None:

@@ -222,7 +222,6 @@ class ChargeFlow:
         pool: AsyncConnectionPool[Any],
         psp: PaymentServiceProvider,
         wallets: WalletDirectory,
-        fee_bps: int,
         on_transition: Callable[[Transition], None] | None = None,
         *,
         store: PaymentStore | None = None,
@@ -230,7 +229,6 @@ class ChargeFlow:
         self._store = store if store is not None else PostgresPayments(pool)
         self._psp = psp
         self._wallets = wallets
-        self.fee_bps = fee_bps  # of the fee each new payment stores
         self._on_transition = on_transition or (lambda t: None)
         #: payments this driver saw past the PSP, and those it is driving now (for the webhooks)
         self.outcomes = RecentOutcomes()
@@ -477,11 +475,12 @@ class ChargeFlow:
 
 class ChargeService:
     def __init__(
-        self, pool: AsyncConnectionPool[Any], requests: IdempotentRequests, flow: ChargeFlow
+        self, pool: AsyncConnectionPool[Any], requests: IdempotentRequests, flow: ChargeFlow, fee_bps: int
     ) -> None:
         self._pool = pool
         self._requests = requests
         self._flow = flow
+        self._fee_bps = fee_bps  # the rate of the fee each new payment stores
 
     async def create(self, merchant_id: str, key: str, body: ChargeCreate) -> Answer:
         fingerprint = request_fingerprint("POST", "/v1/charges", body.model_dump(mode="json"))
@@ -491,7 +490,7 @@ class ChargeService:
             merchant_id=merchant_id,
             amount=body.amount,
             currency=body.currency,
-            fee=fee_for(Money(body.amount, body.currency), self._flow.fee_bps).amount,
+            fee=fee_for(Money(body.amount, body.currency), self._fee_bps).amount,
             payment_method=body.payment_method,
             state=ChargeState.CREATED.value,
             idempotency_key=key,

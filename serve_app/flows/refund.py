@@ -294,12 +294,11 @@ class RefundFlow:
 
 class RefundService:
     def __init__(
-        self, pool: AsyncConnectionPool[Any], requests: IdempotentRequests, flow: RefundFlow, fee_bps: int
+        self, pool: AsyncConnectionPool[Any], requests: IdempotentRequests, flow: RefundFlow
     ) -> None:
         self._pool = pool
         self._requests = requests
         self._flow = flow
-        self._fee_bps = fee_bps
 
     async def create(self, merchant_id: str, key: str, body: RefundCreate) -> Answer:
         fingerprint = request_fingerprint("POST", "/v1/refunds", body.model_dump(mode="json"))

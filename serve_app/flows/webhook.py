@@ -105,7 +105,6 @@ class WebhookReceiver:
         refund_flow: RefundFlow,
         booking: DisputeBooking,
         secrets: tuple[str, ...],
-        fee_bps: int,
     ) -> None:
         self._pool = pool
         self._psp = psp

@@ -16,6 +16,7 @@ from actors.wallet import InsufficientFunds
 from ledger.postings import Posting, Statement
 from ledger.store import PostingResult
 from payray.charge import Transition, psp_idempotency_key
+from payray.fees import fee_for
 from payray.money import Money
 from payray.refund import RefundTransition, psp_refund_key
 from psp.port import PspCapture, PspChargeResult, PspRefund, PspRefundResult, SettlementReport
@@ -31,6 +32,7 @@ def new_payment(payment_id: str = "ch_1", amount: int = 1000, state: str = "psp_
         merchant_id="m_1",
         amount=amount,
         currency="usd",
+        fee=fee_for(Money(amount, "usd"), 290).amount,
         payment_method="pm_card_visa",
         state=state,
         idempotency_key=f"key-{payment_id}",

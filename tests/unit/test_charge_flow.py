@@ -11,7 +11,6 @@ from psp.port import PspChargeResult
 from serve_app.flows.charge import ChargeFlow, Reply
 from tests.unit.flow_fakes import FakePayments, FakePsp, FakeWallets, new_payment
 
-FEE_BPS = 290
 T = TypeVar("T")
 
 
@@ -23,7 +22,7 @@ def flow(psp: FakePsp, wallets: FakeWallets | None = None) -> tuple[ChargeFlow, 
     store = FakePayments()
     wallets = wallets or FakeWallets()
     wallets.payments = store
-    return ChargeFlow(None, psp, wallets, FEE_BPS, store=store), store, wallets  # no pool: the store is fake
+    return ChargeFlow(None, psp, wallets, store=store), store, wallets  # no pool: the store is fake
 
 
 def status_of(reply: Reply) -> str:
