@@ -89,16 +89,17 @@ class Wallet:
         loading = isinstance(self._load, asyncio.Future)
         return bool(self.callers or self._posting or self._reserved or loading)
 
-    async def credit(self, posting: Posting) -> PostingResult:
+    async def post(self, posting: Posting) -> PostingResult:
         """Post a movement into the merchant's balance (a capture, a dispute released)."""
-        (result,) = await self.credit_many([posting])
+        (result,) = await self.post_many([posting])
         return result
 
-    async def credit_many(self, postings: list[Posting]) -> list[PostingResult]:
-        """``credit`` for each, in order, in one call to the ledger: what callers batch stays batched.
+    async def post_many(self, postings: list[Posting]) -> list[PostingResult]:
+        """``post`` for each, in order, in one call to the ledger: what callers batch stays batched.
 
-        A credit needs no check, so a wallet not loaded yet loads while the postings are written, not before
-        them: the first charge of a merchant waits for one indexed read at most, in parallel."""
+        Money into the balance needs no check, so a wallet not loaded yet loads while the postings are
+        written, not before them: the first charge of a merchant waits for one indexed read at most, in
+        parallel."""
         for posting in postings:
             self._check_owner(posting)
         loading = self._start_loading()

@@ -100,7 +100,7 @@ class WalletHost:
         self._created = 0
         self._calls = 0
 
-    async def credit_many(self, postings: list[Posting]) -> list[PostingResult]:
+    async def post_many(self, postings: list[Posting]) -> list[PostingResult]:
         """Post movements into merchants' balances (captures, disputes released), any merchants of this host
         in one call; one result per posting, in order. Every wallet's postings join the writer's batch."""
         self._calls += 1
@@ -108,11 +108,11 @@ class WalletHost:
         for i, posting in enumerate(postings):
             by_merchant[_merchant_of(posting)].append(i)
 
-        async def credit(merchant_id: str, indices: list[int]) -> list[PostingResult]:
+        async def post(merchant_id: str, indices: list[int]) -> list[PostingResult]:
             with self._holding(merchant_id) as wallet:
-                return await wallet.credit_many([postings[i] for i in indices])
+                return await wallet.post_many([postings[i] for i in indices])
 
-        answers = await asyncio.gather(*(credit(m, idx) for m, idx in by_merchant.items()))
+        answers = await asyncio.gather(*(post(m, idx) for m, idx in by_merchant.items()))
         results: list[PostingResult | None] = [None] * len(postings)
         for indices, answered in zip(by_merchant.values(), answers, strict=True):
             for i, result in zip(indices, answered, strict=True):

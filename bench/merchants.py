@@ -132,7 +132,7 @@ def _stack_roots(info: StackInfo) -> list[int]:
 
 
 def _worker_class(cmdline: str) -> str:
-    """``ray::WalletActor.credit_many()`` → ``WalletActor``; ``ray::ServeReplica:payray:PaymentApi`` stays."""
+    """``ray::WalletActor.post_many()`` → ``WalletActor``; ``ray::ServeReplica:payray:PaymentApi`` stays."""
     return cmdline.removeprefix("ray::").split(maxsplit=1)[0].split(".", 1)[0] if cmdline != "ray::" else "?"
 
 

@@ -25,7 +25,7 @@ class WalletDirectory:
             raise ValueError(f"{len(hosts)} host handles for a slot map of {slots.hosts} hosts")
         self._hosts = hosts
         self._slots = slots
-        self._credits = [NaturalBatcher(self._sender(host)) for host in hosts]
+        self._batchers = [NaturalBatcher(self._sender(host)) for host in hosts]
 
     @classmethod
     def from_settings(cls, settings: Settings) -> WalletDirectory:
@@ -43,11 +43,11 @@ class WalletDirectory:
     def host(self, merchant_id: str) -> Any:
         return self._hosts[self._slots.host_of(merchant_id)]
 
-    async def apply(self, merchant_id: str, posting: Posting) -> PostingResult:
+    async def post(self, merchant_id: str, posting: Posting) -> PostingResult:
         """Post through the merchant's wallet, which takes the resulting balance as its own."""
         if posting.merchant_id != merchant_id:
             raise ValueError(f"posting for {posting.merchant_id} sent as {merchant_id}'s")
-        return await self._credits[self._slots.host_of(merchant_id)].submit(posting)
+        return await self._batchers[self._slots.host_of(merchant_id)].submit(posting)
 
     async def debit(self, merchant_id: str, posting: Posting, amount: Money) -> PostingResult:
         """Post a movement out of the merchant's balance if the wallet holds ``amount`` available.
@@ -78,7 +78,7 @@ class WalletDirectory:
     @staticmethod
     def _sender(host: Any) -> Any:
         async def send(postings: list[Posting]) -> list[PostingResult]:
-            results: list[PostingResult] = await host.credit_many.remote(postings)
+            results: list[PostingResult] = await host.post_many.remote(postings)
             return results
 
         return send

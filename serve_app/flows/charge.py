@@ -404,7 +404,7 @@ class ChargeFlow:
         error = "ledger unavailable"
         for attempt in range(LEDGER_ATTEMPTS):
             try:
-                result = await self._wallets.apply(payment.merchant_id, posting)
+                result = await self._wallets.post(payment.merchant_id, posting)
             except Exception as exc:  # a dead host or database: retry, then compensate
                 error = f"{type(exc).__name__}: {exc}"
                 await asyncio.sleep(0.05 * 4**attempt)
@@ -456,9 +456,9 @@ class ChargeFlow:
         amount = Money(payment.amount, payment.currency)
         fee = payment.capture_fee
         try:
-            await self._wallets.apply(payment.merchant_id, self._capture_posting(payment))
+            await self._wallets.post(payment.merchant_id, self._capture_posting(payment))
             reversal = refund_posting(f"compensation-{payment.id}", payment.merchant_id, amount, fee)
-            result = await self._wallets.apply(payment.merchant_id, reversal)
+            result = await self._wallets.post(payment.merchant_id, reversal)
         except Exception:
             return reply_for(payment)  # recovery retries; both postings are idempotent
         if result.error is not None:

@@ -108,7 +108,7 @@ class DisputeBooking:
         return dispute
 
     async def _post(self, posting: Any) -> None:
-        result = await self._wallets.apply(posting.merchant_id, posting)
+        result = await self._wallets.post(posting.merchant_id, posting)
         if result.error is not None:
             raise RuntimeError(f"the ledger refused {posting.kind} {posting.external_ref}: {result.error}")
 

@@ -237,7 +237,7 @@ class RefundFlow:
             if from_merchant.is_positive():
                 result = await self._wallets.debit(refund.merchant_id, posting, from_merchant)
             else:  # a refund of fee only: nothing leaves the merchant's balance
-                result = await self._wallets.apply(refund.merchant_id, posting)
+                result = await self._wallets.post(refund.merchant_id, posting)
         except InsufficientFunds as exc:  # (Ray's wrapper of the wallet's error: answer with our own)
             await self._store.discard(refund.id)
             raise InsufficientFunds(
@@ -285,7 +285,7 @@ class RefundFlow:
         """Post through the wallet without a funds check; the ledger transaction, or None when it failed and
         the refund stays where it is for a retry or recovery (the posting is idempotent)."""
         try:
-            result = await self._wallets.apply(refund.merchant_id, posting)
+            result = await self._wallets.post(refund.merchant_id, posting)
         except Exception:
             log.warning("%s not posted yet", posting.kind, exc_info=True, extra={"refund_id": refund.id})
             return None

@@ -139,7 +139,7 @@ def test_a_payment_interrupted_at_each_step_is_finished(
         posting = capture_posting(
             payment_id, merchant.id, Money(1500, "usd"), fee_for(Money(1500, "usd"), FEE_BPS)
         )
-        [result] = ray.get(wallet(merchant.id).credit_many.remote([posting]))
+        [result] = ray.get(wallet(merchant.id).post_many.remote([posting]))
         assert result.ok
     leave_payment(api_database_url, payment_id, merchant.id, state, known_reference)
 
@@ -225,7 +225,7 @@ def test_a_dispute_whose_hold_was_never_booked_is_booked(
         )
     # the hold was booked before the crash; the loss was not
     hold = dispute_hold_posting(dispute_id, merchant.id, Money(800, "usd"))
-    assert ray.get(wallet(merchant.id).credit_many.remote([hold]))[0].ok
+    assert ray.get(wallet(merchant.id).post_many.remote([hold]))[0].ok
     sweep(admin)
     assert merchant.client.get(f"/v1/disputes/{dispute_id}").json()["status"] == "lost"
     assert merchant.available() == available - 800

@@ -92,7 +92,7 @@ def test_credits_update_the_wallet_and_match_the_ledger(database_url: str) -> No
         wallet = parts.wallet(merchant)
         assert await wallet.balances() == {}
         postings = [capture(merchant, 1000 + i) for i in range(50)] + [capture(merchant, 700, "eur")]
-        results = await asyncio.gather(*(wallet.credit(p) for p in postings))
+        results = await asyncio.gather(*(wallet.post(p) for p in postings))
         assert all(r.created for r in results)
         reborn = parts.wallet(merchant)  # a restarted actor rebuilds from Postgres
         return await wallet.balances(), await reborn.balances()
@@ -111,7 +111,7 @@ def test_concurrent_debits_never_overdraw(database_url: str) -> None:
 
     async def scenario(parts: Parts) -> list[PostingResult | BaseException]:
         wallet = parts.wallet(merchant)
-        await wallet.credit(funding(merchant, 10_000))
+        await wallet.post(funding(merchant, 10_000))
         assert await wallet.balances() == {"usd": 10_000}
         return await asyncio.gather(
             *(wallet.debit(payout(merchant, 1000), Money(1000, "usd")) for _ in range(30)),
@@ -146,7 +146,7 @@ def test_a_retried_debit_answers_its_first_result_even_when_funds_are_gone(datab
 
     async def scenario(parts: Parts) -> tuple[PostingResult, PostingResult]:
         wallet = parts.wallet(merchant)
-        await wallet.credit(funding(merchant, 1000))  # 1000 available
+        await wallet.post(funding(merchant, 1000))  # 1000 available
         first = await wallet.debit(payout(merchant, 1000, payout_id), Money(1000, "usd"))
         retried = await parts.wallet(merchant).debit(
             payout(merchant, 1000, payout_id), Money(1000, "usd")
@@ -165,7 +165,7 @@ def test_postgres_refuses_what_a_stale_wallet_would_allow(database_url: str) -> 
     merchant = new_merchant()
 
     async def scenario(parts: Parts) -> tuple[PostingResult | BaseException, ...]:
-        await parts.wallet(merchant).credit(funding(merchant, 1000))
+        await parts.wallet(merchant).post(funding(merchant, 1000))
         old, new = parts.wallet(merchant), parts.wallet(merchant)
         assert await old.balances() == await new.balances() == {"usd": 1000}
         return await asyncio.gather(
@@ -186,10 +186,10 @@ def test_a_ledger_failure_resyncs_the_wallet_from_postgres(database_url: str) ->
     async def scenario(parts: Parts) -> dict[str, int]:
         ledger = FlakyLedger(parts.writer)
         wallet = parts.wallet(merchant, ledger)
-        await wallet.credit(funding(merchant, 1000))
+        await wallet.post(funding(merchant, 1000))
         ledger.fail_after_posting = True
         with pytest.raises(DependencyFailure):
-            await wallet.credit(funding(merchant, 2000))  # posted, but the answer is lost
+            await wallet.post(funding(merchant, 2000))  # posted, but the answer is lost
         ledger.fail_after_posting = False
         return await wallet.balances()
 
@@ -202,9 +202,9 @@ def test_a_refused_posting_resyncs_and_reports_its_error(database_url: str) -> N
     async def scenario(parts: Parts) -> tuple[PostingResult, dict[str, int]]:
         wallet = parts.wallet(merchant)
         first = funding(merchant, 1000)
-        await wallet.credit(first)
+        await wallet.post(first)
         conflicting = capture_posting(first.external_ref, merchant, Money(5000, "usd"), Money(0, "usd"))
-        result = await wallet.credit(conflicting)
+        result = await wallet.post(conflicting)
         return result, await wallet.balances()
 
     result, balances = run(scenario, database_url)
@@ -216,7 +216,7 @@ def test_a_wallet_only_takes_its_own_merchant_postings(database_url: str) -> Non
     async def scenario(parts: Parts) -> None:
         wallet = parts.wallet(new_merchant())
         with pytest.raises(ValueError):
-            await wallet.credit(capture(new_merchant(), 100))
+            await wallet.post(capture(new_merchant(), 100))
 
     run(scenario, database_url)
 
@@ -228,8 +228,8 @@ def test_a_batch_of_credits_is_one_ledger_call_and_matches_the_ledger(database_u
 
     async def scenario(parts: Parts) -> tuple[list[PostingResult], dict[str, int]]:
         wallet = parts.wallet(merchant)
-        results = await wallet.credit_many(postings)
-        again = await wallet.credit_many(postings[:5])  # a retried batch posts nothing twice
+        results = await wallet.post_many(postings)
+        again = await wallet.post_many(postings[:5])  # a retried batch posts nothing twice
         assert [r.created for r in again] == [False] * 5
         return results, await wallet.balances()
 
@@ -245,7 +245,7 @@ def test_a_batch_with_another_merchants_posting_is_refused_whole(database_url: s
     async def scenario(parts: Parts) -> None:
         wallet = parts.wallet(merchant)
         with pytest.raises(ValueError, match="sent to the wallet of"):
-            await wallet.credit_many([funding(merchant, 100), funding(new_merchant(), 100)])
+            await wallet.post_many([funding(merchant, 100), funding(new_merchant(), 100)])
 
     run(scenario, database_url)
     assert ledger_balances(database_url, merchant) == {}

@@ -92,7 +92,7 @@ def host_of(hosts: list[ActorHandle], merchant: str) -> ActorHandle:
 
 def test_each_merchant_is_held_by_the_host_its_slot_names(hosts: list[ActorHandle]) -> None:
     merchants = [new_merchant() for _ in range(40)]
-    get([host_of(hosts, m).credit_many.remote([funding(m, 100)]) for m in merchants])
+    get([host_of(hosts, m).post_many.remote([funding(m, 100)]) for m in merchants])
 
     held = [get(h.held_balances.remote()) for h in hosts]
     for m in merchants:
@@ -113,7 +113,7 @@ def test_many_merchants_share_one_hosts_batches_and_match_the_ledger(
 
     # calls of 20 postings each, each spanning many merchants, all in flight at once
     chunks = [mine[i : i + 20] for i in range(0, len(mine), 20)]
-    answers = get([host.credit_many.remote(c) for c in chunks])
+    answers = get([host.post_many.remote(c) for c in chunks])
     results: list[PostingResult] = [r for chunk in answers for r in chunk]
 
     assert [r.external_ref for r in results] == [p.external_ref for p in mine]
@@ -132,7 +132,7 @@ def test_many_merchants_share_one_hosts_batches_and_match_the_ledger(
 def test_concurrent_payouts_never_overdraw(hosts: list[ActorHandle], database_url: str) -> None:
     merchant = new_merchant()
     host = host_of(hosts, merchant)
-    get(host.credit_many.remote([funding(merchant, 10_000)]))
+    get(host.post_many.remote([funding(merchant, 10_000)]))
 
     refs = [host.debit.remote(payout(merchant, 700), Money(700, "usd")) for _ in range(40)]
     paid, refused = 0, 0
@@ -149,7 +149,7 @@ def test_concurrent_payouts_never_overdraw(hosts: list[ActorHandle], database_ur
 def test_idle_wallets_are_passivated_within_the_bound_and_reload_from_the_ledger(database_url: str) -> None:
     host = a_host(database_url, f"small_host_{uuid.uuid4().hex[:6]}", cache_size=50)
     merchants = [new_merchant() for _ in range(400)]
-    get([host.credit_many.remote([funding(m, 10 + i)]) for i, m in enumerate(merchants)])
+    get([host.post_many.remote([funding(m, 10 + i)]) for i, m in enumerate(merchants)])
 
     stats = get(host.stats.remote())
     assert stats["wallets"] <= 50 and stats["passivated"] >= 350
@@ -172,7 +172,7 @@ def test_two_live_hosts_owning_one_merchant_neither_overdraw_nor_double_post_nor
     paid = refused = 0
     for credit in credits:
         # the same credit through both owners, then each owner pays out what it believes it may
-        get([first.credit_many.remote([credit]), second.credit_many.remote([credit])])
+        get([first.post_many.remote([credit]), second.post_many.remote([credit])])
         for ref in [h.debit.remote(payout(merchant, 1500), Money(1500, "usd")) for h in (first, second)]:
             try:
                 paid += get(ref).created
@@ -196,7 +196,7 @@ def test_two_live_hosts_owning_one_merchant_neither_overdraw_nor_double_post_nor
     assert lowest >= 0  # not even for a moment
     # an owner's next posting brings it the balance row as it now is, whoever wrote it last
     for owner in (first, second):
-        get(owner.credit_many.remote([funding(merchant, 1)]))
+        get(owner.post_many.remote([funding(merchant, 1)]))
         assert get(owner.balances.remote(merchant)) == ledger_balances(database_url, merchant)
     for owner in (first, second):
         ray.kill(owner)
@@ -211,13 +211,13 @@ def test_a_killed_host_restarts_serves_again_and_rebuilds_from_postgres(
     postings = [funding(m, 10 + i) for i in range(20) for m in merchants]
 
     first_process = process_of(host)
-    refs = [host.credit_many.remote([p]) for p in postings[: len(postings) // 2]]
+    refs = [host.post_many.remote([p]) for p in postings[: len(postings) // 2]]
     get(refs[:5])
     killed_at = time.monotonic()
     ray.kill(host, no_restart=False)
     with ThreadPoolExecutor(1) as pool:  # the first answer after the kill, from a new call
         answered = pool.submit(lambda: get(host.balances.remote(merchants[0])) and time.monotonic())
-        refs += [host.credit_many.remote([p]) for p in postings[len(postings) // 2 :]]
+        refs += [host.post_many.remote([p]) for p in postings[len(postings) // 2 :]]
         results = [r for batch in get(refs) for r in batch]
         back_after_s = (answered.result() or time.monotonic()) - killed_at
 

@@ -198,7 +198,7 @@ class FakeWallets:
     def kinds(self) -> list[tuple[str, str]]:
         return list(self.committed)
 
-    async def apply(self, merchant_id: str, posting: Posting) -> PostingResult:
+    async def post(self, merchant_id: str, posting: Posting) -> PostingResult:
         assert posting.merchant_id == merchant_id
         if self.refuse:
             self.refuse -= 1
@@ -216,7 +216,7 @@ class FakeWallets:
         if amount.amount > self.balance:
             raise InsufficientFunds("the balance does not cover it")
         self.balance -= amount.amount
-        return await self.apply(merchant_id, posting)
+        return await self.post(merchant_id, posting)
 
 
 @dataclass
