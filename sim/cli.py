@@ -157,14 +157,14 @@ def _table(results: list[tuple[Scenario, RunResult]]) -> Table:
 
 
 def _explain(console: Console, scenario: Scenario, result: RunResult) -> None:
-    """The seed and the first violating payment's story: enough to replay it with ``--seed``."""
+    """The seed and the first violating charge's story: enough to replay it with ``--seed``."""
     if not result.violations:
         console.print(f"[bold red]{scenario.name}[/]: the swap broke nothing ({scenario.breaks} held)")
         return
     first = result.violations[0]
     console.print(
         f"[bold red]{scenario.name}[/], seed {result.config.seed}: {len(result.violations)} violations; "
-        f"first: {first.invariant}, payment {first.payment}: {first.detail}"
+        f"first: {first.invariant}, charge {first.charge}: {first.detail}"
     )
     for at, who, source, event, target in result.first_history:
         console.print(f"  t={at:9.4f}s  {who:8s} {source} --{event}--> {target}")

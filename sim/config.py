@@ -164,7 +164,7 @@ class SimConfig:
     recovery: Recovery = field(default_factory=Recovery)
     reconciliation: Reconciliation = field(default_factory=Reconciliation)
     design: Design = field(default_factory=Design)
-    #: after the last arrival, faults stop and the run goes on this long: every payment must finish
+    #: after the last arrival, faults stop and the run goes on this long: every charge must finish
     quiet_s: float = 600.0
 
     def with_(self, **parts: Any) -> SimConfig:

@@ -33,27 +33,27 @@ from sim.config import SimConfig
 from sim.world import Booked, SimDatabase, booked
 
 if TYPE_CHECKING:
-    from sim.service import SimPayment
+    from sim.service import SimCharge
 
 #: what a host answers for one posting
 POSTED, REFUSED, INSUFFICIENT, UNAVAILABLE = "posted", "refused", "insufficient", "unavailable"
 
-#: the driver's hook that persists a committed chain of transitions on a payment
-Persist = Callable[["SimPayment", tuple[Transition, ...], str], Any]
+#: the driver's hook that persists a committed chain of transitions on a charge
+Persist = Callable[["SimCharge", tuple[Transition, ...], str], Any]
 
 
 @dataclass(slots=True, eq=False)
 class HostPosting:
     """One posting a driver asks a host to write, and what came of it. ``need`` is what a debit takes from
-    the merchant (checked by the wallet, then by ``require_funds``); a capture carries its payment and the
-    chain (``booking``) that commits with it when the payment is still where the chain starts."""
+    the merchant (checked by the wallet, then by ``require_funds``); a capture carries its charge and the
+    chain (``booking``) that commits with it when the charge is still where the chain starts."""
 
     kind: str
     ref: str
     merchant: str
     effect: Booked
     need: int = 0
-    payment: SimPayment | None = None
+    charge: SimCharge | None = None
     chain: tuple[Transition, ...] = ()
     who: str = ""
     #: the ledger refuses this posting (a constraint, a bug): ``Service.ledger_failure_rate``
@@ -210,7 +210,7 @@ class Host:
 
     def _write(self, batch: Batch) -> None:
         """One transaction: every posting (a savepoint each, so a refused one sinks only itself), each
-        capture's chain where the payment is still where it starts; then the wallets take the ledger's
+        capture's chain where the charge is still where it starts; then the wallets take the ledger's
         balances and let their reservations go. The whole transaction fails while the database restarts."""
         hosts, live = self.hosts, self.live
         ledger, persist = hosts.ledger, hosts.persist
@@ -234,9 +234,9 @@ class Host:
                     result = POSTED
                     ledger.book(posting.kind, posting.ref, merchant, posting.effect)
                     hosts.postings += 1
-                    payment = posting.payment
-                    if payment is not None and payment.state is posting.chain[0].source:
-                        persist(payment, posting.chain, posting.who)
+                    charge = posting.charge
+                    if charge is not None and charge.state is posting.chain[0].source:
+                        persist(charge, posting.chain, posting.who)
                         if live:
                             posting.completed = True
                 if live:

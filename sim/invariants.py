@@ -4,8 +4,8 @@
    refunds.
 2. Every ledger transaction balances.
 3. Each wallet equals its merchant's ledger accounts, and lives in the host its merchant's slot names.
-4. What the PSP holds and what the ledger says it holds agree for every payment, refunds included.
-5. After the quiet phase, with the PSP reachable again, no payment or refund is left unfinished.
+4. What the PSP holds and what the ledger says it holds agree for every charge, refunds included.
+5. After the quiet phase, with the PSP reachable again, no charge or refund is left unfinished.
 
 Plus the nightly reconciliation's own promise: it names every difference between the PSP's report and the
 ledger, drift included, and nothing else.
@@ -33,7 +33,7 @@ INVARIANTS = (
 @dataclass(frozen=True)
 class Violation:
     invariant: str
-    payment: str | None
+    charge: str | None
     detail: str
 
 
@@ -44,7 +44,7 @@ def check(
     drift: dict[str, int],
     found: dict[str, int],
 ) -> list[Violation]:
-    """Every violation, in a stable order: invariant by invariant, then by payment id. ``real`` is
+    """Every violation, in a stable order: invariant by invariant, then by charge id. ``real`` is
     ``differences(…)``, computed once by the caller."""
     psp, ledger = service.psp, service.db.ledger
     violations: list[Violation] = []
@@ -90,12 +90,12 @@ def check(
         detail = f"the PSP holds {at_psp} of it, the ledger {in_ledger}"
         violations.append(Violation("psp_matches_ledger", payment_id, detail))
 
-    for payment_id, payment in sorted(service.unfinished.items()):
-        detail = f"still {payment.state.value} after recovery with the PSP reachable"
+    for payment_id, charge in sorted(service.unfinished.items()):
+        detail = f"still {charge.state.value} after recovery with the PSP reachable"
         violations.append(Violation("no_pending_after_recovery", payment_id, detail))
     for refund_id, refund in sorted(refunds.unfinished.items()):
         detail = f"refund {refund_id} still {refund.state.value} after recovery with the PSP reachable"
-        violations.append(Violation("no_pending_after_recovery", refund.payment.id, detail))
+        violations.append(Violation("no_pending_after_recovery", refund.charge.id, detail))
 
     expected = {kind: n for kind, n in {**drift, "real_differences": len(real)}.items() if n}
     if found != expected:
@@ -104,7 +104,7 @@ def check(
 
 
 def psp_net(psp: SimPsp) -> dict[str, int]:
-    """What the PSP holds of each payment, where not zero: its captures not refunded in full, less its partial
+    """What the PSP holds of each charge, where not zero: its captures not refunded in full, less its partial
     refunds."""
     held: dict[str, int] = defaultdict(int)
     for capture in psp.captures:
@@ -116,28 +116,28 @@ def psp_net(psp: SimPsp) -> dict[str, int]:
 
 
 def ledger_net(service: SimService, refunds: SimRefunds) -> dict[str, int]:
-    """What the ledger says the PSP holds of each payment, where not zero: the PSP receivable's movements."""
+    """What the ledger says the PSP holds of each charge, where not zero: the PSP receivable's movements."""
 
-    def payment_of(kind: str, ref: str) -> str:
+    def charge_of(kind: str, ref: str) -> str:
         if kind == "capture":
             return ref
         if ref.startswith("compensation-"):
             return ref.removeprefix("compensation-")
         refund = refunds.refunds.get(ref)
-        return refunds.discarded[ref] if refund is None else refund.payment.id
+        return refunds.discarded[ref] if refund is None else refund.charge.id
 
     held: dict[str, int] = defaultdict(int)
     ledger = service.db.ledger
     for (kind, ref), (_merchant, effect) in ledger.transactions.items():
-        held[ref if kind == "capture" else payment_of(kind, ref)] += effect.receivable
+        held[ref if kind == "capture" else charge_of(kind, ref)] += effect.receivable
     for kind, ref, _merchant, effect in ledger.repeated:
-        held[payment_of(kind, ref)] += effect.receivable
+        held[charge_of(kind, ref)] += effect.receivable
     return {payment_id: n for payment_id, n in held.items() if n}
 
 
 def differences(at_psp: dict[str, int], in_ledger: dict[str, int]) -> dict[str, tuple[int, int]]:
     """Payments whose money at the PSP (``psp_net``) differs from what the ledger says the PSP holds
-    (``ledger_net``): ``payment id -> (at the PSP, in the ledger)``."""
+    (``ledger_net``): ``charge id -> (at the PSP, in the ledger)``."""
     return {p: (at_psp.get(p, 0), in_ledger.get(p, 0)) for p in differing(at_psp, in_ledger)}
 
 

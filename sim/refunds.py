@@ -29,7 +29,7 @@ from payray.refund import (
     step,
 )
 from sim.hosts import INSUFFICIENT, host_posting
-from sim.service import Crash, MachineRefused, SimPayment, SimService
+from sim.service import Crash, MachineRefused, SimCharge, SimService
 from sim.world import FEE_BPS, Unavailable
 
 RefundAnswer = Literal["succeeded", "failed", "pending", "refused", "in_flight", "error"]
@@ -39,7 +39,7 @@ R, RE, RC = RefundState, RefundEvent, RefundCommand
 @dataclass(slots=True)
 class SimRefund:
     id: str
-    payment: SimPayment
+    charge: SimCharge
     amount: int
     fee_returned: int
     key: str
@@ -55,27 +55,27 @@ class SimRefunds:
         self.refunds: dict[str, SimRefund] = {}
         self.unfinished: dict[str, SimRefund] = {}
         self.keys: dict[tuple[str, str], str] = {}
-        #: refunded or reserved, per payment: concurrent refunds never add up to more than the charge
+        #: refunded or reserved, per charge: concurrent refunds never add up to more than the charge
         self.reserved: dict[str, int] = {}
-        #: refunds the balance did not cover, by id: their payment's id
+        #: refunds the balance did not cover, by id: their charge's id
         self.discarded: dict[str, str] = {}
         self.transitions = 0
         self.created = 0
 
-    def request(self, payment: SimPayment, amount: int, key: str) -> Generator[Any, Any, RefundAnswer]:
+    def request(self, charge: SimCharge, amount: int, key: str) -> Generator[Any, Any, RefundAnswer]:
         """``POST /v1/refunds`` with an Idempotency-Key."""
         s = self.s
         try:
             yield s.db.commit()  # the key and the refund, its amount reserved on the charge; or the old one
-            known = self.keys.get((payment.id, key))
+            known = self.keys.get((charge.id, key))
             if known is not None:
                 refund = self.refunds[known]
             else:
-                reserved = self.reserved.get(payment.id, 0)
-                if reserved + amount > payment.amount:
+                reserved = self.reserved.get(charge.id, 0)
+                if reserved + amount > charge.amount:
                     return "refused"
-                refund = self._create(payment, amount, reserved, key)
-                self.keys[(payment.id, key)] = refund.id
+                refund = self._create(charge, amount, reserved, key)
+                self.keys[(charge.id, key)] = refund.id
             if refund.busy:
                 return "in_flight"
             if refund.state not in TERMINAL_STATES:
@@ -92,14 +92,14 @@ class SimRefunds:
             return "succeeded"
         return "failed" if refund.state is R.FAILED else "pending"
 
-    def _create(self, payment: SimPayment, amount: int, reserved: int, key: str) -> SimRefund:
-        charged = Money(payment.amount, "usd")
+    def _create(self, charge: SimCharge, amount: int, reserved: int, key: str) -> SimRefund:
+        charged = Money(charge.amount, "usd")
         fee = refund_terms(charged, fee_for(charged, FEE_BPS), reserved, amount).fee_returned
         self.created += 1
-        refund = SimRefund(f"re_{self.created:08d}", payment, amount, fee.amount, key, touched=self.s.env.now)
+        refund = SimRefund(f"re_{self.created:08d}", charge, amount, fee.amount, key, touched=self.s.env.now)
         self.refunds[refund.id] = refund
         self.unfinished[refund.id] = refund
-        self.reserved[payment.id] = reserved + amount
+        self.reserved[charge.id] = reserved + amount
         return refund
 
     def _drive(
@@ -107,7 +107,7 @@ class SimRefunds:
     ) -> Generator[Any, Any, None]:
         """``RefundFlow``, as one loop like the charge driver's: from ``event``, or else from the persisted
         state, persist each transition (one commit) and run its command, whose outcome is the next event."""
-        s, payment = self.s, refund.payment
+        s, charge = self.s, refund.charge
         commands: tuple[RefundCommand, ...] = ()
         if event is None:
             resumption = resume(refund.state)
@@ -125,7 +125,7 @@ class SimRefunds:
                 if refund.state in TERMINAL_STATES:
                     self.unfinished.pop(refund.id, None)
                 if refund.state is R.FAILED:  # given back: the amount may be refunded again
-                    self.reserved[payment.id] -= refund.amount
+                    self.reserved[charge.id] -= refund.amount
                 commands, event = transition.commands, None
             if not commands:
                 return
@@ -134,7 +134,7 @@ class SimRefunds:
             if command is RC.DEBIT_WALLET:
                 # the host answers a debit it already posted (a retry after a cancelled request) with that
                 # posting, whatever the balance now; only a new one must be covered
-                debit = refund_posting(refund.id, payment.merchant, amount, fee)
+                debit = refund_posting(refund.id, charge.merchant, amount, fee)
                 postings = [host_posting(debit, need=(amount - fee).amount)]
                 yield s.post(postings)
                 s.answered(postings)
@@ -143,16 +143,16 @@ class SimRefunds:
                     return
                 event = RE.FUNDS_HELD
             elif command is RC.REFUND_AT_PSP:
-                outcome = yield from s.psp.refund_part(payment.id, refund.amount, psp_refund_key(refund.id))
+                outcome = yield from s.psp.refund_part(charge.id, refund.amount, psp_refund_key(refund.id))
                 event = PSP_EVENTS[outcome]
             elif command is RC.POST_REVERSAL:
-                reversal = refund_reversal_posting(refund.id, payment.merchant, amount, fee)
+                reversal = refund_reversal_posting(refund.id, charge.merchant, amount, fee)
                 postings = [host_posting(reversal)]
                 yield s.post(postings)
                 s.answered(postings)
                 event = RE.REVERSAL_POSTED
             elif command is RC.BOOK_REFUND:  # made at the PSP already: booked whatever the balance
-                postings = [host_posting(refund_posting(refund.id, payment.merchant, amount, fee))]
+                postings = [host_posting(refund_posting(refund.id, charge.merchant, amount, fee))]
                 yield s.post(postings)
                 s.answered(postings)
                 event = RE.REFUND_BOOKED
@@ -162,10 +162,10 @@ class SimRefunds:
     def _discard(self, refund: SimRefund) -> None:
         """The balance did not cover it: no refund, no key, no reservation left behind."""
         del self.refunds[refund.id]
-        self.discarded[refund.id] = refund.payment.id
+        self.discarded[refund.id] = refund.charge.id
         self.unfinished.pop(refund.id, None)
-        self.keys.pop((refund.payment.id, refund.key), None)
-        self.reserved[refund.payment.id] -= refund.amount
+        self.keys.pop((refund.charge.id, refund.key), None)
+        self.reserved[refund.charge.id] -= refund.amount
 
     def recover(self, refund: SimRefund) -> Generator[Any, Any, None]:
         """Recovery: a refund nobody drives any more resumes from its state (PSP calls reuse their key)."""
@@ -208,9 +208,9 @@ class SimRefunds:
                 return False
         else:
             payment_id, amount = self.s.psp.external[key]
-            payment = self.s.payments[payment_id]
+            charge = self.s.payments[payment_id]
             reserved = self.reserved.get(payment_id, 0)
-            refund = self._create(payment, amount, min(reserved, payment.amount - amount), key)
+            refund = self._create(charge, amount, min(reserved, charge.amount - amount), key)
             self.reserved[payment_id] = reserved + amount
             refund.state = R.BOOKING
             self.keys[("psp", key)] = refund.id

@@ -19,7 +19,7 @@ from sim.config import SimConfig
 from sim.connections import HUNG_UP, Connections
 from sim.invariants import INVARIANTS, Violation, check, differences, differing, ledger_net, psp_net
 from sim.refunds import SimRefunds
-from sim.service import SimPayment, SimService
+from sim.service import SimCharge, SimService
 from sim.webhooks import WebhookDeliveries
 from sim.world import FastKeys, SimDatabase, SimPsp
 
@@ -74,7 +74,7 @@ class RunResult:
                 if not self.violations
                 else {
                     "invariant": self.violations[0].invariant,
-                    "payment": self.violations[0].payment,
+                    "charge": self.violations[0].charge,
                     "detail": self.violations[0].detail,
                     "history": [list(step) for step in self.first_history],
                 },
@@ -170,12 +170,12 @@ class Simulation:
         if answer == "succeeded" and self.rng.random() < self.config.load.refund_share:
             self.env.process(self._refund(i, self.service.by_order[i]))
 
-    def _refund(self, i: int, payment: SimPayment) -> Generator[simpy.Event, Any, None]:
+    def _refund(self, i: int, charge: SimCharge) -> Generator[simpy.Event, Any, None]:
         """The customer asks for their money back, in full or half, with one key for every retry."""
         yield self.env.timeout(self.rng.expovariate(1 / self.config.load.refund_after_s))
-        amount = payment.amount if self.rng.random() < 0.5 else payment.amount // 2
+        amount = charge.amount if self.rng.random() < 0.5 else charge.amount // 2
         answer = yield from self._retrying(
-            lambda _: self.service.serve(self.refunds.request(payment, amount, f"refund-{i}")),
+            lambda _: self.service.serve(self.refunds.request(charge, amount, f"refund-{i}")),
             REFUND_FINAL,
             may_abandon=False,
         )
@@ -209,9 +209,9 @@ class Simulation:
         while True:
             yield self.env.timeout(r.interval_s)
             stale = self.env.now - r.grace_s
-            for payment in list(self.service.unfinished.values()):
-                if payment.touched <= stale and not payment.busy:
-                    self.env.process(self.service.recover(payment))
+            for charge in list(self.service.unfinished.values()):
+                if charge.touched <= stale and not charge.busy:
+                    self.env.process(self.service.recover(charge))
             for refund in list(self.refunds.unfinished.values()):
                 if refund.touched <= stale and not refund.busy:
                     self.env.process(self.refunds.recover(refund))
@@ -271,7 +271,7 @@ class Simulation:
         real = differences(at_psp, in_ledger)
         drift, found = self._reconcile(real, at_psp, in_ledger)
         violations = check(self.service, self.refunds, real, drift, found)
-        first = self.service.payments.get(violations[0].payment or "") if violations else None
+        first = self.service.payments.get(violations[0].charge or "") if violations else None
         return RunResult(
             scenario=self.scenario,
             config=self.config,

@@ -2,7 +2,7 @@
 
 The driver does what ``serve_app/flows/charge.py`` does, against simulated components: each transition comes
 from ``payray.charge.step`` and is persisted (a database commit) before its commands run; the commands call
-the simulated PSP and the merchant's wallet host; recovery looks a payment up at the PSP rather than
+the simulated PSP and the merchant's wallet host; recovery looks a charge up at the PSP rather than
 capturing again. A capture is booked as ``payray.charge.booking`` says: its posting and the transitions it
 completes commit in one transaction of the host, so a successful charge costs its insert and a share of one
 batch commit. So what the simulator finds about the machine is true of the production machine.
@@ -79,7 +79,7 @@ class MachineRefused(Exception):
 
 
 @dataclass(slots=True)
-class SimPayment:
+class SimCharge:
     id: str
     order_id: int
     merchant: str
@@ -88,7 +88,7 @@ class SimPayment:
     state: ChargeState = S.CREATED
     touched: float = 0.0
     busy: bool = False
-    #: (time, who, transition): the payment's whole story, printed for the first violation
+    #: (time, who, transition): the charge's whole story, printed for the first violation
     history: list[tuple[float, str, Transition]] = field(default_factory=list)
 
 
@@ -120,13 +120,13 @@ class SimService:
         self.replica_of: dict[simpy.Process, Replica] = {}
         #: replicas that died, the requests they cut, and requests refused while none was up
         self.replica_faults: Counter[str] = Counter()
-        self.payments: dict[str, SimPayment] = {}
-        self.unfinished: dict[str, SimPayment] = {}
+        self.payments: dict[str, SimCharge] = {}
+        self.unfinished: dict[str, SimCharge] = {}
         self.faults_on = True
         self.transitions = 0
         self.created = 0
-        #: each order's latest payment (a swap may make several)
-        self.by_order: dict[int, SimPayment] = {}
+        #: each order's latest charge (a swap may make several)
+        self.by_order: dict[int, SimCharge] = {}
         self._chains: dict[tuple[ChargeState, ChargeEvent], Chain] = {}
         self._bookings: dict[ChargeState, Chain] = {}
 
@@ -151,20 +151,20 @@ class SimService:
             del self.replica_of[client]
 
     def request(self, order_id: int, merchant: str, amount: int, key: str) -> Generator[Any, Any, Answer]:
-        """``POST /v1/charges`` with an Idempotency-Key: replayed, refused in flight, or a new payment."""
+        """``POST /v1/charges`` with an Idempotency-Key: replayed, refused in flight, or a new charge."""
         try:
-            payment = yield from self._idempotent(order_id, merchant, amount, key)
-            if payment.busy:
+            charge = yield from self._idempotent(order_id, merchant, amount, key)
+            if charge.busy:
                 return "in_flight"
-            if payment.state not in TERMINAL_STATES:
-                payment.busy = True
+            if charge.state not in TERMINAL_STATES:
+                charge.busy = True
                 try:
-                    yield from self._drive(payment, "api")
+                    yield from self._drive(charge, "api")
                 finally:
-                    payment.busy = False
+                    charge.busy = False
         except (Unavailable, Crash):
             return "error"
-        return ANSWERS.get(payment.state, "pending")
+        return ANSWERS.get(charge.state, "pending")
 
     def route(self) -> Replica | None:
         """The live replica serving the fewest requests (Serve's router prefers the one with the fewest
@@ -194,29 +194,29 @@ class SimService:
 
     def _idempotent(
         self, order_id: int, merchant: str, amount: int, key: str
-    ) -> Generator[Any, Any, SimPayment]:
+    ) -> Generator[Any, Any, SimCharge]:
         mode = self.config.design.idempotency
         scoped = (order_id % self.config.load.merchants, key)
         if mode != "off":
             known = self.fast_keys.keys.get(scoped)
             if known is not None:
                 return self.payments[known]
-        # Redis does not know the key: one transaction inserts it with the payment, already submitted (as
+        # Redis does not know the key: one transaction inserts it with the charge, already submitted (as
         # ``serve_app/flows/charge.py`` does), or finds it there
         submit = self._chain(None, S.CREATED, E.SUBMIT)
         yield self.db.commit()
         if mode == "full" and scoped in self.db.keys:
             return self.payments[self.db.keys[scoped]]
         self.created += 1
-        payment = SimPayment(f"py_{self.created:08d}", order_id, merchant, key, amount)
-        self.payments[payment.id] = payment
-        self.by_order[order_id] = payment
-        self.unfinished[payment.id] = payment
+        charge = SimCharge(f"py_{self.created:08d}", order_id, merchant, key, amount)
+        self.payments[charge.id] = charge
+        self.by_order[order_id] = charge
+        self.unfinished[charge.id] = charge
         if mode != "off":
-            self.db.keys[scoped] = payment.id
-            self.fast_keys.keys[scoped] = payment.id
-        self._persisted(payment, submit, "api")
-        return payment
+            self.db.keys[scoped] = charge.id
+            self.fast_keys.keys[scoped] = charge.id
+        self._persisted(charge, submit, "api")
+        return charge
 
     # -- the driver ----------------------------------------------------------------------------------------
 
@@ -229,7 +229,7 @@ class SimService:
         try:
             chain = charge.chain(state, event)
         except IllegalTransition as exc:
-            raise MachineRefused(f"payment {payment_id or '(new)'}: {exc}") from exc
+            raise MachineRefused(f"charge {payment_id or '(new)'}: {exc}") from exc
         self._chains[(state, event)] = chain  # the machine is pure: one lookup per run and transition
         return chain
 
@@ -240,19 +240,19 @@ class SimService:
             try:
                 known = self._bookings[state] = booking(state)
             except IllegalTransition as exc:
-                raise MachineRefused(f"payment {payment_id}: {exc}") from exc
+                raise MachineRefused(f"charge {payment_id}: {exc}") from exc
         return known
 
-    def _persisted(self, payment: SimPayment, chain: Chain, who: str) -> tuple[Command, ...]:
-        """Apply a committed chain to the payment; the commands its last transition asks for."""
+    def _persisted(self, charge: SimCharge, chain: Chain, who: str) -> tuple[Command, ...]:
+        """Apply a committed chain to the charge; the commands its last transition asks for."""
         now = self.env.now
         for transition in chain:
-            payment.history.append((now, who, transition))
-            payment.state = transition.target
-        payment.touched = now
+            charge.history.append((now, who, transition))
+            charge.state = transition.target
+        charge.touched = now
         self.transitions += len(chain)
-        if payment.state in TERMINAL_STATES:
-            self.unfinished.pop(payment.id, None)
+        if charge.state in TERMINAL_STATES:
+            self.unfinished.pop(charge.id, None)
         return transition.commands
 
     def post(self, postings: list[HostPosting]) -> simpy.Event:
@@ -270,7 +270,7 @@ class SimService:
                 raise Unavailable("the wallet host's transaction failed")
 
     def _drive(
-        self, payment: SimPayment, who: str, event: ChargeEvent | None = None
+        self, charge: SimCharge, who: str, event: ChargeEvent | None = None
     ) -> Generator[Any, Any, None]:
         """``ChargeFlow``: from ``event``, or else from the persisted state as ``resume`` does, persist each
         transition (one commit) and then run its command, whose outcome is the next event; until a command
@@ -282,7 +282,7 @@ class SimService:
         Each commit is guarded by the state the driver last saw, as ``APPLY_TRANSITIONS`` is: a booking sent
         by an earlier request that was cut may commit meanwhile, and then the answer is the state it left."""
         commands: tuple[Command, ...] = ()
-        seen = payment.state
+        seen = charge.state
         if event is None:
             resumption = resume(seen)
             event, commands = resumption.event, resumption.commands
@@ -295,12 +295,12 @@ class SimService:
                 refused = self.faults_on and self.rng.random() < config.service.ledger_failure_rate
                 capture = HostPosting(
                     CAPTURE,
-                    payment.id,
-                    payment.merchant,
-                    capture_booked(payment.amount),
+                    charge.id,
+                    charge.merchant,
+                    capture_booked(charge.amount),
                     0,
-                    payment,
-                    self._booking(payment.id, seen),
+                    charge,
+                    self._booking(charge.id, seen),
                     who,
                     refused,
                 )
@@ -310,25 +310,25 @@ class SimService:
                 if capture.completed:
                     return
                 if capture.result is REFUSED:  # the capture and the ledger's refusal, persisted together
-                    chain = (*capture.chain[:-2], self._chain(payment.id, S.CAPTURED, E.LEDGER_FAILED)[0])
-                elif payment.state is S.CAPTURED:  # posted; whoever moved it on left it to be booked
-                    seen, chain = S.CAPTURED, self._booking(payment.id, S.CAPTURED)
+                    chain = (*capture.chain[:-2], self._chain(charge.id, S.CAPTURED, E.LEDGER_FAILED)[0])
+                elif charge.state is S.CAPTURED:  # posted; whoever moved it on left it to be booked
+                    seen, chain = S.CAPTURED, self._booking(charge.id, S.CAPTURED)
                 else:
-                    return  # posted, and the payment moved on: the answer is its state
+                    return  # posted, and the charge moved on: the answer is its state
             elif event is not None:
-                chain = self._chain(payment.id, seen, event)
+                chain = self._chain(charge.id, seen, event)
             if chain:
                 yield db.commit()  # persisted before its commands run
-                if payment.state is not seen:
+                if charge.state is not seen:
                     return
-                commands = self._persisted(payment, chain, who)
-                seen, event, chain = payment.state, None, ()
+                commands = self._persisted(charge, chain, who)
+                seen, event, chain = charge.state, None, ()
             if not commands:
                 return
             command = commands[0]  # the machine asks for one command at a time
             if command is Command.CALL_PSP:
                 outcome, _calls = yield from self.psp.capture(
-                    payment.id, payment.order_id, payment.amount, psp_idempotency_key(payment.id)
+                    charge.id, charge.order_id, charge.amount, psp_idempotency_key(charge.id)
                 )
                 crash = config.service.crash_after_capture_rate
                 if self.faults_on and outcome == "captured" and self.rng.random() < crash:
@@ -340,15 +340,15 @@ class SimService:
                 event = AUTOMATIC[command]
             elif command is Command.REFUND_AT_PSP:
                 # a design that takes "failed" to mean "nothing moved" skips the refund
-                refunded = not config.design.compensation or (yield from self.psp.refund(payment.id))
+                refunded = not config.design.compensation or (yield from self.psp.refund(charge.id))
                 if not refunded:
                     return  # stay refund_pending; recovery refunds again with the same key
                 event = E.PSP_REFUNDED
             elif command is Command.POST_COMPENSATION:
                 if config.design.compensation:  # the capture and its reversal: the PSP moved money twice
-                    reversal = compensation_of(payment.id, payment.merchant, payment.amount)
+                    reversal = compensation_of(charge.id, charge.merchant, charge.amount)
                     capture = HostPosting(
-                        CAPTURE, payment.id, payment.merchant, capture_booked(payment.amount)
+                        CAPTURE, charge.id, charge.merchant, capture_booked(charge.amount)
                     )
                     postings = [capture, host_posting(reversal)]
                     yield self.post(postings)
@@ -359,43 +359,43 @@ class SimService:
 
     # -- recovery and webhooks ----------------------------------------------------------------------------
 
-    def recover(self, payment: SimPayment) -> Generator[Any, Any, None]:
+    def recover(self, charge: SimCharge) -> Generator[Any, Any, None]:
         """``ChargeFlow.recover``: never capture again; ask the PSP what happened, then go on from there."""
-        if payment.busy or payment.state in TERMINAL_STATES:
+        if charge.busy or charge.state in TERMINAL_STATES:
             return
-        payment.busy = True
+        charge.busy = True
         try:
             with contextlib.suppress(Unavailable, Crash):  # the next sweep tries again
-                yield from self._recover(payment)
+                yield from self._recover(charge)
         finally:
-            payment.busy = False
+            charge.busy = False
 
-    def _recover(self, payment: SimPayment) -> Generator[Any, Any, None]:
-        if payment.state not in AWAITING_PSP:
-            yield from self._drive(payment, "janitor")
+    def _recover(self, charge: SimCharge) -> Generator[Any, Any, None]:
+        if charge.state not in AWAITING_PSP:
+            yield from self._drive(charge, "janitor")
             return
-        found = yield from self.psp.lookup(payment.id)
-        for event in after_lookup(payment.state, None if found == "not_found" else found):
-            yield from self._drive(payment, "janitor", event)
+        found = yield from self.psp.lookup(charge.id)
+        for event in after_lookup(charge.state, None if found == "not_found" else found):
+            yield from self._drive(charge, "janitor", event)
 
     def waits_for_psp(self, payment_id: str) -> bool:
-        """Whether a ``charge.*`` event about this payment would be news: it is ours, and still waiting."""
-        payment = self.payments.get(payment_id)
-        return payment is not None and payment.state in AWAITING_PSP
+        """Whether a ``charge.*`` event about this charge would be news: it is ours, and still waiting."""
+        charge = self.payments.get(payment_id)
+        return charge is not None and charge.state in AWAITING_PSP
 
     def webhook(self, payment_id: str, outcome: str) -> Generator[Any, Any, bool]:
-        """A ``charge.succeeded`` or ``charge.failed`` event: applied to a payment still waiting to hear from
+        """A ``charge.succeeded`` or ``charge.failed`` event: applied to a charge still waiting to hear from
         the PSP. False (a 409) while its own request is live, so the PSP delivers it again."""
         if not self.waits_for_psp(payment_id):
             return True  # not ours, or already known: acknowledged, nothing to do
-        payment = self.payments[payment_id]
-        if payment.busy:
+        charge = self.payments[payment_id]
+        if charge.busy:
             return False
-        payment.busy = True
+        charge.busy = True
         try:
-            yield from self._drive(payment, "webhook", PSP_EVENTS[outcome])
+            yield from self._drive(charge, "webhook", PSP_EVENTS[outcome])
         except (Unavailable, Crash):
             return False
         finally:
-            payment.busy = False
+            charge.busy = False
         return True

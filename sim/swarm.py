@@ -1,6 +1,6 @@
 """Swarm testing, as TigerBeetle's VOPR does it: each seed draws the fault rates themselves, so a thousand
 seeds explore a thousand different worlds, not one world a thousand times. The full design runs a fault phase
-and then a quiet phase in which every payment must finish; any violation names its seed for ``--seed``.
+and then a quiet phase in which every charge must finish; any violation names its seed for ``--seed``.
 """
 
 from __future__ import annotations

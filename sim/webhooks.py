@@ -1,7 +1,7 @@
 """The PSP's webhook deliveries, simulated: delay, drops, duplicates, reordering, and redelivery after a 409.
 
 Deliveries wait in one queue in due order. Most are no news by the time they are due: the request that made
-the payment heard the PSP's answer first, and a ``charge.*`` event about a payment past the PSP can only be
+the charge heard the PSP's answer first, and a ``charge.*`` event about a charge past the PSP can only be
 acknowledged, then or later. Those are acknowledged as soon as that is so, without a timer each; one alarm
 is set for the earliest delivery that may still matter. A delivery that matters is handled when due, in its
 own process, by the same handlers as before (``SimService.webhook``, ``SimRefunds.webhook``).
@@ -26,7 +26,7 @@ from sim.service import SimService
 #: deliveries of one event before the PSP gives up on it
 ATTEMPTS = 8
 
-#: (due, order of sending, payment id or refund key, outcome, delay it waited, attempt)
+#: (due, order of sending, charge id or refund key, outcome, delay it waited, attempt)
 Delivery = tuple[float, int, str, str, float, int]
 
 
@@ -47,7 +47,7 @@ class WebhookDeliveries:
         self.alarm_at = math.inf
 
     def announce(self, target: str, outcome: str) -> None:
-        """The PSP's hook: ``(payment id, "captured" | "declined")`` or ``(refund key, "refunded")``."""
+        """The PSP's hook: ``(charge id, "captured" | "declined")`` or ``(refund key, "refunded")``."""
         faulty = self.service.faults_on
         if faulty and self.rng.random() < self.c.drop_rate:
             self.counts["dropped"] += 1

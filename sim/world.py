@@ -52,14 +52,14 @@ class SimPsp:
         self.captures: list[PspCapture] = []
         self.by_payment: dict[str, list[int]] = {}
         self.declined: dict[str, str] = {}
-        #: partial refunds, by payment: what the PSP gave back of its captures
+        #: partial refunds, by charge: what the PSP gave back of its captures
         self.refunded: dict[str, int] = {}
         self.refund_keys: set[str] = set()
         self.refused_keys: set[str] = set()
-        #: refunds made at the PSP without payray: key -> (payment id, amount)
+        #: refunds made at the PSP without payray: key -> (charge id, amount)
         self.external: dict[str, tuple[str, int]] = {}
         self.faults_on = True
-        #: webhook hooks: called with (payment id, "captured" | "declined") or (refund key, "refunded")
+        #: webhook hooks: called with (charge id, "captured" | "declined") or (refund key, "refunded")
         self.on_event: list[Any] = []
 
     def _latency(self) -> float:
@@ -131,7 +131,7 @@ class SimPsp:
     def refund_part(
         self, payment_id: str, amount: int, key: str
     ) -> Generator[simpy.Event, Any, Literal["refunded", "failed", "unknown"]]:
-        """A refund of part of a payment's capture, as the SDK makes it (same key on each retry); never more
+        """A refund of part of a charge's capture, as the SDK makes it (same key on each retry); never more
         than is left of the capture. Each call acts as it arrives, as ``capture``'s do."""
         for _ in range(self.c.sdk_retries + 1):
             outcome = self._refund_call(payment_id, amount, key)
@@ -165,7 +165,7 @@ class SimPsp:
         return "refunded"
 
     def lookup(self, payment_id: str) -> Generator[simpy.Event, Any, Outcome | Literal["not_found"]]:
-        """The janitor's search by our payment id (Stripe's search by metadata)."""
+        """The janitor's search by our charge id (Stripe's search by metadata)."""
         yield self.env.timeout(self._latency())
         if self.faults_on and in_window(self.env.now, self.c.outages):
             return "unknown"
@@ -176,7 +176,7 @@ class SimPsp:
         return "not_found"
 
     def refund(self, payment_id: str) -> Generator[simpy.Event, Any, bool]:
-        """Refund every capture of the payment (a compensation); False when the PSP did not answer."""
+        """Refund every capture of the charge (a compensation); False when the PSP did not answer."""
         answered = not (
             self.faults_on
             and (in_window(self.env.now, self.c.outages) or self.rng.random() < self.c.error_rate)
@@ -313,7 +313,7 @@ class SimDatabase:
 
 @functools.cache
 def capture_booked(amount: int) -> Booked:
-    """What a capture of ``amount`` books: the same for every payment of that amount (the builder is pure),
+    """What a capture of ``amount`` books: the same for every charge of that amount (the builder is pure),
     so built once per amount."""
     return booked(capture_of("py_any", "acct_any", amount))
 

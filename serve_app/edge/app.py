@@ -42,8 +42,8 @@ from serve_app.flows.invariants import check_invariants
 from serve_app.flows.payout import payout_object
 from serve_app.flows.reconciliation import discrepancy_object, run_object
 from serve_app.parts import Parts
+from serve_app.stores import charges as db
 from serve_app.stores import merchants as merchants_db
-from serve_app.stores import payments as db
 from serve_app.stores import reconciliation as reconciliation_db
 from serve_app.stores import refunds as refunds_db
 from serve_app.stores.disputes import list_disputes, load_dispute
@@ -289,12 +289,12 @@ class PaymentApi:
 
     @api.get("/v1/charges/{charge_id}")
     async def get_charge(self, charge_id: str, request: Request) -> Response:
-        return await self._retrieve(request, "charge", charge_id, db.load_payment, charge_object)
+        return await self._retrieve(request, "charge", charge_id, db.load_charge, charge_object)
 
     @api.get("/v1/charges")
     async def list_charges(self, request: Request) -> Response:
         return await self._list(
-            request, "charge", "/v1/charges", db.load_payment, db.list_payments, charge_object
+            request, "charge", "/v1/charges", db.load_charge, db.list_charges, charge_object
         )
 
     @api.post("/v1/refunds")
@@ -311,7 +311,7 @@ class PaymentApi:
         if charge is not None:  # a charge the merchant does not have is a 404, not an empty list
             merchant_id = await self._merchant(request)
             async with self.parts.pool.connection() as conn:
-                if await db.load_payment(conn, charge, merchant_id) is None:
+                if await db.load_charge(conn, charge, merchant_id) is None:
                     raise NotFound(f"No such charge: '{charge}'", param="charge")
 
         async def page(

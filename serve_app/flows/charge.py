@@ -2,8 +2,8 @@
 
 The machine (``payray.charge``) decides; this module only acts. Each event is persisted (with the state
 it leads to) before the commands it triggers run, so a crash at any point leaves a state that
-``resume`` can finish from. Every command is idempotent: the PSP call reuses the payment's PSP
-idempotency key, and the ledger posting is keyed on the payment id. A capture is booked as the machine's
+``resume`` can finish from. Every command is idempotent: the PSP call reuses the charge's PSP
+idempotency key, and the ledger posting is keyed on the charge id. A capture is booked as the machine's
 ``booking`` says: its posting and the transitions it completes (with the stored answer) commit in one
 transaction of the merchant's wallet host, so a charge costs its insert and a share of one batch commit.
 """
@@ -44,9 +44,9 @@ from payray.money import Money
 from psp.port import PaymentServiceProvider
 from serve_app.flows.idempotent import Answer, IdempotentRequests, Operation
 from serve_app.flows.recent import RecentOutcomes
+from serve_app.stores import charges as db
 from serve_app.stores import connection
-from serve_app.stores import payments as db
-from serve_app.stores.payments import Payment
+from serve_app.stores.charges import Charge
 from serve_app.wallets import WalletDirectory
 from serve_app.wire.render import charge_object, decline_object, dumps
 from serve_app.wire.schemas import ChargeCreate
@@ -58,11 +58,11 @@ LEDGER_ATTEMPTS = 3
 
 @dataclass(frozen=True)
 class Persisted:
-    """A transition written to Postgres (``stored`` is None if the payment had moved on meanwhile) and what
+    """A transition written to Postgres (``stored`` is None if the charge had moved on meanwhile) and what
     is left to do about it once its transaction commits."""
 
-    payment: Payment
-    stored: Payment | None
+    charge: Charge
+    stored: Charge | None
     chain: list[Transition]
     commands: list[Command]
     response: Reply | None
@@ -74,14 +74,14 @@ class Reply:
 
     status: int
     body: bytes
-    payment: Payment
+    charge: Charge
 
 
 @dataclass(frozen=True)
 class Persist:
-    """Next: persist ``chain`` from the payment's state, then do what its last transition asks for."""
+    """Next: persist ``chain`` from the charge's state, then do what its last transition asks for."""
 
-    payment: Payment
+    charge: Charge
     chain: list[Transition]
     fields: dict[str, Any] = field(default_factory=dict)
     detail: dict[str, Any] = field(default_factory=dict)
@@ -91,7 +91,7 @@ class Persist:
 class Book:
     """Next: post the capture with the transitions it completes (``booking``), in one transaction."""
 
-    payment: Payment
+    charge: Charge
     fields: dict[str, Any] = field(default_factory=dict)
     detail: dict[str, Any] = field(default_factory=dict)
 
@@ -100,7 +100,7 @@ class Book:
 class Run:
     """Next: run the command a persisted transition asked for."""
 
-    payment: Payment
+    charge: Charge
     command: Command
 
 
@@ -108,41 +108,41 @@ class Run:
 Next = Persist | Book | Run | Reply
 
 
-def reply_for(payment: Payment) -> Reply:
+def reply_for(charge: Charge) -> Reply:
     """The response a charge in its current state deserves."""
-    state = ChargeState(payment.state)
+    state = ChargeState(charge.state)
     if state is ChargeState.SUCCEEDED:
-        return Reply(200, dumps(charge_object(payment)), payment)
+        return Reply(200, dumps(charge_object(charge)), charge)
     if state in (ChargeState.DECLINED, ChargeState.FAILED):
-        return Reply(402, dumps(decline_object(payment)), payment)
-    return Reply(202, dumps(charge_object(payment)), payment)
+        return Reply(402, dumps(decline_object(charge)), charge)
+    return Reply(202, dumps(charge_object(charge)), charge)
 
 
 def advance(
-    payment: Payment,
+    charge: Charge,
     event: ChargeEvent,
     fields: dict[str, Any] | None = None,
     detail: dict[str, Any] | None = None,
 ) -> Persist:
-    """Next: persist ``event`` in the payment's state."""
-    return Persist(payment, [step(payment.state, event)], fields or {}, detail or {})
+    """Next: persist ``event`` in the charge's state."""
+    return Persist(charge, [step(charge.state, event)], fields or {}, detail or {})
 
 
-def heard(payment: Payment, event: ChargeEvent, fields: dict[str, Any], detail: dict[str, Any]) -> Next:
+def heard(charge: Charge, event: ChargeEvent, fields: dict[str, Any], detail: dict[str, Any]) -> Next:
     """Next, on the PSP's word: a capture is booked with its posting; any other answer is persisted."""
     if event is ChargeEvent.PSP_CAPTURED:
-        return Book(payment, fields, detail)
-    return advance(payment, event, fields, detail)
+        return Book(charge, fields, detail)
+    return advance(charge, event, fields, detail)
 
 
-class PaymentStore(Protocol):
+class ChargeStore(Protocol):
     """The payments the charge flow reads and writes: Postgres in the service, a dict in unit tests."""
 
-    async def load(self, payment_id: str) -> Payment | None: ...
+    async def load(self, payment_id: str) -> Charge | None: ...
 
     async def apply(
         self,
-        payment: Payment,
+        charge: Charge,
         chain: list[Transition],
         *,
         fields: dict[str, Any],
@@ -150,14 +150,14 @@ class PaymentStore(Protocol):
         response: tuple[int, bytes] | None,
         outbox: tuple[str, dict[str, Any]] | None,
         conn: AsyncConnection[Any] | None = None,
-    ) -> Payment | None:
-        """Persist ``chain`` from ``payment.state``, with the answer and the outbox event it decides (on
-        ``conn``, inside its transaction, when given); None if the payment had moved on meanwhile."""
+    ) -> Charge | None:
+        """Persist ``chain`` from ``charge.state``, with the answer and the outbox event it decides (on
+        ``conn``, inside its transaction, when given); None if the charge had moved on meanwhile."""
         ...
 
     def booking(
         self,
-        payment: Payment,
+        charge: Charge,
         chain: list[Transition],
         *,
         fields: dict[str, Any],
@@ -171,19 +171,19 @@ class PaymentStore(Protocol):
     async def store_response(self, payment_id: str, status: int, body: bytes) -> None: ...
 
 
-class PostgresPayments:
-    """``PaymentStore`` on the service's pool, by ``serve_app/stores/payments.py``'s statements."""
+class PostgresCharges:
+    """``ChargeStore`` on the service's pool, by ``serve_app/stores/charges.py``'s statements."""
 
     def __init__(self, pool: AsyncConnectionPool[Any]) -> None:
         self._pool = pool
 
-    async def load(self, payment_id: str) -> Payment | None:
+    async def load(self, payment_id: str) -> Charge | None:
         async with self._pool.connection() as conn:
-            return await db.load_payment(conn, payment_id)
+            return await db.load_charge(conn, payment_id)
 
     async def apply(
         self,
-        payment: Payment,
+        charge: Charge,
         chain: list[Transition],
         *,
         fields: dict[str, Any],
@@ -191,15 +191,15 @@ class PostgresPayments:
         response: tuple[int, bytes] | None,
         outbox: tuple[str, dict[str, Any]] | None,
         conn: AsyncConnection[Any] | None = None,
-    ) -> Payment | None:
+    ) -> Charge | None:
         async with connection.on(self._pool, conn) as on:
             return await db.apply_transitions(
-                on, payment, chain, fields=fields, detail=detail, response=response, outbox=outbox
+                on, charge, chain, fields=fields, detail=detail, response=response, outbox=outbox
             )
 
     def booking(
         self,
-        payment: Payment,
+        charge: Charge,
         chain: list[Transition],
         *,
         fields: dict[str, Any],
@@ -208,7 +208,7 @@ class PostgresPayments:
         outbox: tuple[str, dict[str, Any]],
     ) -> Statement:
         return db.booking_statement(
-            payment, chain, fields=fields, detail=detail, response=response, outbox=outbox
+            charge, chain, fields=fields, detail=detail, response=response, outbox=outbox
         )
 
     async def store_response(self, payment_id: str, status: int, body: bytes) -> None:
@@ -224,47 +224,47 @@ class ChargeFlow:
         wallets: WalletDirectory,
         on_transition: Callable[[Transition], None] | None = None,
         *,
-        store: PaymentStore | None = None,
+        store: ChargeStore | None = None,
     ) -> None:
-        self._store = store if store is not None else PostgresPayments(pool)
+        self._store = store if store is not None else PostgresCharges(pool)
         self._psp = psp
         self._wallets = wallets
         self._on_transition = on_transition or (lambda t: None)
         #: payments this driver saw past the PSP, and those it is driving now (for the webhooks)
         self.outcomes = RecentOutcomes()
-        self._handlers: dict[Command, Callable[[Payment], Awaitable[Next]]] = {
+        self._handlers: dict[Command, Callable[[Charge], Awaitable[Next]]] = {
             Command.CALL_PSP: self._call_psp,
             Command.POST_LEDGER: self._post_ledger,
             Command.REFUND_AT_PSP: self._refund_at_psp,
             Command.POST_COMPENSATION: self._post_compensation,
         }
 
-    async def start(self, payment: Payment) -> Reply:
-        """Drive a freshly inserted payment (already ``psp_pending``) to its answer."""
-        async with self.outcomes.driving(payment.id):
-            reply = await self._drive(Run(payment, Command.CALL_PSP))
-        self.outcomes.saw(reply.payment.id, reply.payment.state)
+    async def start(self, charge: Charge) -> Reply:
+        """Drive a freshly inserted charge (already ``psp_pending``) to its answer."""
+        async with self.outcomes.driving(charge.id):
+            reply = await self._drive(Run(charge, Command.CALL_PSP))
+        self.outcomes.saw(reply.charge.id, reply.charge.state)
         return reply
 
-    async def resume(self, payment: Payment) -> Reply:
+    async def resume(self, charge: Charge) -> Reply:
         """Finish an interrupted or pending flow from its persisted state."""
-        resumption = resume(payment.state)
+        resumption = resume(charge.state)
         if resumption.event is not None:
-            return await self._drive(advance(payment, resumption.event))
+            return await self._drive(advance(charge, resumption.event))
         if resumption.commands:
             (command,) = resumption.commands
-            return await self._drive(Run(payment, command))
-        reply = reply_for(payment)
-        await self._store.store_response(payment.id, reply.status, reply.body)
+            return await self._drive(Run(charge, command))
+        reply = reply_for(charge)
+        await self._store.store_response(charge.id, reply.status, reply.body)
         return reply
 
-    async def recover(self, payment: Payment) -> Reply:
-        """Finish a payment nobody drives any more (recovery). One that never heard the PSP's answer asks the
-        PSP, by the payment id in the intent's metadata, what happened, rather than capturing again: found
+    async def recover(self, charge: Charge) -> Reply:
+        """Finish a charge nobody drives any more (recovery). One that never heard the PSP's answer asks the
+        PSP, by the charge id in the intent's metadata, what happened, rather than capturing again: found
         captured or declined, it goes on from there; not found, it failed. Every other state resumes."""
-        if payment.state not in AWAITING_PSP:
-            return await self.resume(payment)
-        found = await self._psp.lookup(payment_id=payment.id)
+        if charge.state not in AWAITING_PSP:
+            return await self.resume(charge)
+        found = await self._psp.lookup(payment_id=charge.id)
         fields: dict[str, Any] = {}
         detail = {"source": "recovery"}
         if found is not None:
@@ -272,22 +272,22 @@ class ChargeFlow:
         if found is not None and found.status == "declined":
             fields.update(failure_code=found.failure_code, failure_message=found.failure_message)
             detail = {}
-        reply = reply_for(payment)  # found but undecided: the next sweep asks again
-        for event in after_lookup(payment.state, found.status if found is not None else None):
-            reply = await self._drive(heard(reply.payment, event, fields, detail))
+        reply = reply_for(charge)  # found but undecided: the next sweep asks again
+        for event in after_lookup(charge.state, found.status if found is not None else None):
+            reply = await self._drive(heard(reply.charge, event, fields, detail))
         return reply
 
     async def apply_psp_outcome(
-        self, conn: AsyncConnection[Any], payment: Payment, outcome: str, fields: dict[str, Any]
+        self, conn: AsyncConnection[Any], charge: Charge, outcome: str, fields: dict[str, Any]
     ) -> Persisted | None:
         """Persist, on ``conn`` and inside its transaction, an outcome the PSP reported out of band (a
-        webhook): ``captured`` or ``declined``. ``None`` when the payment is no longer waiting for it; else
+        webhook): ``captured`` or ``declined``. ``None`` when the charge is no longer waiting for it; else
         run ``finish`` on the result once the transaction has committed."""
         event = PSP_EVENTS[outcome]
-        if event not in allowed_events(payment.state):
+        if event not in allowed_events(charge.state):
             return None
-        chain = [step(payment.state, event)]
-        return await self._persist(payment, chain, fields, {"source": "webhook"}, conn=conn)
+        chain = [step(charge.state, event)]
+        return await self._persist(charge, chain, fields, {"source": "webhook"}, conn=conn)
 
     async def finish(self, persisted: Persisted) -> Reply:
         """After a transition committed: run what it asked for, or answer with what it decided."""
@@ -298,19 +298,19 @@ class ChargeFlow:
         next, until one has the answer."""
         while not isinstance(todo, Reply):
             if isinstance(todo, Persist):
-                persisted = await self._persist(todo.payment, todo.chain, todo.fields, todo.detail)
+                persisted = await self._persist(todo.charge, todo.chain, todo.fields, todo.detail)
                 todo = await self._after_commit(persisted)
             elif isinstance(todo, Book):
-                todo = await self._book(todo.payment, todo.fields, todo.detail)
+                todo = await self._book(todo.charge, todo.fields, todo.detail)
             elif todo.command in AUTOMATIC:
-                todo = advance(todo.payment, AUTOMATIC[todo.command])
+                todo = advance(todo.charge, AUTOMATIC[todo.command])
             else:
-                todo = await self._handlers[todo.command](todo.payment)
+                todo = await self._handlers[todo.command](todo.charge)
         return todo
 
     async def _persist(
         self,
-        payment: Payment,
+        charge: Charge,
         chain: list[Transition],
         fields: dict[str, Any],
         detail: dict[str, Any],
@@ -320,7 +320,7 @@ class ChargeFlow:
         in the same statement."""
         chain = list(with_automatic(chain))
         commands = list(chain[-1].commands)
-        after = payment.evolve(
+        after = charge.evolve(
             state=chain[-1].target.value, **{k: v for k, v in fields.items() if v is not None}
         )
         # A transition that decides the answer stores it (and announces it) in the same statement.
@@ -328,11 +328,11 @@ class ChargeFlow:
         outbox = None
         if decides_answer(chain[-1]):
             response = reply_for(after)
-            charge = charge_object(after)
-            outbox = (f"charge.{charge['status']}", charge)
+            rendered = charge_object(after)
+            outbox = (f"charge.{rendered['status']}", rendered)
             commands = []
         stored = await self._store.apply(
-            payment,
+            charge,
             chain,
             fields=fields,
             detail=detail,
@@ -340,13 +340,13 @@ class ChargeFlow:
             outbox=outbox,
             conn=conn,
         )
-        return Persisted(payment, stored, chain, commands, response)
+        return Persisted(charge, stored, chain, commands, response)
 
     async def _after_commit(self, persisted: Persisted) -> Next:
         """What follows a committed transition: the command it asked for, or the answer it decided."""
         if persisted.stored is None:
-            # Another driver moved this payment first; answer with what it has now.
-            current = await self._store.load(persisted.payment.id)
+            # Another driver moved this charge first; answer with what it has now.
+            current = await self._store.load(persisted.charge.id)
             assert current is not None
             return reply_for(current)
         stored = persisted.stored
@@ -356,16 +356,16 @@ class ChargeFlow:
         (command,) = persisted.commands  # the machine asks for one command at a time
         return Run(stored, command)
 
-    async def _call_psp(self, payment: Payment) -> Next:
+    async def _call_psp(self, charge: Charge) -> Next:
         result = await self._psp.capture(
-            payment_id=payment.id,
-            amount=payment.amount,
-            currency=payment.currency,
-            payment_method=payment.payment_method,
-            idempotency_key=payment.psp_idempotency_key,
-            metadata={**payment.metadata, "payray_merchant_id": payment.merchant_id},
-            description=payment.description,
-            customer=payment.customer,
+            payment_id=charge.id,
+            amount=charge.amount,
+            currency=charge.currency,
+            payment_method=charge.payment_method,
+            idempotency_key=charge.psp_idempotency_key,
+            metadata={**charge.metadata, "payray_merchant_id": charge.merchant_id},
+            description=charge.description,
+            customer=charge.customer,
         )
         fields = {
             "psp_reference": result.psp_reference,
@@ -373,38 +373,38 @@ class ChargeFlow:
             "failure_message": result.failure_message if result.status == "declined" else None,
         }
         detail = {"psp_status": result.status, "detail": result.detail} if result.detail else {}
-        return heard(payment, PSP_EVENTS[result.status], fields, detail)
+        return heard(charge, PSP_EVENTS[result.status], fields, detail)
 
-    def _capture_posting(self, payment: Payment) -> Any:
-        amount = Money(payment.amount, payment.currency)
-        return capture_posting(payment.id, payment.merchant_id, amount, payment.capture_fee)
+    def _capture_posting(self, charge: Charge) -> Any:
+        amount = Money(charge.amount, charge.currency)
+        return capture_posting(charge.id, charge.merchant_id, amount, charge.capture_fee)
 
-    async def _post_ledger(self, payment: Payment) -> Next:
-        return Book(payment)
+    async def _post_ledger(self, charge: Charge) -> Next:
+        return Book(charge)
 
-    async def _book(self, payment: Payment, fields: dict[str, Any], detail: dict[str, Any]) -> Next:
+    async def _book(self, charge: Charge, fields: dict[str, Any], detail: dict[str, Any]) -> Next:
         """Post the capture with the transitions it completes (``booking``) and the answer they decide, in
         one transaction of the merchant's wallet host. Refused, or unreachable after retries: the capture is
         recorded as such and compensated at the PSP."""
-        chain = list(booking(payment.state))
-        after = payment.evolve(
+        chain = list(booking(charge.state))
+        after = charge.evolve(
             state=chain[-1].target.value, **{k: v for k, v in fields.items() if v is not None}
         )
-        charge = charge_object(after)  # a booked charge has succeeded: its answer is 200 with the charge
-        reply = Reply(200, dumps(charge), after)
+        rendered = charge_object(after)  # a booked charge has succeeded: its answer is 200 with the charge
+        reply = Reply(200, dumps(rendered), after)
         completes = self._store.booking(
-            payment,
+            charge,
             chain,
             fields=fields,
             detail=detail,
             response=(reply.status, reply.body),
-            outbox=("charge.succeeded", charge),
+            outbox=("charge.succeeded", rendered),
         )
-        posting = dataclasses.replace(self._capture_posting(payment), completes=completes)
+        posting = dataclasses.replace(self._capture_posting(charge), completes=completes)
         error = "ledger unavailable"
         for attempt in range(LEDGER_ATTEMPTS):
             try:
-                result = await self._wallets.post(payment.merchant_id, posting)
+                result = await self._wallets.post(charge.merchant_id, posting)
             except Exception as exc:  # a dead host or database: retry, then compensate
                 error = f"{type(exc).__name__}: {exc}"
                 await asyncio.sleep(0.05 * 4**attempt)
@@ -413,15 +413,15 @@ class ChargeFlow:
                 if result.completed:
                     self._announce(after, chain)
                     return reply
-                return await self._after_someone_else(payment.id, result.transaction_id)
+                return await self._after_someone_else(charge.id, result.transaction_id)
             error = result.error or "posting refused"
             break
-        log.error("ledger posting failed; compensating", extra={"payment_id": payment.id, "error": error})
+        log.error("ledger posting failed; compensating", extra={"payment_id": charge.id, "error": error})
         failed = [*chain[:-2], step(ChargeState.CAPTURED, ChargeEvent.LEDGER_FAILED)]
-        return Persist(payment, failed, fields, {**detail, "error": error[:500]})
+        return Persist(charge, failed, fields, {**detail, "error": error[:500]})
 
     async def _after_someone_else(self, payment_id: str, transaction_id: str) -> Next:
-        """The capture is booked but the payment had moved on (a webhook or recovery drives it too): answer
+        """The capture is booked but the charge had moved on (a webhook or recovery drives it too): answer
         with its state now, finishing the booking if that driver left it at ``captured``."""
         current = await self._store.load(payment_id)
         assert current is not None
@@ -430,41 +430,41 @@ class ChargeFlow:
             return Persist(current, chain, {"ledger_transaction_id": transaction_id})
         return reply_for(current)
 
-    def _announce(self, payment: Payment, chain: list[Transition]) -> None:
+    def _announce(self, charge: Charge, chain: list[Transition]) -> None:
         for transition in chain:
             self._on_transition(transition)
         log.info(
-            "payment transition",
-            extra={"payment_id": payment.id, "merchant_id": payment.merchant_id, "to": payment.state},
+            "charge transition",
+            extra={"payment_id": charge.id, "merchant_id": charge.merchant_id, "to": charge.state},
         )
 
-    async def _refund_at_psp(self, payment: Payment) -> Next:
-        assert payment.psp_reference is not None
+    async def _refund_at_psp(self, charge: Charge) -> Next:
+        assert charge.psp_reference is not None
         result = await self._psp.refund(
-            payment_id=payment.id,
-            psp_reference=payment.psp_reference,
-            amount=payment.amount,
-            idempotency_key=f"payray-compensate-{payment.id}",
+            payment_id=charge.id,
+            psp_reference=charge.psp_reference,
+            amount=charge.amount,
+            idempotency_key=f"payray-compensate-{charge.id}",
         )
         if result.status == "refunded":  # reconciliation matches the PSP's refund row by this id
-            return advance(payment, ChargeEvent.PSP_REFUNDED, detail={"psp_refund": result.refund_reference})
+            return advance(charge, ChargeEvent.PSP_REFUNDED, detail={"psp_refund": result.refund_reference})
         # The refund's fate is unknown: stay in refund_pending and let recovery retry with the same key.
-        return reply_for(payment)
+        return reply_for(charge)
 
-    async def _post_compensation(self, payment: Payment) -> Next:
+    async def _post_compensation(self, charge: Charge) -> Next:
         """Book the capture and its reversal, so the money the PSP moved twice is counted twice."""
-        amount = Money(payment.amount, payment.currency)
-        fee = payment.capture_fee
+        amount = Money(charge.amount, charge.currency)
+        fee = charge.capture_fee
         try:
-            await self._wallets.post(payment.merchant_id, self._capture_posting(payment))
-            reversal = refund_posting(f"compensation-{payment.id}", payment.merchant_id, amount, fee)
-            result = await self._wallets.post(payment.merchant_id, reversal)
+            await self._wallets.post(charge.merchant_id, self._capture_posting(charge))
+            reversal = refund_posting(f"compensation-{charge.id}", charge.merchant_id, amount, fee)
+            result = await self._wallets.post(charge.merchant_id, reversal)
         except Exception:
-            return reply_for(payment)  # recovery retries; both postings are idempotent
+            return reply_for(charge)  # recovery retries; both postings are idempotent
         if result.error is not None:
-            return reply_for(payment)
+            return reply_for(charge)
         return advance(
-            payment,
+            charge,
             ChargeEvent.COMPENSATION_POSTED,
             {
                 "failure_code": "processing_error",
@@ -480,12 +480,12 @@ class ChargeService:
         self._pool = pool
         self._requests = requests
         self._flow = flow
-        self._fee_bps = fee_bps  # the rate of the fee each new payment stores
+        self._fee_bps = fee_bps  # the rate of the fee each new charge stores
 
     async def create(self, merchant_id: str, key: str, body: ChargeCreate) -> Answer:
         fingerprint = request_fingerprint("POST", "/v1/charges", body.model_dump(mode="json"))
         payment_id = new_id("ch")
-        fresh = Payment(
+        fresh = Charge(
             id=payment_id,
             merchant_id=merchant_id,
             amount=body.amount,
@@ -502,19 +502,19 @@ class ChargeService:
         )
         submit = step(ChargeState.CREATED, ChargeEvent.SUBMIT)
 
-        async def create(conn: AsyncConnection[Any]) -> Payment | None:
+        async def create(conn: AsyncConnection[Any]) -> Charge | None:
             pending = fresh.evolve(state=submit.target.value)
-            return await db.insert_payment(conn, pending, fingerprint, [submit], self._requests.lease_ms)
+            return await db.insert_charge(conn, pending, fingerprint, [submit], self._requests.lease_ms)
 
-        async def start(payment: Payment) -> tuple[int, bytes]:
-            reply = await self._flow.start(payment)
+        async def start(charge: Charge) -> tuple[int, bytes]:
+            reply = await self._flow.start(charge)
             return reply.status, reply.body
 
         async def resume(payment_id: str) -> tuple[int, bytes]:
             async with self._pool.connection() as conn:
-                payment = await db.load_payment(conn, payment_id)
-            assert payment is not None
-            reply = await self._flow.resume(payment)
+                charge = await db.load_charge(conn, payment_id)
+            assert charge is not None
+            reply = await self._flow.resume(charge)
             return reply.status, reply.body
 
         return await self._requests.run(merchant_id, key, fingerprint, Operation(create, start, resume))

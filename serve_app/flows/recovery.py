@@ -2,8 +2,8 @@
 
 A request can die anywhere (a replica killed, a machine lost, a client gone after a 202), and every flow
 persists its state before each step, so what it leaves behind is a row in a non-terminal state that nobody
-updates. A sweep takes every payment, refund, payout and dispute that has sat in such a state for longer
-than ``grace_s`` (longer than any live request waits) and runs the same flow code on it: a payment that
+updates. A sweep takes every charge, refund, payout and dispute that has sat in such a state for longer
+than ``grace_s`` (longer than any live request waits) and runs the same flow code on it: a charge that
 never heard from the PSP is looked up there by its metadata, never captured again; every other step is
 idempotent (ledger postings keyed on the object's id, PSP calls with keys derived from it), so a sweep racing
 a live request, or another sweep, changes nothing twice.
@@ -22,8 +22,8 @@ from serve_app.flows.charge import ChargeFlow
 from serve_app.flows.dispute import DisputeBooking
 from serve_app.flows.payout import PayoutFlow
 from serve_app.flows.refund import RefundFlow
+from serve_app.stores import charges as charges_db
 from serve_app.stores import disputes, payouts
-from serve_app.stores import payments as payments_db
 from serve_app.stores import refunds as refunds_db
 from serve_app.stores.disputes import Dispute
 
@@ -92,11 +92,11 @@ class Recovery:
 
     async def _payment(self, payment_id: str) -> bool:
         async with self._pool.connection() as conn:
-            payment = await payments_db.load_payment(conn, payment_id)
-        if payment is None:
+            charge = await charges_db.load_charge(conn, payment_id)
+        if charge is None:
             return False
-        reply = await self._charges.recover(payment)
-        return reply.payment.state in ("succeeded", "declined", "failed")
+        reply = await self._charges.recover(charge)
+        return reply.charge.state in ("succeeded", "declined", "failed")
 
     async def _refund(self, refund_id: str) -> bool:
         async with self._pool.connection() as conn:

@@ -38,7 +38,7 @@ from serve_app.flows import dispute as disputes
 from serve_app.flows.charge import ChargeFlow
 from serve_app.flows.dispute import DisputeBooking
 from serve_app.flows.refund import RefundFlow
-from serve_app.stores import payments, refunds
+from serve_app.stores import charges, refunds
 from serve_app.stores import webhooks as events
 
 log = logging.getLogger("payray.webhooks")
@@ -163,13 +163,13 @@ class WebhookReceiver:
             return await self._dispute(conn, type_, obj)
         return f"ignored: {type_} is not handled", []
 
-    async def _payment(self, conn: AsyncConnection[Any], obj: dict[str, Any]) -> payments.Payment | None:
+    async def _payment(self, conn: AsyncConnection[Any], obj: dict[str, Any]) -> charges.Charge | None:
         payment_id = (obj.get("metadata") or {}).get(PAYMENT_ID_KEY)
         if not payment_id and obj.get("payment_intent"):
-            payment_id = await payments.payment_id_for_psp_reference(conn, str(obj["payment_intent"]))
+            payment_id = await charges.charge_id_for_psp_reference(conn, str(obj["payment_intent"]))
         if not payment_id:
             return None
-        return await payments.load_payment(conn, str(payment_id))
+        return await charges.load_charge(conn, str(payment_id))
 
     async def _charge_outcome(
         self, conn: AsyncConnection[Any], type_: str, obj: dict[str, Any]
@@ -200,7 +200,7 @@ class WebhookReceiver:
         payment = await self._payment(conn, obj)
         if payment is None:
             return "ignored: not a payray charge", []
-        await payments.lock_payment(conn, payment.id)  # one refund bookkeeper per charge at a time
+        await charges.lock_charge(conn, payment.id)  # one refund bookkeeper per charge at a time
         effects: list[str] = []
         follow_ups: list[FollowUp] = []
         for psp_refund in psp_refunds:
@@ -217,7 +217,7 @@ class WebhookReceiver:
                 continue
             if payment.state != ChargeState.SUCCEEDED:  # a compensating refund of a charge that failed
                 continue
-            payment = await payments.load_payment(conn, payment.id) or payment  # refunded amount so far
+            payment = await charges.load_charge(conn, payment.id) or payment  # refunded amount so far
             learned = await self._learn_refund(conn, payment, psp_refund)
             if learned is not None:
                 effects.append(f"{learned} learned from the PSP")
@@ -225,7 +225,7 @@ class WebhookReceiver:
         return ("; ".join(effects) or "no change"), follow_ups
 
     async def _learn_refund(
-        self, conn: AsyncConnection[Any], payment: payments.Payment, psp_refund: Any
+        self, conn: AsyncConnection[Any], payment: charges.Charge, psp_refund: Any
     ) -> str | None:
         refund_id = new_id("re")
         charged = Money(payment.amount, payment.currency)

@@ -8,7 +8,7 @@ from typing import Any
 from payray import refund as refund_machine
 from payray.charge import public_status
 from payray.errors import PayrayError
-from serve_app.stores.payments import Payment
+from serve_app.stores.charges import Charge
 from serve_app.stores.refunds import Refund
 
 
@@ -16,7 +16,7 @@ def dumps(obj: Any) -> bytes:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-def charge_object(p: Payment) -> dict[str, Any]:
+def charge_object(p: Charge) -> dict[str, Any]:
     status = public_status(p.state)
     return {
         "id": p.id,
@@ -76,7 +76,7 @@ def error_object(exc: PayrayError, **extra: Any) -> dict[str, Any]:
 _OWN_ERROR_CODES = frozenset({"expired_card", "incorrect_cvc", "incorrect_number", "processing_error"})
 
 
-def decline_object(p: Payment) -> dict[str, Any]:
+def decline_object(p: Charge) -> dict[str, Any]:
     """A 402 as Stripe sends it: the failed charge's id rides in ``error.charge``."""
     reason = p.failure_code or "generic_decline"
     code = reason if reason in _OWN_ERROR_CODES else "card_declined"

@@ -125,7 +125,7 @@ class LedgerDay:
             """INSERT INTO refunds (id, merchant_id, payment_id, amount, fee_returned, currency, state,
                                     psp_idempotency_key, psp_reference)
                VALUES (%s, %s, %s, %s, %s, %s, 'succeeded', %s, %s)""",
-            (refund_id, self.merchant, self._payment_of(charge), amount, fee.amount, charge.currency,
+            (refund_id, self.merchant, self._charge_of(charge), amount, fee.amount, charge.currency,
              f"psp-{n}", psp_refund),
         )  # fmt: skip
         self._post(refund_posting(refund_id, self.merchant, money, fee, posting_date=self.day))
@@ -135,7 +135,7 @@ class LedgerDay:
         """The whole charge given back because the ledger failed: booked under the payment's own reference,
         with the PSP's refund id in the payment's history."""
         n = uuid.uuid4().hex[:12]
-        payment_id, psp_refund = self._payment_of(charge), f"re_{n}"
+        payment_id, psp_refund = self._charge_of(charge), f"re_{n}"
         self.conn.execute(
             """INSERT INTO payment_transitions (payment_id, from_state, event, to_state, detail)
                VALUES (%s, 'refund_pending', 'psp_refunded', 'compensated', %s)""",
@@ -154,7 +154,7 @@ class LedgerDay:
         self.conn.execute(
             """INSERT INTO disputes (id, merchant_id, payment_id, psp_dispute_id, amount, currency, status)
                VALUES (%s, %s, %s, %s, %s, %s, 'open')""",
-            (dispute_id, self.merchant, self._payment_of(charge), psp_dispute, amount, charge.currency),
+            (dispute_id, self.merchant, self._charge_of(charge), psp_dispute, amount, charge.currency),
         )
         money = Money(amount, charge.currency)
         self._post(dispute_hold_posting(dispute_id, self.merchant, money, posting_date=self.day))
@@ -165,7 +165,7 @@ class LedgerDay:
         self.rows.append(Row(bt, category, ref, gross, fee, currency, at, charge))
         return self.rows[-1]
 
-    def _payment_of(self, charge: Row) -> str:
+    def _charge_of(self, charge: Row) -> str:
         found = self.conn.execute("SELECT id FROM payments WHERE psp_reference = %s", (charge.reference,))
         row = found.fetchone()
         assert row is not None

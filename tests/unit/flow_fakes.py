@@ -20,14 +20,14 @@ from payray.fees import fee_for
 from payray.money import Money
 from payray.refund import RefundTransition, psp_refund_key
 from psp.port import PspCapture, PspChargeResult, PspRefund, PspRefundResult, SettlementReport
-from serve_app.stores.payments import Payment
+from serve_app.stores.charges import Charge
 from serve_app.stores.refunds import Refund
 
 NOW = datetime(2024, 5, 1, tzinfo=UTC)
 
 
-def new_payment(payment_id: str = "ch_1", amount: int = 1000, state: str = "psp_pending") -> Payment:
-    return Payment(
+def new_charge(payment_id: str = "ch_1", amount: int = 1000, state: str = "psp_pending") -> Charge:
+    return Charge(
         id=payment_id,
         merchant_id="m_1",
         amount=amount,
@@ -73,26 +73,26 @@ class Written:
 
 
 @dataclass
-class FakePayments:
-    """``PaymentStore`` over a dict, guarded as ``APPLY_TRANSITIONS`` is by the state a write starts from."""
+class FakeCharges:
+    """``ChargeStore`` over a dict, guarded as ``APPLY_TRANSITIONS`` is by the state a write starts from."""
 
-    rows: dict[str, Payment] = field(default_factory=dict)
+    rows: dict[str, Charge] = field(default_factory=dict)
     writes: list[Written] = field(default_factory=list)
     responses: dict[str, tuple[int, bytes]] = field(default_factory=dict)
 
-    def add(self, payment: Payment) -> Payment:
-        self.rows[payment.id] = payment
-        return payment
+    def add(self, charge: Charge) -> Charge:
+        self.rows[charge.id] = charge
+        return charge
 
     def events(self, payment_id: str) -> list[str]:
         return [event for w in self.writes if w.object_id == payment_id for _, event, _ in w.steps]
 
-    async def load(self, payment_id: str) -> Payment | None:
+    async def load(self, payment_id: str) -> Charge | None:
         return self.rows.get(payment_id)
 
     async def apply(
         self,
-        payment: Payment,
+        charge: Charge,
         chain: list[Transition],
         *,
         fields: dict[str, Any],
@@ -100,22 +100,22 @@ class FakePayments:
         response: tuple[int, bytes] | None,
         outbox: tuple[str, dict[str, Any]] | None,
         conn: Any = None,
-    ) -> Payment | None:
-        current = self.rows[payment.id]
+    ) -> Charge | None:
+        current = self.rows[charge.id]
         if current.state != chain[0].source.value:
             return None
         names = ("psp_reference", "failure_code", "failure_message", "ledger_transaction_id")
         moved = current.evolve(state=chain[-1].target.value, **_changed(fields, names))
-        self.rows[payment.id] = moved
+        self.rows[charge.id] = moved
         steps = [(t.source.value, t.event.value, t.target.value) for t in chain]
-        self.writes.append(Written(payment.id, steps, detail, response, outbox[0] if outbox else None))
+        self.writes.append(Written(charge.id, steps, detail, response, outbox[0] if outbox else None))
         if response is not None:
-            self.responses[payment.id] = response
+            self.responses[charge.id] = response
         return moved
 
     def booking(
         self,
-        payment: Payment,
+        charge: Charge,
         chain: list[Transition],
         *,
         fields: dict[str, Any],
@@ -123,14 +123,14 @@ class FakePayments:
         response: tuple[int, bytes],
         outbox: tuple[str, dict[str, Any]],
     ) -> Statement:
-        write = {"payment": payment, "chain": chain, "fields": fields, "detail": detail}
+        write = {"charge": charge, "chain": chain, "fields": fields, "detail": detail}
         return Statement("book", {**write, "response": response, "outbox": outbox})
 
     async def complete(self, statement: Statement, transaction_id: str) -> bool:
-        """Run a booking statement in the posting's commit: False when its guard found the payment moved."""
+        """Run a booking statement in the posting's commit: False when its guard found the charge moved."""
         params = dict(statement.params)
         params["fields"] = {**params["fields"], "ledger_transaction_id": transaction_id}
-        return await self.apply(params.pop("payment"), params.pop("chain"), **params) is not None
+        return await self.apply(params.pop("charge"), params.pop("chain"), **params) is not None
 
     async def store_response(self, payment_id: str, status: int, body: bytes) -> None:
         self.responses[payment_id] = (status, body)
@@ -189,7 +189,7 @@ class FakeWallets:
     """The merchants' wallets as one fake unit of work: each posting is committed (idempotently, by kind and
     reference) with the statement it completes, or refused with nothing of either written."""
 
-    payments: FakePayments | None = None
+    payments: FakeCharges | None = None
     balance: int = 1_000_000
     #: how many of the next postings the ledger refuses
     refuse: int = 0
@@ -227,7 +227,7 @@ class FakePsp:
     capture_answers: list[str] = field(default_factory=list)
     #: the answers to the next refunds, in order; then ``refunded``
     refund_answers: list[str] = field(default_factory=list)
-    #: what a search by payment id finds
+    #: what a search by charge id finds
     found: dict[str, PspChargeResult] = field(default_factory=dict)
     capture_keys: list[str] = field(default_factory=list)
     refund_keys: list[str] = field(default_factory=list)

@@ -29,9 +29,9 @@ def test_a_successful_charge_costs_its_insert_and_a_share_of_one_batch_commit() 
     assert commits["host_batches"] <= succeeded
     assert 1.0 < (commits["pool"] - 2 * declined + commits["host_batches"]) / succeeded <= 2.0
     chain = booking(ChargeState.PSP_PENDING)
-    for payment in simulation.service.payments.values():
-        if payment.state is ChargeState.SUCCEEDED:
-            inserted, *booked = payment.history
+    for charge in simulation.service.payments.values():
+        if charge.state is ChargeState.SUCCEEDED:
+            inserted, *booked = charge.history
             assert [t for _, _, t in booked] == list(chain)
             assert len({at for at, _, _ in booked}) == 1  # one transaction, with its posting
             assert inserted[0] < booked[0][0]

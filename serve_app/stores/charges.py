@@ -19,12 +19,12 @@ from serve_app.stores.pages import newest_first
 
 
 @dataclass(frozen=True)
-class Payment:
+class Charge:
     id: str
     merchant_id: str
     amount: int
     currency: str
-    fee: int  # our fee on the amount, taken at capture; decided when the payment is created
+    fee: int  # our fee on the amount, taken at capture; decided when the charge is created
     payment_method: str
     state: str
     idempotency_key: str
@@ -43,7 +43,7 @@ class Payment:
     def capture_fee(self) -> Money:
         return Money(self.fee, self.currency)
 
-    def evolve(self, **changes: Any) -> Payment:
+    def evolve(self, **changes: Any) -> Charge:
         return replace(self, **changes)
 
 
@@ -53,9 +53,9 @@ _PAYMENT_COLUMNS = (
     "amount_refunded, ledger_transaction_id"
 )
 
-#: Claims the key and creates the payment in one statement: either both rows exist or neither does.
+#: Claims the key and creates the charge in one statement: either both rows exist or neither does.
 INSERT_PAYMENT_WITH_KEY = f"""
-WITH claimed AS ({CLAIM_KEY}), payment AS (
+WITH claimed AS ({CLAIM_KEY}), charge AS (
     INSERT INTO payments (id, merchant_id, amount, currency, fee, payment_method, state, idempotency_key,
                           psp_idempotency_key, description, metadata, customer)
     SELECT %(id)s, %(merchant_id)s, %(amount)s, %(currency)s, %(fee)s, %(payment_method)s, %(state)s, %(key)s,
@@ -64,10 +64,10 @@ WITH claimed AS ({CLAIM_KEY}), payment AS (
     RETURNING {_PAYMENT_COLUMNS}
 ), history AS (
     INSERT INTO payment_transitions (payment_id, from_state, event, to_state)
-    SELECT payment.id, steps.from_state, steps.event, steps.to_state
-    FROM payment, jsonb_to_recordset(%(steps)s) AS steps(from_state text, event text, to_state text)
+    SELECT charge.id, steps.from_state, steps.event, steps.to_state
+    FROM charge, jsonb_to_recordset(%(steps)s) AS steps(from_state text, event text, to_state text)
 )
-SELECT * FROM payment
+SELECT * FROM charge
 """
 
 SELECT_PAYMENT = f"SELECT {_PAYMENT_COLUMNS} FROM payments WHERE id = %s"
@@ -77,7 +77,7 @@ LIST_PAYMENTS = newest_first("payments", _PAYMENT_COLUMNS)
 
 def _apply_transitions(ledger_transaction: str) -> str:
     """Applies a chain of transitions (guarded by the expected current state), writes their history, and
-    optionally stores the response under the payment's idempotency key and an outbox event, atomically."""
+    optionally stores the response under the charge's idempotency key and an outbox event, atomically."""
     return f"""
 WITH moved AS (
     UPDATE payments SET
@@ -101,7 +101,7 @@ SELECT * FROM moved
 APPLY_TRANSITIONS = _apply_transitions("%(ledger_transaction_id)s")
 
 #: ``APPLY_TRANSITIONS`` run inside the capture's own ledger transaction (``Posting.completes``): the
-#: payment's ledger transaction is the one that transaction just wrote, or found already written.
+#: charge's ledger transaction is the one that transaction just wrote, or found already written.
 BOOK_CAPTURE = _apply_transitions(
     f"(SELECT id FROM ledger_transactions WHERE kind = '{CAPTURE}' AND external_ref = %(id)s)"
 )
@@ -114,8 +114,8 @@ WHERE p.id = %(id)s AND k.merchant_id = p.merchant_id AND k.key = p.idempotency_
 """
 
 
-def _payment(row: dict[str, Any]) -> Payment:
-    return Payment(**row)
+def _payment(row: dict[str, Any]) -> Charge:
+    return Charge(**row)
 
 
 def _steps(transitions: list[Transition]) -> Jsonb:
@@ -127,29 +127,29 @@ def _steps(transitions: list[Transition]) -> Jsonb:
     )
 
 
-async def insert_payment(
+async def insert_charge(
     conn: AsyncConnection[Any],
-    payment: Payment,
+    charge: Charge,
     fingerprint: bytes,
     transitions: list[Transition],
     lease_ms: int,
-) -> Payment | None:
-    """Create the payment and claim its key; ``None`` if the key was already taken."""
+) -> Charge | None:
+    """Create the charge and claim its key; ``None`` if the key was already taken."""
     params = {
-        "id": payment.id,
-        "merchant_id": payment.merchant_id,
-        "key": payment.idempotency_key,
+        "id": charge.id,
+        "merchant_id": charge.merchant_id,
+        "key": charge.idempotency_key,
         "fingerprint": fingerprint,
         "lease_ms": lease_ms,
-        "amount": payment.amount,
-        "currency": payment.currency,
-        "fee": payment.fee,
-        "payment_method": payment.payment_method,
-        "state": payment.state,
-        "psp_idempotency_key": payment.psp_idempotency_key,
-        "description": payment.description,
-        "metadata": Jsonb(payment.metadata),
-        "customer": payment.customer,
+        "amount": charge.amount,
+        "currency": charge.currency,
+        "fee": charge.fee,
+        "payment_method": charge.payment_method,
+        "state": charge.state,
+        "psp_idempotency_key": charge.psp_idempotency_key,
+        "description": charge.description,
+        "metadata": Jsonb(charge.metadata),
+        "customer": charge.customer,
         "steps": _steps(transitions),
     }
     async with conn.cursor(row_factory=dict_row) as cur:
@@ -158,9 +158,9 @@ async def insert_payment(
     return _payment(row) if row else None
 
 
-async def load_payment(
+async def load_charge(
     conn: AsyncConnection[Any], payment_id: str, merchant_id: str | None = None
-) -> Payment | None:
+) -> Charge | None:
     async with conn.cursor(row_factory=dict_row) as cur:
         if merchant_id is None:
             await cur.execute(SELECT_PAYMENT, (payment_id,))
@@ -170,9 +170,9 @@ async def load_payment(
     return _payment(row) if row else None
 
 
-async def list_payments(
+async def list_charges(
     conn: AsyncConnection[Any], merchant_id: str, limit: int, starting_after: str | None
-) -> list[Payment]:
+) -> list[Charge]:
     async with conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(
             LIST_PAYMENTS, {"merchant_id": merchant_id, "after_id": starting_after, "limit": limit}
@@ -181,7 +181,7 @@ async def list_payments(
 
 
 def _transition_params(
-    payment: Payment,
+    charge: Charge,
     transitions: list[Transition],
     fields: dict[str, Any] | None,
     detail: dict[str, Any] | None,
@@ -190,7 +190,7 @@ def _transition_params(
 ) -> dict[str, Any]:
     fields = fields or {}
     return {
-        "id": payment.id,
+        "id": charge.id,
         "from_state": transitions[0].source.value,
         "to_state": transitions[-1].target.value,
         "psp_reference": fields.get("psp_reference"),
@@ -205,16 +205,16 @@ def _transition_params(
 
 async def apply_transitions(
     conn: AsyncConnection[Any],
-    payment: Payment,
+    charge: Charge,
     transitions: list[Transition],
     *,
     fields: dict[str, Any] | None = None,
     detail: dict[str, Any] | None = None,
     response: tuple[int, bytes] | None = None,
     outbox: tuple[str, dict[str, Any]] | None = None,
-) -> Payment | None:
-    """Persist a chain of transitions starting at ``payment.state``; ``None`` if the state moved meanwhile."""
-    params = _transition_params(payment, transitions, fields, detail, response, outbox)
+) -> Charge | None:
+    """Persist a chain of transitions starting at ``charge.state``; ``None`` if the state moved meanwhile."""
+    params = _transition_params(charge, transitions, fields, detail, response, outbox)
     async with conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(APPLY_TRANSITIONS, params)
         row = await cur.fetchone()
@@ -222,7 +222,7 @@ async def apply_transitions(
 
 
 def booking_statement(
-    payment: Payment,
+    charge: Charge,
     transitions: list[Transition],
     *,
     fields: dict[str, Any],
@@ -231,7 +231,7 @@ def booking_statement(
     outbox: tuple[str, dict[str, Any]],
 ) -> Statement:
     """The transitions a capture's posting completes, as the statement its ledger transaction runs."""
-    return Statement(BOOK_CAPTURE, _transition_params(payment, transitions, fields, detail, response, outbox))
+    return Statement(BOOK_CAPTURE, _transition_params(charge, transitions, fields, detail, response, outbox))
 
 
 async def store_response(conn: AsyncConnection[Any], payment_id: str, status: int, body: bytes) -> None:
@@ -243,11 +243,11 @@ PAYMENT_BY_PSP = "SELECT id FROM payments WHERE psp_reference = %s"
 LOCK_PAYMENT = "SELECT id FROM payments WHERE id = %s FOR UPDATE"
 
 
-async def payment_id_for_psp_reference(conn: AsyncConnection[Any], psp_reference: str) -> str | None:
+async def charge_id_for_psp_reference(conn: AsyncConnection[Any], psp_reference: str) -> str | None:
     row = await (await conn.execute(PAYMENT_BY_PSP, (psp_reference,))).fetchone()
     return str(row[0]) if row else None
 
 
-async def lock_payment(conn: AsyncConnection[Any], payment_id: str) -> None:
-    """Hold the payment's row until the transaction ends: one writer of its refunded amount at a time."""
+async def lock_charge(conn: AsyncConnection[Any], payment_id: str) -> None:
+    """Hold the charge's row until the transaction ends: one writer of its refunded amount at a time."""
     await conn.execute(LOCK_PAYMENT, (payment_id,))
