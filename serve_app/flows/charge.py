@@ -45,15 +45,13 @@ from psp.port import PaymentServiceProvider
 from serve_app.flows.idempotent import Answer, IdempotentRequests, Operation
 from serve_app.flows.recent import RecentOutcomes
 from serve_app.stores import charges as db
-from serve_app.stores import connection
-from serve_app.stores.charges import Charge
+from serve_app.stores.charges import Charge, ChargeWrite, PostgresCharges
 from serve_app.wallets import WalletDirectory
 from serve_app.wire.render import charge_object, decline_object, dumps
 from serve_app.wire.schemas import ChargeCreate
 
 log = logging.getLogger("payray.charge")
 LEDGER_ATTEMPTS = 3
-
 
 
 @dataclass(frozen=True)
@@ -136,84 +134,21 @@ def heard(charge: Charge, event: ChargeEvent, fields: dict[str, Any], detail: di
 
 
 class ChargeStore(Protocol):
-    """The payments the charge flow reads and writes: Postgres in the service, a dict in unit tests."""
+    """The charges the charge flow reads and writes: Postgres in the service (``PostgresCharges``), a dict in
+    unit tests."""
 
-    async def load(self, payment_id: str) -> Charge | None: ...
+    async def load(self, charge_id: str) -> Charge | None: ...
 
-    async def apply(
-        self,
-        charge: Charge,
-        chain: list[Transition],
-        *,
-        fields: dict[str, Any],
-        detail: dict[str, Any],
-        response: tuple[int, bytes] | None,
-        outbox: tuple[str, dict[str, Any]] | None,
-        conn: AsyncConnection[Any] | None = None,
-    ) -> Charge | None:
-        """Persist ``chain`` from ``charge.state``, with the answer and the outbox event it decides (on
-        ``conn``, inside its transaction, when given); None if the charge had moved on meanwhile."""
+    async def apply(self, write: ChargeWrite, conn: AsyncConnection[Any] | None = None) -> Charge | None:
+        """Persist ``write`` (on ``conn``, inside its transaction, when given); None if the charge had moved
+        on meanwhile."""
         ...
 
-    def booking(
-        self,
-        charge: Charge,
-        chain: list[Transition],
-        *,
-        fields: dict[str, Any],
-        detail: dict[str, Any],
-        response: tuple[int, bytes],
-        outbox: tuple[str, dict[str, Any]],
-    ) -> Statement:
+    def booking(self, write: ChargeWrite) -> Statement:
         """The same write, as the statement a capture's ledger transaction runs (``Posting.completes``)."""
         ...
 
-    async def store_response(self, payment_id: str, status: int, body: bytes) -> None: ...
-
-
-class PostgresCharges:
-    """``ChargeStore`` on the service's pool, by ``serve_app/stores/charges.py``'s statements."""
-
-    def __init__(self, pool: AsyncConnectionPool[Any]) -> None:
-        self._pool = pool
-
-    async def load(self, payment_id: str) -> Charge | None:
-        async with self._pool.connection() as conn:
-            return await db.load_charge(conn, payment_id)
-
-    async def apply(
-        self,
-        charge: Charge,
-        chain: list[Transition],
-        *,
-        fields: dict[str, Any],
-        detail: dict[str, Any],
-        response: tuple[int, bytes] | None,
-        outbox: tuple[str, dict[str, Any]] | None,
-        conn: AsyncConnection[Any] | None = None,
-    ) -> Charge | None:
-        async with connection.on(self._pool, conn) as on:
-            return await db.apply_transitions(
-                on, charge, chain, fields=fields, detail=detail, response=response, outbox=outbox
-            )
-
-    def booking(
-        self,
-        charge: Charge,
-        chain: list[Transition],
-        *,
-        fields: dict[str, Any],
-        detail: dict[str, Any],
-        response: tuple[int, bytes],
-        outbox: tuple[str, dict[str, Any]],
-    ) -> Statement:
-        return db.booking_statement(
-            charge, chain, fields=fields, detail=detail, response=response, outbox=outbox
-        )
-
-    async def store_response(self, payment_id: str, status: int, body: bytes) -> None:
-        async with self._pool.connection() as conn:
-            await db.store_response(conn, payment_id, status, body)
+    async def store_response(self, charge_id: str, status: int, body: bytes) -> None: ...
 
 
 class ChargeFlow:
@@ -331,15 +266,8 @@ class ChargeFlow:
             rendered = charge_object(after)
             outbox = (f"charge.{rendered['status']}", rendered)
             commands = []
-        stored = await self._store.apply(
-            charge,
-            chain,
-            fields=fields,
-            detail=detail,
-            response=(response.status, response.body) if response else None,
-            outbox=outbox,
-            conn=conn,
-        )
+        answer = (response.status, response.body) if response else None
+        stored = await self._store.apply(ChargeWrite(charge, chain, fields, detail, answer, outbox), conn)
         return Persisted(charge, stored, chain, commands, response)
 
     async def _after_commit(self, persisted: Persisted) -> Next:
@@ -392,13 +320,9 @@ class ChargeFlow:
         )
         rendered = charge_object(after)  # a booked charge has succeeded: its answer is 200 with the charge
         reply = Reply(200, dumps(rendered), after)
+        answer = (reply.status, reply.body)
         completes = self._store.booking(
-            charge,
-            chain,
-            fields=fields,
-            detail=detail,
-            response=(reply.status, reply.body),
-            outbox=("charge.succeeded", rendered),
+            ChargeWrite(charge, chain, fields, detail, answer, ("charge.succeeded", rendered))
         )
         posting = dataclasses.replace(self._capture_posting(charge), completes=completes)
         error = "ledger unavailable"

@@ -27,7 +27,6 @@ from payray.refund import (
     RefundCommand,
     RefundEvent,
     RefundState,
-    RefundTransition,
     allowed_events,
     psp_refund_key,
     public_status,
@@ -36,9 +35,8 @@ from payray.refund import (
 )
 from psp.port import PaymentServiceProvider
 from serve_app.flows.idempotent import Answer, IdempotentRequests, Operation
-from serve_app.stores import connection
 from serve_app.stores import refunds as db
-from serve_app.stores.refunds import Refund
+from serve_app.stores.refunds import PostgresRefunds, Refund, RefundWrite
 from serve_app.wallets import WalletDirectory
 from serve_app.wire.render import dumps, refund_object
 from serve_app.wire.schemas import RefundCreate
@@ -74,67 +72,23 @@ class Run:
 
 
 class RefundStore(Protocol):
-    """The refunds the refund flow reads and writes: Postgres in the service, a dict in unit tests."""
+    """The refunds the refund flow reads and writes: Postgres in the service (``PostgresRefunds``), a dict
+    in unit tests."""
 
     async def load(self, refund_id: str) -> Refund | None: ...
 
-    async def apply(
-        self,
-        refund: Refund,
-        transition: RefundTransition,
-        *,
-        fields: dict[str, Any],
-        detail: dict[str, Any],
-        response: Reply | None,
-        outbox: tuple[str, dict[str, Any]] | None,
-        conn: AsyncConnection[Any] | None = None,
-    ) -> Refund | None:
-        """Persist ``transition`` from ``refund.state``, with the answer and the outbox event it decides (on
-        ``conn``, inside its transaction, when given); None if the refund had moved on meanwhile."""
+    async def apply(self, write: RefundWrite, conn: AsyncConnection[Any] | None = None) -> Refund | None:
+        """Persist ``write`` (on ``conn``, inside its transaction, when given); None if the refund had moved
+        on meanwhile."""
         ...
 
-    async def charge_psp_reference(self, payment_id: str) -> str:
+    async def charge_psp_reference(self, charge_id: str) -> str:
         """The PSP's reference of the charge a refund gives back."""
         ...
 
     async def discard(self, refund_id: str) -> None:
         """Forget a refund the balance did not cover, with its key and its reservation on the charge."""
         ...
-
-
-class PostgresRefunds:
-    """``RefundStore`` on the service's pool, by ``serve_app/stores/refunds.py``'s statements."""
-
-    def __init__(self, pool: AsyncConnectionPool[Any]) -> None:
-        self._pool = pool
-
-    async def load(self, refund_id: str) -> Refund | None:
-        async with self._pool.connection() as conn:
-            return await db.load_refund(conn, refund_id)
-
-    async def apply(
-        self,
-        refund: Refund,
-        transition: RefundTransition,
-        *,
-        fields: dict[str, Any],
-        detail: dict[str, Any],
-        response: Reply | None,
-        outbox: tuple[str, dict[str, Any]] | None,
-        conn: AsyncConnection[Any] | None = None,
-    ) -> Refund | None:
-        async with connection.on(self._pool, conn) as on:
-            return await db.apply_transition(
-                on, refund, transition, fields=fields, detail=detail, response=response, outbox=outbox
-            )
-
-    async def charge_psp_reference(self, payment_id: str) -> str:
-        async with self._pool.connection() as conn:
-            return await db.charge_psp_reference(conn, payment_id)
-
-    async def discard(self, refund_id: str) -> None:
-        async with self._pool.connection() as conn:
-            await db.discard(conn, refund_id)
 
 
 class RefundFlow:
@@ -221,7 +175,7 @@ class RefundFlow:
             response = reply_for(after)
             outbox = (f"refund.{public_status(after.state)}", refund_object(after))
         stored = await self._store.apply(
-            refund, transition, fields=fields, detail=detail, response=response, outbox=outbox, conn=conn
+            RefundWrite(refund, transition, fields, detail, response, outbox), conn
         )
         return stored, command, response
 

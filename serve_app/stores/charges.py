@@ -1,4 +1,4 @@
-"""SQL for payments, their transitions and their durable idempotency records (psycopg 3, async)."""
+"""SQL for charges (the ``payments`` table), their transitions and their durable idempotency records."""
 
 from __future__ import annotations
 
@@ -9,10 +9,12 @@ from typing import Any
 from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
+from psycopg_pool import AsyncConnectionPool
 
 from ledger.postings import CAPTURE, Statement
 from payray.charge import Transition
 from payray.money import Money
+from serve_app.stores import connection
 from serve_app.stores.answers import ANSWER_AND_ANNOUNCE, answer_params
 from serve_app.stores.keys import CLAIM_KEY
 from serve_app.stores.pages import newest_first
@@ -75,6 +77,7 @@ SELECT_MERCHANT_PAYMENT = f"SELECT {_PAYMENT_COLUMNS} FROM payments WHERE id = %
 
 LIST_PAYMENTS = newest_first("payments", _PAYMENT_COLUMNS)
 
+
 def _apply_transitions(ledger_transaction: str) -> str:
     """Applies a chain of transitions (guarded by the expected current state), writes their history, and
     optionally stores the response under the charge's idempotency key and an outbox event, atomically."""
@@ -114,7 +117,7 @@ WHERE p.id = %(id)s AND k.merchant_id = p.merchant_id AND k.key = p.idempotency_
 """
 
 
-def _payment(row: dict[str, Any]) -> Charge:
+def _charge(row: dict[str, Any]) -> Charge:
     return Charge(**row)
 
 
@@ -155,7 +158,7 @@ async def insert_charge(
     async with conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(INSERT_PAYMENT_WITH_KEY, params)
         row = await cur.fetchone()
-    return _payment(row) if row else None
+    return _charge(row) if row else None
 
 
 async def load_charge(
@@ -167,7 +170,7 @@ async def load_charge(
         else:
             await cur.execute(SELECT_MERCHANT_PAYMENT, (payment_id, merchant_id))
         row = await cur.fetchone()
-    return _payment(row) if row else None
+    return _charge(row) if row else None
 
 
 async def list_charges(
@@ -177,61 +180,49 @@ async def list_charges(
         await cur.execute(
             LIST_PAYMENTS, {"merchant_id": merchant_id, "after_id": starting_after, "limit": limit}
         )
-        return [_payment(row) for row in await cur.fetchall()]
+        return [_charge(row) for row in await cur.fetchall()]
 
 
-def _transition_params(
-    charge: Charge,
-    transitions: list[Transition],
-    fields: dict[str, Any] | None,
-    detail: dict[str, Any] | None,
-    response: tuple[int, bytes] | None,
-    outbox: tuple[str, dict[str, Any]] | None,
-) -> dict[str, Any]:
-    fields = fields or {}
+@dataclass(frozen=True)
+class ChargeWrite:
+    """A chain of transitions from ``charge.state``, the columns it sets, and the answer and outbox event
+    it decides (if it decides one): one statement, or the statement a capture's ledger transaction runs."""
+
+    charge: Charge
+    chain: list[Transition]
+    fields: dict[str, Any] = field(default_factory=dict)
+    detail: dict[str, Any] = field(default_factory=dict)
+    response: tuple[int, bytes] | None = None
+    outbox: tuple[str, dict[str, Any]] | None = None
+
+
+def _write_params(write: ChargeWrite) -> dict[str, Any]:
+    fields = write.fields
     return {
-        "id": charge.id,
-        "from_state": transitions[0].source.value,
-        "to_state": transitions[-1].target.value,
+        "id": write.charge.id,
+        "from_state": write.chain[0].source.value,
+        "to_state": write.chain[-1].target.value,
         "psp_reference": fields.get("psp_reference"),
         "failure_code": fields.get("failure_code"),
         "failure_message": fields.get("failure_message"),
         "ledger_transaction_id": fields.get("ledger_transaction_id"),
-        "detail": Jsonb(detail or {}),
-        "steps": _steps(transitions),
-        **answer_params(response, outbox),
+        "detail": Jsonb(write.detail),
+        "steps": _steps(write.chain),
+        **answer_params(write.response, write.outbox),
     }
 
 
-async def apply_transitions(
-    conn: AsyncConnection[Any],
-    charge: Charge,
-    transitions: list[Transition],
-    *,
-    fields: dict[str, Any] | None = None,
-    detail: dict[str, Any] | None = None,
-    response: tuple[int, bytes] | None = None,
-    outbox: tuple[str, dict[str, Any]] | None = None,
-) -> Charge | None:
-    """Persist a chain of transitions starting at ``charge.state``; ``None`` if the state moved meanwhile."""
-    params = _transition_params(charge, transitions, fields, detail, response, outbox)
+async def apply_transitions(conn: AsyncConnection[Any], write: ChargeWrite) -> Charge | None:
+    """Persist ``write``; ``None`` if the charge's state moved meanwhile."""
     async with conn.cursor(row_factory=dict_row) as cur:
-        await cur.execute(APPLY_TRANSITIONS, params)
+        await cur.execute(APPLY_TRANSITIONS, _write_params(write))
         row = await cur.fetchone()
-    return _payment(row) if row else None
+    return _charge(row) if row else None
 
 
-def booking_statement(
-    charge: Charge,
-    transitions: list[Transition],
-    *,
-    fields: dict[str, Any],
-    detail: dict[str, Any],
-    response: tuple[int, bytes],
-    outbox: tuple[str, dict[str, Any]],
-) -> Statement:
+def booking_statement(write: ChargeWrite) -> Statement:
     """The transitions a capture's posting completes, as the statement its ledger transaction runs."""
-    return Statement(BOOK_CAPTURE, _transition_params(charge, transitions, fields, detail, response, outbox))
+    return Statement(BOOK_CAPTURE, _write_params(write))
 
 
 async def store_response(conn: AsyncConnection[Any], payment_id: str, status: int, body: bytes) -> None:
@@ -251,3 +242,25 @@ async def charge_id_for_psp_reference(conn: AsyncConnection[Any], psp_reference:
 async def lock_charge(conn: AsyncConnection[Any], payment_id: str) -> None:
     """Hold the charge's row until the transaction ends: one writer of its refunded amount at a time."""
     await conn.execute(LOCK_PAYMENT, (payment_id,))
+
+
+class PostgresCharges:
+    """The charge flow's store on the service's pool (``serve_app.flows.charge.ChargeStore``)."""
+
+    def __init__(self, pool: AsyncConnectionPool[Any]) -> None:
+        self._pool = pool
+
+    async def load(self, charge_id: str) -> Charge | None:
+        async with self._pool.connection() as conn:
+            return await load_charge(conn, charge_id)
+
+    async def apply(self, write: ChargeWrite, conn: AsyncConnection[Any] | None = None) -> Charge | None:
+        async with connection.on(self._pool, conn) as on:
+            return await apply_transitions(on, write)
+
+    def booking(self, write: ChargeWrite) -> Statement:
+        return booking_statement(write)
+
+    async def store_response(self, charge_id: str, status: int, body: bytes) -> None:
+        async with self._pool.connection() as conn:
+            await store_response(conn, charge_id, status, body)

@@ -10,11 +10,13 @@ from typing import Any
 from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
+from psycopg_pool import AsyncConnectionPool
 
 from payray.errors import ClientError, NotFound
 from payray.fees import NothingLeftToRefund, RefundTerms, RefundTooLarge, refund_terms
 from payray.money import Money
 from payray.refund import RefundTransition
+from serve_app.stores import connection
 from serve_app.stores.answers import ANSWER_AND_ANNOUNCE, answer_params
 from serve_app.stores.keys import CLAIM_KEY
 from serve_app.stores.pages import newest_first
@@ -183,28 +185,32 @@ def _terms(
         ) from None
 
 
-async def apply_transition(
-    conn: AsyncConnection[Any],
-    refund: Refund,
-    transition: RefundTransition,
-    *,
-    fields: dict[str, Any] | None = None,
-    detail: dict[str, Any] | None = None,
-    response: tuple[int, bytes] | None = None,
-    outbox: tuple[str, dict[str, Any]] | None = None,
-) -> Refund | None:
-    """Persist one transition from ``refund.state``; ``None`` if the state moved meanwhile."""
-    fields = fields or {}
+@dataclass(frozen=True)
+class RefundWrite:
+    """One transition from ``refund.state``, the columns it sets, and the answer and outbox event it decides
+    (if it decides one)."""
+
+    refund: Refund
+    transition: RefundTransition
+    fields: dict[str, Any] = field(default_factory=dict)
+    detail: dict[str, Any] = field(default_factory=dict)
+    response: tuple[int, bytes] | None = None
+    outbox: tuple[str, dict[str, Any]] | None = None
+
+
+async def apply_transition(conn: AsyncConnection[Any], write: RefundWrite) -> Refund | None:
+    """Persist ``write``; ``None`` if the refund's state moved meanwhile."""
+    fields, transition = write.fields, write.transition
     params = {
-        "id": refund.id,
+        "id": write.refund.id,
         "from_state": transition.source.value,
         "event": transition.event.value,
         "to_state": transition.target.value,
         "psp_reference": fields.get("psp_reference"),
         "failure_reason": fields.get("failure_reason"),
         "ledger_transaction_id": fields.get("ledger_transaction_id"),
-        "detail": Jsonb(detail or {}),
-        **answer_params(response, outbox),
+        "detail": Jsonb(write.detail),
+        **answer_params(write.response, write.outbox),
     }
     async with conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(APPLY_TRANSITION, params)
@@ -291,3 +297,26 @@ async def learn_refund(
     }
     row = await (await conn.execute(LEARN_REFUND, params)).fetchone()
     return str(row[0]) if row else None
+
+
+class PostgresRefunds:
+    """The refund flow's store on the service's pool (``serve_app.flows.refund.RefundStore``)."""
+
+    def __init__(self, pool: AsyncConnectionPool[Any]) -> None:
+        self._pool = pool
+
+    async def load(self, refund_id: str) -> Refund | None:
+        async with self._pool.connection() as conn:
+            return await load_refund(conn, refund_id)
+
+    async def apply(self, write: RefundWrite, conn: AsyncConnection[Any] | None = None) -> Refund | None:
+        async with connection.on(self._pool, conn) as on:
+            return await apply_transition(on, write)
+
+    async def charge_psp_reference(self, charge_id: str) -> str:
+        async with self._pool.connection() as conn:
+            return await charge_psp_reference(conn, charge_id)
+
+    async def discard(self, refund_id: str) -> None:
+        async with self._pool.connection() as conn:
+            await discard(conn, refund_id)

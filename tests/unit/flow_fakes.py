@@ -7,6 +7,7 @@ host's database transaction does.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -15,13 +16,13 @@ from typing import Any
 from actors.wallet import InsufficientFunds
 from ledger.postings import Posting, Statement
 from ledger.store import PostingResult
-from payray.charge import Transition, psp_idempotency_key
+from payray.charge import psp_idempotency_key
 from payray.fees import fee_for
 from payray.money import Money
-from payray.refund import RefundTransition, psp_refund_key
+from payray.refund import psp_refund_key
 from psp.port import PspCapture, PspChargeResult, PspRefund, PspRefundResult, SettlementReport
-from serve_app.stores.charges import Charge
-from serve_app.stores.refunds import Refund
+from serve_app.stores.charges import Charge, ChargeWrite
+from serve_app.stores.refunds import Refund, RefundWrite
 
 NOW = datetime(2024, 5, 1, tzinfo=UTC)
 
@@ -90,47 +91,29 @@ class FakeCharges:
     async def load(self, payment_id: str) -> Charge | None:
         return self.rows.get(payment_id)
 
-    async def apply(
-        self,
-        charge: Charge,
-        chain: list[Transition],
-        *,
-        fields: dict[str, Any],
-        detail: dict[str, Any],
-        response: tuple[int, bytes] | None,
-        outbox: tuple[str, dict[str, Any]] | None,
-        conn: Any = None,
-    ) -> Charge | None:
+    async def apply(self, write: ChargeWrite, conn: Any = None) -> Charge | None:
+        charge, chain = write.charge, write.chain
         current = self.rows[charge.id]
         if current.state != chain[0].source.value:
             return None
         names = ("psp_reference", "failure_code", "failure_message", "ledger_transaction_id")
-        moved = current.evolve(state=chain[-1].target.value, **_changed(fields, names))
+        moved = current.evolve(state=chain[-1].target.value, **_changed(write.fields, names))
         self.rows[charge.id] = moved
         steps = [(t.source.value, t.event.value, t.target.value) for t in chain]
-        self.writes.append(Written(charge.id, steps, detail, response, outbox[0] if outbox else None))
-        if response is not None:
-            self.responses[charge.id] = response
+        topic = write.outbox[0] if write.outbox else None
+        self.writes.append(Written(charge.id, steps, write.detail, write.response, topic))
+        if write.response is not None:
+            self.responses[charge.id] = write.response
         return moved
 
-    def booking(
-        self,
-        charge: Charge,
-        chain: list[Transition],
-        *,
-        fields: dict[str, Any],
-        detail: dict[str, Any],
-        response: tuple[int, bytes],
-        outbox: tuple[str, dict[str, Any]],
-    ) -> Statement:
-        write = {"charge": charge, "chain": chain, "fields": fields, "detail": detail}
-        return Statement("book", {**write, "response": response, "outbox": outbox})
+    def booking(self, write: ChargeWrite) -> Statement:
+        return Statement("book", {"write": write})
 
     async def complete(self, statement: Statement, transaction_id: str) -> bool:
         """Run a booking statement in the posting's commit: False when its guard found the charge moved."""
-        params = dict(statement.params)
-        params["fields"] = {**params["fields"], "ledger_transaction_id": transaction_id}
-        return await self.apply(params.pop("charge"), params.pop("chain"), **params) is not None
+        write: ChargeWrite = statement.params["write"]
+        fields = {**write.fields, "ledger_transaction_id": transaction_id}
+        return await self.apply(dataclasses.replace(write, fields=fields)) is not None
 
     async def store_response(self, payment_id: str, status: int, body: bytes) -> None:
         self.responses[payment_id] = (status, body)
@@ -155,25 +138,17 @@ class FakeRefunds:
     async def load(self, refund_id: str) -> Refund | None:
         return self.rows.get(refund_id)
 
-    async def apply(
-        self,
-        refund: Refund,
-        transition: RefundTransition,
-        *,
-        fields: dict[str, Any],
-        detail: dict[str, Any],
-        response: tuple[int, bytes] | None,
-        outbox: tuple[str, dict[str, Any]] | None,
-        conn: Any = None,
-    ) -> Refund | None:
+    async def apply(self, write: RefundWrite, conn: Any = None) -> Refund | None:
+        refund, transition = write.refund, write.transition
         current = self.rows[refund.id]
         if current.state != transition.source.value:
             return None
         names = ("psp_reference", "failure_reason", "ledger_transaction_id")
-        moved = current.evolve(state=transition.target.value, **_changed(fields, names))
+        moved = current.evolve(state=transition.target.value, **_changed(write.fields, names))
         self.rows[refund.id] = moved
         step = (transition.source.value, transition.event.value, transition.target.value)
-        self.writes.append(Written(refund.id, [step], detail, response, outbox[0] if outbox else None))
+        topic = write.outbox[0] if write.outbox else None
+        self.writes.append(Written(refund.id, [step], write.detail, write.response, topic))
         return moved
 
     async def charge_psp_reference(self, payment_id: str) -> str:
