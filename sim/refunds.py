@@ -29,7 +29,7 @@ from payray.refund import (
     step,
 )
 from sim.hosts import INSUFFICIENT, host_posting
-from sim.service import Crash, MachineRefused, SimCharge, SimService
+from sim.service import Crash, MachineRefused, SimCharge, SimService, driving
 from sim.world import FEE_BPS, Unavailable
 
 RefundAnswer = Literal["succeeded", "failed", "pending", "refused", "in_flight", "error"]
@@ -79,11 +79,8 @@ class SimRefunds:
             if refund.busy:
                 return "in_flight"
             if refund.state not in TERMINAL_STATES:
-                refund.busy = True
-                try:
+                with driving(refund):
                     yield from self._drive(refund, "api")
-                finally:
-                    refund.busy = False
         except (Unavailable, Crash):
             return "error"
         if refund.id not in self.refunds:
@@ -171,12 +168,8 @@ class SimRefunds:
         """Recovery: a refund nobody drives any more resumes from its state (PSP calls reuse their key)."""
         if refund.busy or refund.state in TERMINAL_STATES or refund.id not in self.refunds:
             return
-        refund.busy = True
-        try:
-            with contextlib.suppress(Unavailable, Crash):  # the next sweep tries again
-                yield from self._drive(refund, "janitor")
-        finally:
-            refund.busy = False
+        with driving(refund), contextlib.suppress(Unavailable, Crash):  # the next sweep tries again
+            yield from self._drive(refund, "janitor")
 
     def webhook(self, key: str) -> Generator[Any, Any, bool]:
         """``charge.refunded``: settles one of our refunds whose outcome we did not know, or books one made at
@@ -188,13 +181,11 @@ class SimRefunds:
             return refund is None or not refund.busy
         if refund.busy:
             return False
-        refund.busy = True
         try:
-            yield from self._drive(refund, "webhook", PSP_EVENTS["refunded"])
+            with driving(refund):
+                yield from self._drive(refund, "webhook", PSP_EVENTS["refunded"])
         except (Unavailable, Crash):
             return False
-        finally:
-            refund.busy = False
         return True
 
     def _learn(self, key: str) -> Generator[Any, Any, bool]:
@@ -214,12 +205,10 @@ class SimRefunds:
             self.reserved[payment_id] = reserved + amount
             refund.state = R.BOOKING
             self.keys[("psp", key)] = refund.id
-        refund.busy = True
         try:
-            yield self.s.db.commit()
-            yield from self._drive(refund, "webhook")
+            with driving(refund):
+                yield self.s.db.commit()
+                yield from self._drive(refund, "webhook")
         except (Unavailable, Crash):
             return False
-        finally:
-            refund.busy = False
         return refund.state in TERMINAL_STATES

@@ -13,9 +13,9 @@ from __future__ import annotations
 import contextlib
 import random
 from collections import Counter
-from collections.abc import Generator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import simpy
 
@@ -92,6 +92,21 @@ class SimCharge:
     history: list[tuple[float, str, Transition]] = field(default_factory=list)
 
 
+class Driven(Protocol):
+    busy: bool
+
+
+@contextlib.contextmanager
+def driving(item: Driven) -> Iterator[None]:
+    """Mark a charge or refund as driven for the block: one driver at a time, as the real flows' row guards
+    and in-flight keys make it."""
+    item.busy = True
+    try:
+        yield
+    finally:
+        item.busy = False
+
+
 #: the command that resumes a capture to book (``payray.charge.booking``)
 BOOK = (Command.POST_LEDGER,)
 ANSWERS: dict[ChargeState, Answer] = {S.SUCCEEDED: "succeeded", S.DECLINED: "declined", S.FAILED: "failed"}
@@ -157,11 +172,8 @@ class SimService:
             if charge.busy:
                 return "in_flight"
             if charge.state not in TERMINAL_STATES:
-                charge.busy = True
-                try:
+                with driving(charge):
                     yield from self._drive(charge, "api")
-                finally:
-                    charge.busy = False
         except (Unavailable, Crash):
             return "error"
         return ANSWERS.get(charge.state, "pending")
@@ -363,12 +375,8 @@ class SimService:
         """``ChargeFlow.recover``: never capture again; ask the PSP what happened, then go on from there."""
         if charge.busy or charge.state in TERMINAL_STATES:
             return
-        charge.busy = True
-        try:
-            with contextlib.suppress(Unavailable, Crash):  # the next sweep tries again
-                yield from self._recover(charge)
-        finally:
-            charge.busy = False
+        with driving(charge), contextlib.suppress(Unavailable, Crash):  # the next sweep tries again
+            yield from self._recover(charge)
 
     def _recover(self, charge: SimCharge) -> Generator[Any, Any, None]:
         if charge.state not in AWAITING_PSP:
@@ -391,11 +399,9 @@ class SimService:
         charge = self.payments[payment_id]
         if charge.busy:
             return False
-        charge.busy = True
         try:
-            yield from self._drive(charge, "webhook", PSP_EVENTS[outcome])
+            with driving(charge):
+                yield from self._drive(charge, "webhook", PSP_EVENTS[outcome])
         except (Unavailable, Crash):
             return False
-        finally:
-            charge.busy = False
         return True
