@@ -34,6 +34,7 @@ from ledger.migrate import migrate
 from ops.embedded import EmbeddedPostgres, EmbeddedRedis
 from payray.charge import ChargeEvent, ChargeState, psp_idempotency_key, step
 from payray.ids import hash_api_key, new_api_key, new_id
+from payray.money import Money
 from serve_app.stores import charges as db
 from serve_app.stores import keys as keys_db
 from serve_app.stores.fast_keys import FastKeys
@@ -63,9 +64,8 @@ def _payment(key: str) -> db.Charge:
     return db.Charge(
         id=payment_id,
         merchant_id=MERCHANT,
-        amount=1000,
-        currency="usd",
-        fee=29,
+        amount=Money(1000, "usd"),
+        fee=Money(29, "usd"),
         payment_method="pm_card_visa",
         state=ChargeState.PSP_PENDING.value,
         idempotency_key=key,

@@ -287,7 +287,7 @@ class ChargeFlow:
     async def _call_psp(self, charge: Charge) -> Next:
         result = await self._psp.capture(
             payment_id=charge.id,
-            amount=charge.amount,
+            amount=charge.amount.amount,
             currency=charge.currency,
             payment_method=charge.payment_method,
             idempotency_key=charge.psp_idempotency_key,
@@ -304,8 +304,7 @@ class ChargeFlow:
         return heard(charge, PSP_EVENTS[result.status], fields, detail)
 
     def _capture_posting(self, charge: Charge) -> Any:
-        amount = Money(charge.amount, charge.currency)
-        return capture_posting(charge.id, charge.merchant_id, amount, charge.capture_fee)
+        return capture_posting(charge.id, charge.merchant_id, charge.amount, charge.fee)
 
     async def _post_ledger(self, charge: Charge) -> Next:
         return Book(charge)
@@ -367,7 +366,7 @@ class ChargeFlow:
         result = await self._psp.refund(
             payment_id=charge.id,
             psp_reference=charge.psp_reference,
-            amount=charge.amount,
+            amount=charge.amount.amount,
             idempotency_key=f"payray-compensate-{charge.id}",
         )
         if result.status == "refunded":  # reconciliation matches the PSP's refund row by this id
@@ -377,11 +376,11 @@ class ChargeFlow:
 
     async def _post_compensation(self, charge: Charge) -> Next:
         """Book the capture and its reversal, so the money the PSP moved twice is counted twice."""
-        amount = Money(charge.amount, charge.currency)
-        fee = charge.capture_fee
         try:
             await self._wallets.post(charge.merchant_id, self._capture_posting(charge))
-            reversal = refund_posting(f"compensation-{charge.id}", charge.merchant_id, amount, fee)
+            reversal = refund_posting(
+                f"compensation-{charge.id}", charge.merchant_id, charge.amount, charge.fee
+            )
             result = await self._wallets.post(charge.merchant_id, reversal)
         except Exception:
             return reply_for(charge)  # recovery retries; both postings are idempotent
@@ -409,12 +408,12 @@ class ChargeService:
     async def create(self, merchant_id: str, key: str, body: ChargeCreate) -> Answer:
         fingerprint = request_fingerprint("POST", "/v1/charges", body.model_dump(mode="json"))
         payment_id = new_id("ch")
+        amount = Money(body.amount, body.currency)
         fresh = Charge(
             id=payment_id,
             merchant_id=merchant_id,
-            amount=body.amount,
-            currency=body.currency,
-            fee=fee_for(Money(body.amount, body.currency), self._fee_bps).amount,
+            amount=amount,
+            fee=fee_for(amount, self._fee_bps),
             payment_method=body.payment_method,
             state=ChargeState.CREATED.value,
             idempotency_key=key,

@@ -17,7 +17,6 @@ from psycopg_pool import AsyncConnectionPool
 
 from ledger.postings import dispute_hold_posting, dispute_loss_posting, dispute_release_posting
 from payray.ids import new_id
-from payray.money import Money
 from serve_app.stores import disputes as store
 from serve_app.stores.disputes import Dispute
 from serve_app.wallets import WalletDirectory
@@ -32,7 +31,7 @@ def dispute_object(d: Dispute) -> dict[str, Any]:
     return {
         "id": d.id,
         "object": "dispute",
-        "amount": d.amount,
+        "amount": d.amount.amount,
         "charge": d.payment_id,
         "created": int(d.created_at.timestamp()),
         "currency": d.currency,
@@ -91,7 +90,7 @@ class DisputeBooking:
 
     async def book(self, dispute: Dispute) -> Dispute:
         """Book what the dispute's state asks for; a failure leaves the state for recovery to finish."""
-        amount = Money(dispute.amount, dispute.currency)
+        amount = dispute.amount
         try:
             if dispute.status in ("opening", "closing_won", "closing_lost"):
                 await self._post(dispute_hold_posting(dispute.id, dispute.merchant_id, amount))

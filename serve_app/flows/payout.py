@@ -20,7 +20,6 @@ from ledger.postings import payout_posting
 from payray.errors import DependencyFailure
 from payray.fingerprint import request_fingerprint
 from payray.ids import new_id
-from payray.money import Money
 from serve_app.flows.idempotent import Answer, IdempotentRequests, Operation
 from serve_app.stores import payouts as store
 from serve_app.stores.payouts import Payout
@@ -35,7 +34,7 @@ def payout_object(p: Payout) -> dict[str, Any]:
     return {
         "id": p.id,
         "object": "payout",
-        "amount": p.amount,
+        "amount": p.amount.amount,
         "created": int(p.created_at.timestamp()),
         "currency": p.currency,
         "merchant": p.merchant_id,
@@ -80,7 +79,7 @@ class PayoutFlow:
     async def pay(self, payout: Payout) -> tuple[int, bytes]:
         if payout.state != "pending":
             return 200, dumps(payout_object(payout))
-        amount = Money(payout.amount, payout.currency)
+        amount = payout.amount
         posting = payout_posting(payout.id, payout.merchant_id, amount)
         try:
             result = await self._wallets.debit(payout.merchant_id, posting, amount)

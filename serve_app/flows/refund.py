@@ -20,13 +20,11 @@ from ledger.postings import Posting, refund_posting, refund_reversal_posting
 from payray.errors import DependencyFailure
 from payray.fingerprint import request_fingerprint
 from payray.ids import new_id
-from payray.money import Money
 from payray.refund import (
     MACHINE,
     PSP_EVENTS,
     RefundCommand,
     RefundEvent,
-    RefundState,
     allowed_events,
     psp_refund_key,
     public_status,
@@ -36,7 +34,7 @@ from payray.refund import (
 from psp.port import PaymentServiceProvider
 from serve_app.flows.idempotent import Answer, IdempotentRequests, Operation
 from serve_app.stores import refunds as db
-from serve_app.stores.refunds import PostgresRefunds, Refund, RefundWrite
+from serve_app.stores.refunds import NewRefund, PostgresRefunds, Refund, RefundWrite
 from serve_app.wallets import WalletDirectory
 from serve_app.wire.render import dumps, refund_object
 from serve_app.wire.schemas import RefundCreate
@@ -179,12 +177,8 @@ class RefundFlow:
         )
         return stored, command, response
 
-    @staticmethod
-    def _posting_amount(refund: Refund) -> tuple[Money, Money]:
-        return Money(refund.amount, refund.currency), Money(refund.fee_returned, refund.currency)
-
     async def _debit_wallet(self, refund: Refund) -> Persist | Reply:
-        amount, fee_returned = self._posting_amount(refund)
+        amount, fee_returned = refund.amount, refund.fee_returned
         posting = refund_posting(refund.id, refund.merchant_id, amount, fee_returned)
         from_merchant = amount - fee_returned  # the platform gives back its share of the fee itself
         try:
@@ -209,7 +203,7 @@ class RefundFlow:
         result = await self._psp.refund(
             payment_id=refund.payment_id,
             psp_reference=psp_reference,
-            amount=refund.amount,
+            amount=refund.amount.amount,
             idempotency_key=refund.psp_idempotency_key,
             refund_id=refund.id,
         )
@@ -222,15 +216,14 @@ class RefundFlow:
 
     async def _book(self, refund: Refund) -> Persist | Reply:
         """A refund the PSP made without us: the money is gone, so it is booked whatever the balance."""
-        amount, fee_returned = self._posting_amount(refund)
-        booked = await self._post(refund, refund_posting(refund.id, refund.merchant_id, amount, fee_returned))
+        posting = refund_posting(refund.id, refund.merchant_id, refund.amount, refund.fee_returned)
+        booked = await self._post(refund, posting)
         if booked is None:
             return reply_for(refund)
         return Persist(refund, RefundEvent.REFUND_BOOKED, {"ledger_transaction_id": booked})
 
     async def _post_reversal(self, refund: Refund) -> Persist | Reply:
-        amount, fee_returned = self._posting_amount(refund)
-        reversal = refund_reversal_posting(refund.id, refund.merchant_id, amount, fee_returned)
+        reversal = refund_reversal_posting(refund.id, refund.merchant_id, refund.amount, refund.fee_returned)
         if await self._post(refund, reversal) is None:
             return reply_for(refund)
         return Persist(refund, RefundEvent.REVERSAL_POSTED)
@@ -257,25 +250,19 @@ class RefundService:
     async def create(self, merchant_id: str, key: str, body: RefundCreate) -> Answer:
         fingerprint = request_fingerprint("POST", "/v1/refunds", body.model_dump(mode="json"))
         refund_id = new_id("re")
-        fresh = Refund(
+        fresh = NewRefund(
             id=refund_id,
             merchant_id=merchant_id,
-            payment_id=body.charge,
-            amount=0,  # decided against the charge, under its lock (as are the fee share and currency)
-            fee_returned=0,
-            currency="",
-            state=RefundState.PENDING.value,
-            psp_idempotency_key=psp_refund_key(refund_id),
-            created_at=None,  # type: ignore[arg-type]  # set by the database
+            charge_id=body.charge,
             idempotency_key=key,
+            psp_idempotency_key=psp_refund_key(refund_id),
             reason=body.reason,
             metadata=dict(body.metadata),
+            requested=body.amount,
         )
 
         async def create(conn: AsyncConnection[Any]) -> Refund | None:
-            return await db.insert_refund(
-                conn, fresh, body.charge, fingerprint, self._requests.lease_ms, body.amount
-            )
+            return await db.insert_refund(conn, fresh, fingerprint, self._requests.lease_ms)
 
         async def resume(refund_id: str) -> Reply:
             async with self._pool.connection() as conn:

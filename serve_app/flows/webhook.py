@@ -30,7 +30,6 @@ from payray.charge import ChargeState
 from payray.errors import ClientError, PayrayError
 from payray.fees import RefundRefused, refund_terms
 from payray.ids import new_id
-from payray.money import Money
 from payray.refund import RefundState
 from psp.port import PaymentServiceProvider
 from psp.stripe_adapter import PAYMENT_ID_KEY
@@ -228,10 +227,9 @@ class WebhookReceiver:
         self, conn: AsyncConnection[Any], payment: charges.Charge, psp_refund: Any
     ) -> str | None:
         refund_id = new_id("re")
-        charged = Money(payment.amount, payment.currency)
         try:
             terms = refund_terms(
-                charged, payment.capture_fee, payment.amount_refunded, int(psp_refund.amount), capped=True
+                payment.amount, payment.fee, payment.amount_refunded, int(psp_refund.amount), capped=True
             )
         except RefundRefused:  # nothing left, or nothing refunded
             log.error("the PSP refunded more than payray reserved", extra={"payment_id": payment.id})

@@ -24,9 +24,8 @@ from serve_app.stores.pages import newest_first
 class Charge:
     id: str
     merchant_id: str
-    amount: int
-    currency: str
-    fee: int  # our fee on the amount, taken at capture; decided when the charge is created
+    amount: Money
+    fee: Money  # ours, taken at capture; decided when the charge is created
     payment_method: str
     state: str
     idempotency_key: str
@@ -38,12 +37,12 @@ class Charge:
     psp_reference: str | None = None
     failure_code: str | None = None
     failure_message: str | None = None
-    amount_refunded: int = 0
+    amount_refunded: int = 0  # in the amount's minor units
     ledger_transaction_id: str | None = None
 
     @property
-    def capture_fee(self) -> Money:
-        return Money(self.fee, self.currency)
+    def currency(self) -> str:
+        return self.amount.currency
 
     def evolve(self, **changes: Any) -> Charge:
         return replace(self, **changes)
@@ -118,7 +117,9 @@ WHERE p.id = %(id)s AND k.merchant_id = p.merchant_id AND k.key = p.idempotency_
 
 
 def _charge(row: dict[str, Any]) -> Charge:
-    return Charge(**row)
+    """The row as a record: its amounts become ``Money`` here, and only here."""
+    currency = row.pop("currency")
+    return Charge(**{**row, "amount": Money(row["amount"], currency), "fee": Money(row["fee"], currency)})
 
 
 def _steps(transitions: list[Transition]) -> Jsonb:
@@ -144,9 +145,9 @@ async def insert_charge(
         "key": charge.idempotency_key,
         "fingerprint": fingerprint,
         "lease_ms": lease_ms,
-        "amount": charge.amount,
+        "amount": charge.amount.amount,
         "currency": charge.currency,
-        "fee": charge.fee,
+        "fee": charge.fee.amount,
         "payment_method": charge.payment_method,
         "state": charge.state,
         "psp_idempotency_key": charge.psp_idempotency_key,

@@ -10,6 +10,7 @@ from typing import Any
 from psycopg import AsyncConnection
 from psycopg.types.json import Jsonb
 
+from payray.money import Money
 from serve_app.stores.pages import newest_first
 from serve_app.stores.rows import fetch_all, fetch_one
 
@@ -22,11 +23,19 @@ class Dispute:
     merchant_id: str
     payment_id: str
     psp_dispute_id: str
-    amount: int
-    currency: str
+    amount: Money
     reason: str | None
     status: str
     created_at: datetime
+
+    @property
+    def currency(self) -> str:
+        return self.amount.currency
+
+
+def _dispute(*, amount: int, currency: str, **columns: Any) -> Dispute:
+    """A row as a record: its amount becomes ``Money`` here, and only here."""
+    return Dispute(amount=Money(amount, currency), **columns)
 
 
 #: Opened (or, for a close seen first, opened already decided); nothing if the PSP dispute is known.
@@ -65,11 +74,11 @@ ORDER BY updated_at LIMIT %(limit)s
 
 
 async def _one(conn: AsyncConnection[Any], sql: str, params: dict[str, Any]) -> Dispute | None:
-    return await fetch_one(conn, sql, params, Dispute)
+    return await fetch_one(conn, sql, params, _dispute)
 
 
 async def _all(conn: AsyncConnection[Any], sql: str, params: dict[str, Any]) -> list[Dispute]:
-    return await fetch_all(conn, sql, params, Dispute)
+    return await fetch_all(conn, sql, params, _dispute)
 
 
 async def insert_dispute(

@@ -8,6 +8,7 @@ from typing import Any
 
 from psycopg import AsyncConnection
 
+from payray.money import Money
 from serve_app.stores.answers import ANSWER_AND_ANNOUNCE, answer_params
 from serve_app.stores.keys import CLAIM_KEY
 from serve_app.stores.pages import newest_first
@@ -18,11 +19,19 @@ from serve_app.stores.rows import fetch_all, fetch_one
 class Payout:
     id: str
     merchant_id: str
-    amount: int
-    currency: str
+    amount: Money
     state: str
     created_at: datetime
     ledger_transaction_id: str | None = None
+
+    @property
+    def currency(self) -> str:
+        return self.amount.currency
+
+
+def _payout(*, amount: int, currency: str, **columns: Any) -> Payout:
+    """A row as a record: its amount becomes ``Money`` here, and only here."""
+    return Payout(amount=Money(amount, currency), **columns)
 
 
 _COLUMNS = "id, merchant_id, amount, currency, state, created_at, ledger_transaction_id"
@@ -64,11 +73,11 @@ LIST_PAYOUTS = newest_first("payouts", _COLUMNS)
 
 
 async def _one(conn: AsyncConnection[Any], sql: str, params: dict[str, Any]) -> Payout | None:
-    return await fetch_one(conn, sql, params, Payout)
+    return await fetch_one(conn, sql, params, _payout)
 
 
 async def _all(conn: AsyncConnection[Any], sql: str, params: dict[str, Any]) -> list[Payout]:
-    return await fetch_all(conn, sql, params, Payout)
+    return await fetch_all(conn, sql, params, _payout)
 
 
 async def insert_payout(

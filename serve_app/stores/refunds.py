@@ -15,7 +15,7 @@ from psycopg_pool import AsyncConnectionPool
 from payray.errors import ClientError, NotFound
 from payray.fees import NothingLeftToRefund, RefundTerms, RefundTooLarge, refund_terms
 from payray.money import Money
-from payray.refund import RefundTransition
+from payray.refund import RefundState, RefundTransition
 from serve_app.stores import connection
 from serve_app.stores.answers import ANSWER_AND_ANNOUNCE, answer_params
 from serve_app.stores.keys import CLAIM_KEY
@@ -35,9 +35,8 @@ class Refund:
     id: str
     merchant_id: str
     payment_id: str
-    amount: int
-    fee_returned: int
-    currency: str
+    amount: Money
+    fee_returned: Money  # our share of the charge's fee that this refund gives back
     state: str
     psp_idempotency_key: str
     created_at: datetime
@@ -48,8 +47,34 @@ class Refund:
     failure_reason: str | None = None
     ledger_transaction_id: str | None = None
 
+    @property
+    def currency(self) -> str:
+        return self.amount.currency
+
     def evolve(self, **changes: Any) -> Refund:
         return replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class NewRefund:
+    """What a refund request brings before its charge is read: the amount, fee share and currency are
+    decided against the charge, under its lock (``insert_refund``)."""
+
+    id: str
+    merchant_id: str
+    charge_id: str
+    idempotency_key: str
+    psp_idempotency_key: str
+    reason: str | None
+    metadata: dict[str, str]
+    requested: int | None  # None: what is left to refund
+
+
+def _refund(row: dict[str, Any]) -> Refund:
+    """The row as a record: its amounts become ``Money`` here, and only here."""
+    currency = row.pop("currency")
+    money = {"amount": Money(row["amount"], currency), "fee_returned": Money(row["fee_returned"], currency)}
+    return Refund(**{**row, **money})
 
 
 _COLUMNS = (
@@ -122,14 +147,13 @@ LIST_REFUNDS = newest_first("refunds", _COLUMNS, only="(%(charge)s::text IS NULL
 
 
 async def insert_refund(
-    conn: AsyncConnection[Any], refund: Refund, charge_id: str, fingerprint: bytes, lease_ms: int,
-    requested: int | None,
-) -> Refund | None:  # fmt: skip
+    conn: AsyncConnection[Any], refund: NewRefund, fingerprint: bytes, lease_ms: int
+) -> Refund | None:
     """Claim the key, check the charge and reserve the amount on it, and insert the refund, atomically.
 
     ``None`` if the key was already taken. Raises ``NotFound`` for a charge the merchant does not have,
     ``ChargeNotRefundable`` unless it succeeded, ``AmountTooLarge`` past what is left to refund; then nothing
-    is written. ``requested`` ``None`` refunds what is left. The refund gives back its share of the fee stored
+    is written. The refund gives back its share of the fee stored
     with the charge, so refunding a whole charge takes back exactly what its capture gave the merchant.
     """
     params: dict[str, Any] = {
@@ -138,10 +162,10 @@ async def insert_refund(
         "key": refund.idempotency_key,
         "fingerprint": fingerprint,
         "lease_ms": lease_ms,
-        "charge": charge_id,
+        "charge": refund.charge_id,
         "reason": refund.reason,
         "metadata": Jsonb(refund.metadata),
-        "state": refund.state,
+        "state": RefundState.PENDING.value,
         "psp_idempotency_key": refund.psp_idempotency_key,
     }
     async with conn.transaction():
@@ -152,22 +176,23 @@ async def insert_refund(
             await cur.execute(LOCK_CHARGE, params)
             charge = await cur.fetchone()
             if charge is None:
-                raise NotFound(f"No such charge: '{charge_id}'", param="charge")
+                raise NotFound(f"No such charge: '{refund.charge_id}'", param="charge")
             if charge["state"] != "succeeded":
                 raise ChargeNotRefundable(
-                    f"Charge {charge_id} has not succeeded; only succeeded charges can be refunded.",
+                    f"Charge {refund.charge_id} has not succeeded; only succeeded charges can be refunded.",
                     param="charge",
                 )
             charged = Money(int(charge["amount"]), charge["currency"])
             capture_fee = Money(int(charge["fee"]), charged.currency)
-            terms = _terms(charge_id, charged, capture_fee, int(charge["amount_refunded"]), requested)
+            refunded = int(charge["amount_refunded"])
+            terms = _terms(refund.charge_id, charged, capture_fee, refunded, refund.requested)
             params.update(
                 amount=terms.amount.amount, fee_returned=terms.fee_returned.amount, currency=charged.currency
             )
             await cur.execute(RESERVE_AND_INSERT, params)
             row = await cur.fetchone()
     assert row is not None  # the charge row is locked: the reservation cannot fail after the checks
-    return Refund(**row)
+    return _refund(row)
 
 
 def _terms(
@@ -215,7 +240,7 @@ async def apply_transition(conn: AsyncConnection[Any], write: RefundWrite) -> Re
     async with conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(APPLY_TRANSITION, params)
         row = await cur.fetchone()
-    return Refund(**row) if row else None
+    return _refund(row) if row else None
 
 
 async def charge_psp_reference(conn: AsyncConnection[Any], payment_id: str) -> str:
@@ -239,7 +264,7 @@ async def load_refund(
         else:
             await cur.execute(SELECT_MERCHANT_REFUND, (refund_id, merchant_id))
         row = await cur.fetchone()
-    return Refund(**row) if row else None
+    return _refund(row) if row else None
 
 
 async def list_refunds(
@@ -248,7 +273,7 @@ async def list_refunds(
     params = {"merchant_id": merchant_id, "charge": charge, "after_id": starting_after, "limit": limit}
     async with conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(LIST_REFUNDS, params)
-        return [Refund(**row) for row in await cur.fetchall()]
+        return [_refund(row) for row in await cur.fetchall()]
 
 
 #: Of a charge's refunds: what the PSP confirmed to us, and whether one is waiting for the PSP's word.

@@ -21,8 +21,8 @@ def charge_object(p: Charge) -> dict[str, Any]:
     return {
         "id": p.id,
         "object": "charge",
-        "amount": p.amount,
-        "amount_captured": p.amount if status == "succeeded" else 0,
+        "amount": p.amount.amount,
+        "amount_captured": p.amount.amount if status == "succeeded" else 0,
         "amount_refunded": p.amount_refunded,
         "captured": status == "succeeded",
         "created": int(p.created_at.timestamp()),
@@ -37,7 +37,7 @@ def charge_object(p: Charge) -> dict[str, Any]:
         "paid": status == "succeeded",
         "payment_method": p.payment_method,
         "psp_reference": p.psp_reference,
-        "refunded": p.amount_refunded == p.amount,
+        "refunded": p.amount_refunded == p.amount.amount,
         "status": status,
     }
 
@@ -46,7 +46,7 @@ def refund_object(r: Refund) -> dict[str, Any]:
     return {
         "id": r.id,
         "object": "refund",
-        "amount": r.amount,
+        "amount": r.amount.amount,
         "charge": r.payment_id,
         "created": int(r.created_at.timestamp()),
         "currency": r.currency,
