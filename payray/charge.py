@@ -188,6 +188,13 @@ def booking(state: ChargeState | str) -> tuple[Transition, ...]:
     return tuple(done)
 
 
+def booking_refused(state: ChargeState | str) -> tuple[Transition, ...]:
+    """What is persisted instead of ``booking(state)`` when the ledger refuses the capture's posting (or
+    cannot be reached): the PSP's capture, if not recorded yet, then ``ledger_failed``, whose command
+    compensates at the PSP."""
+    return (*booking(state)[:-2], step(S.CAPTURED, E.LEDGER_FAILED))
+
+
 def psp_idempotency_key(payment_id: str) -> str:
     """The PSP-side idempotency key for a payment's capture: derived, so every retry reuses it."""
     return f"payray-capture-{payment_id}"

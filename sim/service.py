@@ -33,6 +33,7 @@ from payray.charge import (
     Transition,
     after_lookup,
     booking,
+    booking_refused,
     psp_idempotency_key,
     resume,
 )
@@ -322,7 +323,7 @@ class SimService:
                 if capture.completed:
                     return
                 if capture.result is REFUSED:  # the capture and the ledger's refusal, persisted together
-                    chain = (*capture.chain[:-2], self._chain(charge.id, S.CAPTURED, E.LEDGER_FAILED)[0])
+                    chain = booking_refused(seen)
                 elif charge.state is S.CAPTURED:  # posted; whoever moved it on left it to be booked
                     seen, chain = S.CAPTURED, self._booking(charge.id, S.CAPTURED)
                 else:

@@ -32,6 +32,7 @@ from payray.charge import (
     after_lookup,
     allowed_events,
     booking,
+    booking_refused,
     decides_answer,
     psp_idempotency_key,
     resume,
@@ -340,7 +341,7 @@ class ChargeFlow:
             error = result.error or "posting refused"
             break
         log.error("ledger posting failed; compensating", extra={"payment_id": charge.id, "error": error})
-        failed = [*chain[:-2], step(ChargeState.CAPTURED, ChargeEvent.LEDGER_FAILED)]
+        failed = list(booking_refused(charge.state))
         return Persist(charge, failed, fields, {**detail, "error": error[:500]})
 
     async def _after_someone_else(self, payment_id: str, transaction_id: str) -> Next:

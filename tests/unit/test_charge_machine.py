@@ -22,6 +22,7 @@ from payray.charge import (
     after_lookup,
     allowed_events,
     booking,
+    booking_refused,
     chain,
     decides_answer,
     is_terminal,
@@ -229,3 +230,13 @@ def test_a_capture_is_bookable_exactly_where_booking_has_a_chain() -> None:
         else:
             with pytest.raises(IllegalTransition):
                 booking(state)
+
+
+@pytest.mark.parametrize("state", sorted(BOOKABLE))
+def test_a_refused_booking_records_the_capture_and_leads_to_compensation(state: ChargeState) -> None:
+    refused = booking_refused(state)
+    assert refused[0].source is state and refused[-1].event is ChargeEvent.LEDGER_FAILED
+    assert refused[-1].target is ChargeState.REFUND_PENDING
+    assert refused[-1].commands == (Command.REFUND_AT_PSP,)
+    assert all(a.target is b.source for a, b in itertools.pairwise(refused))
+    assert ChargeEvent.LEDGER_POSTED not in {t.event for t in refused}  # nothing of the posting is recorded
