@@ -19,7 +19,6 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from psycopg import AsyncConnection
 from ray import serve
-from ray.exceptions import RayError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ledger import store as ledger_store
@@ -27,15 +26,17 @@ from ledger.reconcile import KINDS
 from payray.errors import (
     ClientError,
     DependencyFailure,
-    IdempotencyKeyReused,
     InvalidRequest,
     NotFound,
     PayrayError,
 )
 from payray.settings import Settings
 from serve_app.edge.auth import Authenticator
-from serve_app.edge.bodies import MAX_BODY_BYTES, parse_body
+from serve_app.edge.bodies import parse_body, read_body
+from serve_app.edge.failures import ContainFailures
 from serve_app.edge.metrics import ApiMetrics
+from serve_app.edge.responses import error_response, json_response
+from serve_app.edge.urls import RefuseControlCharactersInUrls
 from serve_app.flows.dispute import dispute_object
 from serve_app.flows.idempotent import Answer, check_idempotency_key
 from serve_app.flows.invariants import check_invariants
@@ -67,7 +68,9 @@ api = FastAPI(
     description="Idempotent payments in front of a PSP, with a double-entry ledger.",
 )
 
-JSON = "application/json"
+# Outermost last: a URL with a control character never reaches a route; an unplanned error is contained.
+api.add_middleware(RefuseControlCharactersInUrls)
+api.add_middleware(ContainFailures)
 log = logging.getLogger("payray.api")
 
 #: ``load(conn, object_id, merchant_id)``: one of the merchant's objects, or None.
@@ -79,51 +82,27 @@ Pager = Callable[[AsyncConnection[Any], int, str | None], Awaitable[list[Any]]]
 Render = Callable[[Any], dict[str, Any]]
 
 
-def json_response(status: int, body: bytes, headers: dict[str, str] | None = None) -> Response:
-    return Response(content=body, status_code=status, media_type=JSON, headers=headers)
-
-
-def _error_response(request: Request, exc: PayrayError) -> Response:
-    status = exc.status
-    # Stripe's SDKs map idempotency errors to IdempotencyError only on a 400; speak their dialect to them.
-    if isinstance(exc, IdempotencyKeyReused) and request.headers.get("stripe-version"):
-        status = 400
-    return json_response(status, dumps(error_object(exc)))
-
-
 @api.exception_handler(PayrayError)
 async def _payray_error(request: Request, exc: PayrayError) -> Response:
-    return _error_response(request, exc)
-
-
-@api.exception_handler(Exception)
-async def _unexpected_error(request: Request, exc: Exception) -> Response:
-    """Anything unplanned is a 500 in the error envelope; a dependency outage is a 503."""
-    log.exception("unhandled error on %s %s", request.method, request.url.path)
-    if isinstance(exc, psycopg.OperationalError | psycopg_pool.PoolTimeout | RayError | asyncio.TimeoutError):
-        return _error_response(
-            request, DependencyFailure(f"a dependency is unavailable: {type(exc).__name__}")
-        )
-    error = PayrayError("An unexpected error occurred; it has been logged.")
-    return _error_response(request, error)
+    return error_response(request, exc)
 
 
 @api.exception_handler(RequestValidationError)
 async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
     first = exc.errors()[0] if exc.errors() else {}
     param = str(first.get("loc", ["", ""])[-1]) or None
-    return _error_response(request, InvalidRequest(f"{param}: {first.get('msg', 'invalid')}", param=param))
+    return error_response(request, InvalidRequest(f"{param}: {first.get('msg', 'invalid')}", param=param))
 
 
 @api.exception_handler(StarletteHTTPException)
 async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
     if exc.status_code == 404:
-        return _error_response(
+        return error_response(
             request, NotFound(f"Unrecognized request URL ({request.method} {request.url.path}).")
         )
     error = ClientError(str(exc.detail))
     error.status = exc.status_code
-    return _error_response(request, error)
+    return error_response(request, error)
 
 
 def _limit(raw: str | None) -> int:
@@ -132,15 +111,6 @@ def _limit(raw: str | None) -> int:
     if not raw.isdigit() or not 1 <= int(raw) <= 100:
         raise InvalidRequest("limit must be an integer from 1 to 100", param="limit")
     return int(raw)
-
-
-async def _read_body(request: Request) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-        from payray.errors import PayloadTooLarge
-
-        raise PayloadTooLarge(f"request body is larger than {MAX_BODY_BYTES} bytes")
-    return await request.body()
 
 
 @serve.deployment(max_ongoing_requests=256, ray_actor_options={"num_cpus": 0})
@@ -209,7 +179,7 @@ class PaymentApi:
         started = time.perf_counter()
         merchant_id = await self._merchant(request)
         key = check_idempotency_key(request.headers.get("idempotency-key"))
-        body = parse_body(model, await _read_body(request), request.headers.get("content-type"))
+        body = parse_body(model, await read_body(request), request.headers.get("content-type"))
         answer = await create(self.parts)(merchant_id, key, body)
         headers = {"Idempotent-Replayed": "true"} if answer.replayed else None
         if answer.replayed:
@@ -358,7 +328,7 @@ class PaymentApi:
         await self._build()
         started = time.perf_counter()
         answer = await self.parts.webhooks.receive(
-            await _read_body(request), request.headers.get("stripe-signature")
+            await read_body(request), request.headers.get("stripe-signature")
         )
         self._observe("POST /v1/webhooks/psp", started, 200)
         return json_response(200, dumps(answer))
@@ -368,7 +338,7 @@ class PaymentApi:
     @api.post("/v1/merchants")
     async def create_merchant(self, request: Request) -> Response:
         await self._admin(request)
-        body = parse_body(MerchantCreate, await _read_body(request), request.headers.get("content-type"))
+        body = parse_body(MerchantCreate, await read_body(request), request.headers.get("content-type"))
         async with self.parts.pool.connection() as conn:
             merchant = await merchants_db.create_merchant(conn, body.name)
         return json_response(200, dumps(merchant))
@@ -395,7 +365,7 @@ class PaymentApi:
     async def recovery_sweep(self, request: Request) -> Response:
         """Run the recovery sweeper's pass now; ``{"grace_s": n}`` narrows "stuck" to n seconds untouched."""
         await self._admin(request)
-        body = parse_body(RecoverySweep, await _read_body(request), request.headers.get("content-type"))
+        body = parse_body(RecoverySweep, await read_body(request), request.headers.get("content-type"))
         sweeper = await recovery_sweeper(self._settings)
         return json_response(200, dumps(await sweeper.sweep.remote(body.grace_s)))
 
@@ -406,7 +376,7 @@ class PaymentApi:
         """Reconcile a day now (the nightly scheduler runs it): re-running a day is safe."""
         await self._admin(request)
         body = parse_body(
-            ReconciliationRunCreate, await _read_body(request), request.headers.get("content-type")
+            ReconciliationRunCreate, await read_body(request), request.headers.get("content-type")
         )
         scheduler = await reconciliation_scheduler(self._settings)
         return json_response(200, dumps(await scheduler.run.remote(body.date)))
@@ -449,7 +419,7 @@ class PaymentApi:
     @api.post("/v1/reconciliation/discrepancies/{discrepancy_id}/resolve")
     async def resolve_discrepancy(self, discrepancy_id: str, request: Request) -> Response:
         await self._admin(request)
-        body = parse_body(DiscrepancyResolve, await _read_body(request), request.headers.get("content-type"))
+        body = parse_body(DiscrepancyResolve, await read_body(request), request.headers.get("content-type"))
         async with self.parts.pool.connection() as conn:
             resolved = await reconciliation_db.resolve(conn, discrepancy_id, body.resolution, body.note)
         return json_response(200, dumps(discrepancy_object(resolved)))
