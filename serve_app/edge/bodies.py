@@ -19,7 +19,7 @@ from starlette.requests import Request
 from payray.errors import InvalidRequest, PayloadTooLarge
 from payray.forms import FormDecodeError, decode_pairs, split_key
 from payray.text import describe, forbidden_character
-from serve_app.edge.limits import MAX_BODY_BYTES, MAX_DEPTH, MAX_PARAMS, json_depth_exceeds
+from serve_app.wire.limits import MAX_BODY_BYTES, MAX_DEPTH, MAX_PARAMS, json_depth_exceeds
 from serve_app.wire.schemas import validation_param
 
 _FORM_INTEGER = re.compile(r"^-?\d{1,18}$")

@@ -75,6 +75,7 @@ SELECT_MERCHANT_PAYMENT = f"SELECT {_PAYMENT_COLUMNS} FROM payments WHERE id = %
 
 LIST_PAYMENTS = newest_first("payments", _PAYMENT_COLUMNS)
 
+
 def _apply_transitions(ledger_transaction: str) -> str:
     """Applies a chain of transitions (guarded by the expected current state), writes their history, and
     optionally stores the response under the payment's idempotency key and an outbox event, atomically."""

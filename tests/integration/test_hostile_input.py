@@ -10,14 +10,19 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import httpx
 import psycopg
 import pytest
+import ray
 import redis
+from psycopg import sql
 
 from ops.stack import StackInfo
+from payray.cards import luhn_valid
 from tests.integration.psp_queries import payment_intents
 from tests.integration.stack_fixtures import Merchant
 
@@ -112,7 +117,7 @@ def test_control_characters_in_a_body_are_refused(
         content = json.dumps(body).encode()
         headers["Content-Type"] = "application/json"
     else:
-        content = httpx.QueryParams(flatten(body)).__str__().encode()
+        content = urlencode(flatten(body)).encode()
         headers["Content-Type"] = FORM
     assert_refused(merchant.client.post(path, content=content, headers=headers), param)
     assert footprint(stack, psp_control, merchant.id) == before
@@ -239,3 +244,106 @@ def test_a_declared_length_over_the_cap_is_refused_before_reading(stack: StackIn
         timeout=60,
     )
     assert_refused(response, None, status=413)
+
+
+# -- raw card data ------------------------------------------------------------------------------------------
+
+
+def fresh_pan() -> str:
+    """A Luhn-valid 16-digit number no other test sends, so finding it anywhere means this test leaked it."""
+    payload = "4" + str(uuid.uuid4().int % 10**14).zfill(14)
+    for digit in "0123456789":
+        if luhn_valid(payload + digit):
+            return payload + digit
+    raise AssertionError("unreachable")
+
+
+def places_holding(text: str, stack: StackInfo, home: Path) -> list[str]:
+    """Every place the number could have landed: any row of the stack's database, the PSP emulator's journal
+    and files, and the Ray session's logs (the API replicas' among them)."""
+    found: list[str] = []
+    with psycopg.connect(stack.database_url) as conn:
+        tables = conn.execute(
+            "SELECT table_name FROM information_schema.tables "
+            "WHERE table_schema = 'public' AND table_type = 'BASE TABLE'"
+        ).fetchall()
+        for (table,) in tables:
+            query = sql.SQL("SELECT count(*) FROM {} t WHERE t::text LIKE %s").format(sql.Identifier(table))
+            row = conn.execute(query, (f"%{text}%",)).fetchone()
+            if row and row[0]:
+                found.append(f"table {table}")
+    node = ray._private.worker.global_worker.node
+    assert node is not None
+    logs = Path(node.get_logs_dir_path())
+    for root in (home, logs):
+        for path in root.rglob("*"):
+            if path.is_file() and not path.is_symlink() and text.encode() in path.read_bytes():
+                found.append(str(path))
+    return found
+
+
+@pytest.fixture(scope="module")
+def stack_home(stack: StackInfo, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The stack's ``PAYRAY_HOME`` (the emulator's journal lives under ``psp/``)."""
+    base = tmp_path_factory.getbasetemp()
+    homes = [p for p in base.glob("payray-home*") if not p.is_symlink() and (p / "psp").is_dir()]
+    assert len(homes) == 1, homes
+    return homes[0]
+
+
+CARD_PROBES: list[tuple[str, str, str]] = [
+    ("card[number] in a form", "form", "card"),
+    ("card object in JSON", "json", "card"),
+    ("source as a PAN", "source", "source"),
+    ("PAN inside a payment method", "pm", "payment_method"),
+    ("grouped PAN as a payment method", "grouped", "payment_method"),
+]
+
+
+@pytest.mark.parametrize(("case", "shape", "param"), CARD_PROBES, ids=[p[0] for p in CARD_PROBES])
+def test_raw_card_data_is_refused_and_kept_nowhere(
+    stack: StackInfo,
+    stack_home: Path,
+    merchant: Merchant,
+    psp_control: httpx.Client,
+    case: str,
+    shape: str,
+    param: str,
+) -> None:
+    pan = fresh_pan()
+    before = footprint(stack, psp_control, merchant.id)
+    headers = {"Idempotency-Key": uuid.uuid4().hex}
+    form = "amount=1000&currency=usd"
+    if shape == "form":
+        response = merchant.client.post(
+            "/v1/charges",
+            content=f"{form}&card[number]={pan}&card[exp_month]=12&card[exp_year]=2030&card[cvc]=123",
+            headers={**headers, "Content-Type": FORM},
+        )
+    elif shape == "json":
+        card = {"number": pan, "exp_month": 12, "exp_year": 2030, "cvc": "123"}
+        response = merchant.client.post("/v1/charges", json={"amount": 1000, "currency": "usd", "card": card},
+                                        headers=headers)  # fmt: skip
+    elif shape == "source":
+        response = merchant.client.post(
+            "/v1/charges", content=f"{form}&source={pan}", headers={**headers, "Content-Type": FORM}
+        )
+    elif shape == "pm":
+        response = merchant.charge(payment_method=f"pm_{pan}")
+    else:
+        response = merchant.charge(payment_method=f"{pan[:4]} {pan[4:8]} {pan[8:12]} {pan[12:]}")
+    error = assert_refused(response, param)
+    assert "raw card numbers are not accepted" in error["message"]
+    assert "pm_" in error["message"] and "tok_" in error["message"]
+    assert pan not in response.text
+    assert footprint(stack, psp_control, merchant.id) == before
+    assert places_holding(pan, stack, stack_home) == []
+
+
+def test_the_search_for_card_numbers_finds_what_is_there(
+    stack: StackInfo, stack_home: Path, merchant: Merchant
+) -> None:
+    """The check above is only worth something if it finds a number that was stored: metadata is kept."""
+    marker = fresh_pan()
+    assert merchant.charge(metadata={"note": f"x{marker}x"}).status_code == 200
+    assert any(place.startswith("table ") for place in places_holding(marker, stack, stack_home))

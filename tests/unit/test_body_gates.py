@@ -8,8 +8,8 @@ import pytest
 
 from payray.errors import InvalidRequest
 from serve_app.edge.bodies import parse_body
-from serve_app.edge.limits import MAX_DEPTH, MAX_PARAMS, json_depth_exceeds
 from serve_app.edge.urls import url_problem
+from serve_app.wire.limits import MAX_DEPTH, MAX_PARAMS, json_depth_exceeds
 from serve_app.wire.schemas import RAW_CARD_DATA_REFUSED, ChargeCreate, MerchantCreate
 
 FORM = "application/x-www-form-urlencoded"
