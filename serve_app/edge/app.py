@@ -16,7 +16,7 @@ import psycopg
 import psycopg_pool
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import PlainTextResponse, Response
+from fastapi.responses import Response
 from psycopg import AsyncConnection
 from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -52,6 +52,7 @@ from serve_app.stores.payouts import list_payouts, load_payout
 from serve_app.wire import objects as o
 from serve_app.wire.openapi import (
     ADMIN_KEY,
+    CHARGE_OUTCOMES,
     STRIPE_SIGNATURE,
     complete_schema,
     list_operation,
@@ -263,13 +264,7 @@ class PaymentApi:
 
     # -- charges, refunds, balance, payouts, disputes -------------------------------------------------------
 
-    @api.post(
-        "/v1/charges",
-        **operation(o.Charge, body=ChargeCreate, money=True, extra={
-            202: (o.Charge, "The PSP's answer is not known yet: the charge is pending"),
-            402: (o.Error, "Declined: the failed charge's id is in error.charge"),
-        }),
-    )  # fmt: skip
+    @api.post("/v1/charges", **operation(o.Charge, body=ChargeCreate, money=True, extra=CHARGE_OUTCOMES))
     async def create_charge(self, request: Request) -> Response:
         return await self._money_post(request, "POST /v1/charges", ChargeCreate, lambda p: p.charges.create)
 
@@ -483,7 +478,7 @@ class PaymentApi:
             return json_response(503, dumps(body))
         return json_response(200, dumps({"status": "ok", "checks": checks}))
 
-    @api.get("/metrics", response_class=PlainTextResponse, **operation(None, auth=None))
+    @api.get("/metrics", **operation(None, auth=None))
     async def metrics_endpoint(self) -> Response:
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 

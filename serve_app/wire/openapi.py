@@ -33,6 +33,12 @@ _MONEY_ERRORS: dict[int, str] = {
     422: "This Idempotency-Key was used with another request",
 }
 
+#: A charge's answers besides 200 (succeeded) and the errors every money POST shares.
+CHARGE_OUTCOMES: dict[int, tuple[type[BaseModel] | None, str]] = {
+    202: (objects.Charge, "The PSP's answer is not known yet: the charge is pending"),
+    402: (objects.Error, "Declined: the failed charge's id is in error.charge"),
+}
+
 LIMIT = {
     "name": "limit",
     "in": "query",
@@ -135,8 +141,9 @@ def list_operation(page: type[BaseModel], *extra_parameters: dict[str, Any], aut
 
 
 def complete_schema(app: FastAPI) -> None:
-    """Add the two keys as bearer schemes (each route names the one it takes), and drop the 422 FastAPI
-    documents for its own parameter validation: the API answers that in the error envelope, as a 400."""
+    """Add the two keys as bearer schemes (each route names the one it takes); drop the 422 FastAPI
+    documents for its own parameter validation (the API answers that in the error envelope, as a 400) and its
+    JSON placeholder beside a text answer (``/metrics``)."""
     generate = app.openapi
 
     def openapi() -> dict[str, Any]:
@@ -144,9 +151,12 @@ def complete_schema(app: FastAPI) -> None:
             schema = generate()
             for path in schema.get("paths", {}).values():
                 for op in path.values():
-                    documented = op.get("responses", {}).get("422", {})
-                    if "HTTPValidationError" in str(documented.get("content")):
-                        del op["responses"]["422"]
+                    responses = op.get("responses", {})
+                    if "HTTPValidationError" in str(responses.get("422", {}).get("content")):
+                        del responses["422"]
+                    ok = responses.get("200", {}).get("content", {})
+                    if "text/plain" in ok and ok.get("application/json") == {"schema": {}}:
+                        del ok["application/json"]  # FastAPI's placeholder beside a text answer
             components = schema.setdefault("components", {})
             for name in ("HTTPValidationError", "ValidationError"):
                 components.get("schemas", {}).pop(name, None)
