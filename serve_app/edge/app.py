@@ -19,7 +19,6 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from psycopg import AsyncConnection
 from ray import serve
-from ray.exceptions import RayError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ledger import store as ledger_store
@@ -27,15 +26,17 @@ from ledger.reconcile import KINDS
 from payray.errors import (
     ClientError,
     DependencyFailure,
-    IdempotencyKeyReused,
     InvalidRequest,
     NotFound,
     PayrayError,
 )
 from payray.settings import Settings
 from serve_app.edge.auth import Authenticator
-from serve_app.edge.bodies import MAX_BODY_BYTES, parse_body
+from serve_app.edge.bodies import parse_body, read_body
+from serve_app.edge.failures import ContainFailures
 from serve_app.edge.metrics import ApiMetrics
+from serve_app.edge.responses import error_response, json_response
+from serve_app.edge.urls import RefuseControlCharactersInUrls
 from serve_app.flows.dispute import dispute_object
 from serve_app.flows.idempotent import Answer, check_idempotency_key
 from serve_app.flows.invariants import check_invariants
@@ -48,6 +49,16 @@ from serve_app.stores import reconciliation as reconciliation_db
 from serve_app.stores import refunds as refunds_db
 from serve_app.stores.disputes import list_disputes, load_dispute
 from serve_app.stores.payouts import list_payouts, load_payout
+from serve_app.wire import objects as o
+from serve_app.wire.openapi import (
+    ADMIN_KEY,
+    CHARGE_OUTCOMES,
+    STRIPE_SIGNATURE,
+    complete_schema,
+    list_operation,
+    operation,
+    query,
+)
 from serve_app.wire.render import charge_object, dumps, error_object, list_object, refund_object
 from serve_app.wire.schemas import (
     ChargeCreate,
@@ -67,7 +78,10 @@ api = FastAPI(
     description="Idempotent payments in front of a PSP, with a double-entry ledger.",
 )
 
-JSON = "application/json"
+# Outermost last: a URL with a control character never reaches a route; an unplanned error is contained.
+api.add_middleware(RefuseControlCharactersInUrls)
+api.add_middleware(ContainFailures)
+complete_schema(api)
 log = logging.getLogger("payray.api")
 
 #: ``load(conn, object_id, merchant_id)``: one of the merchant's objects, or None.
@@ -79,51 +93,27 @@ Pager = Callable[[AsyncConnection[Any], int, str | None], Awaitable[list[Any]]]
 Render = Callable[[Any], dict[str, Any]]
 
 
-def json_response(status: int, body: bytes, headers: dict[str, str] | None = None) -> Response:
-    return Response(content=body, status_code=status, media_type=JSON, headers=headers)
-
-
-def _error_response(request: Request, exc: PayrayError) -> Response:
-    status = exc.status
-    # Stripe's SDKs map idempotency errors to IdempotencyError only on a 400; speak their dialect to them.
-    if isinstance(exc, IdempotencyKeyReused) and request.headers.get("stripe-version"):
-        status = 400
-    return json_response(status, dumps(error_object(exc)))
-
-
 @api.exception_handler(PayrayError)
 async def _payray_error(request: Request, exc: PayrayError) -> Response:
-    return _error_response(request, exc)
-
-
-@api.exception_handler(Exception)
-async def _unexpected_error(request: Request, exc: Exception) -> Response:
-    """Anything unplanned is a 500 in the error envelope; a dependency outage is a 503."""
-    log.exception("unhandled error on %s %s", request.method, request.url.path)
-    if isinstance(exc, psycopg.OperationalError | psycopg_pool.PoolTimeout | RayError | asyncio.TimeoutError):
-        return _error_response(
-            request, DependencyFailure(f"a dependency is unavailable: {type(exc).__name__}")
-        )
-    error = PayrayError("An unexpected error occurred; it has been logged.")
-    return _error_response(request, error)
+    return error_response(request, exc)
 
 
 @api.exception_handler(RequestValidationError)
 async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
     first = exc.errors()[0] if exc.errors() else {}
     param = str(first.get("loc", ["", ""])[-1]) or None
-    return _error_response(request, InvalidRequest(f"{param}: {first.get('msg', 'invalid')}", param=param))
+    return error_response(request, InvalidRequest(f"{param}: {first.get('msg', 'invalid')}", param=param))
 
 
 @api.exception_handler(StarletteHTTPException)
 async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
     if exc.status_code == 404:
-        return _error_response(
+        return error_response(
             request, NotFound(f"Unrecognized request URL ({request.method} {request.url.path}).")
         )
     error = ClientError(str(exc.detail))
     error.status = exc.status_code
-    return _error_response(request, error)
+    return error_response(request, error)
 
 
 def _limit(raw: str | None) -> int:
@@ -132,15 +122,6 @@ def _limit(raw: str | None) -> int:
     if not raw.isdigit() or not 1 <= int(raw) <= 100:
         raise InvalidRequest("limit must be an integer from 1 to 100", param="limit")
     return int(raw)
-
-
-async def _read_body(request: Request) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-        from payray.errors import PayloadTooLarge
-
-        raise PayloadTooLarge(f"request body is larger than {MAX_BODY_BYTES} bytes")
-    return await request.body()
 
 
 @serve.deployment(max_ongoing_requests=256, ray_actor_options={"num_cpus": 0})
@@ -209,7 +190,7 @@ class PaymentApi:
         started = time.perf_counter()
         merchant_id = await self._merchant(request)
         key = check_idempotency_key(request.headers.get("idempotency-key"))
-        body = parse_body(model, await _read_body(request), request.headers.get("content-type"))
+        body = parse_body(model, await read_body(request), request.headers.get("content-type"))
         answer = await create(self.parts)(merchant_id, key, body)
         headers = {"Idempotent-Replayed": "true"} if answer.replayed else None
         if answer.replayed:
@@ -283,29 +264,32 @@ class PaymentApi:
 
     # -- charges, refunds, balance, payouts, disputes -------------------------------------------------------
 
-    @api.post("/v1/charges")
+    @api.post("/v1/charges", **operation(o.Charge, body=ChargeCreate, money=True, extra=CHARGE_OUTCOMES))
     async def create_charge(self, request: Request) -> Response:
         return await self._money_post(request, "POST /v1/charges", ChargeCreate, lambda p: p.charges.create)
 
-    @api.get("/v1/charges/{charge_id}")
+    @api.get("/v1/charges/{charge_id}", **operation(o.Charge))
     async def get_charge(self, charge_id: str, request: Request) -> Response:
         return await self._retrieve(request, "charge", charge_id, db.load_charge, charge_object)
 
-    @api.get("/v1/charges")
+    @api.get("/v1/charges", **list_operation(o.ChargeList))
     async def list_charges(self, request: Request) -> Response:
         return await self._list(
             request, "charge", "/v1/charges", db.load_charge, db.list_charges, charge_object
         )
 
-    @api.post("/v1/refunds")
+    @api.post("/v1/refunds", **operation(o.Refund, body=RefundCreate, money=True))
     async def create_refund(self, request: Request) -> Response:
         return await self._money_post(request, "POST /v1/refunds", RefundCreate, lambda p: p.refunds.create)
 
-    @api.get("/v1/refunds/{refund_id}")
+    @api.get("/v1/refunds/{refund_id}", **operation(o.Refund))
     async def get_refund(self, refund_id: str, request: Request) -> Response:
         return await self._retrieve(request, "refund", refund_id, refunds_db.load_refund, refund_object)
 
-    @api.get("/v1/refunds")
+    @api.get(
+        "/v1/refunds",
+        **list_operation(o.RefundList, query("charge", "Only the refunds of this charge (ch_…)")),
+    )
     async def list_refunds(self, request: Request) -> Response:
         charge = request.query_params.get("charge")
         if charge is not None:  # a charge the merchant does not have is a 404, not an empty list
@@ -321,7 +305,7 @@ class PaymentApi:
 
         return await self._list(request, "refund", "/v1/refunds", refunds_db.load_refund, page, refund_object)
 
-    @api.get("/v1/balance")
+    @api.get("/v1/balance", **operation(o.Balance))
     async def balance(self, request: Request) -> Response:
         merchant_id = await self._merchant(request)
         balances = await self.parts.wallets.balances(merchant_id)
@@ -330,50 +314,53 @@ class PaymentApi:
         body = {"object": "balance", "livemode": False, "available": available, "pending": pending}
         return json_response(200, dumps(body))
 
-    @api.post("/v1/payouts")
+    @api.post("/v1/payouts", **operation(o.Payout, body=PayoutCreate, money=True))
     async def create_payout(self, request: Request) -> Response:
         return await self._money_post(request, "POST /v1/payouts", PayoutCreate, lambda p: p.payouts.create)
 
-    @api.get("/v1/payouts/{payout_id}")
+    @api.get("/v1/payouts/{payout_id}", **operation(o.Payout))
     async def get_payout(self, payout_id: str, request: Request) -> Response:
         return await self._retrieve(request, "payout", payout_id, load_payout, payout_object)
 
-    @api.get("/v1/payouts")
+    @api.get("/v1/payouts", **list_operation(o.PayoutList))
     async def list_payouts(self, request: Request) -> Response:
         return await self._list(request, "payout", "/v1/payouts", load_payout, list_payouts, payout_object)
 
-    @api.get("/v1/disputes/{dispute_id}")
+    @api.get("/v1/disputes/{dispute_id}", **operation(o.Dispute))
     async def get_dispute(self, dispute_id: str, request: Request) -> Response:
         return await self._retrieve(request, "dispute", dispute_id, load_dispute, dispute_object)
 
-    @api.get("/v1/disputes")
+    @api.get("/v1/disputes", **list_operation(o.DisputeList))
     async def list_disputes(self, request: Request) -> Response:
         return await self._list(
             request, "dispute", "/v1/disputes", load_dispute, list_disputes, dispute_object
         )
 
-    @api.post("/v1/webhooks/psp")
+    @api.post(
+        "/v1/webhooks/psp",
+        **operation(o.WebhookReceipt, auth=None, body=o.Report, parameters=[STRIPE_SIGNATURE]),
+    )
     async def psp_webhook(self, request: Request) -> Response:
         """Authenticated by its signature, not a key: the PSP calls it."""
         await self._build()
         started = time.perf_counter()
         answer = await self.parts.webhooks.receive(
-            await _read_body(request), request.headers.get("stripe-signature")
+            await read_body(request), request.headers.get("stripe-signature")
         )
         self._observe("POST /v1/webhooks/psp", started, 200)
         return json_response(200, dumps(answer))
 
     # -- admin -----------------------------------------------------------------------------------------------
 
-    @api.post("/v1/merchants")
+    @api.post("/v1/merchants", **operation(o.Merchant, auth=ADMIN_KEY, body=MerchantCreate))
     async def create_merchant(self, request: Request) -> Response:
         await self._admin(request)
-        body = parse_body(MerchantCreate, await _read_body(request), request.headers.get("content-type"))
+        body = parse_body(MerchantCreate, await read_body(request), request.headers.get("content-type"))
         async with self.parts.pool.connection() as conn:
             merchant = await merchants_db.create_merchant(conn, body.name)
         return json_response(200, dumps(merchant))
 
-    @api.get("/v1/admin/ledger/trial_balance")
+    @api.get("/v1/admin/ledger/trial_balance", **operation(o.Report, auth=ADMIN_KEY))
     async def trial_balance(self, request: Request) -> Response:
         await self._admin(request)
         totals = await asyncio.to_thread(self._trial_balance)
@@ -384,51 +371,59 @@ class PaymentApi:
         with psycopg.connect(self._settings.database_url, autocommit=True) as conn:
             return dict(ledger_store.trial_balance(conn))
 
-    @api.get("/v1/admin/invariants")
+    @api.get("/v1/admin/invariants", **operation(o.Report, auth=ADMIN_KEY))
     async def invariants(self, request: Request) -> Response:
         await self._admin(request)
         assert self._settings.database_url
         report = await check_invariants(self._settings.database_url, self.parts.psp, self.parts.wallets)
         return json_response(200, dumps(report))
 
-    @api.post("/v1/admin/recovery/sweep")
+    @api.post("/v1/admin/recovery/sweep", **operation(o.Report, auth=ADMIN_KEY, body=RecoverySweep))
     async def recovery_sweep(self, request: Request) -> Response:
         """Run the recovery sweeper's pass now; ``{"grace_s": n}`` narrows "stuck" to n seconds untouched."""
         await self._admin(request)
-        body = parse_body(RecoverySweep, await _read_body(request), request.headers.get("content-type"))
+        body = parse_body(RecoverySweep, await read_body(request), request.headers.get("content-type"))
         sweeper = await recovery_sweeper(self._settings)
         return json_response(200, dumps(await sweeper.sweep.remote(body.grace_s)))
 
     # -- reconciliation (admin) ------------------------------------------------------------------------------
 
-    @api.post("/v1/reconciliation/runs")
+    @api.post("/v1/reconciliation/runs", **operation(o.Report, auth=ADMIN_KEY, body=ReconciliationRunCreate))
     async def create_reconciliation_run(self, request: Request) -> Response:
         """Reconcile a day now (the nightly scheduler runs it): re-running a day is safe."""
         await self._admin(request)
         body = parse_body(
-            ReconciliationRunCreate, await _read_body(request), request.headers.get("content-type")
+            ReconciliationRunCreate, await read_body(request), request.headers.get("content-type")
         )
         scheduler = await reconciliation_scheduler(self._settings)
         return json_response(200, dumps(await scheduler.run.remote(body.date)))
 
-    @api.get("/v1/reconciliation/runs/{run_id}")
+    @api.get("/v1/reconciliation/runs/{run_id}", **operation(o.Report, auth=ADMIN_KEY))
     async def get_reconciliation_run(self, run_id: str, request: Request) -> Response:
         await self._admin(request)
         return await self._one("reconciliation run", run_id, reconciliation_db.load_run, run_object)
 
-    @api.get("/v1/reconciliation/runs")
+    @api.get("/v1/reconciliation/runs", **list_operation(o.ReportList, auth=ADMIN_KEY))
     async def list_reconciliation_runs(self, request: Request) -> Response:
         await self._admin(request)
         url, load, page = "/v1/reconciliation/runs", reconciliation_db.load_run, reconciliation_db.list_runs
         return await self._page(request, "reconciliation run", url, load, page, run_object)
 
-    @api.get("/v1/reconciliation/discrepancies/{discrepancy_id}")
+    @api.get("/v1/reconciliation/discrepancies/{discrepancy_id}", **operation(o.Report, auth=ADMIN_KEY))
     async def get_discrepancy(self, discrepancy_id: str, request: Request) -> Response:
         await self._admin(request)
         load = reconciliation_db.load_discrepancy
         return await self._one("discrepancy", discrepancy_id, load, discrepancy_object)
 
-    @api.get("/v1/reconciliation/discrepancies")
+    @api.get(
+        "/v1/reconciliation/discrepancies",
+        **list_operation(
+            o.ReportList,
+            query("status", "open or resolved", enum=["open", "resolved"]),
+            query("run", "Only this reconciliation run's (recon_…)"),
+            auth=ADMIN_KEY,
+        ),
+    )
     async def list_discrepancies(self, request: Request) -> Response:
         """``?status=open|resolved``, ``?run=recon_…``, newest first."""
         await self._admin(request)
@@ -446,17 +441,20 @@ class PaymentApi:
         url, load = "/v1/reconciliation/discrepancies", reconciliation_db.load_discrepancy
         return await self._page(request, "discrepancy", url, load, page, discrepancy_object, filters_known)
 
-    @api.post("/v1/reconciliation/discrepancies/{discrepancy_id}/resolve")
+    @api.post(
+        "/v1/reconciliation/discrepancies/{discrepancy_id}/resolve",
+        **operation(o.Report, auth=ADMIN_KEY, body=DiscrepancyResolve),
+    )
     async def resolve_discrepancy(self, discrepancy_id: str, request: Request) -> Response:
         await self._admin(request)
-        body = parse_body(DiscrepancyResolve, await _read_body(request), request.headers.get("content-type"))
+        body = parse_body(DiscrepancyResolve, await read_body(request), request.headers.get("content-type"))
         async with self.parts.pool.connection() as conn:
             resolved = await reconciliation_db.resolve(conn, discrepancy_id, body.resolution, body.note)
         return json_response(200, dumps(discrepancy_object(resolved)))
 
     # -- operations ------------------------------------------------------------------------------------------
 
-    @api.get("/healthz")
+    @api.get("/healthz", **operation(o.Report, auth=None))
     async def healthz(self) -> Response:
         await self._build()
         checks: dict[str, bool] = {}
@@ -480,7 +478,7 @@ class PaymentApi:
             return json_response(503, dumps(body))
         return json_response(200, dumps({"status": "ok", "checks": checks}))
 
-    @api.get("/metrics")
+    @api.get("/metrics", **operation(None, auth=None))
     async def metrics_endpoint(self) -> Response:
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 

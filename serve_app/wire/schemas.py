@@ -6,12 +6,19 @@ import datetime
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator, model_validator
 
+from payray.cards import contains_card_number
+from payray.errors import InvalidRequest
 from payray.money import CURRENCY_EXPONENTS, MAX_CHARGE_AMOUNT
 
-_CARD_NUMBER = re.compile(r"^[\d \-]{12,23}$")
 _TOKEN = re.compile(r"^[A-Za-z0-9_]{3,255}$")
+#: What Stripe takes as a charge's ``source``: a token, a source, or a card saved on a customer, by id.
+_SOURCE_TOKEN = re.compile(r"^(tok|src|card)_[A-Za-z0-9_]{1,250}$")
+RAW_CARD_DATA_REFUSED = (
+    "raw card numbers are not accepted; send a token from your PSP instead: a payment method (pm_…) "
+    "or a card token (tok_…)"
+)
 
 Amount = Annotated[StrictInt, Field(ge=1, le=MAX_CHARGE_AMOUNT)]
 
@@ -50,14 +57,41 @@ class ChargeCreate(StrictBody):
     _check_currency = field_validator("currency")(_currency)
     _check_metadata = field_validator("metadata")(_metadata)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _no_card_data(cls, data: Any) -> Any:
+        """Card data never gets past the edge (PCI scope): refused before anything is stored or forwarded."""
+        refuse_raw_card_data(data)
+        return data
+
     @field_validator("payment_method")
     @classmethod
-    def _no_card_data(cls, value: str) -> str:
-        if _CARD_NUMBER.match(value) and sum(c.isdigit() for c in value) >= 12:
-            raise ValueError("raw card numbers are never accepted; pass a PSP payment method token")
+    def _a_token(cls, value: str) -> str:
         if not _TOKEN.match(value):
             raise ValueError("payment_method must be a PSP token such as pm_card_visa")
         return value
+
+
+def refuse_raw_card_data(data: Any) -> None:
+    """``card[…]``, ``payment_method_data[card]``, a ``source`` that is not a token id, or a payment method
+    holding a Luhn-valid 13-19 digit run (``pm_4000056655665556``) is card data: a 400 naming the parameter.
+    Raised as ``InvalidRequest`` (not ``ValueError``), so pydantic passes it on without quoting the input."""
+    if not isinstance(data, dict):
+        return
+    method_data = data.get("payment_method_data")
+    source = data.get("source")
+    method = data.get("payment_method")
+    if "card" in data:
+        param = "card"
+    elif isinstance(method_data, dict) and "card" in method_data:
+        param = "payment_method_data[card]"
+    elif source is not None and not (isinstance(source, str) and _SOURCE_TOKEN.match(source)):
+        param = "source"
+    elif isinstance(method, str) and contains_card_number(method):
+        param = "payment_method"
+    else:
+        return
+    raise InvalidRequest(RAW_CARD_DATA_REFUSED, code="parameter_invalid", param=param)
 
 
 class RefundCreate(StrictBody):

@@ -140,7 +140,9 @@ def test_a_capture_is_booked_from_the_psps_answer_to_the_clients_in_one_chain() 
     for state in (ChargeState.PSP_PENDING, ChargeState.UNKNOWN):
         chain = booking(state)
         assert [t.event for t in chain] == [
-            ChargeEvent.PSP_CAPTURED, ChargeEvent.LEDGER_POSTED, ChargeEvent.RESPONDED
+            ChargeEvent.PSP_CAPTURED,
+            ChargeEvent.LEDGER_POSTED,
+            ChargeEvent.RESPONDED,
         ]
         assert chain[0].source is state and chain[0].commands == (Command.POST_LEDGER,)
         assert all(a.target is b.source for a, b in itertools.pairwise(chain))

@@ -42,8 +42,10 @@ def test_under_load_a_host_call_carries_many_postings_and_a_batch_many_calls() -
     arrived within its window, or while it committed, in one transaction. Replicas made light so that the
     hosts, not the API, see 4,000 charges a second, and postings free to the host so that its calls are
     short enough to share a batch."""
-    config = SCENARIOS["happy_path"].config(1, 3_000).with_(
-        load={"rate": 4_000.0}, service={"work_s": 0.0002}, hosts={"posting_s": 0.0}
+    config = (
+        SCENARIOS["happy_path"]
+        .config(1, 3_000)
+        .with_(load={"rate": 4_000.0}, service={"work_s": 0.0002}, hosts={"posting_s": 0.0})
     )
     result = simulate(config, "many_per_call")
     assert result.ok, result.violations[:3]

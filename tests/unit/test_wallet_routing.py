@@ -30,9 +30,10 @@ def test_a_merchant_always_maps_to_the_same_slot_and_host(merchant: str, hosts: 
 def test_the_mapping_is_the_same_in_every_process() -> None:
     # CRC-32, not the per-process salted hash: pinned values catch an accidental change of function
     assert SlotMap(2).slot_of("acct_123") == 2043
-    assert SlotMap(7, slots=128).host_of("acct_bNKZgoMeRMoIDl23") == SlotMap(7, 128).slot_of(
-        "acct_bNKZgoMeRMoIDl23"
-    ) % 7
+    assert (
+        SlotMap(7, slots=128).host_of("acct_bNKZgoMeRMoIDl23")
+        == SlotMap(7, 128).slot_of("acct_bNKZgoMeRMoIDl23") % 7
+    )
 
 
 def test_merchants_spread_evenly_over_hosts() -> None:

@@ -1,0 +1,154 @@
+"""The API's response objects as schemas, for ``/openapi.json`` only: ``render.py`` builds the bytes.
+
+They mirror ``render.py`` and the flows' ``*_object`` functions field for field; the OpenAPI fuzz test
+checks every response against them, so a field added to one and not the other fails the suite.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+Status = Literal["succeeded", "pending", "failed"]
+
+
+class ApiObject(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Charge(ApiObject):
+    id: str
+    object: Literal["charge"]
+    amount: int
+    amount_captured: int
+    amount_refunded: int
+    captured: bool
+    created: int
+    currency: str
+    customer: str | None
+    description: str | None
+    failure_code: str | None
+    failure_message: str | None
+    livemode: bool
+    merchant: str
+    metadata: dict[str, str]
+    paid: bool
+    payment_method: str
+    psp_reference: str | None
+    refunded: bool
+    status: Status
+
+
+class Refund(ApiObject):
+    id: str
+    object: Literal["refund"]
+    amount: int
+    charge: str
+    created: int
+    currency: str
+    failure_reason: str | None
+    metadata: dict[str, str]
+    psp_reference: str | None
+    reason: str | None
+    status: Status
+
+
+class Payout(ApiObject):
+    id: str
+    object: Literal["payout"]
+    amount: int
+    created: int
+    currency: str
+    merchant: str
+    status: str
+
+
+class Dispute(ApiObject):
+    id: str
+    object: Literal["dispute"]
+    amount: int
+    charge: str
+    created: int
+    currency: str
+    psp_reference: str
+    reason: str | None
+    status: Literal["needs_response", "won", "lost"]
+
+
+class ListEnvelope(ApiObject):
+    object: Literal["list"]
+    url: str
+    has_more: bool
+
+
+class ChargeList(ListEnvelope):
+    data: list[Charge]
+
+
+class RefundList(ListEnvelope):
+    data: list[Refund]
+
+
+class PayoutList(ListEnvelope):
+    data: list[Payout]
+
+
+class DisputeList(ListEnvelope):
+    data: list[Dispute]
+
+
+class AmountInCurrency(ApiObject):
+    amount: int
+    currency: str
+
+
+class Balance(ApiObject):
+    object: Literal["balance"]
+    livemode: bool
+    available: list[AmountInCurrency]
+    pending: list[AmountInCurrency]
+
+
+class Merchant(ApiObject):
+    id: str
+    object: Literal["merchant"]
+    name: str
+    api_key: str
+    created: int
+
+
+class WebhookReceipt(ApiObject):
+    received: bool
+    id: str
+    effect: str
+
+
+class Report(BaseModel):
+    """An operator's report (runs, discrepancies, invariants, health): an object whose fields may grow."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+class ReportList(ListEnvelope):
+    data: list[dict[str, Any]]
+
+
+class ErrorDetail(BaseModel):
+    """Stripe's error object: ``type`` says whose fault it is, ``param`` names the offending parameter."""
+
+    model_config = ConfigDict(extra="allow")
+
+    #: ``invalid_request_error``, ``authentication_error``, ``card_error``, ``idempotency_error``, …
+    type: str
+    message: str
+    code: str | None = None
+    param: str | None = None
+    decline_code: str | None = None
+    charge: str | None = None
+
+
+class Error(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    error: ErrorDetail
