@@ -11,7 +11,8 @@
   makes its admin socket mode 666, with no setting for either. Serve runs whatever binary
   ``RAY_SERVE_HAPROXY_BINARY_PATH`` names, so a launcher there rewrites those lines of the config Serve
   generated and then becomes the real HAProxy. Its log target becomes the local syslog socket instead of a
-  UDP socket, which would be bound on every interface.
+  UDP socket, which would be bound on every interface. Its requests carry the client's address in
+  ``X-Forwarded-For``, for the rate limits.
 
 On a cluster none of this applies: nodes must reach each other, and Ray's token authentication guards them.
 """
@@ -46,13 +47,19 @@ def is_loopback(address: str) -> bool:
 def loopback_haproxy_config(text: str) -> str:
     """Serve's HAProxy config with its operator listeners on 127.0.0.1 and its admin socket owner-only.
 
-    The API's own frontend keeps the address ``payray up --host`` gave it.
+    The API's own frontend keeps the address ``payray up --host`` gave it. Requests reach the replicas with
+    ``X-Forwarded-For`` naming the client, whose failed authentications the rate limits count.
     """
     lines = []
     section = ""
+    forwards = "option forwardfor" in text
     for line in text.splitlines(keepends=True):
         if line[:1].strip():  # a section header starts in the first column
             section = " ".join(line.split())
+            if section == "defaults" and not forwards:
+                lines.append(line if line.endswith("\n") else line + "\n")
+                lines.append("    option forwardfor\n")
+                continue
         stripped = line.strip()
         if section in OPERATOR_SECTIONS and stripped.startswith("bind "):
             indent = line[: len(line) - len(line.lstrip())]

@@ -54,6 +54,7 @@ def test_operator_listeners_move_to_loopback_and_the_admin_socket_to_its_owner()
 
 def test_the_api_frontend_and_the_rest_stay_as_serve_wrote_them() -> None:
     rewritten = loopback_haproxy_config(SERVE_CONFIG).splitlines()
+    assert rewritten.pop(rewritten.index("defaults") + 1) == "    option forwardfor"
     original = SERVE_CONFIG.splitlines()
     changed = [(before, after) for before, after in zip(original, rewritten, strict=True) if before != after]
     assert [before.strip() for before, _ in changed] == [
