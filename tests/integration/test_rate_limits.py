@@ -18,6 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 import redis
+import stripe
 from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 
@@ -109,6 +110,14 @@ def test_a_burst_on_one_key_sees_429_with_retry_after(limited: str, admin: httpx
             _assert_rate_limited(answer)
     time.sleep(1 / KEY_RULE.rate)
     assert client.get("/v1/balance").status_code == 200  # a caller that waited as told is served
+
+
+def test_stripes_sdk_raises_its_rate_limit_error(limited: str, admin: httpx.Client) -> None:
+    created = admin.post(f"{limited}/v1/merchants", json={"name": "limited-sdk"}).json()
+    client = stripe.StripeClient(created["api_key"], base_addresses={"api": limited}, max_network_retries=0)
+    with pytest.raises(stripe.RateLimitError):
+        for _ in range(3 * KEY_RULE.burst):
+            client.v1.balance.retrieve()
 
 
 def test_guessed_keys_from_one_address_see_429_before_any_lookup(
