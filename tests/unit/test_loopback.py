@@ -1,0 +1,91 @@
+"""The embedded stack's loopback rules: which addresses count, and how Serve's HAProxy config is narrowed."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ops.loopback import haproxy_launcher, is_loopback, loopback_haproxy_config
+
+#: The parts of the config Serve's template renders that the rewrite reads (Ray 2.x, trimmed).
+SERVE_CONFIG = """global
+    log 127.0.0.1:514 local0 info
+    stats socket /tmp/haproxy-serve/n1/admin.sock mode 666 level admin expose-fd listeners
+    stats timeout 30s
+defaults
+    mode http
+frontend prometheus
+    bind :9101
+    mode http
+    http-request use-service prometheus-exporter if { path /metrics }
+frontend http_frontend
+    bind *:8000
+    default_backend default_backend
+backend default_backend
+    server replica_1 127.0.0.1:30000 check
+listen stats
+  bind *:8404
+  stats enable
+  stats uri /stats
+"""
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1", "127.0.0.53", "::1", "::ffff:127.0.0.1"])
+def test_loopback_addresses(address: str) -> None:
+    assert is_loopback(address)
+
+
+@pytest.mark.parametrize("address", ["0.0.0.0", "::", "192.0.2.2", "::ffff:10.0.0.1", "fe80::1"])
+def test_other_addresses(address: str) -> None:
+    assert not is_loopback(address)
+
+
+def test_operator_listeners_move_to_loopback_and_the_admin_socket_to_its_owner() -> None:
+    rewritten = loopback_haproxy_config(SERVE_CONFIG)
+    assert "    bind 127.0.0.1:9101\n" in rewritten
+    assert "  bind 127.0.0.1:8404\n" in rewritten
+    assert "admin.sock mode 600 level admin expose-fd listeners" in rewritten
+
+
+def test_the_api_frontend_and_the_rest_stay_as_serve_wrote_them() -> None:
+    rewritten = loopback_haproxy_config(SERVE_CONFIG).splitlines()
+    assert rewritten.pop(rewritten.index("defaults") + 1) == "    option forwardfor"
+    original = SERVE_CONFIG.splitlines()
+    changed = [(before, after) for before, after in zip(original, rewritten, strict=True) if before != after]
+    assert [before.strip() for before, _ in changed] == [
+        "stats socket /tmp/haproxy-serve/n1/admin.sock mode 666 level admin expose-fd listeners",
+        "bind :9101",
+        "bind *:8404",
+    ]
+    assert loopback_haproxy_config(loopback_haproxy_config(SERVE_CONFIG)) == loopback_haproxy_config(
+        SERVE_CONFIG
+    )
+
+
+def test_bind_options_are_kept() -> None:
+    config = "listen stats\n  bind *:8404 ssl crt /x.pem\n"
+    assert loopback_haproxy_config(config) == "listen stats\n  bind 127.0.0.1:8404 ssl crt /x.pem\n"
+
+
+def test_the_launcher_rewrites_the_config_then_runs_haproxy_with_the_same_arguments(tmp_path: Path) -> None:
+    config = tmp_path / "haproxy.cfg"
+    config.write_text(SERVE_CONFIG)
+    seen = tmp_path / "seen"
+    fake = tmp_path / "fake-haproxy"
+    fake.write_text(f'#!/bin/sh\necho "$@" > {seen}\n')
+    fake.chmod(0o700)
+    launcher = haproxy_launcher(tmp_path / "bin", str(fake))
+    assert stat.S_IMODE(launcher.stat().st_mode) == 0o700
+    assert stat.S_IMODE(launcher.parent.stat().st_mode) == 0o700
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    subprocess.run([str(launcher), "-db", "-f", str(config), "-dR"], check=True, env=env, timeout=60)
+    assert seen.read_text().split() == ["-db", "-f", str(config), "-dR"]
+    assert config.read_text() == loopback_haproxy_config(SERVE_CONFIG)
+    assert haproxy_launcher(tmp_path / "bin", str(launcher)) == launcher  # a second stack in the process
+    assert str(fake) in launcher.read_text()
+    assert sys.executable in launcher.read_text()
