@@ -23,9 +23,8 @@ from ray import serve
 from rich.console import Console
 from rich.table import Table
 
-from bench.loadgen import drive
+from bench.loadgen import bench_settings, drive
 from ops.stack import Stack, free_port, haproxy_available
-from payray.settings import Settings
 
 noop_api = FastAPI()
 
@@ -86,7 +85,7 @@ def main() -> None:
     haproxy = args.proxy == "haproxy" and haproxy_available()
 
     home = Path(tempfile.mkdtemp(prefix="payray-bench-"))
-    stack = Stack(Settings(home=home), port=free_port(), haproxy=haproxy)
+    stack = Stack(bench_settings(home), port=free_port(), haproxy=haproxy)
     info = stack.start()
     rows: list[dict[str, Any]] = []
     try:

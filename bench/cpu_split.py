@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import tempfile
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,9 +21,8 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.charge_path import _charges, _merchants
-from bench.loadgen import drive
+from bench.loadgen import bench_settings, drive
 from ops.stack import Stack, free_port, haproxy_available
-from payray.settings import Settings
 
 #: Command-line fragments that name a component, most specific first.
 COMPONENTS = (
@@ -98,7 +96,7 @@ def main() -> None:
     args = parser.parse_args()
     counts = [int(n) for n in args.merchants.split(",")]
 
-    stack = Stack(Settings(home=Path(tempfile.mkdtemp(prefix="payray-bench-"))), port=free_port(),
+    stack = Stack(bench_settings(), port=free_port(),
                   haproxy=haproxy_available())  # fmt: skip
     info = stack.start()
     results: dict[int, tuple[float, dict[str, float]]] = {}

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -29,10 +28,9 @@ from rich.table import Table
 
 from actors.wallet_host import host_name
 from bench.charge_path import _charges
-from bench.loadgen import drive
+from bench.loadgen import bench_settings, drive
 from bench.merchants import seed_merchants
 from ops.stack import Stack, free_port, haproxy_available
-from payray.settings import Settings
 
 
 def main() -> None:
@@ -44,7 +42,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=Path("bench/out/host_kill.json"))
     args = parser.parse_args()
 
-    settings = Settings(home=Path(tempfile.mkdtemp(prefix="payray-bench-")))
+    settings = bench_settings()
     stack = Stack(settings, port=free_port(), haproxy=haproxy_available())
     info = stack.start()
     try:

@@ -8,13 +8,17 @@ from __future__ import annotations
 import asyncio
 import os
 import statistics
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
+
+from payray.settings import Settings
 
 #: (method, path, headers, body) for the i-th request.
 Request = tuple[str, str, dict[str, str], bytes | None]
@@ -106,3 +110,9 @@ def drive(
     """Send ``n`` requests, ``concurrency`` at a time; latencies are per request, end to end (each also
     given to ``observe(i, seconds)``)."""
     return asyncio.run(_drive(base_url.rstrip("/"), make, n, concurrency, observe))
+
+
+def bench_settings(home: Path | None = None) -> Settings:
+    """A stack's settings for a bench: per-key rate limits off, since a bench measures what the service can
+    carry, not the policy that caps one merchant."""
+    return Settings(home=home or Path(tempfile.mkdtemp(prefix="payray-bench-")), key_rate_per_s=0)

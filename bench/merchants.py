@@ -52,7 +52,6 @@ import dataclasses
 import json
 import os
 import statistics
-import tempfile
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
@@ -68,7 +67,7 @@ from rich.table import Table
 
 from bench.charge_path import NoopApi, _charges, _noop
 from bench.cpu_split import CLIENT, COMPONENTS, _component, _cpu_by_process, proc_stats
-from bench.loadgen import Request, Run, drive
+from bench.loadgen import Request, Run, bench_settings, drive
 from ops.stack import Stack, StackInfo, free_port, haproxy_available
 from payray.ids import hash_api_key, new_api_key, new_id
 from payray.settings import Settings
@@ -373,7 +372,7 @@ def main() -> None:
     cold = min(args.cold, max(counts))
     haproxy = haproxy_available()
 
-    settings = Settings(home=Path(tempfile.mkdtemp(prefix="payray-bench-")))
+    settings = bench_settings()
     if args.hosts:
         os.environ["PAYRAY_WALLET_HOSTS"] = str(args.hosts)
         if "wallet_hosts" in {f.name for f in dataclasses.fields(Settings)}:
