@@ -39,6 +39,7 @@ from serve_app.flows.dispute import DisputeBooking
 from serve_app.flows.refund import RefundFlow
 from serve_app.stores import charges, refunds
 from serve_app.stores import webhooks as events
+from serve_app.wire.events import parse_event
 
 log = logging.getLogger("payray.webhooks")
 
@@ -64,7 +65,8 @@ FollowUp = Callable[[], Awaitable[object]]
 
 
 def verify(payload: bytes, header: str | None, secrets: tuple[str, ...]) -> dict[str, Any]:
-    """The event, if ``header`` signs ``payload`` with one of ``secrets`` recently enough; else raise."""
+    """The event, if ``header`` signs ``payload`` with one of ``secrets`` recently enough, checked for its
+    type (``serve_app.wire.events``); else raise."""
     if not header:
         raise InvalidSignature("Missing Stripe-Signature header.")
     if not secrets:
@@ -82,16 +84,7 @@ def verify(payload: bytes, header: str | None, secrets: tuple[str, ...]) -> dict
             event = json.loads(text)
         except ValueError:
             raise InvalidSignature("The signed payload is not JSON.") from None
-        data = event.get("data") if isinstance(event, dict) else None
-        if (
-            not isinstance(event, dict)
-            or not isinstance(event.get("id"), str)
-            or not isinstance(event.get("type"), str)
-            or not isinstance(data, dict)
-            or not isinstance(data.get("object"), dict)
-        ):
-            raise InvalidSignature("The signed payload is not an event.")
-        return event
+        return parse_event(event)
     raise InvalidSignature("No signature matches a configured secret within the tolerance.")
 
 

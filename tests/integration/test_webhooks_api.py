@@ -106,6 +106,36 @@ def test_bad_signatures_are_refused_and_record_nothing(
     assert recorded(api_database_url) == before
 
 
+@pytest.mark.parametrize(
+    ("type_", "obj", "param"),
+    [
+        ("charge.dispute.created", {"id": "dp_1", "amount": "abc", "currency": "usd", "status": "x"},
+         "data[object][amount]"),
+        ("charge.dispute.created", {"amount": 100, "currency": "usd", "status": "needs_response"},
+         "data[object][id]"),
+        ("charge.dispute.closed", {"id": "dp_1", "amount": 100, "currency": "usd", "status": "won\u0000"},
+         "data[object][status]"),
+        ("charge.succeeded", {"id": "ch_\u0000", "metadata": {}}, "data[object][id]"),
+        ("charge.refunded", {"id": "ch_1", "metadata": {"k": "v\u0000"}, "amount_refunded": 5},
+         "data[object][metadata][k]"),
+        ("charge.refunded", {"id": "ch_1", "amount_refunded": -5}, "data[object][amount_refunded]"),
+    ],
+)  # fmt: skip
+def test_a_signed_event_of_the_wrong_shape_is_refused_and_records_nothing(
+    stack: StackInfo, api_database_url: str, type_: str, obj: dict[str, Any], param: str
+) -> None:
+    before = recorded(api_database_url)
+    payload = event(type_, obj)
+    answer = deliver(stack, payload)
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["error"]["param"] == param
+    assert recorded(api_database_url) == before
+    no_id = json.loads(payload)
+    del no_id["id"]
+    assert deliver(stack, json.dumps(no_id).encode()).status_code == 400
+    assert recorded(api_database_url) == before
+
+
 def test_during_a_rotation_both_secrets_and_several_signatures_pass(stack: StackInfo) -> None:
     assert deliver(stack, event("ping.test", {"id": "x"}), secret=PREVIOUS).status_code == 200
     payload = event("ping.test", {"id": "y"})
@@ -214,8 +244,10 @@ def test_a_dispute_holds_the_amount_then_releases_or_debits_it(
     assert dispute["charge"] == charge["id"] and dispute["psp_reference"] == opened.json()["id"]
     closed = psp_control.post(f"/_emulator/disputes/{opened.json()['id']}/close", json={"status": outcome})
     assert closed.status_code == 200, closed.text
-    until(lambda: disputes()[0]["status"] == outcome)
-    assert merchant.available() == (available if outcome == "won" else available - 1200)
+    expected = available if outcome == "won" else available - 1200
+    # the status is the PSP's decision; the balance follows once the release or loss is booked
+    until(lambda: disputes()[0]["status"] == outcome and merchant.available() == expected)
+    assert merchant.available() == expected
     assert merchant.client.get(f"/v1/disputes/{dispute['id']}").json()["status"] == outcome
     release = "dispute_release" if outcome == "won" else "dispute_loss"
     assert sorted(postings(api_database_url, dispute["id"])) == sorted(["dispute_hold", release])
