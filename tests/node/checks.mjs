@@ -1,0 +1,129 @@
+// Stripe's Node SDK, unchanged, as a merchant's backend uses it, against a running payray stack.
+//
+//   node checks.mjs <base-url> <merchant-key> [check ...]
+//
+// Runs each named check (all of them by default) and prints one JSON line per check:
+// {"check": name, "ok": true} or {"check": name, "ok": false, "error": "..."}. Exits 0 once all have run.
+
+import assert from "node:assert/strict";
+import Stripe from "stripe";
+
+const [baseUrl, apiKey, ...only] = process.argv.slice(2);
+const url = new URL(baseUrl);
+const stripe = new Stripe(apiKey, {
+  host: url.hostname,
+  port: Number(url.port),
+  protocol: url.protocol.replace(":", ""),
+  maxNetworkRetries: 2,
+});
+
+const card = { currency: "usd", payment_method: "pm_card_visa" };
+const unique = (label) => `${label}-${process.pid}-${Date.now()}-${Math.random().toString(36).slice(2)}`;
+
+async function rejects(promise, type, fields = {}) {
+  try {
+    await promise;
+  } catch (error) {
+    assert.equal(error.type, type, `${error.type}: ${error.message}`);
+    for (const [name, value] of Object.entries(fields)) assert.equal(error[name], value, name);
+    return error;
+  }
+  assert.fail(`expected ${type}`);
+}
+
+const checks = {
+  async charges_create_retrieve_list() {
+    const created = await stripe.charges.create({ amount: 1999, ...card, metadata: { sku: "a-1" } });
+    assert.equal(created.status, "succeeded");
+    assert.equal(created.amount, 1999);
+    assert.equal(created.metadata.sku, "a-1");
+    assert.equal((await stripe.charges.retrieve(created.id)).id, created.id);
+    const listed = await stripe.charges.list({ limit: 3 });
+    assert.ok(listed.data.some((c) => c.id === created.id));
+  },
+
+  async same_idempotency_key_same_charge() {
+    const idempotencyKey = unique("node");
+    const first = await stripe.charges.create({ amount: 1234, ...card }, { idempotencyKey });
+    const again = await stripe.charges.create({ amount: 1234, ...card }, { idempotencyKey });
+    assert.equal(again.id, first.id);
+  },
+
+  async reused_key_with_other_parameters_is_an_idempotency_error() {
+    const idempotencyKey = unique("node");
+    await stripe.charges.create({ amount: 700, ...card }, { idempotencyKey });
+    await rejects(stripe.charges.create({ amount: 701, ...card }, { idempotencyKey }), "StripeIdempotencyError");
+  },
+
+  async decline_is_a_card_error() {
+    const error = await rejects(
+      stripe.charges.create({ amount: 500, currency: "usd", payment_method: "pm_card_chargeDeclined" }),
+      "StripeCardError",
+    );
+    assert.equal(error.statusCode, 402);
+    assert.equal(error.code, "card_declined");
+  },
+
+  async bad_parameter_is_an_invalid_request_naming_it() {
+    const error = await rejects(stripe.charges.create({ amount: -5, ...card }), "StripeInvalidRequestError");
+    assert.equal(error.statusCode, 400);
+    assert.equal(error.param, "amount");
+  },
+
+  async unknown_charge_is_resource_missing() {
+    const error = await rejects(stripe.charges.retrieve("ch_doesnotexist"), "StripeInvalidRequestError");
+    assert.equal(error.statusCode, 404);
+    assert.equal(error.code, "resource_missing");
+  },
+
+  async bad_key_is_an_authentication_error() {
+    const stranger = new Stripe("sk_test_wrong", { host: url.hostname, port: Number(url.port), protocol: "http" });
+    await rejects(stranger.charges.list(), "StripeAuthenticationError");
+  },
+
+  async refunds_partial_then_too_much() {
+    const charge = await stripe.charges.create({ amount: 3000, ...card });
+    const refund = await stripe.refunds.create({ charge: charge.id, amount: 1000, reason: "duplicate" });
+    assert.equal(refund.status, "succeeded");
+    assert.equal((await stripe.refunds.retrieve(refund.id)).charge, charge.id);
+    const listed = await stripe.refunds.list({ charge: charge.id });
+    assert.deepEqual(listed.data.map((r) => r.id), [refund.id]);
+    const error = await rejects(stripe.refunds.create({ charge: charge.id, amount: 2001 }), "StripeInvalidRequestError");
+    assert.equal(error.code, "amount_too_large");
+  },
+
+  async balance_and_payout() {
+    await stripe.charges.create({ amount: 2500, ...card });
+    const [before] = (await stripe.balance.retrieve()).available;
+    const payout = await stripe.payouts.create({ amount: 500, currency: "usd" });
+    assert.equal(payout.status, "in_transit");
+    assert.equal((await stripe.payouts.retrieve(payout.id)).amount, 500);
+    const [after] = (await stripe.balance.retrieve()).available;
+    assert.equal(after.amount, before.amount - 500);
+  },
+
+  async auto_pagination_walks_every_charge_once() {
+    const made = new Set();
+    for (let i = 0; i < 5; i++) made.add((await stripe.charges.create({ amount: 100 + i, ...card })).id);
+    const seen = [];
+    for await (const charge of stripe.charges.list({ limit: 2 })) seen.push(charge.id);
+    assert.equal(new Set(seen).size, seen.length, "a charge seen twice");
+    for (const id of made) assert.ok(seen.includes(id), `${id} not listed`);
+  },
+};
+
+for (const name of only.length ? only : Object.keys(checks)) {
+  const check = checks[name];
+  let line;
+  if (!check) {
+    line = { check: name, ok: false, error: "no such check" };
+  } else {
+    try {
+      await check();
+      line = { check: name, ok: true };
+    } catch (error) {
+      line = { check: name, ok: false, error: `${error.type ?? error.name}: ${error.message}` };
+    }
+  }
+  console.log(JSON.stringify(line));
+}
