@@ -171,7 +171,8 @@ class RefundFlow:
         response = outbox = None
         if MACHINE.decides_answer(transition):
             response = reply_for(after)
-            outbox = (f"refund.{public_status(after.state)}", refund_object(after))
+            failed = public_status(after.state) == "failed"
+            outbox = ("refund.failed" if failed else "refund.created", refund_object(after))
         stored = await self._store.apply(
             RefundWrite(refund, transition, fields, detail, response, outbox), conn
         )
