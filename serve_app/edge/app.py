@@ -45,12 +45,14 @@ from serve_app.flows.payout import payout_object
 from serve_app.flows.reconciliation import discrepancy_object, run_object
 from serve_app.parts import Parts
 from serve_app.stores import charges as db
+from serve_app.stores import events as events_db
 from serve_app.stores import merchants as merchants_db
 from serve_app.stores import reconciliation as reconciliation_db
 from serve_app.stores import refunds as refunds_db
 from serve_app.stores.disputes import list_disputes, load_dispute
 from serve_app.stores.payouts import list_payouts, load_payout
 from serve_app.wire import objects as o
+from serve_app.wire.merchant_events import event_filter, event_object
 from serve_app.wire.openapi import (
     ADMIN_KEY,
     CHARGE_OUTCOMES,
@@ -338,6 +340,34 @@ class PaymentApi:
         return await self._list(
             request, "dispute", "/v1/disputes", load_dispute, list_disputes, dispute_object
         )
+
+    @api.get("/v1/events/{event_id}", **operation(o.Event))
+    async def get_event(self, event_id: str, request: Request) -> Response:
+        return await self._retrieve(request, "event", event_id, events_db.load_event, event_object)
+
+    @api.get(
+        "/v1/events",
+        **list_operation(
+            o.EventList,
+            query("type", "Only events of this type; * matches any part (charge.*)"),
+            query("types[]", "Only events of any of these types (at most 20); not with type"),
+            *(
+                query(f"created{op}", "Only events created so (Unix seconds)", type="integer", minimum=0)
+                for op in ("", "[gt]", "[gte]", "[lt]", "[lte]")
+            ),
+        ),
+    )
+    async def list_events(self, request: Request) -> Response:
+        """The merchant's events of the last 30 days, newest first."""
+
+        async def page(
+            conn: AsyncConnection[Any], merchant_id: str, limit: int, after: str | None
+        ) -> list[Any]:
+            only = event_filter(request.query_params.multi_items())
+            return await events_db.list_events(conn, merchant_id, only, limit, after)
+
+        load = events_db.load_event
+        return await self._list(request, "event", "/v1/events", load, page, event_object)
 
     @api.post(
         "/v1/webhooks/psp",

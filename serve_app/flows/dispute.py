@@ -41,10 +41,14 @@ def dispute_object(d: Dispute) -> dict[str, Any]:
     }
 
 
-async def _announce(conn: AsyncConnection[Any], dispute: Dispute) -> None:
+#: The event a dispute's booking announces as it reaches each state (Stripe's types); none for ``lost``, whose
+#: funds were withdrawn and whose close was announced when the PSP decided it.
+BOOKED_TOPICS = {"open": "charge.dispute.funds_withdrawn", "won": "charge.dispute.funds_reinstated"}
+
+
+async def _announce(conn: AsyncConnection[Any], dispute: Dispute, topic: str) -> None:
     """The dispute's outbox row, on the connection (and in the transaction) that changed it."""
-    body = dispute_object(dispute)
-    await store.announce(conn, dispute.id, f"dispute.{body['status']}", body)
+    await store.announce(conn, dispute.id, topic, dispute_object(dispute))
 
 
 async def record_opened(
@@ -55,7 +59,9 @@ async def record_opened(
     status = f"closing_{closed_as}" if closed_as else "opening"
     opened = await store.insert_dispute(conn, new_id("du"), payment_id, psp_dispute, status)
     if opened is not None:
-        await _announce(conn, opened)
+        await _announce(conn, opened, "charge.dispute.created")
+        if closed_as:
+            await _announce(conn, opened, "charge.dispute.closed")
     return opened
 
 
@@ -68,7 +74,7 @@ async def record_closed(
     for _ in range(3):
         decided = await store.decide(conn, psp_dispute["id"], f"closing_{outcome}")
         if decided is not None:
-            await _announce(conn, decided)
+            await _announce(conn, decided, "charge.dispute.closed")
             return decided
         known = await store.load_by_psp(conn, psp_dispute["id"])
         if known is not None and known.status not in ("opening", "open"):
@@ -114,6 +120,6 @@ class DisputeBooking:
     async def _advance(self, dispute: Dispute, to: str) -> Dispute:
         async with self._pool.connection() as conn, conn.transaction():
             moved = await store.advance(conn, dispute, to)
-            if moved is not None and to in ("won", "lost"):
-                await _announce(conn, moved)
+            if moved is not None and to in BOOKED_TOPICS:
+                await _announce(conn, moved, BOOKED_TOPICS[to])
         return moved or dispute

@@ -34,9 +34,10 @@ from payray.refund import (
 from psp.port import PaymentServiceProvider
 from serve_app.flows.idempotent import Answer, IdempotentRequests, Operation
 from serve_app.stores import refunds as db
+from serve_app.stores.charges import Charge
 from serve_app.stores.refunds import NewRefund, PostgresRefunds, Refund, RefundWrite
 from serve_app.wallets import WalletDirectory
-from serve_app.wire.render import dumps, refund_object
+from serve_app.wire.render import charge_object, dumps, refund_object
 from serve_app.wire.schemas import RefundCreate
 
 log = logging.getLogger("payray.refund")
@@ -82,6 +83,10 @@ class RefundStore(Protocol):
 
     async def charge_psp_reference(self, charge_id: str) -> str:
         """The PSP's reference of the charge a refund gives back."""
+        ...
+
+    async def charge(self, charge_id: str) -> Charge | None:
+        """The charge a refund gives back, as it is now (for its ``charge.refunded`` event)."""
         ...
 
     async def discard(self, refund_id: str) -> None:
@@ -168,12 +173,15 @@ class RefundFlow:
         transition = step(refund.state, event)
         (command,) = transition.commands
         after = refund.evolve(state=transition.target.value, **{k: v for k, v in fields.items() if v})
-        response = outbox = None
+        response = outbox = charge_refunded = None
         if MACHINE.decides_answer(transition):
             response = reply_for(after)
-            outbox = (f"refund.{public_status(after.state)}", refund_object(after))
+            status = public_status(after.state)
+            outbox = ("refund.failed" if status == "failed" else "refund.created", refund_object(after))
+            if status == "succeeded" and (charge := await self._store.charge(refund.payment_id)):
+                charge_refunded = charge_object(charge)
         stored = await self._store.apply(
-            RefundWrite(refund, transition, fields, detail, response, outbox), conn
+            RefundWrite(refund, transition, fields, detail, response, outbox, charge_refunded), conn
         )
         return stored, command, response
 

@@ -9,7 +9,8 @@ from psycopg.types.json import Jsonb
 
 #: The common table expressions that follow ``WITH moved AS (UPDATE … RETURNING …)``, where ``moved``
 #: returns ``id``, ``merchant_id`` and ``idempotency_key``: ``answered`` stores the response under the moved
-#: row's key when a status is given, ``announced`` writes the outbox event when a topic is given.
+#: row's key when a status is given, ``announced`` writes the outbox event (the merchant's event, as
+#: ``GET /v1/events`` lists it) when a topic is given.
 ANSWER_AND_ANNOUNCE = """
 answered AS (
     UPDATE idempotency_keys AS k SET
@@ -19,9 +20,16 @@ answered AS (
     WHERE %(response_status)s::int IS NOT NULL
       AND k.merchant_id = moved.merchant_id AND k.key = moved.idempotency_key
 ), announced AS (
-    INSERT INTO outbox (topic, aggregate_id, payload)
-    SELECT %(topic)s, moved.id, %(outbox_payload)s FROM moved WHERE %(topic)s::text IS NOT NULL
+    INSERT INTO outbox (topic, aggregate_id, payload, merchant_id, idempotency_key)
+    SELECT CASE WHEN %(topic_again)s::text IS NOT NULL
+                 AND EXISTS (SELECT 1 FROM outbox o WHERE o.aggregate_id = moved.id)
+                THEN %(topic_again)s ELSE %(topic)s END,
+           moved.id, %(outbox_payload)s, moved.merchant_id, moved.idempotency_key
+    FROM moved WHERE %(topic)s::text IS NOT NULL
 )"""
+
+#: Stripe announces an object's creation once: a later change of it is announced under this topic instead.
+ANNOUNCED_AGAIN = {"refund.created": "refund.updated"}
 
 
 def answer_params(
@@ -33,5 +41,6 @@ def answer_params(
         "response_status": response[0] if response else None,
         "response_body": response[1] if response else None,
         "topic": outbox[0] if outbox else None,
+        "topic_again": ANNOUNCED_AGAIN.get(outbox[0]) if outbox else None,
         "outbox_payload": Jsonb(outbox[1]) if outbox else None,
     }

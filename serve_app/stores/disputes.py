@@ -58,7 +58,10 @@ UPDATE disputes SET status = %(to)s, updated_at = now() WHERE id = %(id)s AND st
 RETURNING {_COLUMNS}
 """
 
-ANNOUNCE = "INSERT INTO outbox (topic, aggregate_id, payload) VALUES (%(topic)s, %(id)s, %(payload)s)"
+ANNOUNCE = """
+INSERT INTO outbox (topic, aggregate_id, payload, merchant_id)
+SELECT %(topic)s, id, %(payload)s, merchant_id FROM disputes WHERE id = %(id)s
+"""
 
 SELECT_ONE = f"SELECT {_COLUMNS} FROM disputes WHERE id = %(id)s AND merchant_id = %(merchant_id)s"
 SELECT_BY_PSP = f"SELECT {_COLUMNS} FROM disputes WHERE psp_dispute_id = %(psp_dispute_id)s"

@@ -104,7 +104,7 @@ async def mark_in_transit(
     params = {
         "id": payout_id,
         "txn": transaction_id,
-        **answer_params((200, body), ("payout.in_transit", event)),
+        **answer_params((200, body), ("payout.created", event)),
     }
     return await _one(conn, MARK_IN_TRANSIT, params)
 

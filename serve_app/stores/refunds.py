@@ -18,6 +18,7 @@ from payray.money import Money
 from payray.refund import RefundState, RefundTransition
 from serve_app.stores import connection
 from serve_app.stores.answers import ANSWER_AND_ANNOUNCE, answer_params
+from serve_app.stores.charges import Charge, load_charge
 from serve_app.stores.keys import CLAIM_KEY
 from serve_app.stores.pages import newest_first
 
@@ -106,7 +107,8 @@ RETURNING {_COLUMNS}
 """
 
 #: Moves a refund (guarded by its current state), records the step, stores the answer under its key,
-#: announces it in the outbox and, when it failed, gives the reserved amount back to the charge.
+#: announces it in the outbox (and, given the charge's object, ``charge.refunded``) and, when it failed, gives
+#: the reserved amount back to the charge.
 APPLY_TRANSITION = f"""
 WITH moved AS (
     UPDATE refunds SET
@@ -123,6 +125,10 @@ WITH moved AS (
 ), released AS (
     UPDATE payments p SET amount_refunded = p.amount_refunded - moved.amount, updated_at = now()
     FROM moved WHERE p.id = moved.payment_id AND %(to_state)s = 'failed'
+), charge_refunded AS (
+    INSERT INTO outbox (topic, aggregate_id, payload, merchant_id, idempotency_key)
+    SELECT 'charge.refunded', moved.payment_id, %(charge_refunded)s, moved.merchant_id, moved.idempotency_key
+    FROM moved WHERE %(charge_refunded)s::jsonb IS NOT NULL
 ), {ANSWER_AND_ANNOUNCE}
 SELECT * FROM moved
 """
@@ -221,6 +227,8 @@ class RefundWrite:
     detail: dict[str, Any] = field(default_factory=dict)
     response: tuple[int, bytes] | None = None
     outbox: tuple[str, dict[str, Any]] | None = None
+    #: the refunded charge's object, announced as ``charge.refunded`` with the refund's own event
+    charge_refunded: dict[str, Any] | None = None
 
 
 async def apply_transition(conn: AsyncConnection[Any], write: RefundWrite) -> Refund | None:
@@ -236,6 +244,7 @@ async def apply_transition(conn: AsyncConnection[Any], write: RefundWrite) -> Re
         "ledger_transaction_id": fields.get("ledger_transaction_id"),
         "detail": Jsonb(write.detail),
         **answer_params(write.response, write.outbox),
+        "charge_refunded": Jsonb(write.charge_refunded) if write.charge_refunded is not None else None,
     }
     async with conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(APPLY_TRANSITION, params)
@@ -341,6 +350,10 @@ class PostgresRefunds:
     async def charge_psp_reference(self, charge_id: str) -> str:
         async with self._pool.connection() as conn:
             return await charge_psp_reference(conn, charge_id)
+
+    async def charge(self, charge_id: str) -> Charge | None:
+        async with self._pool.connection() as conn:
+            return await load_charge(conn, charge_id)
 
     async def discard(self, refund_id: str) -> None:
         async with self._pool.connection() as conn:

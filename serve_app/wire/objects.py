@@ -98,6 +98,31 @@ class DisputeList(ListEnvelope):
     data: list[Dispute]
 
 
+class EventData(ApiObject):
+    object: dict[str, Any]
+
+
+class EventRequest(ApiObject):
+    id: str | None
+    idempotency_key: str | None
+
+
+class Event(ApiObject):
+    id: str
+    object: Literal["event"]
+    api_version: str
+    created: int
+    data: EventData
+    livemode: bool
+    pending_webhooks: int
+    request: EventRequest
+    type: str
+
+
+class EventList(ListEnvelope):
+    data: list[Event]
+
+
 class AmountInCurrency(ApiObject):
     amount: int
     currency: str

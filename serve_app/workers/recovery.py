@@ -1,5 +1,6 @@
 """The recovery sweeper: a Ray actor that runs recovery (``serve_app/flows/recovery.py``) at start-up and
-then on a schedule, and keeps the notification relay and consumer running after Ray restarts them.
+then on a schedule, keeps the notification relay and consumer running after Ray restarts them, and deletes
+events past their retention (``serve_app/stores/events.py``).
 
 One named, detached, restartable actor per deployment; its state is only a timer, everything it acts on is in
 Postgres. ``sweep`` runs a pass on demand (``POST /v1/admin/recovery/sweep``).
@@ -15,6 +16,7 @@ from typing import Any
 import ray
 
 from payray.settings import Settings
+from serve_app.stores.events import delete_expired
 from serve_app.workers.notifications import RELAY_NAME, consumer_name
 from serve_app.workers.schedules import ServiceSchedule, repeat, restartable, scheduled, start_scheduled
 
@@ -65,7 +67,13 @@ class RecoverySweeper(ServiceSchedule):
     async def _pass(self) -> float:
         await self._keep_notifications_running()
         await self.sweep()
+        await self.expire_events()
         return self._settings.recovery_interval_s
+
+    async def expire_events(self) -> int:
+        """Keep the outbox bounded: events past their retention go once delivered; how many went."""
+        async with (await self._parts()).pool.connection() as conn:
+            return await delete_expired(conn)
 
     async def _keep_notifications_running(self) -> None:
         """A relay or consumer that Ray restarted comes back idle; ``start`` (idempotent) sets it going."""

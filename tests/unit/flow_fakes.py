@@ -152,6 +152,9 @@ class FakeRefunds:
     async def charge_psp_reference(self, payment_id: str) -> str:
         return self.charge_references[payment_id]
 
+    async def charge(self, charge_id: str) -> Any:
+        return None  # no charges here: no charge.refunded event
+
     async def discard(self, refund_id: str) -> None:
         self.rows.pop(refund_id, None)
         self.discarded.append(refund_id)

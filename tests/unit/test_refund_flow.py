@@ -32,7 +32,7 @@ def test_a_refund_debits_the_wallet_before_the_psp_refunds_it() -> None:
     assert wallets.kinds() == [("refund", refund.id)] and wallets.balance == 1_000_000 - (400 - 12)
     assert psp.refund_keys == [refund.psp_idempotency_key]
     assert store.rows[refund.id].psp_reference == "pre_1"
-    assert store.writes[-1].topic == "refund.succeeded" and store.writes[-1].response is not None
+    assert store.writes[-1].topic == "refund.created" and store.writes[-1].response is not None
 
 
 def test_a_refund_the_psp_refuses_gives_the_debit_back_with_a_reversal() -> None:

@@ -1,0 +1,94 @@
+"""SQL for a merchant's events: the outbox rows, as ``GET /v1/events`` shows them, for ``RETENTION_DAYS``.
+
+The outbox is written in the transaction of each state change, so an event exists exactly when its change
+committed. Rows older than the retention are neither listed nor retrievable, and ``delete_expired`` removes
+them once they are published and delivered (never before).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from psycopg import AsyncConnection
+
+from serve_app.stores.rows import fetch_all, fetch_one
+
+RETENTION_DAYS = 30
+
+
+@dataclass(frozen=True)
+class Event:
+    id: str  # evt_…
+    merchant_id: str
+    type: str
+    payload: dict[str, Any]
+    idempotency_key: str | None
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class EventFilter:
+    """``types``: LIKE patterns (``%`` for Stripe's ``*``), any of which matches; ``created``: bounds in Unix
+    seconds by operator (``gt``, ``gte``, ``lt``, ``lte``)."""
+
+    types: list[str] | None = None
+    created: dict[str, int] | None = None
+
+
+_COLUMNS = "event_id AS id, merchant_id, topic AS type, payload, idempotency_key, created_at"
+_KEPT = f"created_at > now() - interval '{RETENTION_DAYS} days'"
+
+SELECT_EVENT = f"""
+SELECT {_COLUMNS} FROM outbox WHERE event_id = %(id)s AND merchant_id = %(merchant_id)s AND {_KEPT}
+"""
+
+#: Newest first, after the cursor event (``NULL`` for the first page); the outbox id orders them.
+LIST_EVENTS = f"""
+SELECT {_COLUMNS} FROM outbox
+WHERE merchant_id = %(merchant_id)s AND {_KEPT}
+  AND (%(types)s::text[] IS NULL OR topic LIKE ANY (%(types)s))
+  AND (%(gt)s::bigint IS NULL OR floor(extract(epoch FROM created_at)) > %(gt)s)
+  AND (%(gte)s::bigint IS NULL OR floor(extract(epoch FROM created_at)) >= %(gte)s)
+  AND (%(lt)s::bigint IS NULL OR floor(extract(epoch FROM created_at)) < %(lt)s)
+  AND (%(lte)s::bigint IS NULL OR floor(extract(epoch FROM created_at)) <= %(lte)s)
+  AND (%(after_id)s::text IS NULL OR id < (
+        SELECT id FROM outbox WHERE event_id = %(after_id)s AND merchant_id = %(merchant_id)s))
+ORDER BY outbox.id DESC
+LIMIT %(limit)s
+"""
+
+#: Expired events whose row has done its work: published to the stream and delivered by the consumers.
+DELETE_EXPIRED = f"""
+DELETE FROM outbox WHERE id IN (
+    SELECT o.id FROM outbox o
+    WHERE o.created_at <= now() - interval '{RETENTION_DAYS} days' AND o.published_at IS NOT NULL
+      AND EXISTS (SELECT 1 FROM notification_deliveries d WHERE d.outbox_id = o.id)
+    ORDER BY o.id LIMIT %(limit)s
+)
+"""
+
+
+async def load_event(conn: AsyncConnection[Any], event_id: str, merchant_id: str) -> Event | None:
+    return await fetch_one(conn, SELECT_EVENT, {"id": event_id, "merchant_id": merchant_id}, Event)
+
+
+async def list_events(
+    conn: AsyncConnection[Any], merchant_id: str, only: EventFilter, limit: int, starting_after: str | None
+) -> list[Event]:
+    created = only.created or {}
+    params = {
+        "merchant_id": merchant_id,
+        "types": only.types,
+        **{op: created.get(op) for op in ("gt", "gte", "lt", "lte")},
+        "after_id": starting_after,
+        "limit": limit,
+    }
+    return await fetch_all(conn, LIST_EVENTS, params, Event)
+
+
+async def delete_expired(conn: AsyncConnection[Any], limit: int = 5000) -> int:
+    """Delete up to ``limit`` expired, delivered events; how many."""
+    cur = await conn.execute(DELETE_EXPIRED, {"limit": limit})
+    return cur.rowcount
