@@ -40,11 +40,13 @@ WHERE published_at IS NULL ORDER BY id LIMIT %(limit)s
 FOR UPDATE SKIP LOCKED
 """
 MARK_PUBLISHED = "UPDATE outbox SET published_at = now() WHERE id = ANY(%(ids)s)"
-#: A pass's entries recorded in one statement; what comes back was not delivered before.
+#: A pass's entries recorded in one statement; what comes back was not delivered before. An entry whose
+#: outbox row is gone (expired once delivered, so this is a late redelivery) is dropped, not retried for ever.
 DELIVERED = """
 INSERT INTO notification_deliveries (outbox_id, topic, aggregate_id, payload, consumer)
 SELECT e.outbox_id, e.topic, e.aggregate_id, e.payload, %(consumer)s
 FROM jsonb_to_recordset(%(entries)s) AS e(outbox_id bigint, topic text, aggregate_id text, payload jsonb)
+JOIN outbox o ON o.id = e.outbox_id
 ON CONFLICT (outbox_id) DO NOTHING
 RETURNING outbox_id, topic, aggregate_id
 """

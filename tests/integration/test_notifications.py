@@ -10,8 +10,9 @@ import httpx
 import psycopg
 import pytest
 import ray
+import redis
 
-from serve_app.workers.notifications import RELAY_NAME, consumer_name
+from serve_app.workers.notifications import RELAY_NAME, STREAM, consumer_name
 from serve_app.workers.recovery import SWEEPER_NAME
 from tests.integration.polling import until
 from tests.integration.stack_fixtures import STACK_NAMESPACE, Merchant
@@ -74,6 +75,20 @@ def test_each_state_change_is_delivered_once(merchant: Merchant, api_database_ur
 
 
 @pytest.mark.usefixtures("sweeper_paused")
+def test_an_entry_whose_outbox_row_is_gone_is_dropped_and_blocks_nothing(
+    merchant: Merchant, api_database_url: str, redis_url: str
+) -> None:
+    """A late redelivery of a row retention removed must not be retried for ever ahead of everything else."""
+    with redis.Redis.from_url(redis_url) as client:
+        fields = {"outbox_id": "987654321987", "topic": "charge.succeeded", "aggregate_id": "ch_gone"}
+        client.xadd(STREAM, {**fields, "payload": "{}"})
+    charge = merchant.charge(amount=321).json()["id"]
+    until(lambda: deliveries(api_database_url, charge) == [("charge.succeeded", 1)])
+    with psycopg.connect(api_database_url) as conn:
+        gone = conn.execute("SELECT count(*) FROM notification_deliveries WHERE outbox_id = 987654321987")
+        assert gone.fetchone() == (0,)
+
+
 def test_a_stopped_consumer_loses_nothing(merchant: Merchant, api_database_url: str) -> None:
     consumer = actor(consumer_name(0))
     assert ray.get(consumer.stop.remote())
