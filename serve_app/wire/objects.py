@@ -98,6 +98,28 @@ class DisputeList(ListEnvelope):
     data: list[Dispute]
 
 
+class Customer(ApiObject):
+    id: str
+    object: Literal["customer"]
+    created: int
+    description: str | None
+    email: str | None
+    livemode: bool
+    metadata: dict[str, str]
+    name: str | None
+    phone: str | None
+
+
+class DeletedCustomer(ApiObject):
+    id: str
+    object: Literal["customer"]
+    deleted: Literal[True]
+
+
+class CustomerList(ListEnvelope):
+    data: list[Customer]
+
+
 class AmountInCurrency(ApiObject):
     amount: int
     currency: str
