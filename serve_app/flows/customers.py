@@ -109,6 +109,8 @@ class CustomerService:
             if current is None:
                 raise no_such_customer(customer_id)
             changed = updated(current, body)
+            if changed == current:  # nothing changed: no write, no ``customer.updated``
+                return customer_object(current)
             saved = await store.save_customer(conn, changed, customer_object(changed))
         return customer_object(saved)
 

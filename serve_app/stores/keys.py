@@ -22,7 +22,6 @@ CLAIM_KEY = """
 """
 
 
-
 def claim_key_where(condition: str) -> str:
     """``CLAIM_KEY`` that claims only when the SQL ``condition`` holds: a request it refuses leaves no key."""
     return f"""

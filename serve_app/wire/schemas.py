@@ -114,8 +114,10 @@ _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
 
 def _email(value: str | None) -> str | None:
+    """Stripe's ``email_invalid``; raised as ``InvalidRequest`` so the address is not quoted back."""
     if value is not None and not _EMAIL.match(value):
-        raise ValueError("Invalid email address: it must look like name@example.com")
+        message = "Invalid email address: it must look like name@example.com"
+        raise InvalidRequest(message, code="email_invalid", param="email")
     return value
 
 

@@ -57,6 +57,8 @@ def test_create_retrieve_update_list_delete(merchant: Merchant, api_database_url
         "phone": "+15550100",
         "description": "regular",
     }
+    unchanged = merchant.client.post(f"/v1/customers/{ada['id']}", json={"phone": "+15550100"})
+    assert unchanged.status_code == 200 and unchanged.json() == changed.json()  # and no event
     cleared = merchant.client.post(f"/v1/customers/{ada['id']}", json={"email": ""}).json()
     assert cleared["email"] is None and cleared["name"] == "Ada"
 
