@@ -21,6 +21,7 @@ from payray.charge import Transition
 from payray.settings import Settings
 from psp.stripe_adapter import StripePsp
 from serve_app.flows.charge import ChargeFlow, ChargeService
+from serve_app.flows.customers import CustomerService
 from serve_app.flows.dispute import DisputeBooking
 from serve_app.flows.idempotent import IdempotentRequests
 from serve_app.flows.payout import PayoutFlow, PayoutService
@@ -78,7 +79,7 @@ class Parts:
 
     def build_api(self) -> None:
         """Build every part the API's routes use now, rather than in the first request to need each."""
-        _ = (self.charges, self.refunds, self.payouts, self.webhooks)
+        _ = (self.charges, self.refunds, self.payouts, self.customers, self.webhooks)
 
     # -- clients ---------------------------------------------------------------------------------------------
 
@@ -147,6 +148,10 @@ class Parts:
     @cached_property
     def payouts(self) -> PayoutService:
         return PayoutService(self.pool, self.requests, self.payout_flow)
+
+    @cached_property
+    def customers(self) -> CustomerService:
+        return CustomerService(self.pool, self.requests)
 
     @cached_property
     def webhooks(self) -> WebhookReceiver:

@@ -38,6 +38,7 @@ from serve_app.edge.metrics import ApiMetrics
 from serve_app.edge.rate_limits import RateLimits, client_address
 from serve_app.edge.responses import error_response, json_response
 from serve_app.edge.urls import RefuseControlCharactersInUrls
+from serve_app.flows.customers import customer_object
 from serve_app.flows.dispute import dispute_object
 from serve_app.flows.idempotent import Answer, check_idempotency_key
 from serve_app.flows.invariants import check_invariants
@@ -45,6 +46,7 @@ from serve_app.flows.payout import payout_object
 from serve_app.flows.reconciliation import discrepancy_object, run_object
 from serve_app.parts import Parts
 from serve_app.stores import charges as db
+from serve_app.stores import customers as customers_db
 from serve_app.stores import events as events_db
 from serve_app.stores import merchants as merchants_db
 from serve_app.stores import reconciliation as reconciliation_db
@@ -65,6 +67,8 @@ from serve_app.wire.openapi import (
 from serve_app.wire.render import charge_object, dumps, error_object, list_object, refund_object
 from serve_app.wire.schemas import (
     ChargeCreate,
+    CustomerCreate,
+    CustomerUpdate,
     DiscrepancyResolve,
     MerchantCreate,
     PayoutCreate,
@@ -368,6 +372,49 @@ class PaymentApi:
 
         load = events_db.load_event
         return await self._list(request, "event", "/v1/events", load, page, event_object)
+
+    # -- customers -------------------------------------------------------------------------------------------
+
+    @api.post("/v1/customers", **operation(o.Customer, body=CustomerCreate, money=True))
+    async def create_customer(self, request: Request) -> Response:
+        return await self._money_post(
+            request, "POST /v1/customers", CustomerCreate, lambda p: p.customers.create
+        )
+
+    @api.get("/v1/customers/{customer_id}", **operation(o.Customer))
+    async def get_customer(self, customer_id: str, request: Request) -> Response:
+        return await self._retrieve(
+            request, "customer", customer_id, customers_db.load_customer, customer_object
+        )
+
+    @api.post("/v1/customers/{customer_id}", **operation(o.Customer, body=CustomerUpdate))
+    async def update_customer(self, customer_id: str, request: Request) -> Response:
+        """Only the fields sent change; no Idempotency-Key needed (the same update twice is one update)."""
+        merchant_id = await self._merchant(request)
+        body = parse_body(CustomerUpdate, await read_body(request), request.headers.get("content-type"))
+        return json_response(200, dumps(await self.parts.customers.update(merchant_id, customer_id, body)))
+
+    @api.delete("/v1/customers/{customer_id}", **operation(o.DeletedCustomer))
+    async def delete_customer(self, customer_id: str, request: Request) -> Response:
+        merchant_id = await self._merchant(request)
+        return json_response(200, dumps(await self.parts.customers.delete(merchant_id, customer_id)))
+
+    @api.get(
+        "/v1/customers",
+        **list_operation(o.CustomerList, query("email", "Only the customers with this email (exact match)")),
+    )
+    async def list_customers(self, request: Request) -> Response:
+        email = request.query_params.get("email")
+        if email is not None and not 1 <= len(email) <= 512:
+            raise InvalidRequest("email must be 1 to 512 characters", param="email")
+
+        async def page(
+            conn: AsyncConnection[Any], merchant_id: str, limit: int, after: str | None
+        ) -> list[Any]:
+            return await customers_db.list_customers(conn, merchant_id, email, limit, after)
+
+        load = customers_db.load_customer
+        return await self._list(request, "customer", "/v1/customers", load, page, customer_object)
 
     @api.post(
         "/v1/webhooks/psp",

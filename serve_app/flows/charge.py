@@ -294,7 +294,7 @@ class ChargeFlow:
             idempotency_key=charge.psp_idempotency_key,
             metadata={**charge.metadata, "payray_merchant_id": charge.merchant_id},
             description=charge.description,
-            customer=charge.customer,
+            # not ``customer``: it names one of payray's customers, which the PSP does not know
         )
         fields = {
             "psp_reference": result.psp_reference,

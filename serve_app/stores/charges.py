@@ -13,10 +13,12 @@ from psycopg_pool import AsyncConnectionPool
 
 from ledger.postings import CAPTURE, Statement
 from payray.charge import Transition
+from payray.errors import InvalidRequest
 from payray.money import Money
 from serve_app.stores import connection
 from serve_app.stores.answers import ANSWER_AND_ANNOUNCE, answer_params
-from serve_app.stores.keys import CLAIM_KEY
+from serve_app.stores.customers import CUSTOMER_KNOWN
+from serve_app.stores.keys import claim_key_where
 from serve_app.stores.pages import newest_first
 
 
@@ -54,9 +56,12 @@ _PAYMENT_COLUMNS = (
     "amount_refunded, ledger_transaction_id"
 )
 
-#: Claims the key and creates the charge in one statement: either both rows exist or neither does.
+#: Claims the key and creates the charge in one statement: either both rows exist or neither does. Neither
+#: does when the charge names a customer the merchant does not have (``customer_known`` false); ``key_taken``
+#: then says whether the key was already used, so a retry of a finished request still replays its answer.
 INSERT_PAYMENT_WITH_KEY = f"""
-WITH claimed AS ({CLAIM_KEY}), charge AS (
+WITH known AS (SELECT {CUSTOMER_KNOWN} AS ok), claimed AS ({claim_key_where("(SELECT ok FROM known)")}),
+charge AS (
     INSERT INTO payments (id, merchant_id, amount, currency, fee, payment_method, state, idempotency_key,
                           psp_idempotency_key, description, metadata, customer)
     SELECT %(id)s, %(merchant_id)s, %(amount)s, %(currency)s, %(fee)s, %(payment_method)s, %(state)s, %(key)s,
@@ -68,7 +73,10 @@ WITH claimed AS ({CLAIM_KEY}), charge AS (
     SELECT charge.id, steps.from_state, steps.event, steps.to_state
     FROM charge, jsonb_to_recordset(%(steps)s) AS steps(from_state text, event text, to_state text)
 )
-SELECT * FROM charge
+SELECT charge.*, known.ok AS customer_known,
+       NOT known.ok AND EXISTS (SELECT 1 FROM idempotency_keys
+                                WHERE merchant_id = %(merchant_id)s AND key = %(key)s) AS key_taken
+FROM known LEFT JOIN charge ON true
 """
 
 SELECT_PAYMENT = f"SELECT {_PAYMENT_COLUMNS} FROM payments WHERE id = %s"
@@ -138,7 +146,8 @@ async def insert_charge(
     transitions: list[Transition],
     lease_ms: int,
 ) -> Charge | None:
-    """Create the charge and claim its key; ``None`` if the key was already taken."""
+    """Create the charge and claim its key; ``None`` if the key was already taken. A customer the merchant
+    does not have (missing, another merchant's, deleted) is a 400 naming ``customer``; nothing is written."""
     params = {
         "id": charge.id,
         "merchant_id": charge.merchant_id,
@@ -159,7 +168,14 @@ async def insert_charge(
     async with conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(INSERT_PAYMENT_WITH_KEY, params)
         row = await cur.fetchone()
-    return _charge(row) if row else None
+    assert row is not None, "the statement answers one row"
+    customer_known, key_taken = row.pop("customer_known"), row.pop("key_taken")
+    if row["id"] is not None:
+        return _charge(row)
+    if not customer_known and not key_taken:
+        message = f"No such customer: '{charge.customer}'"
+        raise InvalidRequest(message, code="resource_missing", param="customer")
+    return None
 
 
 async def load_charge(

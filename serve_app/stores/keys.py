@@ -21,6 +21,18 @@ CLAIM_KEY = """
     RETURNING object_id
 """
 
+
+def claim_key_where(condition: str) -> str:
+    """``CLAIM_KEY`` that claims only when the SQL ``condition`` holds: a request it refuses leaves no key."""
+    return f"""
+    INSERT INTO idempotency_keys (merchant_id, key, fingerprint, object_id, locked_until)
+    SELECT %(merchant_id)s, %(key)s, %(fingerprint)s, %(id)s, now() + %(lease_ms)s * interval '1 millisecond'
+    WHERE {condition}
+    ON CONFLICT (merchant_id, key) DO NOTHING
+    RETURNING object_id
+"""
+
+
 SELECT_KEY = """
 SELECT fingerprint, object_id, response_status, response_body,
        (locked_until IS NOT NULL AND locked_until > now()) AS leased

@@ -121,6 +121,26 @@ class Event(ApiObject):
 
 class EventList(ListEnvelope):
     data: list[Event]
+class Customer(ApiObject):
+    id: str
+    object: Literal["customer"]
+    created: int
+    description: str | None
+    email: str | None
+    livemode: bool
+    metadata: dict[str, str]
+    name: str | None
+    phone: str | None
+
+
+class DeletedCustomer(ApiObject):
+    id: str
+    object: Literal["customer"]
+    deleted: Literal[True]
+
+
+class CustomerList(ListEnvelope):
+    data: list[Customer]
 
 
 class AmountInCurrency(ApiObject):

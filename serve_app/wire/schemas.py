@@ -110,6 +110,54 @@ class PayoutCreate(StrictBody):
     _check_currency = field_validator("currency")(_currency)
 
 
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+
+
+def _email(value: str | None) -> str | None:
+    """Stripe's ``email_invalid``; raised as ``InvalidRequest`` so the address is not quoted back."""
+    if value is not None and not _EMAIL.match(value):
+        message = "Invalid email address: it must look like name@example.com"
+        raise InvalidRequest(message, code="email_invalid", param="email")
+    return value
+
+
+def _blank_is_none(data: Any) -> Any:
+    """Stripe's way to clear a field: an empty string (``email=``, ``metadata=``) stands for null."""
+    if isinstance(data, dict):
+        return {k: None if v == "" else v for k, v in data.items()}
+    return data
+
+
+class CustomerFields(StrictBody):
+    """What ``POST /v1/customers`` and its update take; every field is optional, ``""`` or null clears it."""
+
+    email: Annotated[StrictStr, Field(max_length=512)] | None = None
+    name: Annotated[StrictStr, Field(max_length=256)] | None = None
+    description: Annotated[StrictStr, Field(max_length=350)] | None = None
+    phone: Annotated[StrictStr, Field(max_length=20)] | None = None
+    metadata: dict[StrictStr, StrictStr] | None = None
+
+    _check_email = field_validator("email")(_email)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _blanks_clear(cls, data: Any) -> Any:
+        return _blank_is_none(data)
+
+    @field_validator("metadata")
+    @classmethod
+    def _check_metadata(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        return None if value is None else _metadata(value)
+
+
+class CustomerCreate(CustomerFields):
+    pass
+
+
+class CustomerUpdate(CustomerFields):
+    """Only the fields sent change; ``metadata[k]=`` removes the key ``k``, ``metadata=`` all of them."""
+
+
 class RecoverySweep(StrictBody):
     grace_s: Annotated[float, Field(ge=0, le=86_400)] | None = None
 

@@ -45,6 +45,12 @@ def test_empty_brackets_append_to_a_list() -> None:
     assert decode_form("expand[]=a&expand[]=b") == {"expand": ["a", "b"]}
 
 
+def test_parameters_named_by_digits_stay_parameters() -> None:
+    """The top level is the parameters: ``0=null`` is a parameter ``0`` (a 400 unknown, not a crash)."""
+    assert decode_form("0=null") == {"0": "null"}
+    assert decode_form("0=a&1=b") == {"0": "a", "1": "b"}
+
+
 def test_metadata_with_numeric_keys_stays_a_dict() -> None:
     assert decode_form("metadata[0]=a&metadata[1]=b") == {"metadata": {"0": "a", "1": "b"}}
 
