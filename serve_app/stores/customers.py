@@ -53,8 +53,8 @@ WITH claimed AS (
     FROM claimed
     RETURNING {_COLUMNS}
 ), announced AS (
-    INSERT INTO outbox (topic, aggregate_id, payload)
-    SELECT 'customer.created', customer.id, %(event)s FROM customer
+    INSERT INTO outbox (topic, aggregate_id, payload, merchant_id, idempotency_key)
+    SELECT 'customer.created', customer.id, %(event)s, customer.merchant_id, %(key)s FROM customer
 )
 SELECT {_COLUMNS} FROM customer
 """
@@ -69,7 +69,7 @@ WHERE {_LIVE}
 RETURNING {_COLUMNS}
 """
 DELETE_CUSTOMER = f"UPDATE customers SET deleted_at = now(), updated_at = now() WHERE {_LIVE}"
-ANNOUNCE = "INSERT INTO outbox (topic, aggregate_id, payload) VALUES (%s, %s, %s)"
+ANNOUNCE = "INSERT INTO outbox (topic, aggregate_id, payload, merchant_id) VALUES (%s, %s, %s, %s)"
 
 LIST_CUSTOMERS = newest_first(
     "customers", _COLUMNS, only="deleted_at IS NULL AND (%(email)s::text IS NULL OR email = %(email)s)"
@@ -124,14 +124,14 @@ async def save_customer(conn: AsyncConnection[Any], customer: Customer, event: d
     }
     saved = await fetch_one(conn, UPDATE_CUSTOMER, params, _customer)
     assert saved is not None, "the caller holds the row's lock"
-    await conn.execute(ANNOUNCE, ("customer.updated", customer.id, Jsonb(event)))
+    await conn.execute(ANNOUNCE, ("customer.updated", customer.id, Jsonb(event), customer.merchant_id))
     return saved
 
 
 async def delete_customer(conn: AsyncConnection[Any], customer: Customer, event: dict[str, Any]) -> None:
     """Mark the customer deleted (inside the transaction that locked it) and write ``customer.deleted``."""
     await conn.execute(DELETE_CUSTOMER, {"id": customer.id, "merchant_id": customer.merchant_id})
-    await conn.execute(ANNOUNCE, ("customer.deleted", customer.id, Jsonb(event)))
+    await conn.execute(ANNOUNCE, ("customer.deleted", customer.id, Jsonb(event), customer.merchant_id))
 
 
 async def list_customers(

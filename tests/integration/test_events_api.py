@@ -218,3 +218,15 @@ def test_events_are_kept_30_days_and_then_deleted_once_delivered(
         conn.rollback()
     sweeper = ray.get_actor(SWEEPER_NAME, namespace=STACK_NAMESPACE)
     until(lambda: ray.get(sweeper.expire_events.remote()) >= 0 and _count(api_database_url, merchant.id) == 0)
+
+
+def test_a_customer_created_updated_and_deleted_is_three_events(merchant: Merchant) -> None:
+    created = merchant.client.post(
+        "/v1/customers", data={"email": "ada@example.com"}, headers={"Idempotency-Key": uuid.uuid4().hex}
+    )
+    assert created.status_code == 200, created.text
+    customer = created.json()["id"]
+    assert merchant.client.post(f"/v1/customers/{customer}", data={"name": "Ada"}).status_code == 200
+    assert merchant.client.delete(f"/v1/customers/{customer}").status_code == 200
+    about = [e for e in events(merchant, type="customer.*") if e["data"]["object"]["id"] == customer]
+    assert [e["type"] for e in about] == ["customer.deleted", "customer.updated", "customer.created"]
