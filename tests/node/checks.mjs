@@ -110,6 +110,40 @@ const checks = {
     assert.equal(new Set(seen).size, seen.length, "a charge seen twice");
     for (const id of made) assert.ok(seen.includes(id), `${id} not listed`);
   },
+
+  async customers_lifecycle() {
+    const email = `${unique("ada")}@example.com`;
+    const customer = await stripe.customers.create({ email, name: "Ada", metadata: { tier: "gold" } });
+    assert.equal(customer.object, "customer");
+    assert.equal((await stripe.customers.retrieve(customer.id)).email, email);
+    const updated = await stripe.customers.update(customer.id, { metadata: { tier: "" , since: "2024" } });
+    assert.deepEqual(updated.metadata, { since: "2024" });
+    assert.deepEqual((await stripe.customers.list({ email })).data.map((c) => c.id), [customer.id]);
+    const charge = await stripe.charges.create({ amount: 1500, ...card, customer: customer.id });
+    assert.equal(charge.customer, customer.id);
+    const deleted = await stripe.customers.del(customer.id);
+    assert.equal(deleted.deleted, true);
+    await rejects(stripe.customers.retrieve(customer.id), "StripeInvalidRequestError", { code: "resource_missing" });
+  },
+
+  async charge_for_an_unknown_customer_is_resource_missing() {
+    const error = await rejects(
+      stripe.charges.create({ amount: 1500, ...card, customer: "cus_doesnotexist" }),
+      "StripeInvalidRequestError",
+    );
+    assert.equal(error.code, "resource_missing");
+    assert.equal(error.param, "customer");
+  },
+
+  async events_list_and_retrieve() {
+    const charge = await stripe.charges.create({ amount: 1700, ...card });
+    const listed = await stripe.events.list({ type: "charge.succeeded", limit: 10 });
+    const event = listed.data.find((e) => e.data.object.id === charge.id);
+    assert.ok(event, "no charge.succeeded event for the charge");
+    const again = await stripe.events.retrieve(event.id);
+    assert.equal(again.type, "charge.succeeded");
+    assert.equal(again.data.object.amount, 1700);
+  },
 };
 
 for (const name of only.length ? only : Object.keys(checks)) {
