@@ -33,6 +33,7 @@ from payray.errors import (
 from payray.settings import Settings
 from serve_app.edge.auth import Authenticator
 from serve_app.edge.bodies import parse_body, read_body
+from serve_app.edge.conventions import StripeHeaders
 from serve_app.edge.failures import ContainFailures
 from serve_app.edge.metrics import ApiMetrics
 from serve_app.edge.rate_limits import RateLimits, client_address
@@ -79,9 +80,11 @@ api = FastAPI(
     description="Idempotent payments in front of a PSP, with a double-entry ledger.",
 )
 
-# Outermost last: a URL with a control character never reaches a route; an unplanned error is contained.
+# Outermost last: a URL with a control character never reaches a route; an unplanned error is contained;
+# every answer, those two included, carries Request-Id and Stripe-Version.
 api.add_middleware(RefuseControlCharactersInUrls)
 api.add_middleware(ContainFailures)
+api.add_middleware(StripeHeaders)
 complete_schema(api)
 log = logging.getLogger("payray.api")
 
