@@ -79,7 +79,12 @@ def body_schema(model: type[BaseModel]) -> dict[str, Any]:
     schema = model.model_json_schema()
     properties = schema.get("properties", {})
     if "currency" in properties:
-        properties["currency"] = {**properties["currency"], "enum": sorted(CURRENCY_EXPONENTS)}
+        codes = sorted(CURRENCY_EXPONENTS)
+        properties["currency"] = {
+            **properties["currency"],
+            "enum": [*codes, *(code.upper() for code in codes)],
+            "description": "ISO 4217, in any case; answered lowercase",
+        }
     if "payment_method" in properties:
         properties["payment_method"] = {**properties["payment_method"], "examples": ["pm_card_visa"]}
     return schema

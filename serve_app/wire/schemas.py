@@ -28,6 +28,8 @@ class StrictBody(BaseModel):
 
 
 def _currency(value: str) -> str:
+    """A supported ISO 4217 code in any case (``USD``, ``usd``), kept lowercase as Stripe answers it."""
+    value = value.lower()
     if value not in CURRENCY_EXPONENTS:
         raise ValueError(
             f"unsupported currency {value!r}; supported: {', '.join(sorted(CURRENCY_EXPONENTS))}"
