@@ -30,6 +30,7 @@ from payray.errors import (
     NotFound,
     PayrayError,
 )
+from payray.pages import Page, parse_page
 from payray.settings import Settings
 from serve_app.edge.auth import Authenticator
 from serve_app.edge.bodies import parse_body, read_body
@@ -92,8 +93,12 @@ log = logging.getLogger("payray.api")
 Loader = Callable[[AsyncConnection[Any], str, str], Awaitable[Any]]
 #: ``find(conn, object_id)``: an object the caller may see, or None (missing, or not the caller's).
 Finder = Callable[[AsyncConnection[Any], str], Awaitable[Any]]
-#: ``page(conn, limit, after)``: up to ``limit`` of the objects the caller may see, newest first.
-Pager = Callable[[AsyncConnection[Any], int, str | None], Awaitable[list[Any]]]
+#: ``page(conn, page)``: up to ``page.limit + 1`` of the objects the caller may see, newest first.
+Pager = Callable[[AsyncConnection[Any], Page], Awaitable[list[Any]]]
+#: ``page(conn, merchant_id, page)``: as a ``Pager``, of one merchant's objects.
+MerchantPager = Callable[[AsyncConnection[Any], str, Page], Awaitable[list[Any]]]
+#: ``check(conn, filters)``: validates a list's own filters before the page is read.
+Check = Callable[[AsyncConnection[Any], dict[str, str]], Awaitable[None]]
 Render = Callable[[Any], dict[str, Any]]
 
 
@@ -118,14 +123,6 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> Response
     error = ClientError(str(exc.detail))
     error.status = exc.status_code
     return error_response(request, error)
-
-
-def _limit(raw: str | None) -> int:
-    if raw is None:
-        return 10
-    if not raw.isdigit() or not 1 <= int(raw) <= 100:
-        raise InvalidRequest("limit must be an integer from 1 to 100", param="limit")
-    return int(raw)
 
 
 @serve.deployment(max_ongoing_requests=256, ray_actor_options={"num_cpus": 0})
@@ -221,17 +218,17 @@ class PaymentApi:
         kind: str,
         url: str,
         load: Loader,
-        page: Callable[[AsyncConnection[Any], str, int, str | None], Awaitable[list[Any]]],
+        page: MerchantPager,
         render: Render,
     ) -> Response:
-        """A page of the merchant's objects, newest first, after ``starting_after`` (one of them)."""
+        """A page of the merchant's objects, newest first, beside a cursor (one of them)."""
         merchant_id = await self._merchant(request)
 
         async def find(conn: AsyncConnection[Any], object_id: str) -> Any:
             return await load(conn, object_id, merchant_id)
 
-        async def merchants_page(conn: AsyncConnection[Any], limit: int, after: str | None) -> list[Any]:
-            return await page(conn, merchant_id, limit, after)
+        async def merchants_page(conn: AsyncConnection[Any], spec: Page) -> list[Any]:
+            return await page(conn, merchant_id, spec)
 
         return await self._page(request, kind, url, find, merchants_page, render)
 
@@ -251,22 +248,25 @@ class PaymentApi:
         find: Finder,
         page: Pager,
         render: Render,
-        check: Callable[[AsyncConnection[Any]], Awaitable[None]] | None = None,
+        check: Check | None = None,
+        *,
+        own: frozenset[str] = frozenset(),
+        stripes: bool = True,
     ) -> Response:
-        """A page of the objects the caller may see, newest first, after ``starting_after`` (one of them).
+        """A page of the objects the caller may see, newest first, beside a cursor (one of them).
 
-        ``check`` validates the route's own filters first, on the same connection.
+        ``own`` names the route's own filters, which ``check`` validates first, on the same connection;
+        ``stripes``: the route takes ``ending_before`` and ``created`` too. Anything else is refused.
         """
-        limit = _limit(request.query_params.get("limit"))
-        after = request.query_params.get("starting_after")
+        spec, filters = parse_page(request.query_params.multi_items(), own, stripes=stripes)
         async with self.parts.pool.connection() as conn:
             if check is not None:
-                await check(conn)
-            if after is not None and await find(conn, after) is None:
-                raise NotFound(f"No such {kind}: '{after}'", param="starting_after")
-            found = await page(conn, limit + 1, after)
-        data = [render(item) for item in found[:limit]]
-        return json_response(200, dumps(list_object(url, data, len(found) > limit)))
+                await check(conn, filters)
+            cursor = spec.cursor
+            if cursor is not None and await find(conn, cursor[1]) is None:
+                raise NotFound(f"No such {kind}: '{cursor[1]}'", param=cursor[0])
+            found, has_more = spec.trim(await page(conn, spec))
+        return json_response(200, dumps(list_object(url, [render(item) for item in found], has_more)))
 
     # -- charges, refunds, balance, payouts, disputes -------------------------------------------------------
 
@@ -297,19 +297,22 @@ class PaymentApi:
         **list_operation(o.RefundList, query("charge", "Only the refunds of this charge (ch_…)")),
     )
     async def list_refunds(self, request: Request) -> Response:
-        charge = request.query_params.get("charge")
-        if charge is not None:  # a charge the merchant does not have is a 404, not an empty list
-            merchant_id = await self._merchant(request)
-            async with self.parts.pool.connection() as conn:
-                if await db.load_charge(conn, charge, merchant_id) is None:
-                    raise NotFound(f"No such charge: '{charge}'", param="charge")
+        merchant_id = await self._merchant(request)
 
-        async def page(
-            conn: AsyncConnection[Any], merchant_id: str, limit: int, after: str | None
-        ) -> list[Any]:
-            return await refunds_db.list_refunds(conn, merchant_id, charge, limit, after)
+        async def find(conn: AsyncConnection[Any], refund_id: str) -> Any:
+            return await refunds_db.load_refund(conn, refund_id, merchant_id)
 
-        return await self._list(request, "refund", "/v1/refunds", refunds_db.load_refund, page, refund_object)
+        async def charge_known(conn: AsyncConnection[Any], filters: dict[str, str]) -> None:
+            charge = filters.get("charge")  # a charge the merchant does not have is a 404, not an empty list
+            if charge is not None and await db.load_charge(conn, charge, merchant_id) is None:
+                raise NotFound(f"No such charge: '{charge}'", param="charge")
+
+        async def page(conn: AsyncConnection[Any], spec: Page) -> list[Any]:
+            charge = request.query_params.get("charge")
+            return await refunds_db.list_refunds(conn, merchant_id, charge, spec)
+
+        url, own = "/v1/refunds", frozenset({"charge"})
+        return await self._page(request, "refund", url, find, page, refund_object, charge_known, own=own)
 
     @api.get("/v1/balance", **operation(o.Balance))
     async def balance(self, request: Request) -> Response:
@@ -409,11 +412,15 @@ class PaymentApi:
         await self._admin(request)
         return await self._one("reconciliation run", run_id, reconciliation_db.load_run, run_object)
 
-    @api.get("/v1/reconciliation/runs", **list_operation(o.ReportList, auth=ADMIN_KEY))
+    @api.get("/v1/reconciliation/runs", **list_operation(o.ReportList, auth=ADMIN_KEY, stripes=False))
     async def list_reconciliation_runs(self, request: Request) -> Response:
         await self._admin(request)
-        url, load, page = "/v1/reconciliation/runs", reconciliation_db.load_run, reconciliation_db.list_runs
-        return await self._page(request, "reconciliation run", url, load, page, run_object)
+        url, load = "/v1/reconciliation/runs", reconciliation_db.load_run
+
+        async def page(conn: AsyncConnection[Any], spec: Page) -> list[Any]:
+            return await reconciliation_db.list_runs(conn, spec.limit + 1, spec.starting_after)
+
+        return await self._page(request, "reconciliation run", url, load, page, run_object, stripes=False)
 
     @api.get("/v1/reconciliation/discrepancies/{discrepancy_id}", **operation(o.Report, auth=ADMIN_KEY))
     async def get_discrepancy(self, discrepancy_id: str, request: Request) -> Response:
@@ -428,6 +435,7 @@ class PaymentApi:
             query("status", "open or resolved", enum=["open", "resolved"]),
             query("run", "Only this reconciliation run's (recon_…)"),
             auth=ADMIN_KEY,
+            stripes=False,
         ),
     )
     async def list_discrepancies(self, request: Request) -> Response:
@@ -435,17 +443,22 @@ class PaymentApi:
         await self._admin(request)
         status, run_id = request.query_params.get("status"), request.query_params.get("run")
 
-        async def filters_known(conn: AsyncConnection[Any]) -> None:
+        async def filters_known(conn: AsyncConnection[Any], filters: dict[str, str]) -> None:
             if status is not None and status not in ("open", "resolved"):
                 raise InvalidRequest("status must be open or resolved", param="status")
             if run_id is not None and await reconciliation_db.load_run(conn, run_id) is None:
                 raise NotFound(f"No such reconciliation run: '{run_id}'", param="run")
 
-        async def page(conn: AsyncConnection[Any], limit: int, after: str | None) -> list[Any]:
-            return await reconciliation_db.list_discrepancies(conn, status, run_id, limit, after)
+        async def page(conn: AsyncConnection[Any], spec: Page) -> list[Any]:
+            return await reconciliation_db.list_discrepancies(
+                conn, status, run_id, spec.limit + 1, spec.starting_after
+            )
 
         url, load = "/v1/reconciliation/discrepancies", reconciliation_db.load_discrepancy
-        return await self._page(request, "discrepancy", url, load, page, discrepancy_object, filters_known)
+        return await self._page(
+            request, "discrepancy", url, load, page, discrepancy_object, filters_known,
+            own=frozenset({"status", "run"}), stripes=False,
+        )  # fmt: skip
 
     @api.post(
         "/v1/reconciliation/discrepancies/{discrepancy_id}/resolve",

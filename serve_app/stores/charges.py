@@ -14,10 +14,11 @@ from psycopg_pool import AsyncConnectionPool
 from ledger.postings import CAPTURE, Statement
 from payray.charge import Transition
 from payray.money import Money
+from payray.pages import Page
 from serve_app.stores import connection
 from serve_app.stores.answers import ANSWER_AND_ANNOUNCE, answer_params
 from serve_app.stores.keys import CLAIM_KEY
-from serve_app.stores.pages import newest_first
+from serve_app.stores.pages import newest_first, page_params, read_page
 
 
 @dataclass(frozen=True)
@@ -174,14 +175,8 @@ async def load_charge(
     return _charge(row) if row else None
 
 
-async def list_charges(
-    conn: AsyncConnection[Any], merchant_id: str, limit: int, starting_after: str | None
-) -> list[Charge]:
-    async with conn.cursor(row_factory=dict_row) as cur:
-        await cur.execute(
-            LIST_PAYMENTS, {"merchant_id": merchant_id, "after_id": starting_after, "limit": limit}
-        )
-        return [_charge(row) for row in await cur.fetchall()]
+async def list_charges(conn: AsyncConnection[Any], merchant_id: str, page: Page) -> list[Charge]:
+    return await read_page(conn, LIST_PAYMENTS, page, page_params(merchant_id, page), _charge)
 
 
 @dataclass(frozen=True)

@@ -15,11 +15,12 @@ from psycopg_pool import AsyncConnectionPool
 from payray.errors import ClientError, NotFound
 from payray.fees import NothingLeftToRefund, RefundTerms, RefundTooLarge, refund_terms
 from payray.money import Money
+from payray.pages import Page
 from payray.refund import RefundState, RefundTransition
 from serve_app.stores import connection
 from serve_app.stores.answers import ANSWER_AND_ANNOUNCE, answer_params
 from serve_app.stores.keys import CLAIM_KEY
-from serve_app.stores.pages import newest_first
+from serve_app.stores.pages import newest_first, page_params, read_page
 
 
 class ChargeNotRefundable(ClientError):
@@ -268,12 +269,9 @@ async def load_refund(
 
 
 async def list_refunds(
-    conn: AsyncConnection[Any], merchant_id: str, charge: str | None, limit: int, starting_after: str | None
+    conn: AsyncConnection[Any], merchant_id: str, charge: str | None, page: Page
 ) -> list[Refund]:
-    params = {"merchant_id": merchant_id, "charge": charge, "after_id": starting_after, "limit": limit}
-    async with conn.cursor(row_factory=dict_row) as cur:
-        await cur.execute(LIST_REFUNDS, params)
-        return [_refund(row) for row in await cur.fetchall()]
+    return await read_page(conn, LIST_REFUNDS, page, page_params(merchant_id, page, charge=charge), _refund)
 
 
 #: Of a charge's refunds: what the PSP confirmed to us, and whether one is waiting for the PSP's word.

@@ -13,6 +13,7 @@ from fastapi import FastAPI
 from pydantic import BaseModel
 
 from payray.money import CURRENCY_EXPONENTS
+from payray.pages import MAX_CREATED
 from serve_app.wire import objects
 from serve_app.wire.limits import MAX_BODY_BYTES
 
@@ -53,6 +54,31 @@ STARTING_AFTER = {
     "description": "The id of an object of the list: the page starts after it (newest first).",
     "schema": {"type": "string"},
 }
+ENDING_BEFORE = {
+    "name": "ending_before",
+    "in": "query",
+    "required": False,
+    "description": "The id of an object of the list: the page ends before it (the newer ones, still newest "
+    "first). Not with starting_after.",
+    "schema": {"type": "string"},
+}
+#: ``created`` as Stripe's lists take it: an exact second, or bounds of a range (unix seconds, whole).
+CREATED = [
+    {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "description": description,
+        "schema": {"type": "integer", "minimum": 0, "maximum": MAX_CREATED},
+    }
+    for name, description in (
+        ("created", "Only objects created in this second (unix time)."),
+        ("created[gt]", "Only objects created after this second."),
+        ("created[gte]", "Only objects created in or after this second."),
+        ("created[lt]", "Only objects created before this second."),
+        ("created[lte]", "Only objects created in or before this second."),
+    )
+]
 IDEMPOTENCY_KEY = {
     "name": "Idempotency-Key",
     "in": "header",
@@ -141,8 +167,12 @@ def operation(
     return {"responses": responses, "openapi_extra": extra_doc}
 
 
-def list_operation(page: type[BaseModel], *extra_parameters: dict[str, Any], auth: str = MERCHANT_KEY) -> Any:
-    return operation(page, auth=auth, parameters=[LIMIT, STARTING_AFTER, *extra_parameters])
+def list_operation(
+    page: type[BaseModel], *extra_parameters: dict[str, Any], auth: str = MERCHANT_KEY, stripes: bool = True
+) -> Any:
+    """A list's parameters; ``stripes``: it takes ``ending_before`` and ``created`` (the admin's do not)."""
+    paging = [LIMIT, STARTING_AFTER, *([ENDING_BEFORE, *CREATED] if stripes else [])]
+    return operation(page, auth=auth, parameters=[*paging, *extra_parameters])
 
 
 def complete_schema(app: FastAPI) -> None:
