@@ -45,6 +45,7 @@ from serve_app.flows.idempotent import Answer, check_idempotency_key
 from serve_app.flows.invariants import check_invariants
 from serve_app.flows.payout import payout_object
 from serve_app.flows.reconciliation import discrepancy_object, run_object
+from serve_app.flows.update import update_charge, update_refund
 from serve_app.parts import Parts
 from serve_app.stores import charges as db
 from serve_app.stores import merchants as merchants_db
@@ -65,12 +66,14 @@ from serve_app.wire.openapi import (
 from serve_app.wire.render import charge_object, dumps, error_object, list_object, refund_object
 from serve_app.wire.schemas import (
     ChargeCreate,
+    ChargeUpdate,
     DiscrepancyResolve,
     MerchantCreate,
     PayoutCreate,
     ReconciliationRunCreate,
     RecoverySweep,
     RefundCreate,
+    RefundUpdate,
 )
 from serve_app.workers.reconciliation import reconciliation_scheduler
 from serve_app.workers.recovery import recovery_sweeper
@@ -284,6 +287,14 @@ class PaymentApi:
             request, "charge", "/v1/charges", db.load_charge, db.list_charges, charge_object
         )
 
+    @api.post("/v1/charges/{charge_id}", **operation(o.Charge, body=ChargeUpdate))
+    async def update_charge(self, charge_id: str, request: Request) -> Response:
+        """Description and metadata (``metadata[k]=`` removes a key); no money moves."""
+        merchant_id = await self._merchant(request)
+        body = parse_body(ChargeUpdate, await read_body(request), request.headers.get("content-type"))
+        updated = await update_charge(self.parts.pool, merchant_id, charge_id, body)
+        return json_response(200, dumps(charge_object(updated)))
+
     @api.post("/v1/refunds", **operation(o.Refund, body=RefundCreate, money=True))
     async def create_refund(self, request: Request) -> Response:
         return await self._money_post(request, "POST /v1/refunds", RefundCreate, lambda p: p.refunds.create)
@@ -291,6 +302,14 @@ class PaymentApi:
     @api.get("/v1/refunds/{refund_id}", **operation(o.Refund))
     async def get_refund(self, refund_id: str, request: Request) -> Response:
         return await self._retrieve(request, "refund", refund_id, refunds_db.load_refund, refund_object)
+
+    @api.post("/v1/refunds/{refund_id}", **operation(o.Refund, body=RefundUpdate))
+    async def update_refund(self, refund_id: str, request: Request) -> Response:
+        """Metadata (``metadata[k]=`` removes a key); no money moves."""
+        merchant_id = await self._merchant(request)
+        body = parse_body(RefundUpdate, await read_body(request), request.headers.get("content-type"))
+        updated = await update_refund(self.parts.pool, merchant_id, refund_id, body)
+        return json_response(200, dumps(refund_object(updated)))
 
     @api.get(
         "/v1/refunds",

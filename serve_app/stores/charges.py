@@ -179,6 +179,37 @@ async def list_charges(conn: AsyncConnection[Any], merchant_id: str, page: Page)
     return await read_page(conn, LIST_PAYMENTS, page, page_params(merchant_id, page), _charge)
 
 
+LOCK_MERCHANT_PAYMENT = f"{SELECT_MERCHANT_PAYMENT} FOR UPDATE"
+
+SET_DETAILS = f"""
+UPDATE payments SET description = %(description)s, metadata = %(metadata)s, updated_at = now()
+WHERE id = %(id)s
+RETURNING {_PAYMENT_COLUMNS}
+"""
+
+
+async def lock_merchant_charge(
+    conn: AsyncConnection[Any], payment_id: str, merchant_id: str
+) -> Charge | None:
+    """The merchant's charge, its row held until the transaction ends: one update of its details at a time."""
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(LOCK_MERCHANT_PAYMENT, (payment_id, merchant_id))
+        row = await cur.fetchone()
+    return _charge(row) if row else None
+
+
+async def set_details(
+    conn: AsyncConnection[Any], payment_id: str, description: str | None, metadata: dict[str, str]
+) -> Charge:
+    """A charge's description and metadata: what a merchant may change, and nothing that moves money."""
+    params = {"id": payment_id, "description": description, "metadata": Jsonb(metadata)}
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(SET_DETAILS, params)
+        row = await cur.fetchone()
+    assert row is not None, "the charge is locked by the caller's transaction"
+    return _charge(row)
+
+
 @dataclass(frozen=True)
 class ChargeWrite:
     """A chain of transitions from ``charge.state``, the columns it sets, and the answer and outbox event

@@ -268,6 +268,26 @@ async def load_refund(
     return _refund(row) if row else None
 
 
+LOCK_MERCHANT_REFUND = f"{SELECT_MERCHANT_REFUND} FOR UPDATE"
+SET_METADATA = f"UPDATE refunds SET metadata = %s, updated_at = now() WHERE id = %s RETURNING {_COLUMNS}"
+
+
+async def lock_merchant_refund(conn: AsyncConnection[Any], refund_id: str, merchant_id: str) -> Refund | None:
+    """The merchant's refund, held until the transaction ends: one update of its metadata at a time."""
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(LOCK_MERCHANT_REFUND, (refund_id, merchant_id))
+        row = await cur.fetchone()
+    return _refund(row) if row else None
+
+
+async def set_metadata(conn: AsyncConnection[Any], refund_id: str, metadata: dict[str, str]) -> Refund:
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(SET_METADATA, (Jsonb(metadata), refund_id))
+        row = await cur.fetchone()
+    assert row is not None, "the refund is locked by the caller's transaction"
+    return _refund(row)
+
+
 async def list_refunds(
     conn: AsyncConnection[Any], merchant_id: str, charge: str | None, page: Page
 ) -> list[Refund]:
