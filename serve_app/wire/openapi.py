@@ -116,10 +116,24 @@ def body_schema(model: type[BaseModel]) -> dict[str, Any]:
     return schema
 
 
+#: Sent on every response, errors included (``serve_app.edge.conventions``).
+RESPONSE_HEADERS = {
+    "Request-Id": {"description": "req_…, one per request", "schema": {"type": "string"}},
+    "Stripe-Version": {
+        "description": "The API version the request sent, else the one this API speaks",
+        "schema": {"type": "string"},
+    },
+}
+
+
 def _response(model: type[BaseModel] | None, description: str) -> dict[str, Any]:
     if model is None:  # the Prometheus text format
-        return {"description": description, "content": {"text/plain": {"schema": {"type": "string"}}}}
-    return {"description": description, "model": model}
+        return {
+            "description": description,
+            "headers": RESPONSE_HEADERS,
+            "content": {"text/plain": {"schema": {"type": "string"}}},
+        }
+    return {"description": description, "headers": RESPONSE_HEADERS, "model": model}
 
 
 def operation(

@@ -51,3 +51,10 @@ def test_successes_name_their_objects(schema: dict[str, Any]) -> None:
     assert ok["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/Charge"}
     charge = schema["components"]["schemas"]["Charge"]
     assert {"id", "amount", "currency", "status", "metadata"} <= set(charge["required"])
+
+
+def test_every_answer_documents_stripes_headers(schema: dict[str, Any]) -> None:
+    for path in schema["paths"].values():
+        for op in path.values():
+            for answer in op["responses"].values():
+                assert {"Request-Id", "Stripe-Version"} <= set(answer.get("headers", {}))
