@@ -65,8 +65,8 @@ def decode_pairs(pairs: Iterable[tuple[str, str]]) -> dict[str, Any]:
             if not isinstance(child, dict):
                 raise FormDecodeError(f"form key {key!r} conflicts with an earlier value")
             node = child
-    # the top level names parameters, so it stays a dict even when they are all digits (``0=x``)
-    return {k: _listify(v, k) for k, v in root.items()}
+    # The top level is the body's parameters, by name: a body of ``0=x`` names a parameter "0", not a list.
+    return {name: _listify(value, name) for name, value in root.items()}
 
 
 def decode_form(body: bytes | str, *, strict: bool = True) -> dict[str, Any]:

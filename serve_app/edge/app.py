@@ -30,9 +30,11 @@ from payray.errors import (
     NotFound,
     PayrayError,
 )
+from payray.pages import FORWARDS, Page, parse_page
 from payray.settings import Settings
 from serve_app.edge.auth import Authenticator
 from serve_app.edge.bodies import parse_body, read_body
+from serve_app.edge.conventions import StripeHeaders
 from serve_app.edge.failures import ContainFailures
 from serve_app.edge.metrics import ApiMetrics
 from serve_app.edge.rate_limits import RateLimits, client_address
@@ -44,6 +46,7 @@ from serve_app.flows.idempotent import Answer, check_idempotency_key
 from serve_app.flows.invariants import check_invariants
 from serve_app.flows.payout import payout_object
 from serve_app.flows.reconciliation import discrepancy_object, run_object
+from serve_app.flows.update import update_charge, update_refund
 from serve_app.parts import Parts
 from serve_app.stores import charges as db
 from serve_app.stores import customers as customers_db
@@ -67,6 +70,7 @@ from serve_app.wire.openapi import (
 from serve_app.wire.render import charge_object, dumps, error_object, list_object, refund_object
 from serve_app.wire.schemas import (
     ChargeCreate,
+    ChargeUpdate,
     CustomerCreate,
     CustomerUpdate,
     DiscrepancyResolve,
@@ -75,6 +79,7 @@ from serve_app.wire.schemas import (
     ReconciliationRunCreate,
     RecoverySweep,
     RefundCreate,
+    RefundUpdate,
 )
 from serve_app.workers.reconciliation import reconciliation_scheduler
 from serve_app.workers.recovery import recovery_sweeper
@@ -85,9 +90,11 @@ api = FastAPI(
     description="Idempotent payments in front of a PSP, with a double-entry ledger.",
 )
 
-# Outermost last: a URL with a control character never reaches a route; an unplanned error is contained.
+# Outermost last: a URL with a control character never reaches a route; an unplanned error is contained;
+# every answer, those two included, carries Request-Id and Stripe-Version.
 api.add_middleware(RefuseControlCharactersInUrls)
 api.add_middleware(ContainFailures)
+api.add_middleware(StripeHeaders)
 complete_schema(api)
 log = logging.getLogger("payray.api")
 
@@ -95,8 +102,12 @@ log = logging.getLogger("payray.api")
 Loader = Callable[[AsyncConnection[Any], str, str], Awaitable[Any]]
 #: ``find(conn, object_id)``: an object the caller may see, or None (missing, or not the caller's).
 Finder = Callable[[AsyncConnection[Any], str], Awaitable[Any]]
-#: ``page(conn, limit, after)``: up to ``limit`` of the objects the caller may see, newest first.
-Pager = Callable[[AsyncConnection[Any], int, str | None], Awaitable[list[Any]]]
+#: ``page(conn, page)``: up to ``page.limit + 1`` of the objects the caller may see, newest first.
+Pager = Callable[[AsyncConnection[Any], Page], Awaitable[list[Any]]]
+#: ``page(conn, merchant_id, page)``: as a ``Pager``, of one merchant's objects.
+MerchantPager = Callable[[AsyncConnection[Any], str, Page], Awaitable[list[Any]]]
+#: ``check(conn, filters)``: validates a list's own filters before the page is read.
+Check = Callable[[AsyncConnection[Any], dict[str, str]], Awaitable[None]]
 Render = Callable[[Any], dict[str, Any]]
 
 
@@ -121,14 +132,6 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> Response
     error = ClientError(str(exc.detail))
     error.status = exc.status_code
     return error_response(request, error)
-
-
-def _limit(raw: str | None) -> int:
-    if raw is None:
-        return 10
-    if not raw.isdigit() or not 1 <= int(raw) <= 100:
-        raise InvalidRequest("limit must be an integer from 1 to 100", param="limit")
-    return int(raw)
 
 
 @serve.deployment(max_ongoing_requests=256, ray_actor_options={"num_cpus": 0})
@@ -224,17 +227,17 @@ class PaymentApi:
         kind: str,
         url: str,
         load: Loader,
-        page: Callable[[AsyncConnection[Any], str, int, str | None], Awaitable[list[Any]]],
+        page: MerchantPager,
         render: Render,
     ) -> Response:
-        """A page of the merchant's objects, newest first, after ``starting_after`` (one of them)."""
+        """A page of the merchant's objects, newest first, beside a cursor (one of them)."""
         merchant_id = await self._merchant(request)
 
         async def find(conn: AsyncConnection[Any], object_id: str) -> Any:
             return await load(conn, object_id, merchant_id)
 
-        async def merchants_page(conn: AsyncConnection[Any], limit: int, after: str | None) -> list[Any]:
-            return await page(conn, merchant_id, limit, after)
+        async def merchants_page(conn: AsyncConnection[Any], spec: Page) -> list[Any]:
+            return await page(conn, merchant_id, spec)
 
         return await self._page(request, kind, url, find, merchants_page, render)
 
@@ -254,22 +257,25 @@ class PaymentApi:
         find: Finder,
         page: Pager,
         render: Render,
-        check: Callable[[AsyncConnection[Any]], Awaitable[None]] | None = None,
+        check: Check | None = None,
+        *,
+        own: frozenset[str] = frozenset(),
+        stripes: bool = True,
     ) -> Response:
-        """A page of the objects the caller may see, newest first, after ``starting_after`` (one of them).
+        """A page of the objects the caller may see, newest first, beside a cursor (one of them).
 
-        ``check`` validates the route's own filters first, on the same connection.
+        ``own`` names the route's own filters, which ``check`` validates first, on the same connection;
+        ``stripes``: the route takes ``ending_before`` and ``created`` too. Anything else is refused.
         """
-        limit = _limit(request.query_params.get("limit"))
-        after = request.query_params.get("starting_after")
+        spec, filters = parse_page(request.query_params.multi_items(), own, stripes=stripes)
         async with self.parts.pool.connection() as conn:
             if check is not None:
-                await check(conn)
-            if after is not None and await find(conn, after) is None:
-                raise NotFound(f"No such {kind}: '{after}'", param="starting_after")
-            found = await page(conn, limit + 1, after)
-        data = [render(item) for item in found[:limit]]
-        return json_response(200, dumps(list_object(url, data, len(found) > limit)))
+                await check(conn, filters)
+            cursor = spec.cursor
+            if cursor is not None and await find(conn, cursor[1]) is None:
+                raise NotFound(f"No such {kind}: '{cursor[1]}'", param=cursor[0])
+            found, has_more = spec.trim(await page(conn, spec))
+        return json_response(200, dumps(list_object(url, [render(item) for item in found], has_more)))
 
     # -- charges, refunds, balance, payouts, disputes -------------------------------------------------------
 
@@ -287,6 +293,14 @@ class PaymentApi:
             request, "charge", "/v1/charges", db.load_charge, db.list_charges, charge_object
         )
 
+    @api.post("/v1/charges/{charge_id}", **operation(o.Charge, body=ChargeUpdate))
+    async def update_charge(self, charge_id: str, request: Request) -> Response:
+        """Description and metadata (``metadata[k]=`` removes a key); no money moves."""
+        merchant_id = await self._merchant(request)
+        body = parse_body(ChargeUpdate, await read_body(request), request.headers.get("content-type"))
+        updated = await update_charge(self.parts.pool, merchant_id, charge_id, body)
+        return json_response(200, dumps(charge_object(updated)))
+
     @api.post("/v1/refunds", **operation(o.Refund, body=RefundCreate, money=True))
     async def create_refund(self, request: Request) -> Response:
         return await self._money_post(request, "POST /v1/refunds", RefundCreate, lambda p: p.refunds.create)
@@ -295,24 +309,35 @@ class PaymentApi:
     async def get_refund(self, refund_id: str, request: Request) -> Response:
         return await self._retrieve(request, "refund", refund_id, refunds_db.load_refund, refund_object)
 
+    @api.post("/v1/refunds/{refund_id}", **operation(o.Refund, body=RefundUpdate))
+    async def update_refund(self, refund_id: str, request: Request) -> Response:
+        """Metadata (``metadata[k]=`` removes a key); no money moves."""
+        merchant_id = await self._merchant(request)
+        body = parse_body(RefundUpdate, await read_body(request), request.headers.get("content-type"))
+        updated = await update_refund(self.parts.pool, merchant_id, refund_id, body)
+        return json_response(200, dumps(refund_object(updated)))
+
     @api.get(
         "/v1/refunds",
         **list_operation(o.RefundList, query("charge", "Only the refunds of this charge (ch_…)")),
     )
     async def list_refunds(self, request: Request) -> Response:
-        charge = request.query_params.get("charge")
-        if charge is not None:  # a charge the merchant does not have is a 404, not an empty list
-            merchant_id = await self._merchant(request)
-            async with self.parts.pool.connection() as conn:
-                if await db.load_charge(conn, charge, merchant_id) is None:
-                    raise NotFound(f"No such charge: '{charge}'", param="charge")
+        merchant_id = await self._merchant(request)
 
-        async def page(
-            conn: AsyncConnection[Any], merchant_id: str, limit: int, after: str | None
-        ) -> list[Any]:
-            return await refunds_db.list_refunds(conn, merchant_id, charge, limit, after)
+        async def find(conn: AsyncConnection[Any], refund_id: str) -> Any:
+            return await refunds_db.load_refund(conn, refund_id, merchant_id)
 
-        return await self._list(request, "refund", "/v1/refunds", refunds_db.load_refund, page, refund_object)
+        async def charge_known(conn: AsyncConnection[Any], filters: dict[str, str]) -> None:
+            charge = filters.get("charge")  # a charge the merchant does not have is a 404, not an empty list
+            if charge is not None and await db.load_charge(conn, charge, merchant_id) is None:
+                raise NotFound(f"No such charge: '{charge}'", param="charge")
+
+        async def page(conn: AsyncConnection[Any], spec: Page) -> list[Any]:
+            charge = request.query_params.get("charge")
+            return await refunds_db.list_refunds(conn, merchant_id, charge, spec)
+
+        url, own = "/v1/refunds", frozenset({"charge"})
+        return await self._page(request, "refund", url, find, page, refund_object, charge_known, own=own)
 
     @api.get("/v1/balance", **operation(o.Balance))
     async def balance(self, request: Request) -> Response:
@@ -364,14 +389,19 @@ class PaymentApi:
     async def list_events(self, request: Request) -> Response:
         """The merchant's events of the last 30 days, newest first."""
 
-        async def page(
-            conn: AsyncConnection[Any], merchant_id: str, limit: int, after: str | None
-        ) -> list[Any]:
-            only = event_filter(request.query_params.multi_items())
-            return await events_db.list_events(conn, merchant_id, only, limit, after)
-
-        load = events_db.load_event
-        return await self._list(request, "event", "/v1/events", load, page, event_object)
+        merchant_id = await self._merchant(request)
+        items = request.query_params.multi_items()
+        only = event_filter(items)  # its own filters, and the forward paging of every list
+        spec, _ = parse_page([(name, value) for name, value in items if name in FORWARDS], stripes=False)
+        async with self.parts.pool.connection() as conn:
+            if spec.starting_after is not None and not await events_db.load_event(
+                conn, spec.starting_after, merchant_id
+            ):
+                raise NotFound(f"No such event: '{spec.starting_after}'", param="starting_after")
+            rows = await events_db.list_events(conn, merchant_id, only, spec.limit + 1, spec.starting_after)
+        found, has_more = spec.trim(rows)
+        rendered = [event_object(event) for event in found]
+        return json_response(200, dumps(list_object("/v1/events", rendered, has_more)))
 
     # -- customers -------------------------------------------------------------------------------------------
 
@@ -404,17 +434,22 @@ class PaymentApi:
         **list_operation(o.CustomerList, query("email", "Only the customers with this email (exact match)")),
     )
     async def list_customers(self, request: Request) -> Response:
-        email = request.query_params.get("email")
-        if email is not None and not 1 <= len(email) <= 512:
-            raise InvalidRequest("email must be 1 to 512 characters", param="email")
+        merchant_id = await self._merchant(request)
 
-        async def page(
-            conn: AsyncConnection[Any], merchant_id: str, limit: int, after: str | None
-        ) -> list[Any]:
-            return await customers_db.list_customers(conn, merchant_id, email, limit, after)
+        async def find(conn: AsyncConnection[Any], customer_id: str) -> Any:
+            return await customers_db.load_customer(conn, customer_id, merchant_id)
 
-        load = customers_db.load_customer
-        return await self._list(request, "customer", "/v1/customers", load, page, customer_object)
+        async def email_sane(conn: AsyncConnection[Any], filters: dict[str, str]) -> None:
+            email = filters.get("email")
+            if email is not None and not 1 <= len(email) <= 512:
+                raise InvalidRequest("email must be 1 to 512 characters", param="email")
+
+        async def page(conn: AsyncConnection[Any], spec: Page) -> list[Any]:
+            email = request.query_params.get("email")
+            return await customers_db.list_customers(conn, merchant_id, email, spec)
+
+        url, own = "/v1/customers", frozenset({"email"})
+        return await self._page(request, "customer", url, find, page, customer_object, email_sane, own=own)
 
     @api.post(
         "/v1/webhooks/psp",
@@ -483,11 +518,15 @@ class PaymentApi:
         await self._admin(request)
         return await self._one("reconciliation run", run_id, reconciliation_db.load_run, run_object)
 
-    @api.get("/v1/reconciliation/runs", **list_operation(o.ReportList, auth=ADMIN_KEY))
+    @api.get("/v1/reconciliation/runs", **list_operation(o.ReportList, auth=ADMIN_KEY, stripes=False))
     async def list_reconciliation_runs(self, request: Request) -> Response:
         await self._admin(request)
-        url, load, page = "/v1/reconciliation/runs", reconciliation_db.load_run, reconciliation_db.list_runs
-        return await self._page(request, "reconciliation run", url, load, page, run_object)
+        url, load = "/v1/reconciliation/runs", reconciliation_db.load_run
+
+        async def page(conn: AsyncConnection[Any], spec: Page) -> list[Any]:
+            return await reconciliation_db.list_runs(conn, spec.limit + 1, spec.starting_after)
+
+        return await self._page(request, "reconciliation run", url, load, page, run_object, stripes=False)
 
     @api.get("/v1/reconciliation/discrepancies/{discrepancy_id}", **operation(o.Report, auth=ADMIN_KEY))
     async def get_discrepancy(self, discrepancy_id: str, request: Request) -> Response:
@@ -502,6 +541,7 @@ class PaymentApi:
             query("status", "open or resolved", enum=["open", "resolved"]),
             query("run", "Only this reconciliation run's (recon_…)"),
             auth=ADMIN_KEY,
+            stripes=False,
         ),
     )
     async def list_discrepancies(self, request: Request) -> Response:
@@ -509,17 +549,22 @@ class PaymentApi:
         await self._admin(request)
         status, run_id = request.query_params.get("status"), request.query_params.get("run")
 
-        async def filters_known(conn: AsyncConnection[Any]) -> None:
+        async def filters_known(conn: AsyncConnection[Any], filters: dict[str, str]) -> None:
             if status is not None and status not in ("open", "resolved"):
                 raise InvalidRequest("status must be open or resolved", param="status")
             if run_id is not None and await reconciliation_db.load_run(conn, run_id) is None:
                 raise NotFound(f"No such reconciliation run: '{run_id}'", param="run")
 
-        async def page(conn: AsyncConnection[Any], limit: int, after: str | None) -> list[Any]:
-            return await reconciliation_db.list_discrepancies(conn, status, run_id, limit, after)
+        async def page(conn: AsyncConnection[Any], spec: Page) -> list[Any]:
+            return await reconciliation_db.list_discrepancies(
+                conn, status, run_id, spec.limit + 1, spec.starting_after
+            )
 
         url, load = "/v1/reconciliation/discrepancies", reconciliation_db.load_discrepancy
-        return await self._page(request, "discrepancy", url, load, page, discrepancy_object, filters_known)
+        return await self._page(
+            request, "discrepancy", url, load, page, discrepancy_object, filters_known,
+            own=frozenset({"status", "run"}), stripes=False,
+        )  # fmt: skip
 
     @api.post(
         "/v1/reconciliation/discrepancies/{discrepancy_id}/resolve",

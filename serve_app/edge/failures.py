@@ -4,7 +4,8 @@ A driver's error text often carries the request's data: psycopg's message holds 
 (the values that broke a constraint, say a card-like number sent in metadata), and an exception's ``str`` may
 quote whatever it choked on. So the log line names the exception's type (with the chain of causes, and a
 Postgres SQLSTATE), the route's template, a request id and the stack's frames (code, not values), and never a
-message, a SQL parameter or the URL with its ids. The id is also sent back in ``Request-Id`` to match them up.
+message, a SQL parameter or the URL with its ids. The id, the request's own (``conventions.py``), is also
+sent back in ``Request-Id`` to match them up.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import traceback
-import uuid
 
 import psycopg
 import psycopg_pool
@@ -21,6 +21,7 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from payray.errors import DependencyFailure, PayrayError
+from serve_app.edge.conventions import request_id as request_id_of
 from serve_app.edge.responses import error_response
 
 log = logging.getLogger("payray.api")
@@ -68,7 +69,7 @@ class ContainFailures:
         try:
             await self.app(scope, receive, tracking_send)
         except Exception as exc:
-            request_id = "req_" + uuid.uuid4().hex
+            request_id = request_id_of(scope)
             route = getattr(scope.get("route"), "path", "an unrouted URL")
             log.error(
                 "unhandled %s on %s %s (request %s)\n%s",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from psycopg import AsyncConnection
 from psycopg.types.json import Jsonb
 
 #: The common table expressions that follow ``WITH moved AS (UPDATE … RETURNING …)``, where ``moved``
@@ -44,3 +45,13 @@ def answer_params(
         "topic_again": ANNOUNCED_AGAIN.get(outbox[0]) if outbox else None,
         "outbox_payload": Jsonb(outbox[1]) if outbox else None,
     }
+
+
+ANNOUNCE = "INSERT INTO outbox (topic, aggregate_id, payload) VALUES (%(topic)s, %(id)s, %(payload)s)"
+
+
+async def announce(
+    conn: AsyncConnection[Any], topic: str, aggregate_id: str, payload: dict[str, Any]
+) -> None:
+    """An outbox event on its own, in the caller's transaction (a change that answers no idempotency key)."""
+    await conn.execute(ANNOUNCE, {"topic": topic, "id": aggregate_id, "payload": Jsonb(payload)})

@@ -15,11 +15,12 @@ from ledger.postings import CAPTURE, Statement
 from payray.charge import Transition
 from payray.errors import InvalidRequest
 from payray.money import Money
+from payray.pages import Page
 from serve_app.stores import connection
 from serve_app.stores.answers import ANSWER_AND_ANNOUNCE, answer_params
 from serve_app.stores.customers import CUSTOMER_KNOWN
 from serve_app.stores.keys import claim_key_where
-from serve_app.stores.pages import newest_first
+from serve_app.stores.pages import newest_first, page_params, read_page
 
 
 @dataclass(frozen=True)
@@ -190,14 +191,39 @@ async def load_charge(
     return _charge(row) if row else None
 
 
-async def list_charges(
-    conn: AsyncConnection[Any], merchant_id: str, limit: int, starting_after: str | None
-) -> list[Charge]:
+async def list_charges(conn: AsyncConnection[Any], merchant_id: str, page: Page) -> list[Charge]:
+    return await read_page(conn, LIST_PAYMENTS, page, page_params(merchant_id, page), _charge)
+
+
+LOCK_MERCHANT_PAYMENT = f"{SELECT_MERCHANT_PAYMENT} FOR UPDATE"
+
+SET_DETAILS = f"""
+UPDATE payments SET description = %(description)s, metadata = %(metadata)s, updated_at = now()
+WHERE id = %(id)s
+RETURNING {_PAYMENT_COLUMNS}
+"""
+
+
+async def lock_merchant_charge(
+    conn: AsyncConnection[Any], payment_id: str, merchant_id: str
+) -> Charge | None:
+    """The merchant's charge, its row held until the transaction ends: one update of its details at a time."""
     async with conn.cursor(row_factory=dict_row) as cur:
-        await cur.execute(
-            LIST_PAYMENTS, {"merchant_id": merchant_id, "after_id": starting_after, "limit": limit}
-        )
-        return [_charge(row) for row in await cur.fetchall()]
+        await cur.execute(LOCK_MERCHANT_PAYMENT, (payment_id, merchant_id))
+        row = await cur.fetchone()
+    return _charge(row) if row else None
+
+
+async def set_details(
+    conn: AsyncConnection[Any], payment_id: str, description: str | None, metadata: dict[str, str]
+) -> Charge:
+    """A charge's description and metadata: what a merchant may change, and nothing that moves money."""
+    params = {"id": payment_id, "description": description, "metadata": Jsonb(metadata)}
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(SET_DETAILS, params)
+        row = await cur.fetchone()
+    assert row is not None, "the charge is locked by the caller's transaction"
+    return _charge(row)
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,9 @@ from typing import Any
 from psycopg import AsyncConnection
 from psycopg.types.json import Jsonb
 
-from serve_app.stores.pages import newest_first
-from serve_app.stores.rows import fetch_all, fetch_one
+from payray.pages import Page
+from serve_app.stores.pages import newest_first, page_params, read_page
+from serve_app.stores.rows import fetch_one
 
 
 @dataclass(frozen=True)
@@ -135,7 +136,7 @@ async def delete_customer(conn: AsyncConnection[Any], customer: Customer, event:
 
 
 async def list_customers(
-    conn: AsyncConnection[Any], merchant_id: str, email: str | None, limit: int, starting_after: str | None
+    conn: AsyncConnection[Any], merchant_id: str, email: str | None, page: Page
 ) -> list[Customer]:
-    params = {"merchant_id": merchant_id, "email": email, "after_id": starting_after, "limit": limit}
-    return await fetch_all(conn, LIST_CUSTOMERS, params, _customer)
+    params = page_params(merchant_id, page, email=email)
+    return await read_page(conn, LIST_CUSTOMERS, page, params, lambda row: _customer(**row))

@@ -11,7 +11,8 @@ from psycopg import AsyncConnection
 from psycopg.types.json import Jsonb
 
 from payray.money import Money
-from serve_app.stores.pages import newest_first
+from payray.pages import Page
+from serve_app.stores.pages import newest_first, page_params, read_page
 from serve_app.stores.rows import fetch_all, fetch_one
 
 _COLUMNS = "id, merchant_id, payment_id, psp_dispute_id, amount, currency, reason, status, created_at"
@@ -122,10 +123,8 @@ async def load_dispute(conn: AsyncConnection[Any], dispute_id: str, merchant_id:
     return await _one(conn, SELECT_ONE, {"id": dispute_id, "merchant_id": merchant_id})
 
 
-async def list_disputes(
-    conn: AsyncConnection[Any], merchant_id: str, limit: int, starting_after: str | None
-) -> list[Dispute]:
-    return await _all(conn, LIST, {"merchant_id": merchant_id, "after_id": starting_after, "limit": limit})
+async def list_disputes(conn: AsyncConnection[Any], merchant_id: str, page: Page) -> list[Dispute]:
+    return await read_page(conn, LIST, page, page_params(merchant_id, page), lambda row: _dispute(**row))
 
 
 async def stuck_disputes(conn: AsyncConnection[Any], grace_s: float, limit: int) -> list[Dispute]:

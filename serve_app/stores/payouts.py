@@ -9,9 +9,10 @@ from typing import Any
 from psycopg import AsyncConnection
 
 from payray.money import Money
+from payray.pages import Page
 from serve_app.stores.answers import ANSWER_AND_ANNOUNCE, answer_params
 from serve_app.stores.keys import CLAIM_KEY
-from serve_app.stores.pages import newest_first
+from serve_app.stores.pages import newest_first, page_params, read_page
 from serve_app.stores.rows import fetch_all, fetch_one
 
 
@@ -121,9 +122,6 @@ async def stuck_payouts(conn: AsyncConnection[Any], grace_s: float, limit: int) 
     return await _all(conn, SELECT_STUCK, {"grace": grace_s, "limit": limit})
 
 
-async def list_payouts(
-    conn: AsyncConnection[Any], merchant_id: str, limit: int, starting_after: str | None
-) -> list[Payout]:
-    return await _all(
-        conn, LIST_PAYOUTS, {"merchant_id": merchant_id, "after_id": starting_after, "limit": limit}
-    )
+async def list_payouts(conn: AsyncConnection[Any], merchant_id: str, page: Page) -> list[Payout]:
+    params = page_params(merchant_id, page)
+    return await read_page(conn, LIST_PAYOUTS, page, params, lambda row: _payout(**row))

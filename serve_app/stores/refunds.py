@@ -15,12 +15,13 @@ from psycopg_pool import AsyncConnectionPool
 from payray.errors import ClientError, NotFound
 from payray.fees import NothingLeftToRefund, RefundTerms, RefundTooLarge, refund_terms
 from payray.money import Money
+from payray.pages import Page
 from payray.refund import RefundState, RefundTransition
 from serve_app.stores import connection
 from serve_app.stores.answers import ANSWER_AND_ANNOUNCE, answer_params
 from serve_app.stores.charges import Charge, load_charge
 from serve_app.stores.keys import CLAIM_KEY
-from serve_app.stores.pages import newest_first
+from serve_app.stores.pages import newest_first, page_params, read_page
 
 
 class ChargeNotRefundable(ClientError):
@@ -276,13 +277,30 @@ async def load_refund(
     return _refund(row) if row else None
 
 
-async def list_refunds(
-    conn: AsyncConnection[Any], merchant_id: str, charge: str | None, limit: int, starting_after: str | None
-) -> list[Refund]:
-    params = {"merchant_id": merchant_id, "charge": charge, "after_id": starting_after, "limit": limit}
+LOCK_MERCHANT_REFUND = f"{SELECT_MERCHANT_REFUND} FOR UPDATE"
+SET_METADATA = f"UPDATE refunds SET metadata = %s, updated_at = now() WHERE id = %s RETURNING {_COLUMNS}"
+
+
+async def lock_merchant_refund(conn: AsyncConnection[Any], refund_id: str, merchant_id: str) -> Refund | None:
+    """The merchant's refund, held until the transaction ends: one update of its metadata at a time."""
     async with conn.cursor(row_factory=dict_row) as cur:
-        await cur.execute(LIST_REFUNDS, params)
-        return [_refund(row) for row in await cur.fetchall()]
+        await cur.execute(LOCK_MERCHANT_REFUND, (refund_id, merchant_id))
+        row = await cur.fetchone()
+    return _refund(row) if row else None
+
+
+async def set_metadata(conn: AsyncConnection[Any], refund_id: str, metadata: dict[str, str]) -> Refund:
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(SET_METADATA, (Jsonb(metadata), refund_id))
+        row = await cur.fetchone()
+    assert row is not None, "the refund is locked by the caller's transaction"
+    return _refund(row)
+
+
+async def list_refunds(
+    conn: AsyncConnection[Any], merchant_id: str, charge: str | None, page: Page
+) -> list[Refund]:
+    return await read_page(conn, LIST_REFUNDS, page, page_params(merchant_id, page, charge=charge), _refund)
 
 
 #: Of a charge's refunds: what the PSP confirmed to us, and whether one is waiting for the PSP's word.

@@ -191,6 +191,8 @@ class ErrorDetail(BaseModel):
     param: str | None = None
     decline_code: str | None = None
     charge: str | None = None
+    #: Stripe's page for ``code``: ``https://stripe.com/docs/error-codes/<code, hyphenated>``.
+    doc_url: str | None = None
 
 
 class Error(BaseModel):

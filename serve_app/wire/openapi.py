@@ -13,6 +13,7 @@ from fastapi import FastAPI
 from pydantic import BaseModel
 
 from payray.money import CURRENCY_EXPONENTS
+from payray.pages import MAX_CREATED
 from serve_app.wire import objects
 from serve_app.wire.limits import MAX_BODY_BYTES
 
@@ -53,6 +54,31 @@ STARTING_AFTER = {
     "description": "The id of an object of the list: the page starts after it (newest first).",
     "schema": {"type": "string"},
 }
+ENDING_BEFORE = {
+    "name": "ending_before",
+    "in": "query",
+    "required": False,
+    "description": "The id of an object of the list: the page ends before it (the newer ones, still newest "
+    "first). Not with starting_after.",
+    "schema": {"type": "string"},
+}
+#: ``created`` as Stripe's lists take it: an exact second, or bounds of a range (unix seconds, whole).
+CREATED = [
+    {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "description": description,
+        "schema": {"type": "integer", "minimum": 0, "maximum": MAX_CREATED},
+    }
+    for name, description in (
+        ("created", "Only objects created in this second (unix time)."),
+        ("created[gt]", "Only objects created after this second."),
+        ("created[gte]", "Only objects created in or after this second."),
+        ("created[lt]", "Only objects created before this second."),
+        ("created[lte]", "Only objects created in or before this second."),
+    )
+]
 IDEMPOTENCY_KEY = {
     "name": "Idempotency-Key",
     "in": "header",
@@ -79,16 +105,35 @@ def body_schema(model: type[BaseModel]) -> dict[str, Any]:
     schema = model.model_json_schema()
     properties = schema.get("properties", {})
     if "currency" in properties:
-        properties["currency"] = {**properties["currency"], "enum": sorted(CURRENCY_EXPONENTS)}
+        codes = sorted(CURRENCY_EXPONENTS)
+        properties["currency"] = {
+            **properties["currency"],
+            "enum": [*codes, *(code.upper() for code in codes)],
+            "description": "ISO 4217, in any case; answered lowercase",
+        }
     if "payment_method" in properties:
         properties["payment_method"] = {**properties["payment_method"], "examples": ["pm_card_visa"]}
     return schema
 
 
+#: Sent on every response, errors included (``serve_app.edge.conventions``).
+RESPONSE_HEADERS = {
+    "Request-Id": {"description": "req_…, one per request", "schema": {"type": "string"}},
+    "Stripe-Version": {
+        "description": "The API version the request sent, else the one this API speaks",
+        "schema": {"type": "string"},
+    },
+}
+
+
 def _response(model: type[BaseModel] | None, description: str) -> dict[str, Any]:
     if model is None:  # the Prometheus text format
-        return {"description": description, "content": {"text/plain": {"schema": {"type": "string"}}}}
-    return {"description": description, "model": model}
+        return {
+            "description": description,
+            "headers": RESPONSE_HEADERS,
+            "content": {"text/plain": {"schema": {"type": "string"}}},
+        }
+    return {"description": description, "headers": RESPONSE_HEADERS, "model": model}
 
 
 def operation(
@@ -136,8 +181,12 @@ def operation(
     return {"responses": responses, "openapi_extra": extra_doc}
 
 
-def list_operation(page: type[BaseModel], *extra_parameters: dict[str, Any], auth: str = MERCHANT_KEY) -> Any:
-    return operation(page, auth=auth, parameters=[LIMIT, STARTING_AFTER, *extra_parameters])
+def list_operation(
+    page: type[BaseModel], *extra_parameters: dict[str, Any], auth: str = MERCHANT_KEY, stripes: bool = True
+) -> Any:
+    """A list's parameters; ``stripes``: it takes ``ending_before`` and ``created`` (the admin's do not)."""
+    paging = [LIMIT, STARTING_AFTER, *([ENDING_BEFORE, *CREATED] if stripes else [])]
+    return operation(page, auth=auth, parameters=[*paging, *extra_parameters])
 
 
 def complete_schema(app: FastAPI) -> None:

@@ -62,10 +62,16 @@ def list_object(url: str, data: list[dict[str, Any]], has_more: bool) -> dict[st
     return {"object": "list", "url": url, "data": data, "has_more": has_more}
 
 
+def doc_url(code: str) -> str:
+    """Stripe's page for an error code, as its errors link it."""
+    return f"https://stripe.com/docs/error-codes/{code.replace('_', '-')}"
+
+
 def error_object(exc: PayrayError, **extra: Any) -> dict[str, Any]:
     error: dict[str, Any] = {"type": exc.type, "message": exc.message}
     if exc.code:
         error["code"] = exc.code
+        error["doc_url"] = doc_url(exc.code)
     if exc.param:
         error["param"] = exc.param
     error.update({k: v for k, v in extra.items() if v is not None})
@@ -85,6 +91,7 @@ def decline_object(p: Charge) -> dict[str, Any]:
             "type": "card_error",
             "code": code,
             "decline_code": reason,
+            "doc_url": doc_url(code),
             "message": p.failure_message or "Your card was declined.",
             "charge": p.id,
         }

@@ -6,10 +6,20 @@ import datetime
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    StrictStr,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 
 from payray.cards import contains_card_number
 from payray.errors import InvalidRequest
+from payray.metadata import MAX_KEY_LENGTH, MAX_KEYS, MAX_VALUE_LENGTH
 from payray.money import CURRENCY_EXPONENTS, MAX_CHARGE_AMOUNT
 
 _TOKEN = re.compile(r"^[A-Za-z0-9_]{3,255}$")
@@ -28,6 +38,8 @@ class StrictBody(BaseModel):
 
 
 def _currency(value: str) -> str:
+    """A supported ISO 4217 code in any case (``USD``, ``usd``), kept lowercase as Stripe answers it."""
+    value = value.lower()
     if value not in CURRENCY_EXPONENTS:
         raise ValueError(
             f"unsupported currency {value!r}; supported: {', '.join(sorted(CURRENCY_EXPONENTS))}"
@@ -36,14 +48,25 @@ def _currency(value: str) -> str:
 
 
 def _metadata(value: dict[str, str]) -> dict[str, str]:
-    if len(value) > 50:
-        raise ValueError("at most 50 metadata keys")
+    if len(value) > MAX_KEYS:
+        raise ValueError(f"at most {MAX_KEYS} metadata keys")
     for k, v in value.items():
-        if not 1 <= len(k) <= 40:
-            raise ValueError("metadata keys are 1 to 40 characters")
-        if len(v) > 500:
-            raise ValueError("metadata values are at most 500 characters")
+        if not 1 <= len(k) <= MAX_KEY_LENGTH:
+            raise ValueError(f"metadata keys are 1 to {MAX_KEY_LENGTH} characters")
+        if len(v) > MAX_VALUE_LENGTH:
+            raise ValueError(f"metadata values are at most {MAX_VALUE_LENGTH} characters")
     return value
+
+
+def _metadata_update(value: Any) -> dict[str, str] | str | None:
+    """A dict of strings is checked as a create's metadata is; ``""`` (empty them all) and ``None`` pass."""
+    if value is None or value == "":
+        return value
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    ):
+        raise ValueError("metadata must be key-value pairs of strings, or empty to remove every key")
+    return _metadata(value)
 
 
 class ChargeCreate(StrictBody):
@@ -101,6 +124,42 @@ class RefundCreate(StrictBody):
     metadata: dict[StrictStr, StrictStr] = Field(default_factory=dict)
 
     _check_metadata = field_validator("metadata")(_metadata)
+
+
+#: ``metadata[k]=v`` sets a key, ``metadata[k]=`` removes it, ``metadata=`` removes them all. Checked by
+#: hand (``_metadata_update``), so an error names ``metadata`` rather than a member of a union.
+MetadataUpdate = Annotated[
+    Any,
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {
+                    "type": "object",
+                    "propertyNames": {"minLength": 1, "maxLength": MAX_KEY_LENGTH},
+                    "additionalProperties": {"type": "string", "maxLength": MAX_VALUE_LENGTH},
+                    "maxProperties": MAX_KEYS,
+                },
+                {"type": "string", "enum": [""]},
+            ],
+            "description": "keys to set; an empty value removes its key, an empty metadata removes all",
+        }
+    ),
+]
+
+
+class ChargeUpdate(StrictBody):
+    """What a charge's update may change: nothing that moves money."""
+
+    description: Annotated[StrictStr, Field(max_length=1000)] | None = None
+    metadata: MetadataUpdate = None
+
+    _check_metadata = field_validator("metadata", mode="before")(_metadata_update)
+
+
+class RefundUpdate(StrictBody):
+    metadata: MetadataUpdate = None
+
+    _check_metadata = field_validator("metadata", mode="before")(_metadata_update)
 
 
 class PayoutCreate(StrictBody):

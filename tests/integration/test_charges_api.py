@@ -95,6 +95,7 @@ def test_same_key_with_another_body_is_refused(merchant: Merchant) -> None:
         "type": "idempotency_error",
         "code": "idempotency_key_reused",
         "message": reused.json()["error"]["message"],
+        "doc_url": "https://stripe.com/docs/error-codes/idempotency-key-reused",
     }
 
 
@@ -107,7 +108,7 @@ BAD_BODIES: list[tuple[str, Any, int]] = [
     ("negative amount", {**VALID, "amount": -5}, 400),
     ("too large amount", {**VALID, "amount": 100_000_000}, 400),
     ("unknown currency", {**VALID, "currency": "xyz"}, 400),
-    ("uppercase currency", {**VALID, "currency": "USD"}, 400),
+    ("four-letter currency", {**VALID, "currency": "USDX"}, 400),
     ("raw card number", {**VALID, "payment_method": "4242424242424242"}, 400),
     ("unknown field", {**VALID, "card_cvc": "123"}, 400),
     ("missing field", {"amount": 1000, "currency": "usd"}, 400),

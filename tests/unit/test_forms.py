@@ -137,3 +137,8 @@ def test_round_trip_through_the_stripe_sdk_encoder(params: dict[str, Any]) -> No
 def test_metadata_round_trips_with_any_keys(metadata: dict[str, str]) -> None:
     decoded = decode_form(stripe_encode({"metadata": metadata}))
     assert decoded.get("metadata", {}) == metadata
+
+
+def test_a_top_level_name_of_digits_stays_a_parameter() -> None:
+    assert decode_pairs([("0", "x")]) == {"0": "x"}
+    assert decode_pairs([("0", "x"), ("1", "y")]) == {"0": "x", "1": "y"}

@@ -38,7 +38,10 @@ def test_every_error_answer_is_the_stripe_envelope(schema: dict[str, Any]) -> No
 
 def test_lists_document_their_query_parameters(schema: dict[str, Any]) -> None:
     names = {p["name"] for p in schema["paths"]["/v1/refunds"]["get"]["parameters"]}
-    assert names == {"limit", "starting_after", "charge"}
+    created = {"created", "created[gt]", "created[gte]", "created[lt]", "created[lte]"}
+    assert names == {"limit", "starting_after", "ending_before", "charge", *created}
+    runs = {p["name"] for p in schema["paths"]["/v1/reconciliation/runs"]["get"]["parameters"]}
+    assert runs == {"limit", "starting_after"}
     [limit] = [p for p in schema["paths"]["/v1/charges"]["get"]["parameters"] if p["name"] == "limit"]
     assert limit["schema"] == {"type": "integer", "minimum": 1, "maximum": 100, "default": 10}
 
@@ -48,3 +51,10 @@ def test_successes_name_their_objects(schema: dict[str, Any]) -> None:
     assert ok["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/Charge"}
     charge = schema["components"]["schemas"]["Charge"]
     assert {"id", "amount", "currency", "status", "metadata"} <= set(charge["required"])
+
+
+def test_every_answer_documents_stripes_headers(schema: dict[str, Any]) -> None:
+    for path in schema["paths"].values():
+        for op in path.values():
+            for answer in op["responses"].values():
+                assert {"Request-Id", "Stripe-Version"} <= set(answer.get("headers", {}))

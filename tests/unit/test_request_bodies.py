@@ -74,3 +74,12 @@ def test_a_form_that_is_not_utf8_is_a_clear_400(description: bytes) -> None:
     with pytest.raises(InvalidRequest) as refused:
         parse_body(ChargeCreate, b"amount=100&currency=usd&description=" + description, FORM)
     assert refused.value.code == "invalid_form"
+
+
+def test_a_currency_code_in_any_case_is_kept_lowercase() -> None:
+    charge = parse_body(ChargeCreate, b"amount=100&currency=USD&payment_method=pm_card_visa", FORM)
+    assert charge.currency == "usd"
+    assert parse_body(PayoutCreate, b'{"amount": 5, "currency": "Eur"}', "application/json").currency == "eur"
+    with pytest.raises(InvalidRequest) as refused:
+        parse_body(PayoutCreate, b"amount=5&currency=XYZ", FORM)
+    assert refused.value.param == "currency"
