@@ -27,6 +27,8 @@ CHECKS = [
     "refunds_partial_then_too_much",
     "balance_and_payout",
     "auto_pagination_walks_every_charge_once",
+    "updates_set_and_unset_metadata",
+    "request_id_and_lists_both_ways",
     "customers_lifecycle",
     "charge_for_an_unknown_customer_is_resource_missing",
     "events_list_and_retrieve",

@@ -111,6 +111,27 @@ const checks = {
     for (const id of made) assert.ok(seen.includes(id), `${id} not listed`);
   },
 
+  async updates_set_and_unset_metadata() {
+    const charge = await stripe.charges.create({ amount: 1100, ...card, metadata: { a: "1", b: "2" } });
+    const updated = await stripe.charges.update(charge.id, { metadata: { a: "", c: "3" }, description: "gift" });
+    assert.deepEqual(updated.metadata, { b: "2", c: "3" });
+    assert.equal(updated.description, "gift");
+    const refund = await stripe.refunds.create({ charge: charge.id, amount: 100 });
+    assert.deepEqual((await stripe.refunds.update(refund.id, { metadata: { why: "late" } })).metadata, { why: "late" });
+  },
+
+  async request_id_and_lists_both_ways() {
+    const first = await stripe.charges.create({ amount: 1200, ...card });
+    assert.match(first.lastResponse.requestId, /^req_/);
+    const second = await stripe.charges.create({ amount: 1201, ...card });
+    const older = await stripe.charges.list({ starting_after: second.id, limit: 1 });
+    assert.deepEqual(older.data.map((c) => c.id), [first.id]);
+    const newer = await stripe.charges.list({ ending_before: first.id, limit: 1 });
+    assert.deepEqual(newer.data.map((c) => c.id), [second.id]);
+    const since = await stripe.charges.list({ created: { gte: first.created }, limit: 100 });
+    assert.ok(since.data.some((c) => c.id === second.id));
+  },
+
   async customers_lifecycle() {
     const email = `${unique("ada")}@example.com`;
     const customer = await stripe.customers.create({ email, name: "Ada", metadata: { tier: "gold" } });
