@@ -11,6 +11,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+#: How far short of a whole token still counts as one: a refill summed in floating point can land a rounding
+#: error below the token it should make, and a caller who waited as told must then be served.
+SLACK = 1e-9
+
 
 @dataclass(frozen=True)
 class Rule:
@@ -51,7 +55,7 @@ def take(bucket: Bucket | None, rule: Rule, now_ms: int, cost: int = 1) -> Outco
     if cost < 0:
         return Outcome(True, Bucket(min(float(rule.burst), tokens - cost), at_ms))
     needed = max(cost, 1)
-    if tokens >= needed:
+    if tokens >= needed - SLACK:
         return Outcome(True, Bucket(tokens - cost, at_ms))
     return Outcome(False, Bucket(tokens, at_ms), wait_ms(needed - tokens, rule))
 

@@ -59,7 +59,7 @@ if cost < 0 then
   tokens = math.min(burst, tokens - cost)
 else
   local needed = math.max(cost, 1)
-  if tokens >= needed then
+  if tokens >= needed - 1e-9 then  -- payray.buckets.SLACK
     tokens = tokens - cost
   else
     allowed = 0

@@ -98,3 +98,11 @@ def test_rules_that_cannot_work_are_refused(rate: float, burst: int) -> None:
 
 def test_retry_after_is_whole_seconds_rounded_up() -> None:
     assert [retry_after_s(ms) for ms in (1, 999, 1000, 1001, 2500)] == [1, 1, 1, 2, 3]
+
+
+def test_a_wait_that_refills_a_rounding_error_short_of_a_token_is_served() -> None:
+    """Found by the property above: 0.02672 tokens and 97,328 ms at 0.01/s sum to 0.9999999999999999."""
+    rule = Rule(rate=0.01, burst=1)
+    refused = take(Bucket(tokens=0.02672, at_ms=1_002_672), rule, 1_002_672)
+    assert not refused.allowed
+    assert take(refused.bucket, rule, 1_002_672 + refused.retry_after_ms).allowed
