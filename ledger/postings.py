@@ -30,6 +30,8 @@ CHART: dict[str, tuple[Direction, Scope]] = {
     "payouts_in_transit": ("credit", "house"),
     "merchant_payable": ("credit", "merchant"),
     "dispute_hold": ("credit", "merchant"),
+    "psp_authorized": ("debit", "house"),
+    "authorized_hold": ("credit", "merchant"),
 }
 
 CAPTURE = "capture"
@@ -40,6 +42,8 @@ SETTLEMENT = "settlement"
 DISPUTE_HOLD = "dispute_hold"
 DISPUTE_RELEASE = "dispute_release"
 DISPUTE_LOSS = "dispute_loss"
+AUTHORIZATION = "authorization"
+AUTHORIZATION_RELEASE = "authorization_release"
 
 
 class InvalidPosting(ValueError):
@@ -224,12 +228,33 @@ dispute_loss_posting = Transfer(
 )
 
 
+#: Authorized at the PSP, not captured: a hold, outside the merchant's available balance.
+hold_posting = Transfer(
+    AUTHORIZATION, "psp_authorized", "authorized_hold", "authorized", "authorization of {ref}"
+)
+#: An authorization the PSP let go (canceled, or expired) without a capture: its hold is released.
+release_posting = Transfer(
+    AUTHORIZATION_RELEASE, "authorized_hold", "psp_authorized", "released", "release of authorization {ref}"
+)
+
+
 def capture_posting(
-    payment_id: str, merchant_id: str, amount: Money, fee: Money, *, posting_date: date | None = None
+    payment_id: str,
+    merchant_id: str,
+    amount: Money,
+    fee: Money,
+    *,
+    posting_date: date | None = None,
+    authorized: Money | None = None,
 ) -> Posting:
-    """Captured at the PSP: the PSP owes us ``amount``; the merchant is owed it less our fee."""
+    """Captured at the PSP: the PSP owes us ``amount``; the merchant is owed it less our fee.
+
+    A capture of an authorization (``authorized``: the amount its hold booked) releases the whole hold in
+    the same transaction: the captured part becomes the merchant's, the rest is let go."""
     _check_amount_and_fee(amount, fee, "capture")
     currency = amount.currency
+    if authorized is not None and (authorized.currency != currency or authorized < amount):
+        raise InvalidPosting(f"capture of {payment_id}: {amount} is more than the {authorized} authorized")
     return Posting(
         kind=CAPTURE,
         external_ref=payment_id,
@@ -238,6 +263,14 @@ def capture_posting(
             _line(AccountRef("psp_receivable", currency), "debit", amount),
             _line(AccountRef("merchant_payable", currency, merchant_id), "credit", amount - fee),
             _line(AccountRef("platform_fees", currency), "credit", fee),
+            *(
+                ()
+                if authorized is None
+                else (
+                    debit(AccountRef("authorized_hold", currency, merchant_id), authorized),
+                    credit(AccountRef("psp_authorized", currency), authorized),
+                )
+            ),
         ),
         description=f"capture of {payment_id}",
         posting_date=posting_date,

@@ -25,6 +25,19 @@ recovery resolves by asking the PSP.
     refund_pending --psp_refunded--> compensated        [post_compensation]
     refund_pending --psp_refund_unknown--> refund_pending [refund_at_psp]
     compensated --compensation_posted--> failed         [respond_failed]        (terminal)
+
+A charge created with ``capture=false`` (or confirmed by a PaymentIntent with ``capture_method=manual``) is
+only authorized at the PSP. The authorization is a hold: booked in the ledger with the transitions it
+completes (``hold_booking``), outside the merchant's available balance, so no payout can spend it.
+
+    psp_pending|unknown --psp_authorized--> authorized  [post_hold]
+    authorized --hold_posted--> requires_capture                                 (answers: uncaptured)
+    requires_capture --capture--> capture_pending       [capture_at_psp]         (amount_to_capture)
+    capture_pending --psp_captured--> captured          [post_ledger]            (booking: the captured
+                                                                                  part, the hold released)
+    requires_capture --cancel--> cancel_pending         [cancel_at_psp]          (by the merchant, or expiry)
+    capture_pending|cancel_pending --psp_canceled--> released  [post_release]    (the PSP let it go)
+    released --release_posted--> canceled                                         (terminal; hold released)
 """
 
 from __future__ import annotations
@@ -33,6 +46,7 @@ from enum import StrEnum
 from typing import TypeAlias
 
 from payray import machine
+from payray.errors import IllegalTransition
 
 
 class ChargeState(StrEnum):
@@ -46,6 +60,12 @@ class ChargeState(StrEnum):
     REFUND_PENDING = "refund_pending"
     COMPENSATED = "compensated"
     FAILED = "failed"
+    AUTHORIZED = "authorized"
+    REQUIRES_CAPTURE = "requires_capture"
+    CAPTURE_PENDING = "capture_pending"
+    CANCEL_PENDING = "cancel_pending"
+    RELEASED = "released"
+    CANCELED = "canceled"
 
 
 class ChargeEvent(StrEnum):
@@ -61,6 +81,12 @@ class ChargeEvent(StrEnum):
     PSP_REFUNDED = "psp_refunded"
     PSP_REFUND_UNKNOWN = "psp_refund_unknown"
     COMPENSATION_POSTED = "compensation_posted"
+    PSP_AUTHORIZED = "psp_authorized"
+    HOLD_POSTED = "hold_posted"
+    CAPTURE = "capture"
+    CANCEL = "cancel"
+    PSP_CANCELED = "psp_canceled"
+    RELEASE_POSTED = "release_posted"
 
 
 class Command(StrEnum):
@@ -72,6 +98,10 @@ class Command(StrEnum):
     RESPOND_FAILED = "respond_failed"
     REFUND_AT_PSP = "refund_at_psp"
     POST_COMPENSATION = "post_compensation"
+    POST_HOLD = "post_hold"
+    CAPTURE_AT_PSP = "capture_at_psp"
+    CANCEL_AT_PSP = "cancel_at_psp"
+    POST_RELEASE = "post_release"
 
 
 S, E, C = ChargeState, ChargeEvent, Command
@@ -92,6 +122,16 @@ TRANSITIONS: dict[tuple[ChargeState, ChargeEvent], tuple[ChargeState, tuple[Comm
     (S.REFUND_PENDING, E.PSP_REFUNDED): (S.COMPENSATED, (C.POST_COMPENSATION,)),
     (S.REFUND_PENDING, E.PSP_REFUND_UNKNOWN): (S.REFUND_PENDING, (C.REFUND_AT_PSP,)),
     (S.COMPENSATED, E.COMPENSATION_POSTED): (S.FAILED, (C.RESPOND_FAILED,)),
+    # authorized only: a hold, captured (in full or in part) or released later
+    (S.PSP_PENDING, E.PSP_AUTHORIZED): (S.AUTHORIZED, (C.POST_HOLD,)),
+    (S.UNKNOWN, E.PSP_AUTHORIZED): (S.AUTHORIZED, (C.POST_HOLD,)),
+    (S.AUTHORIZED, E.HOLD_POSTED): (S.REQUIRES_CAPTURE, ()),
+    (S.REQUIRES_CAPTURE, E.CAPTURE): (S.CAPTURE_PENDING, (C.CAPTURE_AT_PSP,)),
+    (S.CAPTURE_PENDING, E.PSP_CAPTURED): (S.CAPTURED, (C.POST_LEDGER,)),
+    (S.CAPTURE_PENDING, E.PSP_CANCELED): (S.RELEASED, (C.POST_RELEASE,)),
+    (S.REQUIRES_CAPTURE, E.CANCEL): (S.CANCEL_PENDING, (C.CANCEL_AT_PSP,)),
+    (S.CANCEL_PENDING, E.PSP_CANCELED): (S.RELEASED, (C.POST_RELEASE,)),
+    (S.RELEASED, E.RELEASE_POSTED): (S.CANCELED, ()),
 }
 
 #: What resuming a persisted, unfinished state runs: the commands of the transition that led into it.
@@ -101,6 +141,10 @@ RESUME: dict[ChargeState, tuple[Command, ...]] = {
     S.POSTED: (C.RESPOND_SUCCEEDED,),
     S.REFUND_PENDING: (C.REFUND_AT_PSP,),
     S.COMPENSATED: (C.POST_COMPENSATION,),
+    S.AUTHORIZED: (C.POST_HOLD,),
+    S.CAPTURE_PENDING: (C.CAPTURE_AT_PSP,),
+    S.CANCEL_PENDING: (C.CANCEL_AT_PSP,),
+    S.RELEASED: (C.POST_RELEASE,),
 }
 
 #: The states that resume by an event instead: a payment never submitted, and one whose capture's outcome is
@@ -119,16 +163,26 @@ PSP_EVENTS: dict[str, ChargeEvent] = {
     "captured": E.PSP_CAPTURED,
     "declined": E.PSP_DECLINED,
     "unknown": E.PSP_UNKNOWN,
+    "authorized": E.PSP_AUTHORIZED,
+    "canceled": E.PSP_CANCELED,
 }
 
 #: The states still waiting for the PSP's word on the capture: a webhook brings news to them, and recovery
 #: asks the PSP what happened (``after_lookup``) rather than capturing again.
 AWAITING_PSP = frozenset({S.PSP_PENDING, S.UNKNOWN})
 
-TERMINAL_STATES = frozenset({S.SUCCEEDED, S.DECLINED, S.FAILED})
+TERMINAL_STATES = frozenset({S.SUCCEEDED, S.DECLINED, S.FAILED, S.CANCELED})
+
+#: Where an authorization rests: answered, its hold booked, until it is captured, canceled or expires.
+RESTING_STATES = frozenset({S.REQUIRES_CAPTURE})
+
+#: States whose money is held in the ledger as an authorization (booked, and not yet captured or released).
+HOLDING = frozenset({S.REQUIRES_CAPTURE, S.CAPTURE_PENDING, S.CANCEL_PENDING, S.RELEASED})
 
 #: States from which the PSP may not be asked to capture again: the money already moved (or never will).
-AFTER_CAPTURE = frozenset({S.CAPTURED, S.POSTED, S.SUCCEEDED, S.REFUND_PENDING, S.COMPENSATED})
+AFTER_CAPTURE = frozenset(
+    {S.CAPTURED, S.POSTED, S.SUCCEEDED, S.REFUND_PENDING, S.COMPENSATED, S.AUTHORIZED, *HOLDING, S.CANCELED}
+)
 
 MACHINE = machine.Machine(
     ChargeState,
@@ -139,7 +193,18 @@ MACHINE = machine.Machine(
     resume_commands=RESUME,
     automatic=AUTOMATIC,
     answers=ANSWERS,
-    statuses={S.SUCCEEDED: "succeeded", S.DECLINED: "failed", S.FAILED: "failed", S.COMPENSATED: "failed"},
+    statuses={
+        S.SUCCEEDED: "succeeded",
+        S.DECLINED: "failed",
+        S.FAILED: "failed",
+        S.COMPENSATED: "failed",
+        # Stripe's word for an uncaptured charge, and for one whose authorization was released
+        S.REQUIRES_CAPTURE: "succeeded",
+        S.CAPTURE_PENDING: "succeeded",
+        S.CANCEL_PENDING: "succeeded",
+        S.RELEASED: "succeeded",
+        S.CANCELED: "succeeded",
+    },
 )
 Transition: TypeAlias = machine.Transition[ChargeState, ChargeEvent, Command]
 Resumption: TypeAlias = machine.Resumption[ChargeEvent, Command]
@@ -158,34 +223,52 @@ def after_lookup(state: ChargeState | str, found: str | None) -> tuple[ChargeEve
     """The events recovery applies, in order, to a payment in ``AWAITING_PSP`` once the PSP's search by
     payment id answered: ``found`` is the status of the PSP's charge, None if the PSP never saw the payment.
 
-    Found captured, the capture is booked; declined, the decline recorded; found but undecided, nothing yet
+    Found captured, the capture is booked; authorized, the hold; declined, the decline recorded; found but
+    undecided, nothing yet
     (the next sweep asks again). Never seen, nothing was captured: the payment failed, by way of ``unknown``
     if it was still ``psp_pending``."""
     if found is None:
         return (E.PSP_NOT_FOUND,) if MACHINE.state(state) is S.UNKNOWN else (E.PSP_UNKNOWN, E.PSP_NOT_FOUND)
     event = PSP_EVENTS.get(found)
-    return (event,) if event in (E.PSP_CAPTURED, E.PSP_DECLINED) else ()
+    return (event,) if event in (E.PSP_CAPTURED, E.PSP_DECLINED, E.PSP_AUTHORIZED) else ()
 
 
 #: The events a committed capture posting completes, in order, from the PSP's answer to the client's.
 BOOKED = (E.PSP_CAPTURED, E.LEDGER_POSTED, E.RESPONDED)
 
-#: Where a capture may still be booked: waiting for the PSP's word, or captured and not yet posted.
-BOOKABLE = AWAITING_PSP | {S.CAPTURED}
+#: Where a capture may still be booked: waiting for the PSP's word (on a charge, or on the capture of an
+#: authorization), or captured and not yet posted.
+BOOKABLE = AWAITING_PSP | {S.CAPTURE_PENDING, S.CAPTURED}
+
+#: The events a committed hold posting completes: the PSP's authorization, and the hold.
+HOLD_BOOKED = (E.PSP_AUTHORIZED, E.HOLD_POSTED)
+
+#: The events a committed release posting completes: the PSP's cancel, and the release.
+RELEASE_BOOKED = (E.PSP_CANCELED, E.RELEASE_POSTED)
+
+
+def _fold(state: ChargeState | str, events: tuple[ChargeEvent, ...]) -> tuple[Transition, ...]:
+    """The transitions of ``events`` from ``state``: all of them, or all but the first when that one is
+    already recorded (the PSP's word persisted, its posting not yet written). Raises ``IllegalTransition``
+    from anywhere else."""
+    source = MACHINE.state(state)
+    for start in (0, 1):
+        if events[start] in allowed_events(source):
+            done: list[Transition] = []
+            for event in events[start:]:
+                done.append(step(source, event))
+                source = done[-1].target
+            return tuple(done)
+    raise IllegalTransition(source.value, events[0].value)
 
 
 def booking(state: ChargeState | str) -> tuple[Transition, ...]:
-    """The transitions that commit with a capture's ledger posting, from ``state``: from ``psp_pending`` (or
-    ``unknown``) the PSP's capture, ``ledger_posted`` and ``responded``; from ``captured`` the last two.
+    """The transitions that commit with a capture's ledger posting, from ``state``: from ``psp_pending``,
+    ``unknown`` or ``capture_pending`` the PSP's capture, ``ledger_posted`` and ``responded``; from
+    ``captured`` the last two.
 
     Raises ``IllegalTransition`` from any other state: there is nothing left to book there."""
-    source = MACHINE.state(state)
-    events = BOOKED[1:] if source is S.CAPTURED else BOOKED
-    done: list[Transition] = []
-    for event in events:
-        done.append(step(source, event))
-        source = done[-1].target
-    return tuple(done)
+    return _fold(state, BOOKED)
 
 
 def booking_refused(state: ChargeState | str) -> tuple[Transition, ...]:
@@ -195,6 +278,28 @@ def booking_refused(state: ChargeState | str) -> tuple[Transition, ...]:
     return (*booking(state)[:-2], step(S.CAPTURED, E.LEDGER_FAILED))
 
 
+def hold_booking(state: ChargeState | str) -> tuple[Transition, ...]:
+    """The transitions that commit with an authorization's hold posting: from ``psp_pending`` or ``unknown``
+    the PSP's authorization and the hold; from ``authorized`` the hold."""
+    return _fold(state, HOLD_BOOKED)
+
+
+def release_booking(state: ChargeState | str) -> tuple[Transition, ...]:
+    """The transitions that commit with the posting releasing a hold: from ``capture_pending`` or
+    ``cancel_pending`` the PSP's cancel and the release; from ``released`` the release."""
+    return _fold(state, RELEASE_BOOKED)
+
+
 def psp_idempotency_key(payment_id: str) -> str:
     """The PSP-side idempotency key for a payment's capture: derived, so every retry reuses it."""
     return f"payray-capture-{payment_id}"
+
+
+def psp_capture_key(payment_id: str) -> str:
+    """The PSP-side key for capturing an authorization: derived, so every retry captures once."""
+    return f"payray-capture-authorized-{payment_id}"
+
+
+def psp_cancel_key(payment_id: str) -> str:
+    """The PSP-side key for releasing an authorization."""
+    return f"payray-cancel-{payment_id}"

@@ -11,7 +11,9 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Literal, Protocol
 
-PspStatus = Literal["captured", "declined", "unknown"]
+#: ``authorized``: held, waiting for a capture (``capture_method=manual``); ``canceled``: an authorization
+#: released without a capture.
+PspStatus = Literal["captured", "declined", "unknown", "authorized", "canceled"]
 
 
 class PspError(Exception):
@@ -75,8 +77,23 @@ class PaymentServiceProvider(Protocol):
         metadata: dict[str, str],
         description: str | None = None,
         customer: str | None = None,
+        capture_method: Literal["automatic", "manual"] = "automatic",
     ) -> PspChargeResult:
-        """Charge and capture at once; never raises for PSP-side outcomes (declines, timeouts, 5xx)."""
+        """Charge and capture at once (``manual``: authorize only, answering ``authorized``); never raises for
+        PSP-side outcomes (declines, timeouts, 5xx)."""
+        ...
+
+    async def capture_authorized(
+        self, *, payment_id: str, psp_reference: str, amount: int, idempotency_key: str
+    ) -> PspChargeResult:
+        """Capture ``amount`` of an authorization, releasing the rest: ``captured`` (``amount`` is what the
+        PSP captured), ``canceled`` (the authorization is gone: canceled or expired at the PSP) or ``unknown``."""
+        ...
+
+    async def cancel_authorization(
+        self, *, payment_id: str, psp_reference: str, idempotency_key: str, reason: str | None = None
+    ) -> PspChargeResult:
+        """Release an authorization: ``canceled``, ``captured`` (too late: it was captured) or ``unknown``."""
         ...
 
     async def lookup(self, *, payment_id: str) -> PspChargeResult | None:

@@ -11,7 +11,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, date, datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 import aiohttp
 import stripe
@@ -69,6 +69,8 @@ def result_from_intent(intent: Any) -> PspChargeResult:
     }
     if status == "succeeded":
         return PspChargeResult("captured", amount=_get(intent, "amount_received"), **common)
+    if status == "requires_capture":
+        return PspChargeResult("authorized", amount=_get(intent, "amount_capturable"), **common)
     error = _get(intent, "last_payment_error")
     amount = _get(intent, "amount")
     if status == "requires_action":
@@ -130,6 +132,7 @@ class StripePsp:
         metadata: dict[str, str],
         description: str | None = None,
         customer: str | None = None,
+        capture_method: Literal["automatic", "manual"] = "automatic",
     ) -> PspChargeResult:
         params: dict[str, Any] = {
             "amount": amount,
@@ -137,7 +140,7 @@ class StripePsp:
             "payment_method": payment_method,
             "payment_method_types": ["card"],
             "confirm": True,
-            "capture_method": "automatic",
+            "capture_method": capture_method,
             "metadata": {**metadata, PAYMENT_ID_KEY: payment_id},
         }
         if description is not None:
@@ -182,6 +185,63 @@ class StripePsp:
             log.exception("PSP capture failed unexpectedly for payment %s", payment_id)
             return PspChargeResult("unknown", detail=f"capture: {type(exc).__name__}: {exc}"[:300])
         return result_from_intent(intent)
+
+    async def capture_authorized(
+        self, *, payment_id: str, psp_reference: str, amount: int, idempotency_key: str
+    ) -> PspChargeResult:
+        try:
+            intent = await self._client.v1.payment_intents.capture_async(
+                psp_reference,
+                {"amount_to_capture": amount},
+                options={"idempotency_key": idempotency_key},
+            )
+        except stripe.InvalidRequestError as exc:
+            # Not capturable (any more): the intent says whether it was captured before or let go.
+            return await self._settled_authorization(payment_id, psp_reference, exc)
+        except stripe.StripeError as exc:
+            return self._authorization_unknown(exc, "capture of authorization", payment_id)
+        return result_from_intent(intent)
+
+    async def cancel_authorization(
+        self, *, payment_id: str, psp_reference: str, idempotency_key: str, reason: str | None = None
+    ) -> PspChargeResult:
+        params: dict[str, Any] = {"cancellation_reason": reason} if reason else {}
+        try:
+            intent = await self._client.v1.payment_intents.cancel_async(
+                psp_reference,
+                params,  # type: ignore[arg-type]
+                options={"idempotency_key": idempotency_key},
+            )
+        except stripe.InvalidRequestError as exc:
+            return await self._settled_authorization(payment_id, psp_reference, exc)
+        except stripe.StripeError as exc:
+            return self._authorization_unknown(exc, "cancel of authorization", payment_id)
+        return PspChargeResult("canceled", psp_reference=psp_reference, currency=_get(intent, "currency"))
+
+    async def _settled_authorization(
+        self, payment_id: str, psp_reference: str, refused: stripe.InvalidRequestError
+    ) -> PspChargeResult:
+        """What became of an authorization the PSP refused to capture or cancel: asked again by its id."""
+        try:
+            intent = await self._client.v1.payment_intents.retrieve_async(psp_reference)
+        except stripe.StripeError as exc:
+            return self._authorization_unknown(exc, "retrieve of authorization", payment_id)
+        status = _get(intent, "status")
+        if status == "canceled":
+            return PspChargeResult("canceled", psp_reference=psp_reference, currency=_get(intent, "currency"))
+        if status == "succeeded":
+            return result_from_intent(intent)
+        detail = f"refused ({refused.code}) while {status}: {refused.user_message}"[:300]
+        return PspChargeResult("unknown", psp_reference=psp_reference, detail=detail)
+
+    @staticmethod
+    def _authorization_unknown(exc: stripe.StripeError, what: str, payment_id: str) -> PspChargeResult:
+        if isinstance(exc, (stripe.AuthenticationError, stripe.PermissionError)):
+            raise PspConfigurationError(f"the PSP refused our credentials: {exc.user_message}") from exc
+        if isinstance(exc, stripe.IdempotencyError):
+            raise PspConfigurationError(f"{what}: key reused with other parameters") from exc
+        log.warning("PSP %s outcome unknown for payment %s: %r", what, payment_id, exc)
+        return _unknown(exc, what)
 
     async def lookup(self, *, payment_id: str) -> PspChargeResult | None:
         """Search by metadata; several intents for one payment (never expected) → the captured one wins."""

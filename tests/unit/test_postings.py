@@ -232,6 +232,8 @@ def test_accounts_follow_the_chart() -> None:
         "psp_fees",
         "platform_fees",
         "payouts_in_transit",
+        "psp_authorized",
+        "authorized_hold",
         "merchant_payable",
         "dispute_hold",
     }

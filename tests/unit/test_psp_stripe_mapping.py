@@ -42,9 +42,13 @@ def test_failed_attempt_is_declined_with_the_issuer_reason() -> None:
     )
 
 
-@pytest.mark.parametrize("status", ["processing", "requires_capture"])
-def test_in_between_states_are_unknown(status: str) -> None:
-    assert result_from_intent(_intent(status)).status == "unknown"
+def test_processing_is_unknown() -> None:
+    assert result_from_intent(_intent("processing")).status == "unknown"
+
+
+def test_requires_capture_is_an_authorization_of_the_capturable_amount() -> None:
+    result = result_from_intent({**_intent("requires_capture"), "amount_capturable": 700})
+    assert (result.status, result.amount) == ("authorized", 700)
 
 
 def test_requires_action_is_declined_as_authentication_required() -> None:
