@@ -87,7 +87,8 @@ class PaymentServiceProvider(Protocol):
         self, *, payment_id: str, psp_reference: str, amount: int, idempotency_key: str
     ) -> PspChargeResult:
         """Capture ``amount`` of an authorization, releasing the rest: ``captured`` (``amount`` is what the
-        PSP captured), ``canceled`` (the authorization is gone: canceled or expired at the PSP) or ``unknown``."""
+        PSP captured), ``canceled`` (the authorization is gone: canceled or expired at the PSP) or
+        ``unknown``."""
         ...
 
     async def cancel_authorization(

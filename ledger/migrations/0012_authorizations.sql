@@ -44,7 +44,9 @@ ALTER TABLE payments
     ADD COLUMN capture_method    text NOT NULL DEFAULT 'automatic'
         CHECK (capture_method IN ('automatic', 'manual')),
     ADD COLUMN amount_captured   bigint CHECK (amount_captured > 0 AND amount_captured <= amount),
-    ADD COLUMN payment_intent_id text REFERENCES payment_intents (id);
+    ADD COLUMN payment_intent_id text REFERENCES payment_intents (id),
+    -- why an authorization was released: the merchant's reason, or 'expired'
+    ADD COLUMN cancellation_reason text;
 
 ALTER TABLE payment_intents
     ADD CONSTRAINT payment_intents_charge FOREIGN KEY (charge_id) REFERENCES payments (id);

@@ -69,6 +69,7 @@ from serve_app.wire.openapi import (
 )
 from serve_app.wire.render import charge_object, dumps, error_object, list_object, refund_object
 from serve_app.wire.schemas import (
+    ChargeCapture,
     ChargeCreate,
     ChargeUpdate,
     CustomerCreate,
@@ -300,6 +301,16 @@ class PaymentApi:
         body = parse_body(ChargeUpdate, await read_body(request), request.headers.get("content-type"))
         updated = await update_charge(self.parts.pool, merchant_id, charge_id, body)
         return json_response(200, dumps(charge_object(updated)))
+
+    @api.post("/v1/charges/{charge_id}/capture", **operation(o.Charge, body=ChargeCapture, money=True))
+    async def capture_charge(self, charge_id: str, request: Request) -> Response:
+        """Capture an authorization (``capture=false``) in full, or ``amount`` of it, releasing the rest."""
+        return await self._money_post(
+            request,
+            "POST /v1/charges/{id}/capture",
+            ChargeCapture,
+            lambda p: lambda merchant, key, body: p.charges.capture(merchant, charge_id, key, body.amount),
+        )
 
     @api.post("/v1/refunds", **operation(o.Refund, body=RefundCreate, money=True))
     async def create_refund(self, request: Request) -> Response:

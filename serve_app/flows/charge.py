@@ -15,12 +15,20 @@ import dataclasses
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
-from ledger.postings import Statement, capture_posting, fee_for, refund_posting
+from ledger.postings import (
+    Posting,
+    Statement,
+    capture_posting,
+    fee_for,
+    hold_posting,
+    refund_posting,
+    release_posting,
+)
 from payray.charge import (
     AUTOMATIC,
     AWAITING_PSP,
@@ -34,16 +42,21 @@ from payray.charge import (
     booking,
     booking_refused,
     decides_answer,
+    hold_booking,
+    psp_cancel_key,
+    psp_capture_key,
     psp_idempotency_key,
+    release_booking,
     resume,
     step,
     with_automatic,
 )
+from payray.errors import InvalidRequest, NotFound
 from payray.fingerprint import request_fingerprint
 from payray.ids import new_id
 from payray.money import Money
 from psp.port import PaymentServiceProvider
-from serve_app.flows.idempotent import Answer, IdempotentRequests, Operation
+from serve_app.flows.idempotent import PENDING, Answer, IdempotentRequests, Operation
 from serve_app.flows.recent import RecentOutcomes
 from serve_app.stores import charges as db
 from serve_app.stores.charges import Charge, ChargeWrite, PostgresCharges
@@ -86,13 +99,30 @@ class Persist:
     detail: dict[str, Any] = field(default_factory=dict)
 
 
+#: What a ``Book`` posts: the capture (``booking``), an authorization's hold (``hold_booking``) or its
+#: release (``release_booking``).
+Booked = Literal["capture", "hold", "release"]
+BOOKINGS: dict[Booked, Callable[[str], tuple[Transition, ...]]] = {
+    "capture": booking,
+    "hold": hold_booking,
+    "release": release_booking,
+}
+#: The PSP's word that is booked rather than only persisted, and what it books.
+BOOKED_BY: dict[ChargeEvent, Booked] = {
+    ChargeEvent.PSP_CAPTURED: "capture",
+    ChargeEvent.PSP_AUTHORIZED: "hold",
+    ChargeEvent.PSP_CANCELED: "release",
+}
+
+
 @dataclass(frozen=True)
 class Book:
-    """Next: post the capture with the transitions it completes (``booking``), in one transaction."""
+    """Next: post the capture, hold or release with the transitions it completes, in one transaction."""
 
     charge: Charge
     fields: dict[str, Any] = field(default_factory=dict)
     detail: dict[str, Any] = field(default_factory=dict)
+    what: Booked = "capture"
 
 
 @dataclass(frozen=True)
@@ -110,7 +140,7 @@ Next = Persist | Book | Run | Reply
 def reply_for(charge: Charge) -> Reply:
     """The response a charge in its current state deserves."""
     state = ChargeState(charge.state)
-    if state is ChargeState.SUCCEEDED:
+    if state in (ChargeState.SUCCEEDED, ChargeState.REQUIRES_CAPTURE, ChargeState.CANCELED):
         return Reply(200, dumps(charge_object(charge)), charge)
     if state in (ChargeState.DECLINED, ChargeState.FAILED):
         return Reply(402, dumps(decline_object(charge)), charge)
@@ -128,9 +158,10 @@ def advance(
 
 
 def heard(charge: Charge, event: ChargeEvent, fields: dict[str, Any], detail: dict[str, Any]) -> Next:
-    """Next, on the PSP's word: a capture is booked with its posting; any other answer is persisted."""
-    if event is ChargeEvent.PSP_CAPTURED:
-        return Book(charge, fields, detail)
+    """Next, on the PSP's word: a capture, an authorization or its release is booked with its posting; any
+    other answer is persisted."""
+    if event in BOOKED_BY:
+        return Book(charge, fields, detail, BOOKED_BY[event])
     return advance(charge, event, fields, detail)
 
 
@@ -173,6 +204,10 @@ class ChargeFlow:
             Command.POST_LEDGER: self._post_ledger,
             Command.REFUND_AT_PSP: self._refund_at_psp,
             Command.POST_COMPENSATION: self._post_compensation,
+            Command.POST_HOLD: self._post_hold,
+            Command.CAPTURE_AT_PSP: self._capture_at_psp,
+            Command.CANCEL_AT_PSP: self._cancel_at_psp,
+            Command.POST_RELEASE: self._post_release,
         }
 
     async def start(self, charge: Charge) -> Reply:
@@ -181,6 +216,36 @@ class ChargeFlow:
             reply = await self._drive(Run(charge, Command.CALL_PSP))
         self.outcomes.saw(reply.charge.id, reply.charge.state)
         return reply
+
+    async def settle(self, charge: Charge) -> Reply:
+        """Drive an authorization whose capture or cancel was just persisted (``capture_pending`` or
+        ``cancel_pending``) to its answer: the command that transition asked for."""
+        (command,) = resume(charge.state).commands
+        async with self.outcomes.driving(charge.id):
+            reply = await self._drive(Run(charge, command))
+        self.outcomes.saw(reply.charge.id, reply.charge.state)
+        return reply
+
+    async def begin(
+        self,
+        charge: Charge,
+        event: ChargeEvent,
+        fields: dict[str, Any],
+        conn: AsyncConnection[Any] | None = None,
+    ) -> Charge | None:
+        """Persist a merchant's (or the expiry's) ``capture`` or ``cancel`` of an authorization, on ``conn``
+        inside its transaction when given; None if the charge moved on meanwhile. ``settle`` drives it."""
+        chain = [step(charge.state, event)]
+        return await self._store.apply(ChargeWrite(charge, chain, fields, {}), conn)
+
+    async def release(self, charge: Charge, reason: str) -> Reply:
+        """Cancel an authorization (``requires_capture``) and release its hold: the expiry's way."""
+        begun = await self.begin(charge, ChargeEvent.CANCEL, {"cancellation_reason": reason})
+        if begun is None:
+            current = await self._store.load(charge.id)
+            assert current is not None
+            return reply_for(current)
+        return await self.settle(begun)
 
     async def resume(self, charge: Charge) -> Reply:
         """Finish an interrupted or pending flow from its persisted state."""
@@ -237,7 +302,7 @@ class ChargeFlow:
                 persisted = await self._persist(todo.charge, todo.chain, todo.fields, todo.detail)
                 todo = await self._after_commit(persisted)
             elif isinstance(todo, Book):
-                todo = await self._book(todo.charge, todo.fields, todo.detail)
+                todo = await self._book(todo)
             elif todo.command in AUTOMATIC:
                 todo = advance(todo.charge, AUTOMATIC[todo.command])
             else:
@@ -295,6 +360,7 @@ class ChargeFlow:
             metadata={**charge.metadata, "payray_merchant_id": charge.merchant_id},
             description=charge.description,
             # not ``customer``: it names one of payray's customers, which the PSP does not know
+            capture_method="manual" if charge.capture_method == "manual" else "automatic",
         )
         fields = {
             "psp_reference": result.psp_reference,
@@ -304,27 +370,49 @@ class ChargeFlow:
         detail = {"psp_status": result.status, "detail": result.detail} if result.detail else {}
         return heard(charge, PSP_EVENTS[result.status], fields, detail)
 
-    def _capture_posting(self, charge: Charge) -> Any:
-        return capture_posting(charge.id, charge.merchant_id, charge.amount, charge.fee)
+    def _capture_posting(self, charge: Charge) -> Posting:
+        """The capture's posting; an authorization's also releases its whole hold."""
+        authorized = charge.amount if charge.capture_method == "manual" else None
+        return capture_posting(
+            charge.id, charge.merchant_id, charge.captured_amount, charge.fee, authorized=authorized
+        )
+
+    def _posting(self, charge: Charge, what: Booked) -> Posting:
+        if what == "hold":
+            return hold_posting(charge.id, charge.merchant_id, charge.amount)
+        if what == "release":
+            return release_posting(charge.id, charge.merchant_id, charge.amount)
+        return self._capture_posting(charge)
 
     async def _post_ledger(self, charge: Charge) -> Next:
         return Book(charge)
 
-    async def _book(self, charge: Charge, fields: dict[str, Any], detail: dict[str, Any]) -> Next:
-        """Post the capture with the transitions it completes (``booking``) and the answer they decide, in
-        one transaction of the merchant's wallet host. Refused, or unreachable after retries: the capture is
-        recorded as such and compensated at the PSP."""
-        chain = list(booking(charge.state))
+    async def _post_hold(self, charge: Charge) -> Next:
+        return Book(charge, what="hold")
+
+    async def _post_release(self, charge: Charge) -> Next:
+        return Book(charge, what="release")
+
+    async def _book(self, todo: Book) -> Next:
+        """Post the capture, hold or release with the transitions it completes and the answer they decide,
+        in one transaction of the merchant's wallet host. A capture refused, or unreachable after retries, is
+        recorded as such and compensated at the PSP; a hold or release (never refused: it moves no available
+        funds) that cannot be written is left to recovery, the PSP's word recorded."""
+        charge, fields, detail, what = todo.charge, todo.fields, todo.detail, todo.what
+        chain = list(BOOKINGS[what](charge.state))
         after = charge.evolve(
             state=chain[-1].target.value, **{k: v for k, v in fields.items() if v is not None}
         )
-        rendered = charge_object(after)  # a booked charge has succeeded: its answer is 200 with the charge
+        rendered = charge_object(after)  # a booked charge is answered 200 with itself
         reply = Reply(200, dumps(rendered), after)
-        answer = (reply.status, reply.body)
+        # The request that created the charge is answered by its capture or its hold; a later capture or
+        # release answers its own request, and leaves the first answer as it was.
+        answers_creation = what == "hold" or charge.capture_method == "automatic"
+        answer = (reply.status, reply.body) if answers_creation else None
         completes = self._store.booking(
-            ChargeWrite(charge, chain, fields, detail, answer, ("charge.succeeded", rendered))
+            ChargeWrite(charge, chain, fields, detail, answer, (announced(after, what), rendered))
         )
-        posting = dataclasses.replace(self._capture_posting(charge), completes=completes)
+        posting = dataclasses.replace(self._posting(after, what), completes=completes)
         error = "ledger unavailable"
         for attempt in range(LEDGER_ATTEMPTS):
             try:
@@ -340,6 +428,12 @@ class ChargeFlow:
                 return await self._after_someone_else(charge.id, result.transaction_id)
             error = result.error or "posting refused"
             break
+        if what != "capture":
+            log.error("ledger %s failed; left to recovery", what, extra={"payment_id": charge.id})
+            heard_first = chain[:-1]  # the PSP's word, when this booking was to record it
+            if heard_first:
+                return Persist(charge, heard_first, fields, {**detail, "error": error[:500]})
+            return reply_for(charge)
         log.error("ledger posting failed; compensating", extra={"payment_id": charge.id, "error": error})
         failed = list(booking_refused(charge.state))
         return Persist(charge, failed, fields, {**detail, "error": error[:500]})
@@ -367,7 +461,7 @@ class ChargeFlow:
         result = await self._psp.refund(
             payment_id=charge.id,
             psp_reference=charge.psp_reference,
-            amount=charge.amount.amount,
+            amount=charge.captured_amount.amount,
             idempotency_key=f"payray-compensate-{charge.id}",
         )
         if result.status == "refunded":  # reconciliation matches the PSP's refund row by this id
@@ -375,12 +469,45 @@ class ChargeFlow:
         # The refund's fate is unknown: stay in refund_pending and let recovery retry with the same key.
         return reply_for(charge)
 
+    async def _capture_at_psp(self, charge: Charge) -> Next:
+        """Capture the part of the authorization asked for (``amount_captured``), under a key derived from the
+        charge: captured, it is booked; gone at the PSP (canceled or expired there), its hold is released;
+        unknown, it stays ``capture_pending`` and recovery asks again under the same key."""
+        assert charge.psp_reference is not None
+        result = await self._psp.capture_authorized(
+            payment_id=charge.id,
+            psp_reference=charge.psp_reference,
+            amount=charge.captured_amount.amount,
+            idempotency_key=psp_capture_key(charge.id),
+        )
+        if result.status in ("captured", "canceled"):
+            return heard(charge, PSP_EVENTS[result.status], {}, {"psp_status": result.status})
+        log.warning("capture of authorization unknown", extra={"payment_id": charge.id})
+        return reply_for(charge)
+
+    async def _cancel_at_psp(self, charge: Charge) -> Next:
+        """Release the authorization at the PSP: released there, the hold is released here; anything else
+        (unknown, or captured after all) stays ``cancel_pending`` for recovery and reconciliation."""
+        assert charge.psp_reference is not None
+        result = await self._psp.cancel_authorization(
+            payment_id=charge.id,
+            psp_reference=charge.psp_reference,
+            idempotency_key=psp_cancel_key(charge.id),
+        )
+        if result.status == "canceled":
+            return heard(charge, ChargeEvent.PSP_CANCELED, {}, {"psp_status": "canceled"})
+        log.warning(
+            "cancel of authorization not confirmed",
+            extra={"payment_id": charge.id, "psp_status": result.status, "detail": result.detail},
+        )
+        return reply_for(charge)
+
     async def _post_compensation(self, charge: Charge) -> Next:
         """Book the capture and its reversal, so the money the PSP moved twice is counted twice."""
         try:
             await self._wallets.post(charge.merchant_id, self._capture_posting(charge))
             reversal = refund_posting(
-                f"compensation-{charge.id}", charge.merchant_id, charge.amount, charge.fee
+                f"compensation-{charge.id}", charge.merchant_id, charge.captured_amount, charge.fee
             )
             result = await self._wallets.post(charge.merchant_id, reversal)
         except Exception:
@@ -397,6 +524,17 @@ class ChargeFlow:
         )
 
 
+def announced(charge: Charge, what: Booked) -> str:
+    """The event a booking announces, as Stripe names it: an authorization or an automatic capture is
+    ``charge.succeeded``, the capture of an authorization ``charge.captured``, a release ``charge.expired``
+    when the authorization ran out and ``charge.refunded`` when it was canceled."""
+    if what == "hold" or (what == "capture" and charge.capture_method == "automatic"):
+        return "charge.succeeded"
+    if what == "capture":
+        return "charge.captured"
+    return "charge.expired" if charge.cancellation_reason == "expired" else "charge.refunded"
+
+
 class ChargeService:
     def __init__(
         self, pool: AsyncConnectionPool[Any], requests: IdempotentRequests, flow: ChargeFlow, fee_bps: int
@@ -407,7 +545,10 @@ class ChargeService:
         self._fee_bps = fee_bps  # the rate of the fee each new charge stores
 
     async def create(self, merchant_id: str, key: str, body: ChargeCreate) -> Answer:
-        fingerprint = request_fingerprint("POST", "/v1/charges", body.model_dump(mode="json"))
+        fields = body.model_dump(mode="json")
+        if fields["capture"]:
+            del fields["capture"]  # the default: fingerprints stay those of requests before it existed
+        fingerprint = request_fingerprint("POST", "/v1/charges", fields)
         payment_id = new_id("ch")
         amount = Money(body.amount, body.currency)
         fresh = Charge(
@@ -423,6 +564,7 @@ class ChargeService:
             description=body.description,
             metadata=dict(body.metadata),
             customer=body.customer,
+            capture_method="automatic" if body.capture else "manual",
         )
         submit = step(ChargeState.CREATED, ChargeEvent.SUBMIT)
 
@@ -442,3 +584,89 @@ class ChargeService:
             return reply.status, reply.body
 
         return await self._requests.run(merchant_id, key, fingerprint, Operation(create, start, resume))
+
+    async def capture(self, merchant_id: str, charge_id: str, key: str, amount: int | None) -> Answer:
+        """``POST /v1/charges/{id}/capture``: capture ``amount`` (all of it by default) of an authorization,
+        releasing the rest. The key is claimed in the transaction that records the capture, so a refused
+        request leaves nothing behind and a retry replays the answer."""
+        fingerprint = request_fingerprint("POST", f"/v1/charges/{charge_id}/capture", {"amount": amount})
+
+        async def create(conn: AsyncConnection[Any]) -> Charge | None:
+            async with conn.transaction():
+                if not await db.claim_key_for(
+                    conn, merchant_id, key, fingerprint, charge_id, self._requests.lease_ms
+                ):
+                    return None
+                charge = await db.lock_merchant_charge(conn, charge_id, merchant_id)
+                if charge is None:
+                    raise NotFound(f"No such charge: '{charge_id}'", param="id")
+                to_capture = capturable(charge, amount)
+                fee = fee_for(to_capture, self._fee_bps)
+                fields = {"amount_captured": to_capture.amount, "fee": fee.amount}
+                begun = await self._flow.begin(charge, ChargeEvent.CAPTURE, fields, conn)
+                assert begun is not None, "the charge is locked by this transaction"
+                return begun
+
+        async def start(charge: Charge) -> tuple[int, bytes]:
+            return await self._answer(merchant_id, key, await self._flow.settle(charge))
+
+        async def resume(payment_id: str) -> tuple[int, bytes]:
+            async with self._pool.connection() as conn:
+                charge = await db.load_charge(conn, payment_id)
+            assert charge is not None
+            return await self._answer(merchant_id, key, await self._flow.recover(charge))
+
+        return await self._requests.run(merchant_id, key, fingerprint, Operation(create, start, resume))
+
+    async def _answer(self, merchant_id: str, key: str, reply: Reply) -> tuple[int, bytes]:
+        """A capture's answer, stored under its key once final (a pending one is asked again on retry)."""
+        if reply.status != PENDING:
+            async with self._pool.connection() as conn:
+                await db.store_answer(conn, merchant_id, key, reply.status, reply.body)
+        return reply.status, reply.body
+
+
+def capturable(charge: Charge, amount: int | None) -> Money:
+    """What a capture of ``charge`` may take: ``amount`` (the whole authorization if None), refused as
+    Stripe refuses it when the charge is no authorization waiting for its capture, or for more than it
+    holds."""
+    state = ChargeState(charge.state)
+    if state is not ChargeState.REQUIRES_CAPTURE:
+        if charge.capture_method == "manual" and state in CAPTURED_OR_CAPTURING:
+            raise InvalidRequest(
+                f"Charge {charge.id} has already been captured.", code="charge_already_captured", param="id"
+            )
+        if state in RELEASING:
+            raise InvalidRequest(
+                f"Charge {charge.id} has expired or been canceled, and can no longer be captured.",
+                code="charge_expired_for_capture",
+                param="id",
+            )
+        raise InvalidRequest(
+            f"Charge {charge.id} cannot be captured: it is not an authorization waiting for its capture.",
+            code="charge_not_capturable",
+            param="id",
+        )
+    if amount is None:
+        return charge.amount
+    if amount > charge.amount.amount:
+        raise InvalidRequest(
+            f"Amount to capture ({amount}) is more than the authorized amount ({charge.amount.amount}).",
+            code="amount_too_large",
+            param="amount",
+        )
+    return Money(amount, charge.currency)
+
+
+CAPTURED_OR_CAPTURING = frozenset(
+    {
+        ChargeState.CAPTURE_PENDING,
+        ChargeState.CAPTURED,
+        ChargeState.POSTED,
+        ChargeState.SUCCEEDED,
+        ChargeState.REFUND_PENDING,
+        ChargeState.COMPENSATED,
+        ChargeState.FAILED,
+    }
+)
+RELEASING = frozenset({ChargeState.CANCEL_PENDING, ChargeState.RELEASED, ChargeState.CANCELED})

@@ -17,7 +17,9 @@ from psp.port import PaymentServiceProvider
 from serve_app.wallets import WalletDirectory
 
 LEDGER_CAPTURES = "SELECT external_ref FROM ledger_transactions WHERE kind = 'capture'"
-UNFINISHED_PAYMENTS = "SELECT id FROM payments WHERE state NOT IN ('succeeded', 'declined', 'failed')"
+UNFINISHED_PAYMENTS = """
+SELECT id FROM payments WHERE state NOT IN ('succeeded', 'declined', 'failed', 'requires_capture', 'canceled')
+"""
 #: Refunds of payray's refund objects the ledger holds as debited and not given back (a charge's
 #: compensation, booked as a refund of the whole charge under its own reference, is not one of them).
 LEDGER_REFUNDS = """

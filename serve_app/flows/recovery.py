@@ -17,6 +17,7 @@ from typing import Any
 
 from psycopg_pool import AsyncConnectionPool
 
+from payray.charge import AUTHORIZATION_DAYS, RESTING_STATES, TERMINAL_STATES
 from payray.errors import ClientError
 from serve_app.flows.charge import ChargeFlow
 from serve_app.flows.dispute import DisputeBooking
@@ -31,9 +32,15 @@ log = logging.getLogger("payray.recovery")
 
 STUCK_PAYMENTS = """
 SELECT id FROM payments
-WHERE state NOT IN ('succeeded', 'declined', 'failed')
+WHERE state NOT IN ('succeeded', 'declined', 'failed', 'compensated', 'requires_capture', 'canceled')
   AND updated_at < now() - %(grace)s * interval '1 second'
 ORDER BY updated_at LIMIT %(limit)s
+"""
+#: Authorizations nobody captured in time: released, as the PSP would let them go.
+EXPIRED_AUTHORIZATIONS = """
+SELECT id FROM payments
+WHERE state = 'requires_capture' AND created_at < now() - %(days)s * interval '1 day'
+ORDER BY created_at LIMIT %(limit)s
 """
 STUCK_REFUNDS = """
 SELECT id FROM refunds
@@ -66,8 +73,12 @@ class Recovery:
             refund_ids = [r[0] for r in await (await conn.execute(STUCK_REFUNDS, params)).fetchall()]
             stuck_disputes = await disputes.stuck_disputes(conn, grace_s, limit)
             stuck_payouts = await payouts.stuck_payouts(conn, grace_s, limit)
+            expiring = {"days": AUTHORIZATION_DAYS, "limit": limit}
+            expired = [r[0] for r in await (await conn.execute(EXPIRED_AUTHORIZATIONS, expiring)).fetchall()]
         for payment_id in payment_ids:
             await self._one("payments", seen, self._payment(payment_id))
+        for payment_id in expired:
+            await self._one("authorizations_expired", seen, self._expire(payment_id))
         for refund_id in refund_ids:
             await self._one("refunds", seen, self._refund(refund_id))
         for dispute in stuck_disputes:
@@ -96,7 +107,15 @@ class Recovery:
         if charge is None:
             return False
         reply = await self._charges.recover(charge)
-        return reply.charge.state in ("succeeded", "declined", "failed")
+        return reply.charge.state in TERMINAL_STATES | RESTING_STATES
+
+    async def _expire(self, payment_id: str) -> bool:
+        async with self._pool.connection() as conn:
+            charge = await charges_db.load_charge(conn, payment_id)
+        if charge is None or charge.state != "requires_capture":
+            return False
+        reply = await self._charges.release(charge, "expired")
+        return reply.charge.state == "canceled"
 
     async def _refund(self, refund_id: str) -> bool:
         async with self._pool.connection() as conn:

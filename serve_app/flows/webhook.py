@@ -177,9 +177,9 @@ class WebhookReceiver:
         fields: dict[str, Any] = {"psp_reference": obj.get("payment_intent")}
         if not succeeded:
             fields.update(failure_code=obj.get("failure_code"), failure_message=obj.get("failure_message"))
-        persisted = await self._charges.apply_psp_outcome(
-            conn, payment, "captured" if succeeded else "declined", fields
-        )
+        # an uncaptured charge (capture_method=manual) succeeded as an authorization
+        outcome = ("captured" if obj.get("captured", True) else "authorized") if succeeded else "declined"
+        persisted = await self._charges.apply_psp_outcome(conn, payment, outcome, fields)
         if persisted is None:
             return f"no change: {payment.id} is {payment.state}", []
         return f"{payment.id} {payment.state} -> {persisted.chain[-1].target.value}", [
@@ -222,7 +222,11 @@ class WebhookReceiver:
         refund_id = new_id("re")
         try:
             terms = refund_terms(
-                payment.amount, payment.fee, payment.amount_refunded, int(psp_refund.amount), capped=True
+                payment.captured_amount,
+                payment.fee,
+                payment.amount_refunded,
+                int(psp_refund.amount),
+                capped=True,
             )
         except RefundRefused:  # nothing left, or nothing refunded
             log.error("the PSP refunded more than payray reserved", extra={"payment_id": payment.id})

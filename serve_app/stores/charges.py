@@ -19,7 +19,7 @@ from payray.pages import Page
 from serve_app.stores import connection
 from serve_app.stores.answers import ANSWER_AND_ANNOUNCE, answer_params
 from serve_app.stores.customers import CUSTOMER_KNOWN
-from serve_app.stores.keys import claim_key_where
+from serve_app.stores.keys import CLAIM_KEY, claim_key_where
 from serve_app.stores.pages import newest_first, page_params, read_page
 
 
@@ -42,6 +42,15 @@ class Charge:
     failure_message: str | None = None
     amount_refunded: int = 0  # in the amount's minor units
     ledger_transaction_id: str | None = None
+    capture_method: str = "automatic"  # "manual": authorized only, until captured or released
+    amount_captured: int | None = None  # of an authorization: what its capture asks for, then took
+    payment_intent_id: str | None = None
+    cancellation_reason: str | None = None  # why an authorization was released: the merchant's, or "expired"
+
+    @property
+    def captured_amount(self) -> Money:
+        """What the capture moves: the whole amount, or the part of an authorization asked for."""
+        return self.amount if self.amount_captured is None else Money(self.amount_captured, self.currency)
 
     @property
     def currency(self) -> str:
@@ -54,7 +63,8 @@ class Charge:
 _PAYMENT_COLUMNS = (
     "id, merchant_id, amount, currency, fee, payment_method, state, idempotency_key, psp_idempotency_key, "
     "created_at, description, metadata, customer, psp_reference, failure_code, failure_message, "
-    "amount_refunded, ledger_transaction_id"
+    "amount_refunded, ledger_transaction_id, capture_method, amount_captured, payment_intent_id, "
+    "cancellation_reason"
 )
 
 #: Claims the key and creates the charge in one statement: either both rows exist or neither does. Neither
@@ -64,9 +74,11 @@ INSERT_PAYMENT_WITH_KEY = f"""
 WITH known AS (SELECT {CUSTOMER_KNOWN} AS ok), claimed AS ({claim_key_where("(SELECT ok FROM known)")}),
 charge AS (
     INSERT INTO payments (id, merchant_id, amount, currency, fee, payment_method, state, idempotency_key,
-                          psp_idempotency_key, description, metadata, customer)
+                          psp_idempotency_key, description, metadata, customer, capture_method,
+                          payment_intent_id)
     SELECT %(id)s, %(merchant_id)s, %(amount)s, %(currency)s, %(fee)s, %(payment_method)s, %(state)s, %(key)s,
-           %(psp_idempotency_key)s, %(description)s, %(metadata)s, %(customer)s
+           %(psp_idempotency_key)s, %(description)s, %(metadata)s, %(customer)s, %(capture_method)s,
+           %(payment_intent_id)s
     FROM claimed
     RETURNING {_PAYMENT_COLUMNS}
 ), history AS (
@@ -97,6 +109,9 @@ WITH moved AS (
         failure_code = COALESCE(%(failure_code)s, failure_code),
         failure_message = COALESCE(%(failure_message)s, failure_message),
         ledger_transaction_id = COALESCE({ledger_transaction}, ledger_transaction_id),
+        amount_captured = COALESCE(%(amount_captured)s, amount_captured),
+        fee = COALESCE(%(fee)s, fee),
+        cancellation_reason = COALESCE(%(cancellation_reason)s, cancellation_reason),
         updated_at = now()
     WHERE id = %(id)s AND state = %(from_state)s
     RETURNING {_PAYMENT_COLUMNS}
@@ -111,9 +126,10 @@ SELECT * FROM moved
 
 APPLY_TRANSITIONS = _apply_transitions("%(ledger_transaction_id)s")
 
-#: ``APPLY_TRANSITIONS`` run inside the capture's own ledger transaction (``Posting.completes``): the
-#: charge's ledger transaction is the one that transaction just wrote, or found already written.
-BOOK_CAPTURE = _apply_transitions(
+#: ``APPLY_TRANSITIONS`` run inside a posting's own ledger transaction (``Posting.completes``: a capture, a
+#: hold or its release): the charge's ledger transaction is the capture that transaction just wrote, or
+#: found already written (a hold or a release leaves it as it was).
+BOOKING = _apply_transitions(
     f"(SELECT id FROM ledger_transactions WHERE kind = '{CAPTURE}' AND external_ref = %(id)s)"
 )
 
@@ -164,6 +180,8 @@ async def insert_charge(
         "description": charge.description,
         "metadata": Jsonb(charge.metadata),
         "customer": charge.customer,
+        "capture_method": charge.capture_method,
+        "payment_intent_id": charge.payment_intent_id,
         "steps": _steps(transitions),
     }
     async with conn.cursor(row_factory=dict_row) as cur:
@@ -249,6 +267,9 @@ def _write_params(write: ChargeWrite) -> dict[str, Any]:
         "failure_code": fields.get("failure_code"),
         "failure_message": fields.get("failure_message"),
         "ledger_transaction_id": fields.get("ledger_transaction_id"),
+        "amount_captured": fields.get("amount_captured"),
+        "fee": fields.get("fee"),
+        "cancellation_reason": fields.get("cancellation_reason"),
         "detail": Jsonb(write.detail),
         "steps": _steps(write.chain),
         **answer_params(write.response, write.outbox),
@@ -264,8 +285,9 @@ async def apply_transitions(conn: AsyncConnection[Any], write: ChargeWrite) -> C
 
 
 def booking_statement(write: ChargeWrite) -> Statement:
-    """The transitions a capture's posting completes, as the statement its ledger transaction runs."""
-    return Statement(BOOK_CAPTURE, _write_params(write))
+    """The transitions a posting completes (a capture, a hold or its release), as the statement its ledger
+    transaction runs."""
+    return Statement(BOOKING, _write_params(write))
 
 
 async def store_response(conn: AsyncConnection[Any], payment_id: str, status: int, body: bytes) -> None:
@@ -307,3 +329,30 @@ class PostgresCharges:
     async def store_response(self, charge_id: str, status: int, body: bytes) -> None:
         async with self._pool.connection() as conn:
             await store_response(conn, charge_id, status, body)
+
+
+CLAIM_FOR_CHARGE = f"WITH claimed AS ({CLAIM_KEY}) SELECT 1 FROM claimed"
+
+STORE_ANSWER = """
+UPDATE idempotency_keys SET response_status = %(status)s, response_body = %(body)s,
+       completed_at = now(), locked_until = NULL
+WHERE merchant_id = %(merchant_id)s AND key = %(key)s
+"""
+
+
+async def claim_key_for(
+    conn: AsyncConnection[Any], merchant_id: str, key: str, fingerprint: bytes, charge_id: str, lease_ms: int
+) -> bool:
+    """Claim ``key`` for a request about an existing charge (its capture); False if it was taken. Run it in
+    the transaction that persists what the request does, so a refused request leaves no key behind."""
+    params = {"merchant_id": merchant_id, "key": key, "fingerprint": fingerprint, "id": charge_id}
+    cursor = await conn.execute(CLAIM_FOR_CHARGE, {**params, "lease_ms": lease_ms})
+    return await cursor.fetchone() is not None
+
+
+async def store_answer(
+    conn: AsyncConnection[Any], merchant_id: str, key: str, status: int, body: bytes
+) -> None:
+    """The final answer of a request about an existing charge, under its own key, for replays."""
+    params = {"merchant_id": merchant_id, "key": key, "status": status, "body": body}
+    await conn.execute(STORE_ANSWER, params)

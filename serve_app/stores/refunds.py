@@ -88,7 +88,7 @@ CLAIM = f"WITH claimed AS ({CLAIM_KEY}) SELECT 1 FROM claimed"
 
 #: The charge, locked until the refund is inserted: concurrent refunds of one charge queue here.
 LOCK_CHARGE = """
-SELECT state, currency, amount, fee, amount_refunded
+SELECT state, currency, coalesce(amount_captured, amount) AS amount, fee, amount_refunded
 FROM payments WHERE id = %(charge)s AND merchant_id = %(merchant_id)s
 FOR UPDATE
 """
@@ -96,7 +96,7 @@ FOR UPDATE
 RESERVE_AND_INSERT = f"""
 WITH reserved AS (
     UPDATE payments SET amount_refunded = amount_refunded + %(amount)s, updated_at = now()
-    WHERE id = %(charge)s AND amount - amount_refunded >= %(amount)s
+    WHERE id = %(charge)s AND coalesce(amount_captured, amount) - amount_refunded >= %(amount)s
     RETURNING id
 )
 INSERT INTO refunds (id, merchant_id, payment_id, amount, fee_returned, currency, reason, metadata, state,

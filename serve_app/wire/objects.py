@@ -34,6 +34,7 @@ class Charge(ApiObject):
     merchant: str
     metadata: dict[str, str]
     paid: bool
+    payment_intent: str | None
     payment_method: str
     psp_reference: str | None
     refunded: bool

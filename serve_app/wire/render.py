@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 from payray import refund as refund_machine
-from payray.charge import public_status
+from payray.charge import ChargeState, public_status
 from payray.errors import PayrayError
 from serve_app.stores.charges import Charge
 from serve_app.stores.refunds import Refund
@@ -17,14 +17,23 @@ def dumps(obj: Any) -> bytes:
 
 
 def charge_object(p: Charge) -> dict[str, Any]:
+    """A charge as Stripe shows one: an authorization (``capture=false``) has succeeded uncaptured; what of
+    it was released rather than captured counts as refunded, as Stripe counts it."""
     status = public_status(p.state)
+    captured = p.state == ChargeState.SUCCEEDED
+    released = 0
+    if captured:
+        released = p.amount.amount - p.captured_amount.amount
+    elif p.state == ChargeState.CANCELED:
+        released = p.amount.amount
+    refunded = p.amount_refunded + released
     return {
         "id": p.id,
         "object": "charge",
         "amount": p.amount.amount,
-        "amount_captured": p.amount.amount if status == "succeeded" else 0,
-        "amount_refunded": p.amount_refunded,
-        "captured": status == "succeeded",
+        "amount_captured": p.captured_amount.amount if captured else 0,
+        "amount_refunded": refunded,
+        "captured": captured,
         "created": int(p.created_at.timestamp()),
         "currency": p.currency,
         "customer": p.customer,
@@ -35,9 +44,10 @@ def charge_object(p: Charge) -> dict[str, Any]:
         "merchant": p.merchant_id,
         "metadata": p.metadata,
         "paid": status == "succeeded",
+        "payment_intent": p.payment_intent_id,
         "payment_method": p.payment_method,
         "psp_reference": p.psp_reference,
-        "refunded": p.amount_refunded == p.amount.amount,
+        "refunded": refunded == p.amount.amount,
         "status": status,
     }
 

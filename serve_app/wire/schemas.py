@@ -10,6 +10,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StrictBool,
     StrictInt,
     StrictStr,
     WithJsonSchema,
@@ -69,6 +70,18 @@ def _metadata_update(value: Any) -> dict[str, str] | str | None:
     return _metadata(value)
 
 
+def form_bool(value: Any) -> Any:
+    """A boolean as JSON sends it, or as a form does (``true``/``false``); anything else is left for the
+    strict check to refuse."""
+    return {"true": True, "false": False}.get(value, value) if isinstance(value, str) else value
+
+
+def payment_method_of_source(source: str) -> str:
+    """A charge's ``source`` as the payment method the PSP's PaymentIntents take: a test token names its
+    card (``tok_visa`` is ``pm_card_visa``); a source or a saved card goes by its own id."""
+    return f"pm_card_{source.removeprefix('tok_')}" if source.startswith("tok_") else source
+
+
 class ChargeCreate(StrictBody):
     amount: Amount
     currency: StrictStr
@@ -76,15 +89,26 @@ class ChargeCreate(StrictBody):
     description: Annotated[StrictStr, Field(max_length=1000)] | None = None
     metadata: dict[StrictStr, StrictStr] = Field(default_factory=dict)
     customer: Annotated[StrictStr, Field(min_length=1, max_length=255)] | None = None
+    #: ``false`` authorizes only: the charge waits for ``POST /v1/charges/{id}/capture``, or expires
+    capture: StrictBool = True
 
     _check_currency = field_validator("currency")(_currency)
     _check_metadata = field_validator("metadata")(_metadata)
+    _check_capture = field_validator("capture", mode="before")(form_bool)
 
     @model_validator(mode="before")
     @classmethod
     def _no_card_data(cls, data: Any) -> Any:
-        """Card data never gets past the edge (PCI scope): refused before anything is stored or forwarded."""
+        """Card data never gets past the edge (PCI scope): refused before anything is stored or forwarded.
+        A token in ``source`` (Stripe's older parameter) is taken as the payment method."""
         refuse_raw_card_data(data)
+        if isinstance(data, dict) and "source" in data:
+            if "payment_method" in data:
+                message = "Pass either source or payment_method, not both."
+                raise InvalidRequest(message, code="parameter_invalid", param="source")
+            source = data["source"]  # a token id: refuse_raw_card_data let nothing else through
+            data = {k: v for k, v in data.items() if k != "source"}
+            data["payment_method"] = payment_method_of_source(source) if isinstance(source, str) else source
         return data
 
     @field_validator("payment_method")
@@ -93,6 +117,11 @@ class ChargeCreate(StrictBody):
         if not _TOKEN.match(value):
             raise ValueError("payment_method must be a PSP token such as pm_card_visa")
         return value
+
+
+class ChargeCapture(StrictBody):
+    #: of the authorized amount; the rest is released. All of it when absent.
+    amount: Amount | None = None
 
 
 def refuse_raw_card_data(data: Any) -> None:

@@ -219,6 +219,7 @@ class FakePsp:
         metadata: dict[str, str],
         description: str | None = None,
         customer: str | None = None,
+        capture_method: str = "automatic",
     ) -> PspChargeResult:
         self.capture_keys.append(idempotency_key)
         status = self.capture_answers.pop(0) if self.capture_answers else "captured"

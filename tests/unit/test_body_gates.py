@@ -108,8 +108,9 @@ def test_raw_card_data_is_refused_pointing_at_tokens(raw: bytes, content_type: s
 
 
 def test_a_token_source_is_not_card_data() -> None:
+    # with payment_method: one or the other
     error = refused(VALID + b"&source=tok_visa")
-    assert error.param == "source" and error.code == "parameter_unknown"
+    assert error.param == "source" and error.code == "parameter_invalid"
 
 
 @pytest.mark.parametrize(
