@@ -173,7 +173,8 @@ AWAITING_PSP = frozenset({S.PSP_PENDING, S.UNKNOWN})
 
 TERMINAL_STATES = frozenset({S.SUCCEEDED, S.DECLINED, S.FAILED, S.CANCELED})
 
-#: How long an authorization waits for its capture before it is released (Stripe's, for card payments).
+#: How long an authorization lives (Stripe's, for card payments): older, the janitor cancels it, and the PSP
+#: lets it go on its own.
 AUTHORIZATION_DAYS = 7
 
 #: Where an authorization rests: answered, its hold booked, until it is captured, canceled or expires.

@@ -129,8 +129,8 @@ def _many_json(results: list[tuple[Scenario, RunResult]]) -> str:
 
 def _table(results: list[tuple[Scenario, RunResult]]) -> Table:
     table = Table(title=f"payray simulate, seed {results[0][1].config.seed}")
-    for column in ("scenario", "design", "charges", "succeeded", "declined", "failed", "retries",
-                   "p99 s", "violations", "as expected"):  # fmt: skip
+    for column in ("scenario", "design", "charges", "succeeded", "authorized", "declined", "failed",
+                   "retries", "p99 s", "violations", "as expected"):  # fmt: skip
         table.add_column(
             column, justify="left" if column in ("scenario", "design", "violations") else "right"
         )
@@ -146,6 +146,7 @@ def _table(results: list[tuple[Scenario, RunResult]]) -> Table:
             "full" if scenario.name in SCENARIOS else "swap",
             f"{summary['charges']:,}",
             f"{answers.get('succeeded', 0):,}",
+            f"{answers.get('authorized', 0):,}",
             f"{answers.get('declined', 0):,}",
             f"{answers.get('failed', 0) + answers.get('gave_up', 0):,}",
             f"{summary['retries']:,}",

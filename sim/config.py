@@ -11,9 +11,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
+from payray.charge import AUTHORIZATION_DAYS
 from payray.slots import DEFAULT_SLOTS
 
 IdempotencyMode = Literal["full", "redis_only", "off"]
+#: an authorization's life in simulated seconds: then the service's janitor cancels it, the PSP expires it
+AUTHORIZATION_S = AUTHORIZATION_DAYS * 86_400.0
 
 
 @dataclass(frozen=True)
@@ -29,6 +32,16 @@ class Load:
     #: the share of succeeded charges whose customer later asks for a refund (half of them in full)
     refund_share: float = 0.1
     refund_after_s: float = 2.0
+    #: the share of orders that only authorize (``capture_method=manual``); of those, the merchant cancels
+    #: ``cancel_share``, lets ``expire_share`` sit until the 7-day expiry, tries to capture ``late_share``
+    #: around the expiry (within one expiry sweep of it), and captures the rest ``capture_after_s`` later on
+    #: average, ``partial_share`` of them in part
+    manual_share: float = 0.0
+    cancel_share: float = 0.15
+    expire_share: float = 0.1
+    late_share: float = 0.05
+    partial_share: float = 0.5
+    capture_after_s: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -62,6 +75,8 @@ class Psp:
     external_refund_rate: float = 0.0
     sdk_retries: int = 2
     call_timeout_s: float = 10.0
+    #: an authorization the PSP lets go on its own, this long after it made it
+    authorization_expiry_s: float = AUTHORIZATION_S
 
 
 @dataclass(frozen=True)
@@ -129,6 +144,8 @@ class Webhooks:
 class Recovery:
     interval_s: float = 30.0
     grace_s: float = 120.0
+    #: the janitor looks for authorizations older than ``AUTHORIZATION_DAYS`` this often, and cancels them
+    authorization_sweep_s: float = 3_600.0
 
 
 @dataclass(frozen=True)

@@ -1,11 +1,15 @@
 """The five invariants of DESIGN.md, checked against the simulated PSP and ledger at the end of every run.
 
 1. No double capture: each order (what one customer meant to pay once) is captured at most once, net of
-   refunds.
+   refunds; an authorization is captured at most once, and never both captured and released.
 2. Every ledger transaction balances.
 3. Each wallet equals its merchant's ledger accounts, and lives in the host its merchant's slot names.
-4. What the PSP holds and what the ledger says it holds agree for every charge, refunds included.
-5. After the quiet phase, with the PSP reachable again, no charge or refund is left unfinished.
+4. What the PSP holds and what the ledger says it holds agree for every charge, refunds included; and so do
+   their holds: each authorization open at the PSP is the charge's hold in ``authorized_hold`` (so their sum
+   is the ``psp_authorized`` balance), a captured one's amount is its capture posting's, and a charge past
+   its authorization holds nothing.
+5. After the quiet phase, with the PSP reachable again, no charge or refund is left unfinished, but for
+   authorizations resting in ``requires_capture``, and none of those past its expiry.
 
 Plus the nightly reconciliation's own promise: it names every difference between the PSP's report and the
 ledger, drift included, and nothing else.
@@ -16,6 +20,9 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 
+from ledger.postings import AUTHORIZATION, AUTHORIZATION_RELEASE, CAPTURE
+from payray.charge import HOLDING
+from sim.config import AUTHORIZATION_S
 from sim.refunds import SimRefunds
 from sim.service import SimService
 from sim.world import SimPsp
@@ -89,10 +96,19 @@ def check(
     for payment_id, (at_psp, in_ledger) in real.items():
         detail = f"the PSP holds {at_psp} of it, the ledger {in_ledger}"
         violations.append(Violation("psp_matches_ledger", payment_id, detail))
+    if psp.authorizations or any(effect.hold for _, effect in ledger.transactions.values()):
+        violations += _holds(service)
 
     for payment_id, charge in sorted(service.unfinished.items()):
         detail = f"still {charge.state.value} after recovery with the PSP reachable"
         violations.append(Violation("no_pending_after_recovery", payment_id, detail))
+    expiry = AUTHORIZATION_S + 2 * service.config.recovery.authorization_sweep_s
+    for payment_id, charge in sorted(service.resting.items()):
+        if service.env.now - charge.authorized_at > expiry:
+            detail = (
+                f"still {charge.state.value} {service.env.now - charge.authorized_at:.0f} s after its hold"
+            )
+            violations.append(Violation("no_pending_after_recovery", payment_id, detail))
     for refund_id, refund in sorted(refunds.unfinished.items()):
         detail = f"refund {refund_id} still {refund.state.value} after recovery with the PSP reachable"
         violations.append(Violation("no_pending_after_recovery", refund.charge.id, detail))
@@ -100,6 +116,55 @@ def check(
     expected = {kind: n for kind, n in {**drift, "real_differences": len(real)}.items() if n}
     if found != expected:
         violations.append(Violation("reconciliation_exact", None, f"found {found}, expected {expected}"))
+    return violations
+
+
+def _holds(service: SimService) -> list[Violation]:
+    """The authorizations' side of invariants 1 and 4: the PSP's authorizations against the ledger's holds."""
+    psp, ledger = service.psp, service.db.ledger
+    violations: list[Violation] = []
+    hold: dict[str, int] = defaultdict(int)
+    authorized = 0
+    moved: dict[str, set[str]] = defaultdict(set)
+    effects = [(kind, ref, effect) for (kind, ref), (_m, effect) in ledger.transactions.items()]
+    effects += [(kind, ref, effect) for kind, ref, _m, effect in ledger.repeated]
+    for kind, ref, effect in effects:
+        if kind in (AUTHORIZATION, AUTHORIZATION_RELEASE) or effect.hold:
+            hold[ref] += effect.hold
+            authorized += effect.authorized
+            if kind != AUTHORIZATION:
+                moved[ref].add(kind)
+    for payment_id, kinds in sorted(moved.items()):
+        if len(kinds) > 1:
+            detail = f"its authorization both captured and released ({', '.join(sorted(kinds))})"
+            violations.append(Violation("no_double_capture", payment_id, detail))
+    for payment_id, auths in sorted(psp.authorizations.items()):
+        if sum(a.status == "captured" for a in auths) > 1:
+            detail = f"{len(auths)} authorizations at the PSP, captured more than once"
+            violations.append(Violation("no_double_capture", payment_id, detail))
+        for auth in auths:
+            posted = ledger.transactions.get((CAPTURE, payment_id))
+            if auth.status == "captured" and (posted is None or posted[1].receivable != auth.captured):
+                detail = (
+                    f"captured {auth.captured} of its authorization at the PSP, its capture posting "
+                    f"{0 if posted is None else posted[1].receivable}"
+                )
+                violations.append(Violation("psp_matches_ledger", payment_id, detail))
+    open_at_psp = psp.open_authorizations()
+    for payment_id in differing(open_at_psp, {p: n for p, n in hold.items() if n}):
+        detail = (
+            f"the PSP holds an authorization of {open_at_psp.get(payment_id, 0)} for it, "
+            f"authorized_hold {hold.get(payment_id, 0)}"
+        )
+        violations.append(Violation("psp_matches_ledger", payment_id, detail))
+    if sum(open_at_psp.values()) != authorized:
+        detail = f"authorizations open at the PSP {sum(open_at_psp.values())}, psp_authorized {authorized}"
+        violations.append(Violation("psp_matches_ledger", None, detail))
+    for payment_id, charge in sorted(service.payments.items()):
+        expected = charge.amount if charge.state in HOLDING else 0
+        if charge.manual and hold.get(payment_id, 0) != expected:
+            detail = f"{charge.state.value} with a hold of {hold.get(payment_id, 0)}, expected {expected}"
+            violations.append(Violation("psp_matches_ledger", payment_id, detail))
     return violations
 
 
@@ -119,7 +184,7 @@ def ledger_net(service: SimService, refunds: SimRefunds) -> dict[str, int]:
     """What the ledger says the PSP holds of each charge, where not zero: the PSP receivable's movements."""
 
     def charge_of(kind: str, ref: str) -> str:
-        if kind == "capture":
+        if kind in (CAPTURE, AUTHORIZATION, AUTHORIZATION_RELEASE):
             return ref
         if ref.startswith("compensation-"):
             return ref.removeprefix("compensation-")

@@ -72,7 +72,7 @@ class SimRefunds:
                 refund = self.refunds[known]
             else:
                 reserved = self.reserved.get(charge.id, 0)
-                if reserved + amount > charge.amount:
+                if reserved + amount > charge.captured:
                     return "refused"
                 refund = self._create(charge, amount, reserved, key)
                 self.keys[(charge.id, key)] = refund.id
@@ -90,13 +90,14 @@ class SimRefunds:
         return "failed" if refund.state is R.FAILED else "pending"
 
     def _create(self, charge: SimCharge, amount: int, reserved: int, key: str) -> SimRefund:
-        charged = Money(charge.amount, "usd")
+        charged = Money(charge.captured, "usd")
         fee = refund_terms(charged, fee_for(charged, FEE_BPS), reserved, amount).fee_returned
         self.created += 1
         refund = SimRefund(f"re_{self.created:08d}", charge, amount, fee.amount, key, touched=self.s.env.now)
         self.refunds[refund.id] = refund
         self.unfinished[refund.id] = refund
         self.reserved[charge.id] = reserved + amount
+        self.s.wake()
         return refund
 
     def _drive(
@@ -201,7 +202,7 @@ class SimRefunds:
             payment_id, amount = self.s.psp.external[key]
             charge = self.s.payments[payment_id]
             reserved = self.reserved.get(payment_id, 0)
-            refund = self._create(charge, amount, min(reserved, charge.amount - amount), key)
+            refund = self._create(charge, amount, min(reserved, charge.captured - amount), key)
             self.reserved[payment_id] = reserved + amount
             refund.state = R.BOOKING
             self.keys[("psp", key)] = refund.id

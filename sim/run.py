@@ -15,7 +15,7 @@ from typing import Any
 import simpy
 
 from payray.gc_pause import cyclic_gc_paused
-from sim.config import SimConfig
+from sim.config import AUTHORIZATION_S, SimConfig
 from sim.connections import HUNG_UP, Connections
 from sim.invariants import INVARIANTS, Violation, check, differences, differing, ledger_net, psp_net
 from sim.refunds import SimRefunds
@@ -23,8 +23,9 @@ from sim.service import SimCharge, SimService
 from sim.webhooks import WebhookDeliveries
 from sim.world import FastKeys, SimDatabase, SimPsp
 
-FINAL = frozenset({"succeeded", "declined", "failed"})
+FINAL = frozenset({"succeeded", "declined", "failed", "authorized"})
 REFUND_FINAL = frozenset({"succeeded", "failed", "refused"})
+SETTLE_FINAL = frozenset({"succeeded", "canceled", "failed", "refused"})
 
 
 @dataclass
@@ -41,6 +42,8 @@ class Stats:
     host_queue: dict[int, int] = field(default_factory=dict)
     webhooks: Counter[str] = field(default_factory=Counter)
     refunds: Counter[str] = field(default_factory=Counter)
+    #: the merchants' moves on authorizations, and their answers: ``capture:succeeded``, ``cancel:canceled``…
+    settles: Counter[str] = field(default_factory=Counter)
 
 
 @dataclass
@@ -133,6 +136,8 @@ class Simulation:
             self.env, self.rng, config.webhooks, self.service, self.refunds, self.stats.webhooks
         )
         self.psp.on_event.append(self.webhooks.announce)
+        #: after the quiet phase, authorizations wait out their 7 days: no sampling, an idle janitor sleeps
+        self.waiting_out = False
 
     # -- processes -----------------------------------------------------------------------------------------
 
@@ -154,26 +159,64 @@ class Simulation:
         c = self.config.client
         merchant = self.merchants[i % len(self.merchants)]
         amount = 100 + self.rng.randrange(99_900)
+        share = self.config.load.manual_share
+        manual = bool(share) and self.rng.random() < share  # no draw at all where none are manual
         started = self.env.now
 
         def send(attempt: int) -> Generator[Any, Any, str]:
             self.stats.attempts += 1
             self.stats.sent[int(self.env.now)] += 1
             key = f"order-{i}" if c.same_key or not attempt else f"order-{i}-retry-{attempt}"
-            return self.service.serve(self.service.request(i, merchant, amount, key))
+            return self.service.serve(self.service.request(i, merchant, amount, key, manual))
 
         answer = yield from self._retrying(send, FINAL, may_abandon=True)
         self.stats.answers[answer] += 1
         if answer in FINAL:
             self.stats.latencies.append(self.env.now - started)
             self.stats.finished[int(self.env.now)] += 1
-        if answer == "succeeded" and self.rng.random() < self.config.load.refund_share:
+        if answer == "authorized":
+            self.env.process(self._settle(i, self.service.by_order[i]))
+        elif answer == "succeeded" and self.rng.random() < self.config.load.refund_share:
             self.env.process(self._refund(i, self.service.by_order[i]))
+
+    def _settle(self, i: int, charge: SimCharge) -> Generator[simpy.Event, Any, None]:
+        """The merchant's move on an authorization: cancel it, let it expire, or capture it (in full or in
+        part), soon or around its expiry; retried as any request, then perhaps refunded."""
+        load, rng = self.config.load, self.rng
+        roll = rng.random()
+        if roll < load.expire_share:
+            self.stats.settles["left_to_expire"] += 1
+            return
+        cancel = roll < load.expire_share + load.cancel_share
+        late = not cancel and roll < load.expire_share + load.cancel_share + load.late_share
+        if late:  # around the expiry: before it, after the PSP's, or after the janitor's
+            sweep_s = self.config.recovery.authorization_sweep_s
+            yield self.env.timeout(AUTHORIZATION_S + rng.uniform(-sweep_s, sweep_s))
+        else:
+            yield self.env.timeout(rng.expovariate(1 / load.capture_after_s))
+        if cancel:
+            move = "cancel"
+            answer = yield from self._retrying(
+                lambda _: self.service.serve(self.service.cancel(charge)), SETTLE_FINAL, may_abandon=False
+            )
+        else:
+            amount = charge.amount
+            move = "late_capture" if late else "capture"
+            if not late and rng.random() < load.partial_share:
+                amount, move = amount // 4 + rng.randrange(amount // 2), "partial_capture"
+            answer = yield from self._retrying(
+                lambda _: self.service.serve(self.service.capture(charge, amount)),
+                SETTLE_FINAL,
+                may_abandon=False,
+            )
+        self.stats.settles[f"{move}:{answer}"] += 1
+        if answer == "succeeded" and rng.random() < load.refund_share:
+            self.env.process(self._refund(i, charge))
 
     def _refund(self, i: int, charge: SimCharge) -> Generator[simpy.Event, Any, None]:
         """The customer asks for their money back, in full or half, with one key for every retry."""
         yield self.env.timeout(self.rng.expovariate(1 / self.config.load.refund_after_s))
-        amount = charge.amount if self.rng.random() < 0.5 else charge.amount // 2
+        amount = charge.captured if self.rng.random() < 0.5 else charge.captured // 2
         answer = yield from self._retrying(
             lambda _: self.service.serve(self.refunds.request(charge, amount, f"refund-{i}")),
             REFUND_FINAL,
@@ -206,7 +249,11 @@ class Simulation:
 
     def _janitor(self) -> Generator[simpy.Event, Any, None]:
         r = self.config.recovery
+        service = self.service
         while True:
+            if self.waiting_out and not service.unfinished and not self.refunds.unfinished:
+                service.idle = self.env.event()  # days with nothing to recover: sleep until there is
+                yield service.idle
             yield self.env.timeout(r.interval_s)
             stale = self.env.now - r.grace_s
             for charge in list(self.service.unfinished.values()):
@@ -215,6 +262,16 @@ class Simulation:
             for refund in list(self.refunds.unfinished.values()):
                 if refund.touched <= stale and not refund.busy:
                     self.env.process(self.refunds.recover(refund))
+
+    def _expiry(self) -> Generator[simpy.Event, Any, None]:
+        """The janitor's other sweep: authorizations older than ``AUTHORIZATION_DAYS`` are canceled."""
+        sweep_s = self.config.recovery.authorization_sweep_s
+        while True:
+            yield self.env.timeout(sweep_s)
+            old = self.env.now - AUTHORIZATION_S
+            for charge in list(self.service.resting.values()):
+                if charge.authorized_at <= old and not charge.busy:
+                    self.env.process(self.service.expire(charge))
 
     def _replica_crashes(self) -> Generator[simpy.Event, Any, None]:
         for at in sorted(self.config.service.replica_crashes):
@@ -233,7 +290,7 @@ class Simulation:
             self.fast_keys.lose_everything()
 
     def _sampler(self) -> Generator[simpy.Event, Any, None]:
-        while True:
+        while not self.waiting_out:
             second = int(self.env.now)
             self.stats.queue[second] = len(self.db.pool.waiting)
             self.stats.replica_queue[second] = sum(len(r.cpu.waiting) for r in self.service.replicas)
@@ -260,6 +317,7 @@ class Simulation:
             self.connections.run(),
             self._replica_crashes(),
             self._host_crashes(),
+            *((self._expiry(),) if self.config.load.manual_share else ()),
         ):
             env.process(process)
         env.run(until=self.arrivals_done)
@@ -267,6 +325,12 @@ class Simulation:
         for component in (self.psp, self.db, self.service):
             component.faults_on = False  # the quiet phase: everything must now finish
         env.run(until=faults_end + self.config.quiet_s)
+        if self.config.load.manual_share:
+            # authorizations wait out their 7 days (the merchant's late captures with them); then every one
+            # was captured, canceled or expired, and the recovery after that had time to finish
+            self.waiting_out = True
+            sweep_s = self.config.recovery.authorization_sweep_s
+            env.run(until=faults_end + 2 * self.config.quiet_s + AUTHORIZATION_S + 2 * sweep_s)
         at_psp, in_ledger = psp_net(self.psp), ledger_net(self.service, self.refunds)
         real = differences(at_psp, in_ledger)
         drift, found = self._reconcile(real, at_psp, in_ledger)
@@ -339,6 +403,7 @@ class Simulation:
                 "at_psp": sum(self.psp.refunded.values()),
             },
             "psp": {"captures": len(captures), "refunded": sum(c.refunded for c in captures)},
+            "authorizations": self._authorizations(),
             "ledger_transactions": len(self.db.ledger.transactions),
             "webhooks": dict(sorted(self.stats.webhooks.items())),
             "reconciliation": dict(sorted(found.items())),
@@ -351,6 +416,17 @@ class Simulation:
             "latency_cdf": [_percentile(latencies, q / 100) for q in range(0, 101, 5)],
             "faults_end_s": faults_end,
             "sim_time_s": self.env.now,
+        }
+
+    def _authorizations(self) -> dict[str, Any]:
+        """Manual captures: what the PSP did with its authorizations, and what the merchants asked."""
+        statuses = Counter(a.status for auths in self.psp.authorizations.values() for a in auths)
+        partial = sum(0 < a.captured < a.amount for auths in self.psp.authorizations.values() for a in auths)
+        return {
+            "at_psp": dict(sorted(statuses.items())),
+            "partial_captures": partial,
+            "expired_by_janitor": self.service.expired,
+            "merchants": dict(sorted(self.stats.settles.items())),
         }
 
 

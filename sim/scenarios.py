@@ -115,6 +115,20 @@ SCENARIOS = {
             {"reconciliation": {"missing_rate": 0.01, "amount_mismatch_rate": 0.01, "unknown_rows": 5}},
         ),
         Scenario(
+            "manual_capture",
+            "half the orders only authorize (a hold); merchants capture in full or in part, cancel, or let "
+            "them expire after 7 simulated days (some capture around it); replies lost (10 %) and 5xx (10 %) "
+            "that the SDK does not retry, crashes, ledger refusals, wallet hosts dying",
+            {
+                "load": {"manual_share": 0.5, "refund_share": 0.2},
+                "psp": {"lost_reply_rate": 0.1, "error_rate": 0.1, "sdk_retries": 0},
+                "client": {"abandon_rate": 0.2},
+                "service": {"crash_after_capture_rate": 0.02, "ledger_failure_rate": 0.02},
+                "hosts": {"crashes": (1.0, 2.5)},
+                "webhooks": {"duplicate_rate": 0.2, "reorder_s": 2.0},
+            },
+        ),
+        Scenario(
             "black_friday",
             "five times the load for 5 s, with lost replies and short client timeouts",
             {

@@ -19,13 +19,14 @@ from typing import Any, Literal, Protocol
 
 import simpy
 
-from ledger.postings import CAPTURE
+from ledger.postings import AUTHORIZATION, AUTHORIZATION_RELEASE, CAPTURE
 from payray import charge
 from payray.charge import (
     AUTOMATIC,
     AWAITING_PSP,
     BOOKABLE,
     PSP_EVENTS,
+    RESTING_STATES,
     TERMINAL_STATES,
     ChargeEvent,
     ChargeState,
@@ -34,11 +35,15 @@ from payray.charge import (
     after_lookup,
     booking,
     booking_refused,
+    hold_booking,
+    psp_cancel_key,
+    psp_capture_key,
     psp_idempotency_key,
+    release_booking,
     resume,
 )
 from payray.errors import IllegalTransition
-from sim.config import SimConfig
+from sim.config import AUTHORIZATION_S, SimConfig
 from sim.connections import REPLICA_DIED, Connections
 from sim.hosts import REFUSED, UNAVAILABLE, HostPosting, Hosts, host_posting
 from sim.world import (
@@ -49,9 +54,13 @@ from sim.world import (
     Unavailable,
     capture_booked,
     compensation_of,
+    hold_booked,
+    release_booked,
 )
 
-Answer = Literal["succeeded", "declined", "failed", "pending", "in_flight", "error"]
+Answer = Literal["succeeded", "declined", "failed", "pending", "in_flight", "error", "authorized"]
+#: the answers to a merchant's capture or cancel of an authorization
+SettleAnswer = Literal["succeeded", "canceled", "failed", "refused", "pending", "in_flight", "error"]
 E, S = ChargeEvent, ChargeState
 #: the transitions one event persists in one transaction
 Chain = tuple[Transition, ...]
@@ -89,6 +98,12 @@ class SimCharge:
     state: ChargeState = S.CREATED
     touched: float = 0.0
     busy: bool = False
+    #: ``capture_method=manual``: authorized only, its hold (``amount``) captured or released later
+    manual: bool = False
+    #: what its capture takes: ``amount``, or for an authorization the merchant's ``amount_to_capture``
+    captured: int = 0
+    #: when its hold was booked (the authorization's age, for the expiry)
+    authorized_at: float = 0.0
     #: (time, who, transition): the charge's whole story, printed for the first violation
     history: list[tuple[float, str, Transition]] = field(default_factory=list)
 
@@ -108,9 +123,25 @@ def driving(item: Driven) -> Iterator[None]:
         item.busy = False
 
 
-#: the command that resumes a capture to book (``payray.charge.booking``)
+#: the command that resumes a capture to book (``payray.charge.booking``), a hold (``hold_booking``), a
+#: release (``release_booking``)
 BOOK = (Command.POST_LEDGER,)
-ANSWERS: dict[ChargeState, Answer] = {S.SUCCEEDED: "succeeded", S.DECLINED: "declined", S.FAILED: "failed"}
+HOLD = (Command.POST_HOLD,)
+RELEASE = (Command.POST_RELEASE,)
+#: where a hold, or a release, may still be booked
+HOLDABLE = AWAITING_PSP | {S.AUTHORIZED}
+RELEASABLE = frozenset({S.CAPTURE_PENDING, S.CANCEL_PENDING, S.RELEASED})
+ANSWERS: dict[ChargeState, Answer] = {
+    S.SUCCEEDED: "succeeded",
+    S.DECLINED: "declined",
+    S.FAILED: "failed",
+    S.REQUIRES_CAPTURE: "authorized",
+}
+SETTLED: dict[ChargeState, SettleAnswer] = {
+    S.SUCCEEDED: "succeeded",
+    S.CANCELED: "canceled",
+    S.FAILED: "failed",
+}
 
 
 class SimService:
@@ -138,13 +169,19 @@ class SimService:
         self.replica_faults: Counter[str] = Counter()
         self.payments: dict[str, SimCharge] = {}
         self.unfinished: dict[str, SimCharge] = {}
+        #: authorizations resting in ``requires_capture``: not unfinished work, but the expiry's to watch
+        self.resting: dict[str, SimCharge] = {}
+        #: set by an idle recovery janitor, which waits on it until something is unfinished again
+        self.idle: simpy.Event | None = None
+        #: authorizations canceled by the janitor for their age
+        self.expired = 0
         self.faults_on = True
         self.transitions = 0
         self.created = 0
         #: each order's latest charge (a swap may make several)
         self.by_order: dict[int, SimCharge] = {}
         self._chains: dict[tuple[ChargeState, ChargeEvent], Chain] = {}
-        self._bookings: dict[ChargeState, Chain] = {}
+        self._bookings: dict[tuple[Any, ChargeState], Chain] = {}
 
     # -- the API -----------------------------------------------------------------------------------------
 
@@ -166,10 +203,13 @@ class SimService:
             replica.serving.pop(client, None)
             del self.replica_of[client]
 
-    def request(self, order_id: int, merchant: str, amount: int, key: str) -> Generator[Any, Any, Answer]:
-        """``POST /v1/charges`` with an Idempotency-Key: replayed, refused in flight, or a new charge."""
+    def request(
+        self, order_id: int, merchant: str, amount: int, key: str, manual: bool = False
+    ) -> Generator[Any, Any, Answer]:
+        """``POST /v1/charges`` with an Idempotency-Key: replayed, refused in flight, or a new charge.
+        ``manual``: ``capture=false`` (a PaymentIntent's ``capture_method=manual``), authorized only."""
         try:
-            charge = yield from self._idempotent(order_id, merchant, amount, key)
+            charge = yield from self._idempotent(order_id, merchant, amount, key, manual)
             if charge.busy:
                 return "in_flight"
             if charge.state not in TERMINAL_STATES:
@@ -205,8 +245,54 @@ class SimService:
     def _restart(self, dead: Replica) -> None:
         self.replicas[self.replicas.index(dead)] = Replica(self.env, self.config.service.work_s, self.hosts)
 
+    def capture(self, charge: SimCharge, amount: int) -> Generator[Any, Any, SettleAnswer]:
+        """``POST /v1/payment_intents/{id}/capture`` with ``amount_to_capture``: the capture of an
+        authorization (in full or in part), or a retry's answer. The amount is the one persisted with
+        ``capture``."""
+        try:
+            if charge.busy:
+                return "in_flight"
+            if charge.state is S.REQUIRES_CAPTURE:
+                charge.captured = amount  # persisted with the transition (its commit, or nothing)
+                with driving(charge):
+                    yield from self._drive(charge, "api", E.CAPTURE)
+            elif charge.state is S.CAPTURE_PENDING:  # an earlier attempt was cut: go on with its capture
+                with driving(charge):
+                    yield from self._drive(charge, "api")
+            elif charge.state not in SETTLED:
+                return "refused"  # canceling, or canceled: the intent cannot be captured
+        except (Unavailable, Crash):
+            return "error"
+        return SETTLED.get(charge.state, "pending")
+
+    def cancel(self, charge: SimCharge, who: str = "api") -> Generator[Any, Any, SettleAnswer]:
+        """``POST /v1/payment_intents/{id}/cancel``, or the janitor's for an authorization 7 days old: its
+        release at the PSP and in the ledger."""
+        try:
+            if charge.busy:
+                return "in_flight"
+            if charge.state is S.REQUIRES_CAPTURE:
+                with driving(charge):
+                    yield from self._drive(charge, who, E.CANCEL)
+            elif charge.state in (S.CANCEL_PENDING, S.RELEASED):
+                with driving(charge):
+                    yield from self._drive(charge, who)
+            elif charge.state is not S.CANCELED:
+                return "refused"  # captured, or capturing: too late to cancel
+        except (Unavailable, Crash):
+            return "error"
+        return "canceled" if charge.state is S.CANCELED else "pending"
+
+    def expire(self, charge: SimCharge) -> Generator[Any, Any, None]:
+        """The janitor's cancel of an authorization older than ``AUTHORIZATION_DAYS``."""
+        if charge.busy or charge.state is not S.REQUIRES_CAPTURE:
+            return
+        assert self.env.now - charge.authorized_at >= AUTHORIZATION_S
+        self.expired += 1
+        yield from self.cancel(charge, "expiry")
+
     def _idempotent(
-        self, order_id: int, merchant: str, amount: int, key: str
+        self, order_id: int, merchant: str, amount: int, key: str, manual: bool = False
     ) -> Generator[Any, Any, SimCharge]:
         mode = self.config.design.idempotency
         scoped = (order_id % self.config.load.merchants, key)
@@ -221,7 +307,9 @@ class SimService:
         if mode == "full" and scoped in self.db.keys:
             return self.payments[self.db.keys[scoped]]
         self.created += 1
-        charge = SimCharge(f"py_{self.created:08d}", order_id, merchant, key, amount)
+        charge = SimCharge(
+            f"py_{self.created:08d}", order_id, merchant, key, amount, manual=manual, captured=amount
+        )
         self.payments[charge.id] = charge
         self.by_order[order_id] = charge
         self.unfinished[charge.id] = charge
@@ -246,12 +334,13 @@ class SimService:
         self._chains[(state, event)] = chain  # the machine is pure: one lookup per run and transition
         return chain
 
-    def _booking(self, payment_id: str, state: ChargeState) -> Chain:
-        """``payray.charge.booking(state)``: the transitions that commit with a capture's posting."""
-        known = self._bookings.get(state)
+    def _booking(self, payment_id: str, state: ChargeState, rule: Any = booking) -> Chain:
+        """``payray.charge.booking(state)``: the transitions that commit with a capture's posting; or those
+        of another such rule (``hold_booking``, ``release_booking``)."""
+        known = self._bookings.get((rule, state))
         if known is None:
             try:
-                known = self._bookings[state] = booking(state)
+                known = self._bookings[(rule, state)] = rule(state)
             except IllegalTransition as exc:
                 raise MachineRefused(f"charge {payment_id}: {exc}") from exc
         return known
@@ -266,7 +355,28 @@ class SimService:
         self.transitions += len(chain)
         if charge.state in TERMINAL_STATES:
             self.unfinished.pop(charge.id, None)
+        if charge.manual:
+            self._rests(charge, chain[0].source)
         return transition.commands
+
+    def _rests(self, charge: SimCharge, source: ChargeState) -> None:
+        """An authorization answered and held rests (the merchant's move, or the expiry's), out of the
+        recovery's way; captured or canceled, it is unfinished work again until it ends."""
+        if charge.state in RESTING_STATES:
+            self.unfinished.pop(charge.id, None)
+            self.resting[charge.id] = charge
+            charge.authorized_at = self.env.now
+        if source in RESTING_STATES:
+            del self.resting[charge.id]
+            if charge.state not in TERMINAL_STATES:
+                self.unfinished[charge.id] = charge
+                self.wake()
+
+    def wake(self) -> None:
+        """Something is unfinished: an idle recovery janitor sweeps again."""
+        if self.idle is not None:
+            self.idle.succeed()
+            self.idle = None
 
     def post(self, postings: list[HostPosting]) -> simpy.Event:
         """One call to the merchant's wallet host (all ``postings`` are one merchant's), riding this caller's
@@ -310,7 +420,7 @@ class SimService:
                     CAPTURE,
                     charge.id,
                     charge.merchant,
-                    capture_booked(charge.amount),
+                    capture_booked(charge.captured, charge.amount if charge.manual else 0),
                     0,
                     charge,
                     self._booking(charge.id, seen),
@@ -328,6 +438,26 @@ class SimService:
                     seen, chain = S.CAPTURED, self._booking(charge.id, S.CAPTURED)
                 else:
                     return  # posted, and the charge moved on: the answer is its state
+            elif event is E.PSP_AUTHORIZED or event is E.PSP_CANCELED or commands in (HOLD, RELEASE):
+                # an authorization's hold, or its release, with the transitions it completes
+                # (``hold_booking``, ``release_booking``) in one transaction of the host, as a capture
+                holding = event is E.PSP_AUTHORIZED or commands == HOLD
+                if seen not in (HOLDABLE if holding else RELEASABLE):
+                    return  # booked meanwhile by an earlier, cut request, or a webhook
+                posting = HostPosting(
+                    AUTHORIZATION if holding else AUTHORIZATION_RELEASE,
+                    charge.id,
+                    charge.merchant,
+                    hold_booked(charge.amount) if holding else release_booked(charge.amount),
+                    0,
+                    charge,
+                    self._booking(charge.id, seen, hold_booking if holding else release_booking),
+                    who,
+                )
+                yield self.post([posting])
+                if posting.result is UNAVAILABLE:
+                    raise Unavailable("the wallet host's transaction failed")
+                return  # booked (or booked before, and the charge moved on): the answer is its state
             elif event is not None:
                 chain = self._chain(charge.id, seen, event)
             if chain:
@@ -341,14 +471,33 @@ class SimService:
             command = commands[0]  # the machine asks for one command at a time
             if command is Command.CALL_PSP:
                 outcome, _calls = yield from self.psp.capture(
-                    charge.id, charge.order_id, charge.amount, psp_idempotency_key(charge.id)
+                    charge.id, charge.order_id, charge.amount, psp_idempotency_key(charge.id), charge.manual
                 )
                 crash = config.service.crash_after_capture_rate
                 if self.faults_on and outcome == "captured" and self.rng.random() < crash:
                     raise Crash("the replica died after the PSP captured")
                 event = PSP_EVENTS[outcome]
-            elif command is Command.POST_LEDGER:  # resuming from captured: booked as a capture is
-                event = None
+            elif (
+                command is Command.POST_LEDGER
+                or command is Command.POST_HOLD
+                or command is Command.POST_RELEASE
+            ):
+                event = None  # resuming from captured, authorized or released: booked as above
+            elif command is Command.CAPTURE_AT_PSP:
+                answer = yield from self.psp.capture_authorized(
+                    charge.id, charge.captured, psp_capture_key(charge.id)
+                )
+                if answer == "unknown":
+                    return  # stay capture_pending; the client or recovery captures again, same key
+                crash = config.service.crash_after_capture_rate
+                if self.faults_on and answer == "captured" and self.rng.random() < crash:
+                    raise Crash("the replica died after the PSP captured the authorization")
+                event = PSP_EVENTS[answer]
+            elif command is Command.CANCEL_AT_PSP:
+                answer = yield from self.psp.cancel_authorization(charge.id, psp_cancel_key(charge.id))
+                if answer == "unknown":
+                    return  # stay cancel_pending; recovery cancels again, same key
+                event = PSP_EVENTS[answer]
             elif command in AUTOMATIC:
                 event = AUTOMATIC[command]
             elif command is Command.REFUND_AT_PSP:
@@ -359,9 +508,10 @@ class SimService:
                 event = E.PSP_REFUNDED
             elif command is Command.POST_COMPENSATION:
                 if config.design.compensation:  # the capture and its reversal: the PSP moved money twice
-                    reversal = compensation_of(charge.id, charge.merchant, charge.amount)
+                    reversal = compensation_of(charge.id, charge.merchant, charge.captured)
+                    held = charge.amount if charge.manual else 0  # an authorization's hold goes with it
                     capture = HostPosting(
-                        CAPTURE, charge.id, charge.merchant, capture_booked(charge.amount)
+                        CAPTURE, charge.id, charge.merchant, capture_booked(charge.captured, held)
                     )
                     postings = [capture, host_posting(reversal)]
                     yield self.post(postings)

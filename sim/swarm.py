@@ -79,9 +79,9 @@ def swarm_config(seed: int, charges: int = 500) -> SimConfig:
             "replica_restart_s": round(draw.uniform(0.5, 10.0), 3),
         }
     )
-    # Wallet hosts, drawn last so the worlds above stay what they were: how many, how few wallets each may
-    # keep (passivation), their batching window, and crashes, some leaving the old copy writing a while.
-    return world.with_(
+    # Wallet hosts, drawn after the above so those worlds stay what they were: how many, how few wallets each
+    # may keep (passivation), their batching window, and crashes, some leaving the old copy writing a while.
+    world = world.with_(
         hosts={
             "hosts": draw.randrange(1, 5),
             "wallet_cache": draw.randrange(1, 20),
@@ -91,5 +91,17 @@ def swarm_config(seed: int, charges: int = 500) -> SimConfig:
             "crashes": tuple(sorted(round(draw.uniform(0.0, 4.0), 3) for _ in range(draw.randrange(4)))),
             "restart_s": round(draw.uniform(0.2, 3.0), 3),
             "duplicate_s": rate(1.0, chance=0.4),
+        }
+    )
+    # Manual captures, drawn last: in some worlds a share of the orders only authorize, and their merchants
+    # capture (in full or in part), cancel, or let them expire 7 simulated days later.
+    return world.with_(
+        load={
+            "manual_share": rate(0.6, chance=0.4),
+            "cancel_share": round(draw.uniform(0.0, 0.3), 3),
+            "expire_share": round(draw.uniform(0.0, 0.3), 3),
+            "late_share": round(draw.uniform(0.0, 0.1), 3),
+            "partial_share": round(draw.uniform(0.0, 1.0), 3),
+            "capture_after_s": round(draw.uniform(0.05, 5.0), 3),
         }
     )

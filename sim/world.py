@@ -17,11 +17,13 @@ from typing import Any, Literal, NamedTuple
 
 import simpy
 
-from ledger.postings import Posting, capture_posting, fee_for, refund_posting
+from ledger.postings import Posting, capture_posting, fee_for, hold_posting, refund_posting, release_posting
 from payray.money import Money
 from sim.config import SimConfig
 
-Outcome = Literal["captured", "declined", "unknown"]
+Outcome = Literal["captured", "declined", "unknown", "authorized"]
+#: what the PSP answers about an authorization it is asked to capture or cancel
+AuthOutcome = Literal["captured", "canceled", "unknown"]
 FEE_BPS = 290
 
 
@@ -42,6 +44,19 @@ class PspCapture:
     refunded: bool = False
 
 
+@dataclass(slots=True)
+class PspAuthorization:
+    """An authorization at the PSP: its hold on the card, until captured (in full or in part, the rest
+    released), canceled, or expired ``Psp.authorization_expiry_s`` after it was made."""
+
+    payment_id: str
+    order_id: int
+    amount: int
+    at: float
+    status: Literal["authorized", "captured", "canceled", "expired"] = "authorized"
+    captured: int = 0
+
+
 class SimPsp:
     """Captures by idempotency key (when keys are honoured), declines, 5xx, lost replies and outages."""
 
@@ -58,8 +73,14 @@ class SimPsp:
         self.refused_keys: set[str] = set()
         #: refunds made at the PSP without payray: key -> (charge id, amount)
         self.external: dict[str, tuple[str, int]] = {}
+        #: authorizations (``capture_method=manual``), by charge (several only when keys are not honoured),
+        #: and the keys that authorized, captured or canceled them
+        self.authorizations: dict[str, list[PspAuthorization]] = {}
+        self.auth_keys: set[str] = set()
+        self.cancel_keys: set[str] = set()
         self.faults_on = True
-        #: webhook hooks: called with (charge id, "captured" | "declined") or (refund key, "refunded")
+        #: webhook hooks: called with (charge id, "captured" | "declined" | "authorized") or (refund key,
+        #: "refunded")
         self.on_event: list[Any] = []
 
     def _latency(self) -> float:
@@ -68,21 +89,24 @@ class SimPsp:
         )
 
     def capture(
-        self, payment_id: str, order_id: int, amount: int, key: str
+        self, payment_id: str, order_id: int, amount: int, key: str, manual: bool = False
     ) -> Generator[simpy.Event, Any, tuple[Outcome, int]]:
         """One capture as the SDK makes it, retrying under the same key; the outcome and the simulated calls.
         Each call acts at the PSP as it arrives and is answered a latency later, so a caller cancelled while
-        it waits (its client hung up) leaves behind whatever the PSP did: a capture nobody heard of."""
+        it waits (its client hung up) leaves behind whatever the PSP did: a capture nobody heard of.
+        ``manual`` (``capture_method=manual``): authorize only, answering ``authorized``."""
         calls = 0
         for _ in range(self.c.sdk_retries + 1):
             calls += 1
-            outcome = self._capture_call(payment_id, order_id, amount, key)
+            outcome = self._capture_call(payment_id, order_id, amount, key, manual)
             yield self.env.timeout(self._latency())
             if outcome is not None:
                 return outcome, calls
         return "unknown", calls
 
-    def _capture_call(self, payment_id: str, order_id: int, amount: int, key: str) -> Outcome | None:
+    def _capture_call(
+        self, payment_id: str, order_id: int, amount: int, key: str, manual: bool = False
+    ) -> Outcome | None:
         """What one call does at the PSP, and its answer: None when none comes back (an outage, a 5xx, or a
         reply lost after the PSP acted)."""
         if self.faults_on and (
@@ -91,6 +115,8 @@ class SimPsp:
             return None
         if self.honour_keys and key in self.by_key:
             return "captured"
+        if manual and self.honour_keys and key in self.auth_keys:
+            return "authorized"  # the same key replays the same answer
         if self.honour_keys and payment_id in self.declined:
             return "declined"
         lost = self.faults_on and self.rng.random() < self.c.lost_reply_rate
@@ -98,8 +124,98 @@ class SimPsp:
             self.declined[payment_id] = "card_declined"
             self._announce(payment_id, "declined")
             return None if lost else "declined"
+        if manual:
+            self.auth_keys.add(key)
+            auth = PspAuthorization(payment_id, order_id, amount, self.env.now)
+            self.authorizations.setdefault(payment_id, []).append(auth)
+            self._announce(payment_id, "authorized")
+            return None if lost else "authorized"
         self._record(payment_id, order_id, amount, key)
         return None if lost else "captured"
+
+    def _fails(self) -> bool:
+        """Whether a call fails before doing anything: an outage, or a 5xx."""
+        return self.faults_on and (
+            in_window(self.env.now, self.c.outages) or self.rng.random() < self.c.error_rate
+        )
+
+    def _status(self, auth: PspAuthorization) -> str:
+        """An authorization's status now: one left uncaptured past its life has expired."""
+        if auth.status == "authorized" and self.env.now >= auth.at + self.c.authorization_expiry_s:
+            auth.status = "expired"
+        return auth.status
+
+    def _open(self, payment_id: str) -> PspAuthorization | None:
+        """The charge's authorization still holding the card, if one is."""
+        for auth in self.authorizations.get(payment_id, ()):
+            if self._status(auth) == "authorized":
+                return auth
+        return None
+
+    def _settled(self, payment_id: str) -> AuthOutcome:
+        """What a charge whose authorization no longer holds became: captured, or let go."""
+        captured = any(a.status == "captured" for a in self.authorizations.get(payment_id, ()))
+        return "captured" if captured else "canceled"
+
+    def open_authorizations(self) -> dict[str, int]:
+        """What each charge's authorizations hold at the PSP now, where not zero."""
+        held: dict[str, int] = {}
+        for payment_id, auths in self.authorizations.items():
+            amount = sum(a.amount for a in auths if self._status(a) == "authorized")
+            if amount:
+                held[payment_id] = amount
+        return held
+
+    def _calls(self, call: Any, *args: Any) -> Generator[simpy.Event, Any, AuthOutcome]:
+        """A call on an authorization as the SDK makes it: retried under the same key, each acting as it
+        arrives and answered a latency later; ``unknown`` when no answer came back."""
+        for _ in range(self.c.sdk_retries + 1):
+            outcome = call(*args)
+            yield self.env.timeout(self._latency())
+            if outcome is not None:
+                return outcome
+        return "unknown"
+
+    def capture_authorized(
+        self, payment_id: str, amount: int, key: str
+    ) -> Generator[simpy.Event, Any, AuthOutcome]:
+        """Capture ``amount`` of the charge's authorization, releasing the rest: ``captured``; ``canceled``
+        when it is gone (canceled, or expired); ``unknown``."""
+        return (yield from self._calls(self._capture_authorized_call, payment_id, amount, key))
+
+    def _capture_authorized_call(self, payment_id: str, amount: int, key: str) -> AuthOutcome | None:
+        if self._fails():
+            return None
+        if self.honour_keys and key in self.by_key:
+            return "captured"
+        auth = self._open(payment_id)
+        if auth is None:
+            return self._settled(payment_id)
+        assert 0 < amount <= auth.amount, (payment_id, amount, auth.amount)
+        auth.status, auth.captured = "captured", amount
+        self._record(payment_id, auth.order_id, amount, key)
+        if self.faults_on and self.rng.random() < self.c.lost_reply_rate:
+            return None  # captured, but the reply never came back
+        return "captured"
+
+    def cancel_authorization(self, payment_id: str, key: str) -> Generator[simpy.Event, Any, AuthOutcome]:
+        """Release the charge's authorization: ``canceled`` (also when it was gone already), ``captured``
+        (too late), or ``unknown``."""
+        return (yield from self._calls(self._cancel_call, payment_id, key))
+
+    def _cancel_call(self, payment_id: str, key: str) -> AuthOutcome | None:
+        if self._fails():
+            return None
+        if self.honour_keys and key in self.cancel_keys:
+            return "canceled"
+        auth = self._open(payment_id)
+        if auth is None:
+            return self._settled(payment_id)
+        auth.status = "canceled"
+        self.cancel_keys.add(key)
+        if self.faults_on and self.rng.random() < self.c.lost_reply_rate:
+            return None
+        return "canceled"
 
     def _record(self, payment_id: str, order_id: int, amount: int, key: str) -> None:
         index = len(self.captures)
@@ -164,13 +280,17 @@ class SimPsp:
             return None  # refunded, but the reply never came back
         return "refunded"
 
-    def lookup(self, payment_id: str) -> Generator[simpy.Event, Any, Outcome | Literal["not_found"]]:
+    def lookup(
+        self, payment_id: str
+    ) -> Generator[simpy.Event, Any, Outcome | Literal["not_found", "canceled"]]:
         """The janitor's search by our charge id (Stripe's search by metadata)."""
         yield self.env.timeout(self._latency())
         if self.faults_on and in_window(self.env.now, self.c.outages):
             return "unknown"
         if payment_id in self.by_payment:
             return "captured"
+        if payment_id in self.authorizations:
+            return "authorized" if self._open(payment_id) is not None else self._settled(payment_id)
         if payment_id in self.declined:
             return "declined"
         return "not_found"
@@ -207,18 +327,27 @@ class Booked(NamedTuple):
     imbalance: int
     receivable: int
     payable: int
+    #: what it moves on the house's ``psp_authorized`` (debit-positive) and on the merchant's
+    #: ``authorized_hold`` (credit-positive): an authorization's hold, outside the available balance
+    authorized: int = 0
+    hold: int = 0
 
 
 def booked(posting: Posting) -> Booked:
-    imbalance = receivable = payable = 0
+    imbalance = receivable = payable = authorized = hold = 0
     for entry in posting.entries:
         signed = entry.amount.amount if entry.direction == "debit" else -entry.amount.amount
         imbalance += signed
-        if entry.account.name == "psp_receivable":
+        name = entry.account.name
+        if name == "psp_receivable":
             receivable += signed
-        elif entry.account.name == "merchant_payable":
+        elif name == "merchant_payable":
             payable -= signed
-    return Booked(imbalance, receivable, payable)
+        elif name == "psp_authorized":
+            authorized += signed
+        elif name == "authorized_hold":
+            hold -= signed
+    return Booked(imbalance, receivable, payable, authorized, hold)
 
 
 @dataclass
@@ -312,15 +441,28 @@ class SimDatabase:
 
 
 @functools.cache
-def capture_booked(amount: int) -> Booked:
-    """What a capture of ``amount`` books: the same for every charge of that amount (the builder is pure),
-    so built once per amount."""
-    return booked(capture_of("py_any", "acct_any", amount))
+def capture_booked(amount: int, authorized: int = 0) -> Booked:
+    """What a capture of ``amount`` books (of an authorization of ``authorized``, whose hold it releases):
+    the same for every charge of those amounts (the builder is pure), so built once per amount."""
+    return booked(capture_of("py_any", "acct_any", amount, authorized))
 
 
-def capture_of(payment_id: str, merchant: str, amount: int) -> Posting:
+@functools.cache
+def hold_booked(amount: int) -> Booked:
+    """What an authorization's hold of ``amount`` books."""
+    return booked(hold_posting("py_any", "acct_any", Money(amount, "usd")))
+
+
+@functools.cache
+def release_booked(amount: int) -> Booked:
+    """What releasing an authorization's hold of ``amount`` books."""
+    return booked(release_posting("py_any", "acct_any", Money(amount, "usd")))
+
+
+def capture_of(payment_id: str, merchant: str, amount: int, authorized: int = 0) -> Posting:
     money = Money(amount, "usd")
-    return capture_posting(payment_id, merchant, money, fee_for(money, FEE_BPS))
+    held = Money(authorized, "usd") if authorized else None
+    return capture_posting(payment_id, merchant, money, fee_for(money, FEE_BPS), authorized=held)
 
 
 def compensation_of(payment_id: str, merchant: str, amount: int) -> Posting:
