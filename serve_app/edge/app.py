@@ -287,11 +287,23 @@ class PaymentApi:
     async def get_charge(self, charge_id: str, request: Request) -> Response:
         return await self._retrieve(request, "charge", charge_id, db.load_charge, charge_object)
 
-    @api.get("/v1/charges", **list_operation(o.ChargeList))
+    @api.get(
+        "/v1/charges",
+        **list_operation(o.ChargeList, query("customer", "Only the charges of this customer (cus_…)")),
+    )
     async def list_charges(self, request: Request) -> Response:
-        return await self._list(
-            request, "charge", "/v1/charges", db.load_charge, db.list_charges, charge_object
-        )
+        """A customer the merchant does not have filters every charge out, as Stripe's list does: no 404."""
+        merchant_id = await self._merchant(request)
+
+        async def find(conn: AsyncConnection[Any], charge_id: str) -> Any:
+            return await db.load_charge(conn, charge_id, merchant_id)
+
+        async def page(conn: AsyncConnection[Any], spec: Page) -> list[Any]:
+            customer = request.query_params.get("customer")
+            return await db.list_charges(conn, merchant_id, spec, customer=customer)
+
+        url, own = "/v1/charges", frozenset({"customer"})
+        return await self._page(request, "charge", url, find, page, charge_object, own=own)
 
     @api.post("/v1/charges/{charge_id}", **operation(o.Charge, body=ChargeUpdate))
     async def update_charge(self, charge_id: str, request: Request) -> Response:

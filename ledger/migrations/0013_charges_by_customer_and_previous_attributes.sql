@@ -1,0 +1,3 @@
+-- A customer's charges, newest first (GET /v1/charges?customer=cus_…), without reading the merchant's others.
+CREATE INDEX payments_merchant_customer_created ON payments (merchant_id, customer, created_at DESC, id DESC)
+    WHERE customer IS NOT NULL;
