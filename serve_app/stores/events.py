@@ -28,6 +28,7 @@ class Event:
     payload: dict[str, Any]
     idempotency_key: str | None
     created_at: datetime
+    previous_attributes: dict[str, Any] | None = None  # what a ``*.updated`` event's change replaced
 
 
 @dataclass(frozen=True)
@@ -38,7 +39,9 @@ class EventFilter:
     types: list[str] | None = None
 
 
-_COLUMNS = "event_id AS id, merchant_id, topic AS type, payload, idempotency_key, created_at"
+_COLUMNS = (
+    "event_id AS id, merchant_id, topic AS type, payload, idempotency_key, created_at, previous_attributes"
+)
 _KEPT = f"created_at > now() - interval '{RETENTION_DAYS} days'"
 
 SELECT_EVENT = f"""

@@ -19,13 +19,20 @@ _TYPES = re.compile(r"types\[\d*\]")
 MAX_TYPES = 20
 
 
+def _data(e: Event) -> dict[str, Any]:
+    """The object as the event left it and, on a ``*.updated`` event, the prior values of what changed."""
+    if e.previous_attributes is None:
+        return {"object": e.payload}
+    return {"object": e.payload, "previous_attributes": e.previous_attributes}
+
+
 def event_object(e: Event) -> dict[str, Any]:
     return {
         "id": e.id,
         "object": "event",
         "api_version": API_VERSION,
         "created": int(e.created_at.timestamp()),
-        "data": {"object": e.payload},
+        "data": _data(e),
         "livemode": False,
         "pending_webhooks": 0,
         "request": {"id": None, "idempotency_key": e.idempotency_key},

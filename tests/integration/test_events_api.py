@@ -267,3 +267,21 @@ def test_a_customer_created_updated_and_deleted_is_three_events(merchant: Mercha
     assert merchant.client.delete(f"/v1/customers/{customer}").status_code == 200
     about = [e for e in events(merchant, type="customer.*") if e["data"]["object"]["id"] == customer]
     assert [e["type"] for e in about] == ["customer.deleted", "customer.updated", "customer.created"]
+    assert about[1]["data"]["previous_attributes"] == {"name": None}
+    assert "previous_attributes" not in about[0]["data"] and "previous_attributes" not in about[2]["data"]
+
+
+def test_customer_updated_holds_the_prior_values_of_what_changed(stack: Any, merchant: Merchant) -> None:
+    client = stripe.StripeClient(merchant.api_key, base_addresses={"api": stack.base_url})
+    customer = client.v1.customers.create(
+        params={"email": "ada@example.com", "name": "Ada", "metadata": {"tier": "gold", "since": "2020"}}
+    )
+    metadata = {"tier": "", "since": "2021", "vip": "y"}
+    client.v1.customers.update(customer.id, params={"email": "ada@example.org", "metadata": metadata})
+    client.v1.customers.update(customer.id, params={"name": "Ada"})  # no change, no event
+    [updated] = client.v1.events.list(params={"type": "customer.updated"}).data
+    assert updated.data.object["email"] == "ada@example.org"
+    assert updated.data.previous_attributes.to_dict() == {
+        "email": "ada@example.com",
+        "metadata": {"tier": "gold", "since": "2020", "vip": None},
+    }
