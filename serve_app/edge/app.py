@@ -30,7 +30,7 @@ from payray.errors import (
     NotFound,
     PayrayError,
 )
-from payray.pages import FORWARDS, Page, parse_page
+from payray.pages import Page, parse_page
 from payray.settings import Settings
 from serve_app.edge.auth import Authenticator
 from serve_app.edge.bodies import parse_body, read_body
@@ -57,7 +57,7 @@ from serve_app.stores import refunds as refunds_db
 from serve_app.stores.disputes import list_disputes, load_dispute
 from serve_app.stores.payouts import list_payouts, load_payout
 from serve_app.wire import objects as o
-from serve_app.wire.merchant_events import event_filter, event_object
+from serve_app.wire.merchant_events import event_object, event_query
 from serve_app.wire.openapi import (
     ADMIN_KEY,
     CHARGE_OUTCOMES,
@@ -288,11 +288,23 @@ class PaymentApi:
     async def get_charge(self, charge_id: str, request: Request) -> Response:
         return await self._retrieve(request, "charge", charge_id, db.load_charge, charge_object)
 
-    @api.get("/v1/charges", **list_operation(o.ChargeList))
+    @api.get(
+        "/v1/charges",
+        **list_operation(o.ChargeList, query("customer", "Only the charges of this customer (cus_…)")),
+    )
     async def list_charges(self, request: Request) -> Response:
-        return await self._list(
-            request, "charge", "/v1/charges", db.load_charge, db.list_charges, charge_object
-        )
+        """A customer the merchant does not have filters every charge out, as Stripe's list does: no 404."""
+        merchant_id = await self._merchant(request)
+
+        async def find(conn: AsyncConnection[Any], charge_id: str) -> Any:
+            return await db.load_charge(conn, charge_id, merchant_id)
+
+        async def page(conn: AsyncConnection[Any], spec: Page) -> list[Any]:
+            customer = request.query_params.get("customer")
+            return await db.list_charges(conn, merchant_id, spec, customer=customer)
+
+        url, own = "/v1/charges", frozenset({"customer"})
+        return await self._page(request, "charge", url, find, page, charge_object, own=own)
 
     @api.post("/v1/charges/{charge_id}", **operation(o.Charge, body=ChargeUpdate))
     async def update_charge(self, charge_id: str, request: Request) -> Response:
@@ -391,26 +403,18 @@ class PaymentApi:
             o.EventList,
             query("type", "Only events of this type; * matches any part (charge.*)"),
             query("types[]", "Only events of any of these types (at most 20); not with type"),
-            *(
-                query(f"created{op}", "Only events created so (Unix seconds)", type="integer", minimum=0)
-                for op in ("", "[gt]", "[gte]", "[lt]", "[lte]")
-            ),
         ),
     )
     async def list_events(self, request: Request) -> Response:
-        """The merchant's events of the last 30 days, newest first."""
-
+        """The merchant's events of the last 30 days, newest first, paged both ways as every list is (its
+        ``types[0]``, ``types[1]``, … are more names than ``_page`` takes)."""
         merchant_id = await self._merchant(request)
-        items = request.query_params.multi_items()
-        only = event_filter(items)  # its own filters, and the forward paging of every list
-        spec, _ = parse_page([(name, value) for name, value in items if name in FORWARDS], stripes=False)
+        spec, only = event_query(request.query_params.multi_items())
         async with self.parts.pool.connection() as conn:
-            if spec.starting_after is not None and not await events_db.load_event(
-                conn, spec.starting_after, merchant_id
-            ):
-                raise NotFound(f"No such event: '{spec.starting_after}'", param="starting_after")
-            rows = await events_db.list_events(conn, merchant_id, only, spec.limit + 1, spec.starting_after)
-        found, has_more = spec.trim(rows)
+            cursor = spec.cursor
+            if cursor is not None and await events_db.load_event(conn, cursor[1], merchant_id) is None:
+                raise NotFound(f"No such event: '{cursor[1]}'", param=cursor[0])
+            found, has_more = spec.trim(await events_db.list_events(conn, merchant_id, only, spec))
         rendered = [event_object(event) for event in found]
         return json_response(200, dumps(list_object("/v1/events", rendered, has_more)))
 

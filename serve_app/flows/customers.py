@@ -13,6 +13,7 @@ from typing import Any
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
+from payray.changes import previous_attributes
 from payray.errors import InvalidRequest, NotFound
 from payray.fingerprint import request_fingerprint
 from payray.ids import new_id
@@ -111,7 +112,8 @@ class CustomerService:
             changed = updated(current, body)
             if changed == current:  # nothing changed: no write, no ``customer.updated``
                 return customer_object(current)
-            saved = await store.save_customer(conn, changed, customer_object(changed))
+            before, after = customer_object(current), customer_object(changed)
+            saved = await store.save_customer(conn, changed, after, previous_attributes(before, after))
         return customer_object(saved)
 
     async def delete(self, merchant_id: str, customer_id: str) -> dict[str, Any]:

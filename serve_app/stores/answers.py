@@ -47,11 +47,23 @@ def answer_params(
     }
 
 
-ANNOUNCE = "INSERT INTO outbox (topic, aggregate_id, payload) VALUES (%(topic)s, %(id)s, %(payload)s)"
+ANNOUNCE = """
+INSERT INTO outbox (topic, aggregate_id, payload, merchant_id, previous_attributes)
+VALUES (%(topic)s, %(id)s, %(payload)s, %(merchant_id)s, %(previous)s)
+"""
 
 
 async def announce(
-    conn: AsyncConnection[Any], topic: str, aggregate_id: str, payload: dict[str, Any]
-) -> None:
-    """An outbox event on its own, in the caller's transaction (a change that answers no idempotency key)."""
-    await conn.execute(ANNOUNCE, {"topic": topic, "id": aggregate_id, "payload": Jsonb(payload)})
+    conn: AsyncConnection[Any], topic: str, aggregate_id: str, payload: dict[str, Any], *,
+    merchant_id: str, previous: dict[str, Any] | None = None,
+) -> None:  # fmt: skip
+    """The merchant's outbox event on its own, in the caller's transaction (a change that answers no
+    idempotency key); ``previous``: an update's previous attributes (``data.previous_attributes``)."""
+    params = {
+        "topic": topic,
+        "id": aggregate_id,
+        "payload": Jsonb(payload),
+        "merchant_id": merchant_id,
+        "previous": Jsonb(previous) if previous is not None else None,
+    }
+    await conn.execute(ANNOUNCE, params)

@@ -95,7 +95,10 @@ FROM known LEFT JOIN charge ON true
 SELECT_PAYMENT = f"SELECT {_PAYMENT_COLUMNS} FROM payments WHERE id = %s"
 SELECT_MERCHANT_PAYMENT = f"SELECT {_PAYMENT_COLUMNS} FROM payments WHERE id = %s AND merchant_id = %s"
 
-LIST_PAYMENTS = newest_first("payments", _PAYMENT_COLUMNS)
+#: ``%(customer)s``: only that customer's charges (``NULL``: all); another merchant's id matches none.
+LIST_PAYMENTS = newest_first(
+    "payments", _PAYMENT_COLUMNS, only="(%(customer)s::text IS NULL OR customer = %(customer)s)"
+)
 
 
 def _apply_transitions(ledger_transaction: str) -> str:
@@ -209,8 +212,11 @@ async def load_charge(
     return _charge(row) if row else None
 
 
-async def list_charges(conn: AsyncConnection[Any], merchant_id: str, page: Page) -> list[Charge]:
-    return await read_page(conn, LIST_PAYMENTS, page, page_params(merchant_id, page), _charge)
+async def list_charges(
+    conn: AsyncConnection[Any], merchant_id: str, page: Page, *, customer: str | None = None
+) -> list[Charge]:
+    params = page_params(merchant_id, page, customer=customer)
+    return await read_page(conn, LIST_PAYMENTS, page, params, _charge)
 
 
 LOCK_MERCHANT_PAYMENT = f"{SELECT_MERCHANT_PAYMENT} FOR UPDATE"

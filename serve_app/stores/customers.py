@@ -70,7 +70,10 @@ WHERE {_LIVE}
 RETURNING {_COLUMNS}
 """
 DELETE_CUSTOMER = f"UPDATE customers SET deleted_at = now(), updated_at = now() WHERE {_LIVE}"
-ANNOUNCE = "INSERT INTO outbox (topic, aggregate_id, payload, merchant_id) VALUES (%s, %s, %s, %s)"
+ANNOUNCE = """
+INSERT INTO outbox (topic, aggregate_id, payload, merchant_id, previous_attributes)
+VALUES (%s, %s, %s, %s, %s)
+"""
 
 LIST_CUSTOMERS = newest_first(
     "customers", _COLUMNS, only="deleted_at IS NULL AND (%(email)s::text IS NULL OR email = %(email)s)"
@@ -112,8 +115,11 @@ async def lock_customer(conn: AsyncConnection[Any], customer_id: str, merchant_i
     return await fetch_one(conn, LOCK_CUSTOMER, {"id": customer_id, "merchant_id": merchant_id}, _customer)
 
 
-async def save_customer(conn: AsyncConnection[Any], customer: Customer, event: dict[str, Any]) -> Customer:
-    """Write the customer's fields (inside the transaction that locked it) and its ``customer.updated``."""
+async def save_customer(
+    conn: AsyncConnection[Any], customer: Customer, event: dict[str, Any], previous: dict[str, Any]
+) -> Customer:
+    """Write the customer's fields (inside the transaction that locked it) and its ``customer.updated``,
+    whose ``data.previous_attributes`` is ``previous``."""
     params = {
         "id": customer.id,
         "merchant_id": customer.merchant_id,
@@ -125,14 +131,15 @@ async def save_customer(conn: AsyncConnection[Any], customer: Customer, event: d
     }
     saved = await fetch_one(conn, UPDATE_CUSTOMER, params, _customer)
     assert saved is not None, "the caller holds the row's lock"
-    await conn.execute(ANNOUNCE, ("customer.updated", customer.id, Jsonb(event), customer.merchant_id))
+    topic, merchant_id = "customer.updated", customer.merchant_id
+    await conn.execute(ANNOUNCE, (topic, customer.id, Jsonb(event), merchant_id, Jsonb(previous)))
     return saved
 
 
 async def delete_customer(conn: AsyncConnection[Any], customer: Customer, event: dict[str, Any]) -> None:
     """Mark the customer deleted (inside the transaction that locked it) and write ``customer.deleted``."""
     await conn.execute(DELETE_CUSTOMER, {"id": customer.id, "merchant_id": customer.merchant_id})
-    await conn.execute(ANNOUNCE, ("customer.deleted", customer.id, Jsonb(event), customer.merchant_id))
+    await conn.execute(ANNOUNCE, ("customer.deleted", customer.id, Jsonb(event), customer.merchant_id, None))
 
 
 async def list_customers(

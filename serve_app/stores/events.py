@@ -13,7 +13,9 @@ from typing import Any
 
 from psycopg import AsyncConnection
 
-from serve_app.stores.rows import fetch_all, fetch_one
+from payray.pages import Page
+from serve_app.stores.pages import newest_first, page_params, read_page
+from serve_app.stores.rows import fetch_one
 
 RETENTION_DAYS = 30
 
@@ -26,38 +28,35 @@ class Event:
     payload: dict[str, Any]
     idempotency_key: str | None
     created_at: datetime
+    previous_attributes: dict[str, Any] | None = None  # what a ``*.updated`` event's change replaced
 
 
 @dataclass(frozen=True)
 class EventFilter:
-    """``types``: LIKE patterns (``%`` for Stripe's ``*``), any of which matches; ``created``: bounds in Unix
-    seconds by operator (``gt``, ``gte``, ``lt``, ``lte``)."""
+    """``types``: LIKE patterns (``%`` for Stripe's ``*``), any of which matches; the ``created`` range and
+    the cursors are the ``Page``'s, as every list's."""
 
     types: list[str] | None = None
-    created: dict[str, int] | None = None
 
 
-_COLUMNS = "event_id AS id, merchant_id, topic AS type, payload, idempotency_key, created_at"
+_COLUMNS = (
+    "event_id AS id, merchant_id, topic AS type, payload, idempotency_key, created_at, previous_attributes"
+)
 _KEPT = f"created_at > now() - interval '{RETENTION_DAYS} days'"
 
 SELECT_EVENT = f"""
 SELECT {_COLUMNS} FROM outbox WHERE event_id = %(id)s AND merchant_id = %(merchant_id)s AND {_KEPT}
 """
 
-#: Newest first, after the cursor event (``NULL`` for the first page); the outbox id orders them.
-LIST_EVENTS = f"""
-SELECT {_COLUMNS} FROM outbox
-WHERE merchant_id = %(merchant_id)s AND {_KEPT}
-  AND (%(types)s::text[] IS NULL OR topic LIKE ANY (%(types)s))
-  AND (%(gt)s::bigint IS NULL OR floor(extract(epoch FROM created_at)) > %(gt)s)
-  AND (%(gte)s::bigint IS NULL OR floor(extract(epoch FROM created_at)) >= %(gte)s)
-  AND (%(lt)s::bigint IS NULL OR floor(extract(epoch FROM created_at)) < %(lt)s)
-  AND (%(lte)s::bigint IS NULL OR floor(extract(epoch FROM created_at)) <= %(lte)s)
-  AND (%(after_id)s::text IS NULL OR id < (
-        SELECT id FROM outbox WHERE event_id = %(after_id)s AND merchant_id = %(merchant_id)s))
-ORDER BY outbox.id DESC
-LIMIT %(limit)s
-"""
+#: A page of the merchant's kept events, as every list pages (``serve_app.stores.pages``): the cursor names
+#: an event by its public id, and the outbox id orders them (the order they were written in).
+LIST_EVENTS = newest_first(
+    "outbox",
+    _COLUMNS,
+    only=f"{_KEPT}\n  AND (%(types)s::text[] IS NULL OR topic LIKE ANY (%(types)s))",
+    key="event_id",
+    order=("id",),
+)
 
 #: Expired events whose row has done its work: published to the stream and delivered by the consumers.
 DELETE_EXPIRED = f"""
@@ -75,17 +74,11 @@ async def load_event(conn: AsyncConnection[Any], event_id: str, merchant_id: str
 
 
 async def list_events(
-    conn: AsyncConnection[Any], merchant_id: str, only: EventFilter, limit: int, starting_after: str | None
+    conn: AsyncConnection[Any], merchant_id: str, only: EventFilter, page: Page
 ) -> list[Event]:
-    created = only.created or {}
-    params = {
-        "merchant_id": merchant_id,
-        "types": only.types,
-        **{op: created.get(op) for op in ("gt", "gte", "lt", "lte")},
-        "after_id": starting_after,
-        "limit": limit,
-    }
-    return await fetch_all(conn, LIST_EVENTS, params, Event)
+    """Up to ``limit + 1`` events, newest first, beside the page's cursor (``Page.trim`` cuts the extra)."""
+    params = page_params(merchant_id, page, types=only.types)
+    return await read_page(conn, LIST_EVENTS, page, params, lambda row: Event(**row))
 
 
 async def delete_expired(conn: AsyncConnection[Any], limit: int = 5000) -> int:

@@ -23,28 +23,40 @@ class PageSql:
     newer: str
 
 
-def _query(table: str, columns: str, only: str, newer: bool) -> str:
+#: How most lists order their rows: by creation, and by id among rows created at the same instant.
+CREATED_THEN_ID = ("created_at", "id")
+
+
+def _query(table: str, columns: str, only: str, newer: bool, key: str, order: tuple[str, ...]) -> str:
     narrowed = f"\n  AND {only}" if only else ""
-    cursor, order = (">", "ASC") if newer else ("<", "DESC")
+    cursor, direction = (">", "ASC") if newer else ("<", "DESC")
+    row = ", ".join(order)
+    ordered = ", ".join(f"{table}.{column} {direction}" for column in order)  # the table's, not an alias
     return f"""
 SELECT {columns} FROM {table}
 WHERE merchant_id = %(merchant_id)s{narrowed}
   AND (%(created_from)s::bigint IS NULL OR created_at >= to_timestamp(%(created_from)s::bigint))
   AND (%(created_until)s::bigint IS NULL OR created_at < to_timestamp(%(created_until)s::bigint))
-  AND (%(cursor_id)s::text IS NULL OR (created_at, id) {cursor} (
-        SELECT created_at, id FROM {table} WHERE id = %(cursor_id)s AND merchant_id = %(merchant_id)s))
-ORDER BY created_at {order}, id {order}
+  AND (%(cursor_id)s::text IS NULL OR ({row}) {cursor} (
+        SELECT {row} FROM {table} WHERE {key} = %(cursor_id)s AND merchant_id = %(merchant_id)s))
+ORDER BY {ordered}
 LIMIT %(limit)s
 """
 
 
-def newest_first(table: str, columns: str, *, only: str = "") -> PageSql:
+def newest_first(
+    table: str, columns: str, *, only: str = "", key: str = "id", order: tuple[str, ...] = CREATED_THEN_ID
+) -> PageSql:
     """A page of ``table``'s rows of ``%(merchant_id)s`` within the ``created`` range, ``%(limit)s`` long,
-    beside the row ``%(cursor_id)s`` (``NULL`` for the first page). ``only`` is a further condition, if any.
+    beside the row ``%(cursor_id)s`` (``NULL`` for the first page). ``only`` is a further condition, if any;
+    ``key`` is the column of the public id a cursor names, ``order`` the columns that order the rows (unique
+    together, newest last).
 
     The cursor is the row itself, not an offset, so rows created while a client pages do not shift the pages.
     """
-    return PageSql(_query(table, columns, only, newer=False), _query(table, columns, only, newer=True))
+    return PageSql(
+        _query(table, columns, only, False, key, order), _query(table, columns, only, True, key, order)
+    )
 
 
 def page_params(merchant_id: str, page: Page, **more: Any) -> dict[str, Any]:

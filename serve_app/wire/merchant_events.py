@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from payray.errors import InvalidRequest
+from payray.pages import Page, parse_page
 from serve_app.stores.events import Event, EventFilter
 
 #: The Stripe API version whose shapes the events follow (the one the PSP emulator speaks).
@@ -14,10 +15,15 @@ API_VERSION = "2026-10-28.endive"
 
 #: An event type, or a pattern of them with ``*`` for any part (``charge.*``, ``charge.dispute.*``).
 _TYPE = re.compile(r"[a-z_]+(\.([a-z_]+|\*))*|\*")
-_CREATED = re.compile(r"created\[(gt|gte|lt|lte)\]")
 _TYPES = re.compile(r"types\[\d*\]")
-_PAGING = frozenset({"limit", "starting_after"})
 MAX_TYPES = 20
+
+
+def _data(e: Event) -> dict[str, Any]:
+    """The object as the event left it and, on a ``*.updated`` event, the prior values of what changed."""
+    if e.previous_attributes is None:
+        return {"object": e.payload}
+    return {"object": e.payload, "previous_attributes": e.previous_attributes}
 
 
 def event_object(e: Event) -> dict[str, Any]:
@@ -26,7 +32,7 @@ def event_object(e: Event) -> dict[str, Any]:
         "object": "event",
         "api_version": API_VERSION,
         "created": int(e.created_at.timestamp()),
-        "data": {"object": e.payload},
+        "data": _data(e),
         "livemode": False,
         "pending_webhooks": 0,
         "request": {"id": None, "idempotency_key": e.idempotency_key},
@@ -41,32 +47,32 @@ def _pattern(param: str, value: str) -> str:
     return value.replace("_", r"\_").replace("*", "%")
 
 
-def _seconds(param: str, value: str) -> int:
-    if not value.isdigit() or len(value) > 12:
-        raise InvalidRequest(f"{param} must be a Unix timestamp in seconds", param=param)
-    return int(value)
+def event_query(params: Iterable[tuple[str, str]]) -> tuple[Page, EventFilter]:
+    """The list's page (``limit``, either cursor, ``created`` or ``created[op]``, as every list takes them)
+    and its own filter (``type`` or ``types[]``); any other parameter is refused, naming it."""
+    own: list[tuple[str, str]] = []
+    paging: list[tuple[str, str]] = []
+    for name, value in params:
+        (own if name == "type" or _TYPES.fullmatch(name) else paging).append((name, value))
+    page, _ = parse_page(paging)
+    return page, event_filter(own)
 
 
 def event_filter(params: Iterable[tuple[str, str]]) -> EventFilter:
-    """The list's filters from its query (``type`` or ``types[]``, ``created`` or ``created[op]``); any other
-    parameter than these and paging is refused, naming it."""
+    """The types the list's query asks for (``type`` or ``types[]``, which Stripe's SDKs send as
+    ``types[0]``, ``types[1]``, …); a malformed one is refused, naming it."""
     type_: str | None = None
     types: list[str] = []
-    created: dict[str, int] = {}
     for name, value in params:
         if name == "type":
             type_ = _pattern(name, value)
         elif _TYPES.fullmatch(name):
             types.append(_pattern("types", value))
-        elif name == "created":
-            created["gte"] = created["lte"] = _seconds(name, value)
-        elif match := _CREATED.fullmatch(name):
-            created[match.group(1)] = _seconds(name, value)
-        elif name not in _PAGING:
+        else:
             raise InvalidRequest(f"Received unknown parameter: {name[:100]}", param=name[:100])
     if type_ is not None and types:
         raise InvalidRequest("You may pass only one of type and types", param="types")
     if len(types) > MAX_TYPES:
         raise InvalidRequest(f"types takes at most {MAX_TYPES} event types", param="types")
     patterns = [type_] if type_ is not None else types or None
-    return EventFilter(types=patterns, created=created or None)
+    return EventFilter(types=patterns)

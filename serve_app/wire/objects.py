@@ -101,6 +101,8 @@ class DisputeList(ListEnvelope):
 
 class EventData(ApiObject):
     object: dict[str, Any]
+    #: Only on ``*.updated`` events: the changed attributes at their prior values (metadata key by key).
+    previous_attributes: dict[str, Any] | None = None
 
 
 class EventRequest(ApiObject):

@@ -10,6 +10,7 @@ import httpx
 import psycopg
 import pytest
 import redis
+import stripe
 
 from tests.integration.psp_queries import captures_for_merchant, payment_intents
 from tests.integration.stack_fixtures import Merchant
@@ -210,6 +211,46 @@ def test_list_paginates_newest_first(merchant: Merchant) -> None:
     assert [c["id"] for c in rest["data"]] == ids[::-1][2:] and not rest["has_more"]
     assert merchant.client.get("/v1/charges", params={"limit": 0}).status_code == 400
     assert merchant.client.get("/v1/charges", params={"limit": 101}).status_code == 400
+
+
+def _customer(merchant: Merchant, email: str) -> str:
+    created = merchant.client.post(
+        "/v1/customers", data={"email": email}, headers={"Idempotency-Key": uuid.uuid4().hex}
+    )
+    assert created.status_code == 200, created.text
+    return str(created.json()["id"])
+
+
+def test_the_customer_filter_lists_a_customers_charges_both_ways(
+    stack: Any, merchant: Merchant, new_merchant: Any
+) -> None:
+    ada, bob = _customer(merchant, "ada@example.com"), _customer(merchant, "bob@example.com")
+    adas = [merchant.charge(amount=100 + i, customer=ada).json()["id"] for i in range(3)]
+    merchant.charge(amount=700, customer=bob)
+    merchant.charge(amount=800)
+
+    def listed(**params: Any) -> list[str]:
+        answer = merchant.client.get("/v1/charges", params=params)
+        assert answer.status_code == 200, answer.text
+        return [c["id"] for c in answer.json()["data"]]
+
+    assert listed(customer=ada) == adas[::-1]
+    assert listed(customer=ada, limit=1, starting_after=adas[2]) == [adas[1]]
+    assert listed(customer=ada, ending_before=adas[0]) == adas[:0:-1]
+    assert listed(customer=ada, **{"created[gt]": 0}) == adas[::-1]
+    assert len(listed()) == 5
+    other: Merchant = new_merchant()
+    theirs = _customer(other, "eve@example.com")
+    assert listed(customer=theirs) == [] and listed(customer="cus_unknown") == []
+    assert [c["id"] for c in other.client.get("/v1/charges", params={"customer": ada}).json()["data"]] == []
+    twice = merchant.client.get("/v1/charges", params=[("customer", ada), ("customer", bob)])
+    assert twice.status_code == 400 and twice.json()["error"]["param"] == "customer"
+
+    client = stripe.StripeClient(merchant.api_key, base_addresses={"api": stack.base_url})
+    pages = client.v1.charges.list(params={"customer": ada, "limit": 1})
+    assert [c.id for c in pages.auto_paging_iter()] == adas[::-1]
+    backwards = client.v1.charges.list(params={"customer": ada, "limit": 1, "ending_before": adas[0]})
+    assert [c.id for c in backwards.auto_paging_iter()] == adas[1:]
 
 
 def test_retry_after_redis_flush_does_not_capture_twice(

@@ -160,6 +160,43 @@ def test_the_stripe_sdk_lists_and_retrieves_events(stack: Any, merchant: Merchan
         client.v1.events.retrieve("evt_nope")
 
 
+def test_ending_before_pages_towards_newer_events_within_the_filters(stack: Any, merchant: Merchant) -> None:
+    for amount in (1000, 1100, 1200, 1300, 1400):
+        assert merchant.charge(amount=amount).status_code == 200
+    assert merchant.charge(amount=900, payment_method="pm_card_chargeDeclined").status_code == 402
+    listed = events(merchant)
+    ids = [e["id"] for e in listed]
+    assert [e["type"] for e in listed] == ["charge.failed"] + ["charge.succeeded"] * 5
+    oldest = ids[-1]
+
+    nearest = merchant.client.get("/v1/events", params={"ending_before": oldest, "limit": 2}).json()
+    assert [e["id"] for e in nearest["data"]] == ids[-3:-1] and nearest["has_more"] is True
+    last = merchant.client.get("/v1/events", params={"ending_before": ids[2], "limit": 2}).json()
+    assert [e["id"] for e in last["data"]] == ids[:2] and last["has_more"] is False
+    assert [e["id"] for e in events(merchant, ending_before=oldest, type="charge.succeeded")] == ids[1:5]
+    assert events(merchant, ending_before=ids[1], type="charge.succeeded") == []
+    created = listed[-1]["created"]
+    assert [e["id"] for e in events(merchant, ending_before=oldest, **{"created[gte]": created})] == ids[:-1]
+    assert events(merchant, ending_before=oldest, **{"created[gt]": created + 3600}) == []
+
+    client = stripe.StripeClient(merchant.api_key, base_addresses={"api": stack.base_url})
+    backwards = client.v1.events.list(params={"ending_before": oldest, "limit": 2}).auto_paging_iter()
+    assert [e.id for e in backwards] == ids[-2::-1]
+    only = {"ending_before": oldest, "limit": 1, "type": "charge.succeeded"}
+    succeeded = client.v1.events.list(params=only)
+    assert [e.id for e in succeeded.auto_paging_iter()] == ids[4:0:-1]
+
+
+def test_another_merchants_event_is_no_cursor_either_way(merchant: Merchant, new_merchant: Any) -> None:
+    merchant.charge(amount=1500)
+    [theirs] = events(merchant)
+    other: Merchant = new_merchant()
+    cursor = other.client.get("/v1/events", params={"ending_before": theirs["id"]})
+    assert cursor.status_code == 404 and cursor.json()["error"]["param"] == "ending_before"
+    both = other.client.get("/v1/events", params={"ending_before": "evt_a", "starting_after": "evt_b"})
+    assert both.status_code == 400 and both.json()["error"]["param"] == "ending_before"
+
+
 def test_a_dispute_is_announced_as_stripe_does(merchant: Merchant, psp_control: httpx.Client) -> None:
     charge = merchant.charge(amount=3000).json()
     opened = psp_control.post(
@@ -230,3 +267,21 @@ def test_a_customer_created_updated_and_deleted_is_three_events(merchant: Mercha
     assert merchant.client.delete(f"/v1/customers/{customer}").status_code == 200
     about = [e for e in events(merchant, type="customer.*") if e["data"]["object"]["id"] == customer]
     assert [e["type"] for e in about] == ["customer.deleted", "customer.updated", "customer.created"]
+    assert about[1]["data"]["previous_attributes"] == {"name": None}
+    assert "previous_attributes" not in about[0]["data"] and "previous_attributes" not in about[2]["data"]
+
+
+def test_customer_updated_holds_the_prior_values_of_what_changed(stack: Any, merchant: Merchant) -> None:
+    client = stripe.StripeClient(merchant.api_key, base_addresses={"api": stack.base_url})
+    customer = client.v1.customers.create(
+        params={"email": "ada@example.com", "name": "Ada", "metadata": {"tier": "gold", "since": "2020"}}
+    )
+    metadata = {"tier": "", "since": "2021", "vip": "y"}
+    client.v1.customers.update(customer.id, params={"email": "ada@example.org", "metadata": metadata})
+    client.v1.customers.update(customer.id, params={"name": "Ada"})  # no change, no event
+    [updated] = client.v1.events.list(params={"type": "customer.updated"}).data
+    assert updated.data.object["email"] == "ada@example.org"
+    assert updated.data.previous_attributes.to_dict() == {
+        "email": "ada@example.com",
+        "metadata": {"tier": "gold", "since": "2020", "vip": None},
+    }

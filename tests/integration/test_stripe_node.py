@@ -32,6 +32,8 @@ CHECKS = [
     "customers_lifecycle",
     "charge_for_an_unknown_customer_is_resource_missing",
     "events_list_and_retrieve",
+    "charges_listed_by_customer",
+    "events_page_backwards",
 ]
 
 

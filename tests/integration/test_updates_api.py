@@ -1,4 +1,5 @@
-"""Charge and refund updates: metadata and description change, money never moves, each update is an event."""
+"""Charge and refund updates: metadata and description change, money never moves, each update is an event
+carrying the prior values of what it changed (``data.previous_attributes``)."""
 
 from __future__ import annotations
 
@@ -58,6 +59,22 @@ def test_a_charges_metadata_is_set_unset_and_emptied(merchant: Merchant, api_dat
     topics = events(api_database_url, charge["id"])
     assert [topic for topic, _ in topics] == ["charge.updated", "charge.updated"]
     assert topics[-1][1]["metadata"] == {}
+    emptying, first = merchant.client.get("/v1/events", params={"type": "charge.updated"}).json()["data"]
+    assert first["data"] == {
+        "object": body,
+        "previous_attributes": {"description": "first", "metadata": {"order": "1", "gift": "yes"}},
+    }
+    assert emptying["data"] == {"object": emptied, "previous_attributes": {"metadata": {"order": "2"}}}
+    assert merchant.client.get(f"/v1/events/{first['id']}").json() == first
+
+
+def test_an_update_that_changes_nothing_is_no_event(merchant: Merchant, api_database_url: str) -> None:
+    charge = merchant.charge(metadata={"a": "1"}, description="same").json()
+    again = merchant.client.post(f"/v1/charges/{charge['id']}", json={"metadata": {"a": "1", "b": ""}})
+    assert again.status_code == 200 and again.json() == charge
+    refund = merchant.refund(charge["id"], amount=100).json()
+    assert merchant.client.post(f"/v1/refunds/{refund['id']}", json={"metadata": {}}).json() == refund
+    assert events(api_database_url, charge["id"]) == [] and events(api_database_url, refund["id"]) == []
 
 
 def test_a_refunds_metadata_is_updated(merchant: Merchant, api_database_url: str) -> None:
@@ -67,6 +84,11 @@ def test_a_refunds_metadata_is_updated(merchant: Merchant, api_database_url: str
     assert updated.status_code == 200, updated.text
     assert updated.json()["metadata"] == {"n": "1"} and updated.json()["amount"] == 100
     assert [topic for topic, _ in events(api_database_url, refund["id"])] == ["refund.updated"]
+    [event] = merchant.client.get("/v1/events", params={"type": "refund.updated"}).json()["data"]
+    assert event["data"]["object"] == updated.json()
+    assert event["data"]["previous_attributes"] == {"metadata": {"ticket": "7", "n": None}}
+    [created] = merchant.client.get("/v1/events", params={"type": "refund.created"}).json()["data"]
+    assert "previous_attributes" not in created["data"]
 
 
 @pytest.mark.parametrize(
@@ -113,6 +135,12 @@ def test_the_sdk_updates_charges_and_refunds(stack: StackInfo, merchant: Merchan
     )
     assert updated.metadata.to_dict() == {"b": "2"} and updated.description == "d"
     assert client.v1.charges.update(charge.id, params={"metadata": ""}).metadata.to_dict() == {}
+    emptying, first = client.v1.events.list(params={"type": "charge.updated"}).data
+    assert first.data.previous_attributes.to_dict() == {
+        "description": None,
+        "metadata": {"a": "1", "b": None},
+    }
+    assert emptying.data.previous_attributes.to_dict() == {"metadata": {"b": "2"}}
     refund = client.v1.refunds.create(params={"charge": charge.id, "amount": 500})
     assert client.v1.refunds.update(refund.id, params={"metadata": {"r": "1"}}).metadata.to_dict() == {
         "r": "1"

@@ -156,6 +156,34 @@ const checks = {
     assert.equal(error.param, "customer");
   },
 
+  async charges_listed_by_customer() {
+    const customer = await stripe.customers.create({ email: `${unique("bo")}@example.com` });
+    const first = await stripe.charges.create({ amount: 1300, ...card, customer: customer.id });
+    await stripe.charges.create({ amount: 1301, ...card });
+    const second = await stripe.charges.create({ amount: 1302, ...card, customer: customer.id });
+    const theirs = await stripe.charges.list({ customer: customer.id });
+    assert.deepEqual(theirs.data.map((c) => c.id), [second.id, first.id]);
+    const newer = await stripe.charges.list({ customer: customer.id, ending_before: first.id });
+    assert.deepEqual(newer.data.map((c) => c.id), [second.id]);
+    assert.deepEqual((await stripe.charges.list({ customer: "cus_doesnotexist" })).data, []);
+  },
+
+  async events_page_backwards() {
+    const made = [];
+    for (let i = 0; i < 4; i++) made.push((await stripe.charges.create({ amount: 1800 + i, ...card })).id);
+    const listed = await stripe.events.list({ type: "charge.succeeded", limit: 10 });
+    assert.deepEqual(listed.data.map((e) => e.data.object.id), [...made].reverse());
+    const oldest = listed.data[listed.data.length - 1];
+    const page = await stripe.events.list({ type: "charge.succeeded", ending_before: oldest.id, limit: 2 });
+    assert.deepEqual(page.data.map((e) => e.data.object.id), [made[2], made[1]]);
+    assert.equal(page.has_more, true);
+    const seen = [];
+    for await (const e of stripe.events.list({ type: "charge.*", ending_before: oldest.id, limit: 1 })) {
+      seen.push(e.data.object.id);
+    }
+    assert.deepEqual(seen, made.slice(1));
+  },
+
   async events_list_and_retrieve() {
     const charge = await stripe.charges.create({ amount: 1700, ...card });
     const listed = await stripe.events.list({ type: "charge.succeeded", limit: 10 });
