@@ -26,6 +26,8 @@ class Event:
     payload: dict[str, Any]
     idempotency_key: str | None
     created_at: datetime
+    #: deliveries of it to the merchant's webhook endpoints not yet succeeded (nor given up)
+    pending_webhooks: int = 0
 
 
 @dataclass(frozen=True)
@@ -37,7 +39,9 @@ class EventFilter:
     created: dict[str, int] | None = None
 
 
-_COLUMNS = "event_id AS id, merchant_id, topic AS type, payload, idempotency_key, created_at"
+_COLUMNS = """event_id AS id, merchant_id, topic AS type, payload, idempotency_key, created_at,
+    (SELECT count(*) FROM webhook_deliveries w WHERE w.outbox_id = outbox.id AND w.status = 'pending')
+        AS pending_webhooks"""
 _KEPT = f"created_at > now() - interval '{RETENTION_DAYS} days'"
 
 SELECT_EVENT = f"""
