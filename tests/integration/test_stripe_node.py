@@ -32,6 +32,8 @@ CHECKS = [
     "customers_lifecycle",
     "charge_for_an_unknown_customer_is_resource_missing",
     "events_list_and_retrieve",
+    "webhook_endpoints_create_retrieve_update_list_del",
+    "webhook_delivered_and_verified",
 ]
 
 
