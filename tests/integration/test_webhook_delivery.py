@@ -19,6 +19,8 @@ import psycopg
 import pytest
 import stripe
 
+from ops.cli import main as cli
+from ops.stack import StackInfo
 from payray.webhooks import retry_delay
 from tests.integration.polling import until
 from tests.integration.stack_fixtures import WEBHOOK_DELIVERY, Merchant
@@ -166,8 +168,9 @@ def test_events_go_only_to_the_endpoints_that_enable_them(
 
 
 def test_an_event_is_resent_by_hand(
-    merchant: Merchant, receivers: Callable[..., Receiver], admin: httpx.Client, api_database_url: str
-) -> None:
+    merchant: Merchant, receivers: Callable[..., Receiver], admin: httpx.Client, api_database_url: str,
+    stack: StackInfo, capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
     first, second = receivers(), receivers()
     one = endpoint(merchant, first, ["charge.succeeded"])
     two = endpoint(merchant, second, ["charge.succeeded"])
@@ -185,7 +188,11 @@ def test_an_event_is_resent_by_hand(
     everywhere = admin.post(f"/v1/admin/events/{event_id}/resend", json={})
     assert sorted(everywhere.json()["endpoints"]) == sorted([one["id"], two["id"]])
     until(lambda: len(first.received) == 3 and len(second.received) == 2)
-    assert len(second.received) == 2
+    target = ["--url", stack.base_url, "--admin-key", stack.admin_key]
+    assert cli(["webhooks", "resend", event_id, "--endpoint", two["id"], *target]) == 0
+    assert json.loads(capsys.readouterr().out)["endpoints"] == [two["id"]]
+    until(lambda: len(second.received) == 3)
+    assert len(first.received) == 3
     # refusals: an unknown event, another merchant's or an unknown endpoint, a merchant's key
     assert admin.post("/v1/admin/events/evt_nope/resend", json={}).status_code == 404
     unknown = admin.post(f"/v1/admin/events/{event_id}/resend", json={"endpoint": "we_nope"})
