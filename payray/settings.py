@@ -88,6 +88,7 @@ class Settings:
     webhook_retry_base_s: float = 60.0
     webhook_retry_cap_s: float = 6 * 3600.0
     webhook_retry_window_s: float = 3 * 86400.0
+    webhook_loopback_only: bool = False
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -124,6 +125,7 @@ class Settings:
             webhook_retry_base_s=_seconds(env, "PAYRAY_WEBHOOK_RETRY_BASE_S", 60.0),
             webhook_retry_cap_s=_seconds(env, "PAYRAY_WEBHOOK_RETRY_CAP_S", 6 * 3600.0),
             webhook_retry_window_s=_seconds(env, "PAYRAY_WEBHOOK_RETRY_WINDOW_S", 3 * 86400.0),
+            webhook_loopback_only=env.get("PAYRAY_WEBHOOK_LOOPBACK_ONLY", "") in ("1", "true"),
         )
 
     def webhook_delivery(self) -> DeliveryPolicy:
@@ -135,6 +137,7 @@ class Settings:
             retry_cap_s=self.webhook_retry_cap_s,
             window_s=self.webhook_retry_window_s,
             poll_s=min(1.0, self.webhook_retry_base_s),
+            loopback_only=self.webhook_loopback_only,
         )
 
     def with_(self, **changes: object) -> Settings:

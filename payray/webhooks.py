@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -68,6 +69,15 @@ def url_problem(url: str) -> str | None:
     return None
 
 
+def is_loopback(url: str) -> bool:
+    """Whether ``url`` names a loopback address literally (``127.x.y.z``, ``::1``, ``localhost``)."""
+    try:
+        host = urlsplit(url).hostname or ""
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def retry_delay(attempt: int, base_s: float, cap_s: float) -> float:
     """Seconds to wait after failed attempt number ``attempt`` (1 for the first): ``base · 2^(attempt-1)``,
     at most ``cap``."""
@@ -104,6 +114,8 @@ class DeliveryPolicy:
     retry_cap_s: float = 6 * 3600.0
     window_s: float = 3 * 86400.0
     poll_s: float = 1.0
+    #: post to loopback addresses only (tests, and a stack that must not reach out); others are refused
+    loopback_only: bool = False
 
     def next_attempt_after(self, attempt: int, began_s: float, now_s: float) -> float | None:
         return next_attempt_after(attempt, began_s, now_s, self.retry_base_s, self.retry_cap_s, self.window_s)

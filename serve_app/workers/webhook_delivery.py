@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 from psycopg_pool import AsyncConnectionPool
 
-from payray.webhooks import DeliveryPolicy, signature_header, url_problem
+from payray.webhooks import DeliveryPolicy, is_loopback, signature_header, url_problem
 from serve_app.stores import webhook_endpoints as store
 from serve_app.stores.webhook_endpoints import DueDelivery
 from serve_app.wire.merchant_events import event_object
@@ -103,6 +103,8 @@ class WebhookDispatcher:
         started = time.perf_counter()
         status: int | None = None
         error: str | None = url_problem(delivery.url)
+        if error is None and self._policy.loopback_only and not is_loopback(delivery.url):
+            error = "not a loopback address, and this stack posts to loopback only"
         if error is None:
             try:
                 async with asyncio.timeout(self._policy.timeout_s):

@@ -20,12 +20,13 @@ STACK_NAMESPACE = "payray-stack-test"
 #: Webhooks signed with either secret pass (a rotation in progress); the emulator signs with the first.
 WEBHOOK_SECRETS = ("whsec_current_" + uuid.uuid4().hex, "whsec_previous_" + uuid.uuid4().hex)
 #: Webhooks to merchants on a test's clock: retries after 0.2 s, 0.4 s, then every 0.5 s, for 3 s; an attempt
-#: gets 1 s.
+#: gets 1 s; only loopback is ever posted to.
 WEBHOOK_DELIVERY: dict[str, Any] = {
     "webhook_retry_base_s": 0.2,
     "webhook_retry_cap_s": 0.5,
     "webhook_retry_window_s": 3.0,
     "webhook_timeout_s": 1.0,
+    "webhook_loopback_only": True,  # what the fuzzer registers never reaches out
 }
 
 

@@ -16,6 +16,7 @@ from payray.webhooks import (
     DeliveryPolicy,
     UnknownEventType,
     enabled_events,
+    is_loopback,
     next_attempt_after,
     retry_delay,
     signature_header,
@@ -96,6 +97,15 @@ def test_a_url_that_cannot_receive_webhooks_is_refused(url: str) -> None:
 @pytest.mark.parametrize("url", ["https://example.com/hooks", "http://127.0.0.1:8080/x?y=1"])
 def test_an_http_url_with_a_host_is_taken(url: str) -> None:
     assert url_problem(url) is None
+
+
+@pytest.mark.parametrize(
+    ("url", "loopback"),
+    [("http://127.0.0.1:9/x", True), ("http://[::1]/x", True), ("http://localhost/x", True),
+     ("https://example.com/x", False), ("http://10.0.0.1/x", False), ("http://127.0.0.1.example.com", False)],
+)  # fmt: skip
+def test_loopback_is_told_by_the_address_itself(url: str, loopback: bool) -> None:
+    assert is_loopback(url) is loopback
 
 
 def test_the_delivery_settings_come_from_the_environment() -> None:
