@@ -275,7 +275,9 @@ def _form_booleans(data: Any, names: tuple[str, ...]) -> Any:
     """A form sends ``disabled=true``: the words ``true`` and ``false`` stand for the booleans."""
     if isinstance(data, dict):
         words = {"true": True, "false": False}
-        return {k: words[v] if k in names and v in words else v for k, v in data.items()}
+        return {
+            k: words[v] if k in names and isinstance(v, str) and v in words else v for k, v in data.items()
+        }
     return data
 
 
