@@ -64,6 +64,17 @@ def _parser() -> argparse.ArgumentParser:
     )
     _target_arguments(reconcile)
 
+    webhooks = commands.add_parser("webhooks", help="webhooks to merchants")
+    webhook_commands = webhooks.add_subparsers(dest="webhooks_command", required=True, parser_class=_Parser)
+    resend = webhook_commands.add_parser(
+        "resend",
+        help="deliver an event again to its merchant's enabled webhook endpoints that take its type, or to "
+        "one endpoint; prints the endpoints it goes to as JSON",
+    )
+    resend.add_argument("event", type=_event_id, help="the event's id, evt_…")
+    resend.add_argument("--endpoint", type=_endpoint_id, help="only this endpoint of the merchant, we_…")
+    _target_arguments(resend)
+
     demo = commands.add_parser(
         "demo",
         help="walk through a charge, its retry, a refund via webhook and reconciliation, showing each "
@@ -118,6 +129,18 @@ def _utc_day(value: str) -> date:
     return day
 
 
+def _event_id(value: str) -> str:
+    if not value.startswith("evt_") or not value[4:].isalnum() or len(value) > 100:
+        raise argparse.ArgumentTypeError(f"{value!r} is not an event id evt_…")
+    return value
+
+
+def _endpoint_id(value: str) -> str:
+    if not value.startswith("we_") or not value[3:].isalnum() or len(value) > 100:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a webhook endpoint id we_…")
+    return value
+
+
 def _target_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--url", help="the API's base URL (default: the stack `payray up` started)")
     parser.add_argument("--admin-key", help="the admin key (default: the one `payray up` stored)")
@@ -144,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         "simulate": _simulate,
         "loadtest": _loadtest,
         "demo": _demo,
+        "webhooks": _webhooks_resend,
     }
     return handlers[args.command](settings, args)
 
@@ -293,6 +317,21 @@ def _verify(settings: Settings, args: argparse.Namespace) -> int:
         return 2
     print(json.dumps(report, indent=2))
     return 0 if report.get("ok") else 1
+
+
+def _webhooks_resend(settings: Settings, args: argparse.Namespace) -> int:
+    target = _target(settings, args)
+    if target is None:
+        print("payray webhooks: error: no running stack found; pass --url and --admin-key", file=sys.stderr)
+        return 2
+    body = {"endpoint": args.endpoint} if args.endpoint else {}
+    try:
+        answer = _admin_call(*target, f"/v1/admin/events/{args.event}/resend", body)
+    except (urllib.error.URLError, OSError) as exc:
+        print(f"payray webhooks: error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(answer))
+    return 0
 
 
 def _simulate(settings: Settings, args: argparse.Namespace) -> int:

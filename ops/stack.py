@@ -159,7 +159,12 @@ class Stack:
         from serve_app.workers.notifications import start_notifications
 
         assert settings.database_url and settings.redis_url
-        handles = start_notifications(settings.database_url, settings.redis_url, settings.ray_namespace)
+        handles = start_notifications(
+            settings.database_url,
+            settings.redis_url,
+            settings.ray_namespace,
+            webhooks=settings.webhook_delivery(),
+        )
 
         def stop() -> None:
             for handle in handles:

@@ -11,6 +11,7 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 from payray.slots import DEFAULT_SLOTS
+from payray.webhooks import DeliveryPolicy
 
 DEFAULT_HOME = ".payray"
 #: What ``payray up`` writes under PAYRAY_HOME about the stack it runs: its URL, admin key and PSP URL.
@@ -80,6 +81,14 @@ class Settings:
     key_burst: int = 100
     failed_auth_rate_per_s: float = 1.0
     failed_auth_burst: int = 20
+    #: webhooks to merchants: each request's whole time, how many at once, and the retries' first wait, the
+    #: longest wait and how long a delivery is retried (Stripe's: 3 days)
+    webhook_timeout_s: float = 10.0
+    webhook_concurrency: int = 32
+    webhook_retry_base_s: float = 60.0
+    webhook_retry_cap_s: float = 6 * 3600.0
+    webhook_retry_window_s: float = 3 * 86400.0
+    webhook_loopback_only: bool = False
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -111,6 +120,24 @@ class Settings:
             key_burst=_positive_int(env, "PAYRAY_KEY_BURST", 100),
             failed_auth_rate_per_s=_rate(env, "PAYRAY_FAILED_AUTH_RATE_PER_S", 1.0),
             failed_auth_burst=_positive_int(env, "PAYRAY_FAILED_AUTH_BURST", 20),
+            webhook_timeout_s=_seconds(env, "PAYRAY_WEBHOOK_TIMEOUT_S", 10.0),
+            webhook_concurrency=_positive_int(env, "PAYRAY_WEBHOOK_CONCURRENCY", 32),
+            webhook_retry_base_s=_seconds(env, "PAYRAY_WEBHOOK_RETRY_BASE_S", 60.0),
+            webhook_retry_cap_s=_seconds(env, "PAYRAY_WEBHOOK_RETRY_CAP_S", 6 * 3600.0),
+            webhook_retry_window_s=_seconds(env, "PAYRAY_WEBHOOK_RETRY_WINDOW_S", 3 * 86400.0),
+            webhook_loopback_only=env.get("PAYRAY_WEBHOOK_LOOPBACK_ONLY", "") in ("1", "true"),
+        )
+
+    def webhook_delivery(self) -> DeliveryPolicy:
+        """How the notifier delivers events to merchants' webhook endpoints."""
+        return DeliveryPolicy(
+            timeout_s=self.webhook_timeout_s,
+            concurrency=self.webhook_concurrency,
+            retry_base_s=self.webhook_retry_base_s,
+            retry_cap_s=self.webhook_retry_cap_s,
+            window_s=self.webhook_retry_window_s,
+            poll_s=min(1.0, self.webhook_retry_base_s),
+            loopback_only=self.webhook_loopback_only,
         )
 
     def with_(self, **changes: object) -> Settings:
@@ -167,3 +194,17 @@ def _utc_time_of_day(env: Mapping[str, str], name: str, default: str) -> str:
     if not (sep and hours.isdigit() and minutes.isdigit() and int(hours) < 24 and int(minutes) < 60):
         raise ValueError(f"{name} must be a UTC time of day HH:MM, got {raw!r}")
     return f"{int(hours):02d}:{int(minutes):02d}"
+
+
+def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
+    """A duration in seconds: a finite number > 0."""
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be a number of seconds, got {raw!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be > 0 seconds, got {raw!r}")
+    return value

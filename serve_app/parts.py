@@ -29,6 +29,7 @@ from serve_app.flows.reconciliation import Reconciliation
 from serve_app.flows.recovery import Recovery
 from serve_app.flows.refund import RefundFlow, RefundService
 from serve_app.flows.webhook import WebhookReceiver
+from serve_app.flows.webhook_endpoints import WebhookEndpoints
 from serve_app.stores.fast_keys import FastKeys
 from serve_app.wallets import WalletDirectory
 
@@ -79,7 +80,7 @@ class Parts:
 
     def build_api(self) -> None:
         """Build every part the API's routes use now, rather than in the first request to need each."""
-        _ = (self.charges, self.refunds, self.payouts, self.customers, self.webhooks)
+        _ = (self.charges, self.refunds, self.payouts, self.customers, self.webhooks, self.webhook_endpoints)
 
     # -- clients ---------------------------------------------------------------------------------------------
 
@@ -164,6 +165,10 @@ class Parts:
             self.disputes,
             s.stripe_webhook_secrets,
         )
+
+    @cached_property
+    def webhook_endpoints(self) -> WebhookEndpoints:
+        return WebhookEndpoints(self.pool)
 
     async def aclose(self) -> None:
         """Close the clients that were opened (the PSP's HTTP session, Redis), then the pool."""

@@ -47,6 +47,7 @@ from serve_app.flows.invariants import check_invariants
 from serve_app.flows.payout import payout_object
 from serve_app.flows.reconciliation import discrepancy_object, run_object
 from serve_app.flows.update import update_charge, update_refund
+from serve_app.flows.webhook_endpoints import webhook_endpoint_object
 from serve_app.parts import Parts
 from serve_app.stores import charges as db
 from serve_app.stores import customers as customers_db
@@ -54,6 +55,7 @@ from serve_app.stores import events as events_db
 from serve_app.stores import merchants as merchants_db
 from serve_app.stores import reconciliation as reconciliation_db
 from serve_app.stores import refunds as refunds_db
+from serve_app.stores import webhook_endpoints as endpoints_db
 from serve_app.stores.disputes import list_disputes, load_dispute
 from serve_app.stores.payouts import list_payouts, load_payout
 from serve_app.wire import objects as o
@@ -81,6 +83,9 @@ from serve_app.wire.schemas import (
     RecoverySweep,
     RefundCreate,
     RefundUpdate,
+    WebhookEndpointCreate,
+    WebhookEndpointUpdate,
+    WebhookResend,
 )
 from serve_app.workers.reconciliation import reconciliation_scheduler
 from serve_app.workers.recovery import recovery_sweeper
@@ -465,6 +470,52 @@ class PaymentApi:
 
         url, own = "/v1/customers", frozenset({"email"})
         return await self._page(request, "customer", url, find, page, customer_object, email_sane, own=own)
+
+    # -- webhook endpoints: where the merchant's events are POSTed, signed -----------------------------------
+
+    @api.post("/v1/webhook_endpoints", **operation(o.WebhookEndpoint, body=WebhookEndpointCreate))
+    async def create_webhook_endpoint(self, request: Request) -> Response:
+        """The answer holds the endpoint's signing secret (``whsec_…``): the only time it is shown."""
+        merchant_id = await self._merchant(request)
+        content_type = request.headers.get("content-type")
+        body = parse_body(WebhookEndpointCreate, await read_body(request), content_type)
+        return json_response(200, dumps(await self.parts.webhook_endpoints.create(merchant_id, body)))
+
+    @api.get("/v1/webhook_endpoints/{endpoint_id}", **operation(o.WebhookEndpoint))
+    async def get_webhook_endpoint(self, endpoint_id: str, request: Request) -> Response:
+        load, render = endpoints_db.load_endpoint, webhook_endpoint_object
+        return await self._retrieve(request, "webhook endpoint", endpoint_id, load, render)
+
+    @api.post(
+        "/v1/webhook_endpoints/{endpoint_id}", **operation(o.WebhookEndpoint, body=WebhookEndpointUpdate)
+    )
+    async def update_webhook_endpoint(self, endpoint_id: str, request: Request) -> Response:
+        merchant_id = await self._merchant(request)
+        content_type = request.headers.get("content-type")
+        body = parse_body(WebhookEndpointUpdate, await read_body(request), content_type)
+        updated = await self.parts.webhook_endpoints.update(merchant_id, endpoint_id, body)
+        return json_response(200, dumps(updated))
+
+    @api.delete("/v1/webhook_endpoints/{endpoint_id}", **operation(o.DeletedWebhookEndpoint))
+    async def delete_webhook_endpoint(self, endpoint_id: str, request: Request) -> Response:
+        merchant_id = await self._merchant(request)
+        return json_response(200, dumps(await self.parts.webhook_endpoints.delete(merchant_id, endpoint_id)))
+
+    @api.get("/v1/webhook_endpoints", **list_operation(o.WebhookEndpointList))
+    async def list_webhook_endpoints(self, request: Request) -> Response:
+        return await self._list(
+            request, "webhook endpoint", "/v1/webhook_endpoints", endpoints_db.load_endpoint,
+            endpoints_db.list_endpoints, webhook_endpoint_object,
+        )  # fmt: skip
+
+    @api.post(
+        "/v1/admin/events/{event_id}/resend", **operation(o.WebhookResend, auth=ADMIN_KEY, body=WebhookResend)
+    )
+    async def resend_event(self, event_id: str, request: Request) -> Response:
+        """Deliver an event again to its merchant's webhook endpoints, or to one (``{"endpoint": …}``)."""
+        await self._admin(request)
+        body = parse_body(WebhookResend, await read_body(request), request.headers.get("content-type"))
+        return json_response(200, dumps(await self.parts.webhook_endpoints.resend(event_id, body.endpoint)))
 
     @api.post(
         "/v1/webhooks/psp",

@@ -29,6 +29,8 @@ class Event:
     idempotency_key: str | None
     created_at: datetime
     previous_attributes: dict[str, Any] | None = None  # what a ``*.updated`` event's change replaced
+    #: deliveries of it to the merchant's webhook endpoints not yet succeeded (nor given up)
+    pending_webhooks: int = 0
 
 
 @dataclass(frozen=True)
@@ -39,9 +41,10 @@ class EventFilter:
     types: list[str] | None = None
 
 
-_COLUMNS = (
-    "event_id AS id, merchant_id, topic AS type, payload, idempotency_key, created_at, previous_attributes"
-)
+_COLUMNS = """event_id AS id, merchant_id, topic AS type, payload, idempotency_key, created_at,
+    previous_attributes,
+    (SELECT count(*) FROM webhook_deliveries w WHERE w.outbox_id = outbox.id AND w.status = 'pending')
+        AS pending_webhooks"""
 _KEPT = f"created_at > now() - interval '{RETENTION_DAYS} days'"
 
 SELECT_EVENT = f"""

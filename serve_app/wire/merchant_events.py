@@ -34,7 +34,7 @@ def event_object(e: Event) -> dict[str, Any]:
         "created": int(e.created_at.timestamp()),
         "data": _data(e),
         "livemode": False,
-        "pending_webhooks": 0,
+        "pending_webhooks": e.pending_webhooks,
         "request": {"id": None, "idempotency_key": e.idempotency_key},
         "type": e.type,
     }

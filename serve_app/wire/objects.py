@@ -146,6 +146,38 @@ class CustomerList(ListEnvelope):
     data: list[Customer]
 
 
+class WebhookEndpoint(ApiObject):
+    id: str
+    object: Literal["webhook_endpoint"]
+    api_version: str | None
+    application: None
+    created: int
+    description: str | None
+    enabled_events: list[str]
+    livemode: bool
+    metadata: dict[str, str]
+    #: ``whsec_…``, in the create's answer only
+    secret: str | None = None
+    status: Literal["enabled", "disabled"]
+    url: str
+
+
+class DeletedWebhookEndpoint(ApiObject):
+    id: str
+    object: Literal["webhook_endpoint"]
+    deleted: Literal[True]
+
+
+class WebhookEndpointList(ListEnvelope):
+    data: list[WebhookEndpoint]
+
+
+class WebhookResend(ApiObject):
+    object: Literal["webhook_resend"]
+    event: str
+    endpoints: list[str]
+
+
 class AmountInCurrency(ApiObject):
     amount: int
     currency: str

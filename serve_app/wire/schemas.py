@@ -22,6 +22,7 @@ from payray.cards import contains_card_number
 from payray.errors import InvalidRequest
 from payray.metadata import MAX_KEY_LENGTH, MAX_KEYS, MAX_VALUE_LENGTH
 from payray.money import CURRENCY_EXPONENTS, MAX_CHARGE_AMOUNT
+from payray.webhooks import EVENT_TYPES, UnknownEventType, enabled_events, url_problem
 
 _TOKEN = re.compile(r"^[A-Za-z0-9_]{3,255}$")
 #: What Stripe takes as a charge's ``source``: a token, a source, or a card saved on a customer, by id.
@@ -280,3 +281,77 @@ def validation_param(errors: list[dict[str, Any]]) -> str | None:
         return None
     loc = [str(part) for part in errors[0].get("loc", ()) if part != "__root__"]
     return "[".join(loc[:1]) + "".join(f"[{p}]" for p in loc[1:]) if loc else None
+
+
+def _webhook_url(value: str | None) -> str | None:
+    if value is not None and (problem := url_problem(value)) is not None:
+        raise ValueError(problem)
+    return value
+
+
+def _webhook_events(value: list[str] | None) -> list[str] | None:
+    if value is None:
+        return None
+    if not value:
+        raise ValueError("enabled_events needs at least one event type, or * for all")
+    try:
+        return enabled_events(value)
+    except UnknownEventType as exc:
+        raise ValueError(str(exc)) from None
+
+
+def _form_booleans(data: Any, names: tuple[str, ...]) -> Any:
+    """A form sends ``disabled=true``: the words ``true`` and ``false`` stand for the booleans."""
+    if isinstance(data, dict):
+        words = {"true": True, "false": False}
+        return {
+            k: words[v] if k in names and isinstance(v, str) and v in words else v for k, v in data.items()
+        }
+    return data
+
+
+class WebhookEndpointCreate(StrictBody):
+    url: Annotated[StrictStr, Field(max_length=2048)]
+    enabled_events: Annotated[list[StrictStr], Field(max_length=len(EVENT_TYPES) + 1)]
+    description: Annotated[StrictStr, Field(max_length=5000)] | None = None
+    metadata: dict[StrictStr, StrictStr] | None = None
+    api_version: Annotated[StrictStr, Field(pattern=r"^\d{4}-\d{2}-\d{2}(\.[a-z]+)?$")] | None = None
+
+    _check_url = field_validator("url")(_webhook_url)
+    _check_events = field_validator("enabled_events")(_webhook_events)
+
+    @field_validator("metadata")
+    @classmethod
+    def _check_metadata(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        return None if value is None else _metadata(value)
+
+
+class WebhookEndpointUpdate(StrictBody):
+    """Only the fields sent change; ``description=`` clears it, ``metadata[k]=`` removes the key ``k``,
+    ``metadata=`` all of them; ``disabled`` turns the endpoint off and on."""
+
+    url: Annotated[StrictStr, Field(max_length=2048)] | None = None
+    enabled_events: Annotated[list[StrictStr], Field(max_length=len(EVENT_TYPES) + 1)] | None = None
+    description: Annotated[StrictStr, Field(max_length=5000)] | None = None
+    metadata: dict[StrictStr, StrictStr] | None = None
+    disabled: bool | None = None
+
+    _check_url = field_validator("url")(_webhook_url)
+    _check_events = field_validator("enabled_events")(_webhook_events)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _form_words(cls, data: Any) -> Any:
+        return _form_booleans(_blank_is_none(data), ("disabled",))
+
+    @field_validator("metadata")
+    @classmethod
+    def _check_metadata(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        return None if value is None else _metadata(value)
+
+
+class WebhookResend(StrictBody):
+    """``POST /v1/admin/events/{id}/resend``: to one endpoint of the event's merchant, else to each enabled
+    endpoint that takes the event's type."""
+
+    endpoint: Annotated[StrictStr, Field(pattern=r"^we_[A-Za-z0-9]{1,64}$")] | None = None

@@ -4,8 +4,10 @@ Every state change writes its outbox row in the statement that makes the change 
 disputes), so an event exists exactly when its change committed; the charge path never waits for anything
 here. The relay publishes committed rows to the stream ``payray:events`` oldest first and then marks them
 published: a crash in between publishes a row again, never loses one. Consumers in the group
-``payray-notifiers`` deliver each entry (a log line, and a row in ``notification_deliveries`` keyed on the
-outbox id, so a redelivered entry is delivered once) and only then acknowledge it. A consumer that stops
+``payray-notifiers`` deliver each entry (a row in ``notification_deliveries`` keyed on the outbox id, so a
+redelivered entry is delivered once, and in the same transaction one pending webhook delivery per endpoint of
+the merchant that takes the event) and only then acknowledge it; each consumer also POSTs the due webhook
+deliveries, signed, retried with backoff (``serve_app.workers.webhook_delivery``). A consumer that stops
 keeps its unacknowledged entries in the group's pending list: it (or another, after ``claim_idle_ms``) picks
 them up when it runs again, so nothing is lost while it is down.
 
@@ -15,6 +17,7 @@ delivered when Redis restarts are gone (their outbox rows say when they were pub
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from typing import Any
@@ -25,7 +28,10 @@ from psycopg_pool import AsyncConnectionPool
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
+from payray.webhooks import DeliveryPolicy
+from serve_app.stores.webhook_endpoints import fan_out
 from serve_app.workers.schedules import ScheduledActor, repeat, restartable
+from serve_app.workers.webhook_delivery import WebhookDispatcher
 
 log = logging.getLogger("payray.notifications")
 
@@ -55,8 +61,9 @@ RETURNING outbox_id, topic, aggregate_id
 class _Worker(ScheduledActor):
     """A loop over Postgres and Redis, started (idempotently) by ``start``; connects on first use."""
 
-    def __init__(self, database_url: str, redis_url: str, redis_timeout_s: float) -> None:
+    def __init__(self, database_url: str, redis_url: str, redis_timeout_s: float, pool_size: int = 2) -> None:
         super().__init__()
+        self._pool_size = pool_size
         self._database_url = database_url
         self._redis_url = redis_url
         self._redis_timeout_s = redis_timeout_s
@@ -66,7 +73,11 @@ class _Worker(ScheduledActor):
     async def _connect(self) -> tuple[AsyncConnectionPool[Any], Redis]:
         if self._pool is None:
             pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
-                self._database_url, min_size=1, max_size=2, open=False, kwargs={"autocommit": True}
+                self._database_url,
+                min_size=1,
+                max_size=self._pool_size,
+                open=False,
+                kwargs={"autocommit": True},
             )
             await pool.open(wait=True, timeout=30)
             self._pool = pool
@@ -121,12 +132,20 @@ class NotificationConsumer(_Worker):
     reading; what is pending stays pending in the group."""
 
     def __init__(
-        self, database_url: str, redis_url: str, name: str, block_ms: int = 1000, claim_idle_ms: int = 30_000
+        self,
+        database_url: str,
+        redis_url: str,
+        name: str,
+        block_ms: int = 1000,
+        claim_idle_ms: int = 30_000,
+        webhooks: DeliveryPolicy | None = None,
     ) -> None:
-        super().__init__(database_url, redis_url, redis_timeout_s=10)  # outlasts a blocking read
+        super().__init__(database_url, redis_url, redis_timeout_s=10, pool_size=4)  # outlasts a blocking read
         self.name = name
         self._block_ms = block_ms
         self._claim_idle_ms = claim_idle_ms
+        self._webhooks = webhooks or DeliveryPolicy()
+        self._dispatcher: WebhookDispatcher | None = None
         self.delivered = 0
 
     async def consume_once(self) -> int:
@@ -145,7 +164,8 @@ class NotificationConsumer(_Worker):
         return len(entries)
 
     async def stats(self) -> dict[str, Any]:
-        return {"name": self.name, "delivered": self.delivered}
+        attempts = self._dispatcher.attempts if self._dispatcher is not None else 0
+        return {"name": self.name, "delivered": self.delivered, "webhook_attempts": attempts}
 
     async def _read(self, redis: Redis, start: str, block: bool = False) -> list[Any]:
         answer: Any = await redis.xreadgroup(  # RESP2: [[stream, [(id, fields), …]]]
@@ -167,10 +187,13 @@ class NotificationConsumer(_Worker):
                 "payload": json.loads(data["payload"]),
             })  # fmt: skip
         assert self._pool is not None
-        async with self._pool.connection() as conn:
+        async with self._pool.connection() as conn, conn.transaction():
             cursor = await conn.execute(DELIVERED, {"entries": Jsonb(rows), "consumer": self.name})
             delivered = await cursor.fetchall()
+            webhooks = await fan_out(conn, [outbox_id for outbox_id, _, _ in delivered])
         self.delivered += len(delivered)
+        if webhooks and self._dispatcher is not None:
+            self._dispatcher.wake()
         for outbox_id, topic, aggregate_id in delivered:
             log.info("notification %s %s", topic, aggregate_id, extra={"outbox_id": outbox_id})
 
@@ -183,8 +206,17 @@ class NotificationConsumer(_Worker):
                 raise
 
     async def _forever(self) -> None:
-        """Redis or Postgres down: entries wait in the group; the next pass, a second later, tries again."""
-        await repeat(self._pass, pause_after_failure_s=1.0, failure="notification pass failed", logger=log)
+        """Redis or Postgres down: entries wait in the group, deliveries in their table; the next pass, a
+        second later, tries again. The webhooks' loop runs beside the stream's: neither waits on the other."""
+        pool, _ = await self._connect()
+        dispatcher = self._dispatcher = WebhookDispatcher(pool, self._webhooks)
+        try:
+            await asyncio.gather(
+                repeat(self._pass, pause_after_failure_s=1.0, failure="notification pass failed", logger=log),
+                repeat(dispatcher.run_pass, pause_after_failure_s=1.0, failure="webhook pass", logger=log),
+            )
+        finally:
+            await dispatcher.aclose()
 
     async def _pass(self) -> float:
         await self.consume_once()  # it waits for new entries itself, up to ``block_ms``
@@ -200,14 +232,21 @@ def consumer_name(index: int) -> str:
     return f"notifier:{index}"
 
 
-def start_notifications(database_url: str, redis_url: str, namespace: str, consumers: int = 1) -> list[Any]:
-    """The relay and the group's consumers, created if missing and running."""
+def start_notifications(
+    database_url: str,
+    redis_url: str,
+    namespace: str,
+    consumers: int = 1,
+    webhooks: DeliveryPolicy | None = None,
+) -> list[Any]:
+    """The relay and the group's consumers (delivering webhooks as ``webhooks`` says), created if missing and
+    running."""
     common = {"namespace": namespace, "get_if_exists": True, "lifetime": "detached"}
     handles = [OutboxRelayActor.options(name=RELAY_NAME, **common).remote(database_url, redis_url)]
     for i in range(consumers):
         handles.append(
             NotificationConsumerActor.options(name=consumer_name(i), **common).remote(
-                database_url, redis_url, consumer_name(i)
+                database_url, redis_url, consumer_name(i), webhooks=webhooks
             )
         )
     ray.get([h.start.remote() for h in handles])

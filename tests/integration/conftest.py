@@ -28,6 +28,7 @@ from tests.integration.stack_fixtures import (  # noqa: E402  (the stack's fixtu
     psp_control,
     stack,
 )
+from tests.integration.webhook_receiver import receivers  # noqa: E402  (a merchant's endpoint on loopback)
 
 __all__ = [
     "Merchant",
@@ -39,5 +40,6 @@ __all__ = [
     "new_merchant",
     "no_webhooks",
     "psp_control",
+    "receivers",
     "stack",
 ]

@@ -34,6 +34,8 @@ CHECKS = [
     "events_list_and_retrieve",
     "charges_listed_by_customer",
     "events_page_backwards",
+    "webhook_endpoints_create_retrieve_update_list_del",
+    "webhook_delivered_and_verified",
 ]
 
 

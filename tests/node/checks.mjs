@@ -6,6 +6,7 @@
 // {"check": name, "ok": true} or {"check": name, "ok": false, "error": "..."}. Exits 0 once all have run.
 
 import assert from "node:assert/strict";
+import { createServer } from "node:http";
 import Stripe from "stripe";
 
 const [baseUrl, apiKey, ...only] = process.argv.slice(2);
@@ -192,6 +193,68 @@ const checks = {
     const again = await stripe.events.retrieve(event.id);
     assert.equal(again.type, "charge.succeeded");
     assert.equal(again.data.object.amount, 1700);
+  },
+
+  async webhook_endpoints_create_retrieve_update_list_del() {
+    const made = await stripe.webhookEndpoints.create({
+      url: "https://example.com/node-hooks",
+      enabled_events: ["charge.succeeded", "charge.refunded"],
+      metadata: { team: "pay", old: "x" },
+    });
+    assert.equal(made.object, "webhook_endpoint");
+    assert.match(made.secret, /^whsec_/);
+    assert.equal(made.status, "enabled");
+    const got = await stripe.webhookEndpoints.retrieve(made.id);
+    assert.equal(got.url, "https://example.com/node-hooks");
+    assert.equal(got.secret, undefined);
+    const changed = await stripe.webhookEndpoints.update(made.id, {
+      disabled: true,
+      enabled_events: ["*"],
+      metadata: { old: "" },
+    });
+    assert.equal(changed.status, "disabled");
+    assert.deepEqual(changed.enabled_events, ["*"]);
+    assert.deepEqual(changed.metadata, { team: "pay" });
+    const listed = await stripe.webhookEndpoints.list({ limit: 10 });
+    assert.ok(listed.data.some((e) => e.id === made.id));
+    const gone = await stripe.webhookEndpoints.del(made.id);
+    assert.equal(gone.deleted, true);
+    const missing = await rejects(stripe.webhookEndpoints.retrieve(made.id), "StripeInvalidRequestError");
+    assert.equal(missing.code, "resource_missing");
+    const refused = await rejects(
+      stripe.webhookEndpoints.create({ url: "https://example.com", enabled_events: ["charge.exploded"] }),
+      "StripeInvalidRequestError",
+    );
+    assert.equal(refused.param, "enabled_events");
+  },
+
+  async webhook_delivered_and_verified() {
+    let resolve;
+    const arrived = new Promise((r) => (resolve = r));
+    const server = createServer((req, res) => {
+      const chunks = [];
+      req.on("data", (c) => chunks.push(c));
+      req.on("end", () => {
+        res.writeHead(200).end("ok");
+        resolve({ body: Buffer.concat(chunks).toString("utf8"), signature: req.headers["stripe-signature"] });
+      });
+    });
+    await new Promise((r) => server.listen(0, "127.0.0.1", r));
+    try {
+      const endpoint = await stripe.webhookEndpoints.create({
+        url: `http://127.0.0.1:${server.address().port}/hooks`,
+        enabled_events: ["charge.succeeded"],
+      });
+      const charge = await stripe.charges.create({ amount: 2100, ...card });
+      const timeout = new Promise((_, reject) => setTimeout(() => reject(new Error("no webhook in 30 s")), 30000));
+      const { body, signature } = await Promise.race([arrived, timeout]);
+      const event = stripe.webhooks.constructEvent(body, signature, endpoint.secret);
+      assert.equal(event.type, "charge.succeeded");
+      assert.equal(event.data.object.id, charge.id);
+      assert.throws(() => stripe.webhooks.constructEvent(body, signature, "whsec_not_this_one"));
+    } finally {
+      server.close();
+    }
   },
 };
 

@@ -7,7 +7,14 @@ import pytest
 from ops.cli import main
 
 
-@pytest.mark.parametrize("argv", [[], ["nope"], ["up", "--port", "x"], ["merchant"], ["merchant", "create"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        [], ["nope"], ["up", "--port", "x"], ["merchant"], ["merchant", "create"], ["webhooks"],
+        ["webhooks", "resend"], ["webhooks", "resend", "ch_1"],
+        ["webhooks", "resend", "evt_1", "--endpoint", "x"],
+    ],
+)
 def test_bad_arguments_exit_2_with_one_line(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exited:
         main(argv)
@@ -24,6 +31,7 @@ def test_bad_arguments_exit_2_with_one_line(argv: list[str], capsys: pytest.Capt
         ["migrate", "--help"],
         ["verify", "--help"],
         ["merchant", "create", "--help"],
+        ["webhooks", "resend", "--help"],
     ],
 )
 def test_every_command_has_help(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
