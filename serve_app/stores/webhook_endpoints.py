@@ -91,6 +91,7 @@ ON CONFLICT (endpoint_id, outbox_id) DO NOTHING
 """
 
 _EVENT_COLUMNS = """o.event_id, o.merchant_id, o.topic, o.payload, o.idempotency_key, o.created_at,
+       o.previous_attributes,
        (SELECT count(*) FROM webhook_deliveries p WHERE p.outbox_id = o.id AND p.status = 'pending')"""
 
 #: Up to ``limit`` due deliveries of enabled endpoints, each leased for ``lease_s``: the attempt counted now.
