@@ -15,12 +15,12 @@ from psycopg_pool import AsyncConnectionPool
 
 from payray.errors import InvalidRequest, NotFound
 from payray.ids import new_id
+from payray.metadata import merged_metadata
 from payray.webhooks import subscribed
 from serve_app.stores import webhook_endpoints as store
 from serve_app.stores.webhook_endpoints import WebhookEndpoint
 from serve_app.wire.schemas import WebhookEndpointCreate, WebhookEndpointUpdate
 
-MAX_METADATA_KEYS = 50
 _REQUIRED = ("url", "enabled_events", "disabled")
 
 
@@ -67,17 +67,9 @@ def updated(endpoint: WebhookEndpoint, body: WebhookEndpointUpdate) -> WebhookEn
         changes["description"] = body.description
     if "disabled" in sent:
         changes["status"] = "disabled" if body.disabled else "enabled"
-    if "metadata" in sent:
-        metadata = dict(endpoint.metadata) if body.metadata is not None else {}
-        for key, value in (body.metadata or {}).items():
-            if value == "":
-                metadata.pop(key, None)
-            else:
-                metadata[key] = value
-        if len(metadata) > MAX_METADATA_KEYS:
-            message = f"a webhook endpoint holds at most {MAX_METADATA_KEYS} metadata keys"
-            raise InvalidRequest(message, param="metadata")
-        changes["metadata"] = metadata
+    if "metadata" in sent:  # null clears it all, as an empty ``metadata=`` does
+        sent_metadata = "" if body.metadata is None else body.metadata
+        changes["metadata"] = merged_metadata(endpoint.metadata, sent_metadata)
     return replace(endpoint, **changes)
 
 
