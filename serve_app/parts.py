@@ -24,6 +24,7 @@ from serve_app.flows.charge import ChargeFlow, ChargeService
 from serve_app.flows.customers import CustomerService
 from serve_app.flows.dispute import DisputeBooking
 from serve_app.flows.idempotent import IdempotentRequests
+from serve_app.flows.intents import IntentFollower, IntentService
 from serve_app.flows.payout import PayoutFlow, PayoutService
 from serve_app.flows.reconciliation import Reconciliation
 from serve_app.flows.recovery import Recovery
@@ -80,7 +81,15 @@ class Parts:
 
     def build_api(self) -> None:
         """Build every part the API's routes use now, rather than in the first request to need each."""
-        _ = (self.charges, self.refunds, self.payouts, self.customers, self.webhooks, self.webhook_endpoints)
+        _ = (
+            self.charges,
+            self.intents,
+            self.refunds,
+            self.payouts,
+            self.customers,
+            self.webhooks,
+            self.webhook_endpoints,
+        )
 
     # -- clients ---------------------------------------------------------------------------------------------
 
@@ -110,7 +119,8 @@ class Parts:
     @cached_property
     def charge_flow(self) -> ChargeFlow:
         """One per process: the webhooks ask it which charges it is driving or saw past the PSP."""
-        return ChargeFlow(self.pool, self.psp, self.wallets, on_transition=self._on_transition)
+        follow = IntentFollower(self.pool)
+        return ChargeFlow(self.pool, self.psp, self.wallets, on_transition=self._on_transition, follow=follow)
 
     @cached_property
     def refund_flow(self) -> RefundFlow:
@@ -141,6 +151,10 @@ class Parts:
     @cached_property
     def charges(self) -> ChargeService:
         return ChargeService(self.pool, self.requests, self.charge_flow, self.settings.fee_bps)
+
+    @cached_property
+    def intents(self) -> IntentService:
+        return IntentService(self.pool, self.requests, self.charge_flow, self.charges)
 
     @cached_property
     def refunds(self) -> RefundService:

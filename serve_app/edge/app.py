@@ -52,6 +52,7 @@ from serve_app.parts import Parts
 from serve_app.stores import charges as db
 from serve_app.stores import customers as customers_db
 from serve_app.stores import events as events_db
+from serve_app.stores import intents as intents_db
 from serve_app.stores import merchants as merchants_db
 from serve_app.stores import reconciliation as reconciliation_db
 from serve_app.stores import refunds as refunds_db
@@ -63,13 +64,21 @@ from serve_app.wire.merchant_events import event_object, event_query
 from serve_app.wire.openapi import (
     ADMIN_KEY,
     CHARGE_OUTCOMES,
+    INTENT_OUTCOMES,
     STRIPE_SIGNATURE,
     complete_schema,
     list_operation,
     operation,
     query,
 )
-from serve_app.wire.render import charge_object, dumps, error_object, list_object, refund_object
+from serve_app.wire.render import (
+    charge_object,
+    dumps,
+    error_object,
+    intent_object,
+    list_object,
+    refund_object,
+)
 from serve_app.wire.schemas import (
     ChargeCapture,
     ChargeCreate,
@@ -77,6 +86,11 @@ from serve_app.wire.schemas import (
     CustomerCreate,
     CustomerUpdate,
     DiscrepancyResolve,
+    IntentCancel,
+    IntentCapture,
+    IntentConfirm,
+    IntentCreate,
+    IntentUpdate,
     MerchantCreate,
     PayoutCreate,
     ReconciliationRunCreate,
@@ -327,6 +341,86 @@ class PaymentApi:
             "POST /v1/charges/{id}/capture",
             ChargeCapture,
             lambda p: lambda merchant, key, body: p.charges.capture(merchant, charge_id, key, body.amount),
+        )
+
+    # -- payment intents -------------------------------------------------------------------------------------
+
+    @api.post(
+        "/v1/payment_intents",
+        **operation(o.PaymentIntent, body=IntentCreate, money=True, extra=INTENT_OUTCOMES),
+    )
+    async def create_payment_intent(self, request: Request) -> Response:
+        """A PaymentIntent; ``confirm=true`` also confirms it (its charge made and driven) in this request."""
+        return await self._money_post(
+            request, "POST /v1/payment_intents", IntentCreate, lambda p: p.intents.create
+        )
+
+    @api.get("/v1/payment_intents/{intent_id}", **operation(o.PaymentIntent))
+    async def get_payment_intent(self, intent_id: str, request: Request) -> Response:
+        return await self._retrieve(
+            request, "payment_intent", intent_id, intents_db.load_intent, intent_object
+        )
+
+    @api.get(
+        "/v1/payment_intents",
+        **list_operation(o.PaymentIntentList, query("customer", "Only the intents of this customer (cus_…)")),
+    )
+    async def list_payment_intents(self, request: Request) -> Response:
+        merchant_id = await self._merchant(request)
+
+        async def find(conn: AsyncConnection[Any], intent_id: str) -> Any:
+            return await intents_db.load_intent(conn, intent_id, merchant_id)
+
+        async def page(conn: AsyncConnection[Any], spec: Page) -> list[Any]:
+            customer = request.query_params.get("customer")
+            return await intents_db.list_intents(conn, merchant_id, spec, customer=customer)
+
+        url, own = "/v1/payment_intents", frozenset({"customer"})
+        return await self._page(request, "payment_intent", url, find, page, intent_object, own=own)
+
+    @api.post("/v1/payment_intents/{intent_id}", **operation(o.PaymentIntent, body=IntentUpdate))
+    async def update_payment_intent(self, intent_id: str, request: Request) -> Response:
+        """What it charges before its confirmation; its description and metadata at any time."""
+        merchant_id = await self._merchant(request)
+        body = parse_body(IntentUpdate, await read_body(request), request.headers.get("content-type"))
+        return json_response(200, dumps(await self.parts.intents.update(merchant_id, intent_id, body)))
+
+    @api.post(
+        "/v1/payment_intents/{intent_id}/confirm",
+        **operation(o.PaymentIntent, body=IntentConfirm, money=True, extra=INTENT_OUTCOMES),
+    )
+    async def confirm_payment_intent(self, intent_id: str, request: Request) -> Response:
+        return await self._money_post(
+            request,
+            "POST /v1/payment_intents/{id}/confirm",
+            IntentConfirm,
+            lambda p: lambda merchant, key, body: p.intents.confirm(merchant, intent_id, key, body),
+        )
+
+    @api.post(
+        "/v1/payment_intents/{intent_id}/capture",
+        **operation(o.PaymentIntent, body=IntentCapture, money=True, extra=INTENT_OUTCOMES),
+    )
+    async def capture_payment_intent(self, intent_id: str, request: Request) -> Response:
+        """Capture ``amount_to_capture`` (all by default) of an authorized intent; the rest is released."""
+        return await self._money_post(
+            request,
+            "POST /v1/payment_intents/{id}/capture",
+            IntentCapture,
+            lambda p: lambda merchant, key, body: p.intents.capture(merchant, intent_id, key, body),
+        )
+
+    @api.post(
+        "/v1/payment_intents/{intent_id}/cancel",
+        **operation(o.PaymentIntent, body=IntentCancel, money=True, extra=INTENT_OUTCOMES),
+    )
+    async def cancel_payment_intent(self, intent_id: str, request: Request) -> Response:
+        """Cancel it; an authorized intent's hold is released at the PSP and in the ledger."""
+        return await self._money_post(
+            request,
+            "POST /v1/payment_intents/{id}/cancel",
+            IntentCancel,
+            lambda p: lambda merchant, key, body: p.intents.cancel(merchant, intent_id, key, body),
         )
 
     @api.post("/v1/refunds", **operation(o.Refund, body=RefundCreate, money=True))

@@ -60,12 +60,15 @@ from serve_app.flows.idempotent import PENDING, Answer, IdempotentRequests, Oper
 from serve_app.flows.recent import RecentOutcomes
 from serve_app.stores import charges as db
 from serve_app.stores.charges import Charge, ChargeWrite, PostgresCharges
+from serve_app.stores.intents import Following
 from serve_app.wallets import WalletDirectory
 from serve_app.wire.render import charge_object, decline_object, dumps
 from serve_app.wire.schemas import ChargeCreate
 
 log = logging.getLogger("payray.charge")
 LEDGER_ATTEMPTS = 3
+#: How a new charge is created: submitted, in the statement that inserts it.
+SUBMIT = step(ChargeState.CREATED, ChargeEvent.SUBMIT)
 
 
 @dataclass(frozen=True)
@@ -192,8 +195,11 @@ class ChargeFlow:
         on_transition: Callable[[Transition], None] | None = None,
         *,
         store: ChargeStore | None = None,
+        follow: Callable[[Charge], Awaitable[Following | None]] | None = None,
     ) -> None:
         self._store = store if store is not None else PostgresCharges(pool)
+        #: the transition of the PaymentIntent a charge's write carries, if it changes the intent
+        self._follow = follow
         self._psp = psp
         self._wallets = wallets
         self._on_transition = on_transition or (lambda t: None)
@@ -236,7 +242,8 @@ class ChargeFlow:
         """Persist a merchant's (or the expiry's) ``capture`` or ``cancel`` of an authorization, on ``conn``
         inside its transaction when given; None if the charge moved on meanwhile. ``settle`` drives it."""
         chain = [step(charge.state, event)]
-        return await self._store.apply(ChargeWrite(charge, chain, fields, {}), conn)
+        intent = await self._following(charge.evolve(state=chain[-1].target.value, **fields))
+        return await self._store.apply(ChargeWrite(charge, chain, fields, {}, intent=intent), conn)
 
     async def release(self, charge: Charge, reason: str) -> Reply:
         """Cancel an authorization (``requires_capture``) and release its hold: the expiry's way."""
@@ -333,8 +340,15 @@ class ChargeFlow:
             outbox = (f"charge.{rendered['status']}", rendered)
             commands = []
         answer = (response.status, response.body) if response else None
-        stored = await self._store.apply(ChargeWrite(charge, chain, fields, detail, answer, outbox), conn)
+        write = ChargeWrite(charge, chain, fields, detail, answer, outbox, await self._following(after))
+        stored = await self._store.apply(write, conn)
         return Persisted(charge, stored, chain, commands, response)
+
+    async def _following(self, after: Charge) -> Following | None:
+        """The intent's transition that the charge's write (leaving it as ``after``) carries, if any."""
+        if self._follow is None or after.payment_intent_id is None:
+            return None
+        return await self._follow(after)
 
     async def _after_commit(self, persisted: Persisted) -> Next:
         """What follows a committed transition: the command it asked for, or the answer it decided."""
@@ -409,8 +423,9 @@ class ChargeFlow:
         # release answers its own request, and leaves the first answer as it was.
         answers_creation = what == "hold" or charge.capture_method == "automatic"
         answer = (reply.status, reply.body) if answers_creation else None
+        outbox = (announced(after, what), rendered)
         completes = self._store.booking(
-            ChargeWrite(charge, chain, fields, detail, answer, (announced(after, what), rendered))
+            ChargeWrite(charge, chain, fields, detail, answer, outbox, await self._following(after))
         )
         posting = dataclasses.replace(self._posting(after, what), completes=completes)
         error = "ledger unavailable"
@@ -544,33 +559,64 @@ class ChargeService:
         self._flow = flow
         self._fee_bps = fee_bps  # the rate of the fee each new charge stores
 
+    def fee(self, amount: Money) -> Money:
+        """The fee a capture of ``amount`` takes, at the rate this service charges new charges."""
+        return fee_for(amount, self._fee_bps)
+
+    def fresh_charge(
+        self,
+        merchant_id: str,
+        amount: Money,
+        payment_method: str,
+        *,
+        key: str,
+        description: str | None = None,
+        metadata: dict[str, str] | None = None,
+        customer: str | None = None,
+        capture_method: str = "automatic",
+        payment_intent_id: str | None = None,
+    ) -> Charge:
+        """A new charge, submitted (``psp_pending``) and not yet inserted: ``insert`` writes it."""
+        payment_id = new_id("ch")
+        return Charge(
+            id=payment_id,
+            merchant_id=merchant_id,
+            amount=amount,
+            fee=self.fee(amount),
+            payment_method=payment_method,
+            state=SUBMIT.target.value,
+            idempotency_key=key,
+            psp_idempotency_key=psp_idempotency_key(payment_id),
+            created_at=None,  # type: ignore[arg-type]  # set by the database
+            description=description,
+            metadata=dict(metadata or {}),
+            customer=customer,
+            capture_method=capture_method,
+            payment_intent_id=payment_intent_id,
+        )
+
+    async def insert(self, conn: AsyncConnection[Any], charge: Charge, fingerprint: bytes) -> Charge | None:
+        """Insert a ``fresh_charge`` and claim its key in one statement; None if the key was taken."""
+        return await db.insert_charge(conn, charge, fingerprint, [SUBMIT], self._requests.lease_ms)
+
     async def create(self, merchant_id: str, key: str, body: ChargeCreate) -> Answer:
         fields = body.model_dump(mode="json")
         if fields["capture"]:
             del fields["capture"]  # the default: fingerprints stay those of requests before it existed
         fingerprint = request_fingerprint("POST", "/v1/charges", fields)
-        payment_id = new_id("ch")
-        amount = Money(body.amount, body.currency)
-        fresh = Charge(
-            id=payment_id,
-            merchant_id=merchant_id,
-            amount=amount,
-            fee=fee_for(amount, self._fee_bps),
-            payment_method=body.payment_method,
-            state=ChargeState.CREATED.value,
-            idempotency_key=key,
-            psp_idempotency_key=psp_idempotency_key(payment_id),
-            created_at=None,  # type: ignore[arg-type]  # set by the database
+        fresh = self.fresh_charge(
+            merchant_id,
+            Money(body.amount, body.currency),
+            body.payment_method,
+            key=key,
             description=body.description,
-            metadata=dict(body.metadata),
+            metadata=body.metadata,
             customer=body.customer,
             capture_method="automatic" if body.capture else "manual",
         )
-        submit = step(ChargeState.CREATED, ChargeEvent.SUBMIT)
 
         async def create(conn: AsyncConnection[Any]) -> Charge | None:
-            pending = fresh.evolve(state=submit.target.value)
-            return await db.insert_charge(conn, pending, fingerprint, [submit], self._requests.lease_ms)
+            return await self.insert(conn, fresh, fingerprint)
 
         async def start(charge: Charge) -> tuple[int, bytes]:
             reply = await self._flow.start(charge)
@@ -601,8 +647,7 @@ class ChargeService:
                 if charge is None:
                     raise NotFound(f"No such charge: '{charge_id}'", param="id")
                 to_capture = capturable(charge, amount)
-                fee = fee_for(to_capture, self._fee_bps)
-                fields = {"amount_captured": to_capture.amount, "fee": fee.amount}
+                fields = {"amount_captured": to_capture.amount, "fee": self.fee(to_capture).amount}
                 begun = await self._flow.begin(charge, ChargeEvent.CAPTURE, fields, conn)
                 assert begun is not None, "the charge is locked by this transaction"
                 return begun
@@ -626,10 +671,10 @@ class ChargeService:
         return reply.status, reply.body
 
 
-def capturable(charge: Charge, amount: int | None) -> Money:
+def capturable(charge: Charge, amount: int | None, *, param: str = "amount") -> Money:
     """What a capture of ``charge`` may take: ``amount`` (the whole authorization if None), refused as
     Stripe refuses it when the charge is no authorization waiting for its capture, or for more than it
-    holds."""
+    holds (the parameter that asked for it is ``param``)."""
     state = ChargeState(charge.state)
     if state is not ChargeState.REQUIRES_CAPTURE:
         if charge.capture_method == "manual" and state in CAPTURED_OR_CAPTURING:
@@ -653,7 +698,7 @@ def capturable(charge: Charge, amount: int | None) -> Money:
         raise InvalidRequest(
             f"Amount to capture ({amount}) is more than the authorized amount ({charge.amount.amount}).",
             code="amount_too_large",
-            param="amount",
+            param=param,
         )
     return Money(amount, charge.currency)
 

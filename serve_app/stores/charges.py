@@ -19,6 +19,7 @@ from payray.pages import Page
 from serve_app.stores import connection
 from serve_app.stores.answers import ANSWER_AND_ANNOUNCE, answer_params
 from serve_app.stores.customers import CUSTOMER_KNOWN
+from serve_app.stores.intents import FOLLOW, Following, follow_params
 from serve_app.stores.keys import CLAIM_KEY, claim_key_where
 from serve_app.stores.pages import newest_first, page_params, read_page
 
@@ -103,7 +104,8 @@ LIST_PAYMENTS = newest_first(
 
 def _apply_transitions(ledger_transaction: str) -> str:
     """Applies a chain of transitions (guarded by the expected current state), writes their history, and
-    optionally stores the response under the charge's idempotency key and an outbox event, atomically."""
+    optionally stores the response under the charge's idempotency key and an outbox event, and the
+    transition of the PaymentIntent that follows the charge, atomically."""
     return f"""
 WITH moved AS (
     UPDATE payments SET
@@ -122,7 +124,7 @@ WITH moved AS (
     INSERT INTO payment_transitions (payment_id, from_state, event, to_state, detail)
     SELECT moved.id, steps.from_state, steps.event, steps.to_state, %(detail)s
     FROM moved, jsonb_to_recordset(%(steps)s) AS steps(from_state text, event text, to_state text)
-), {ANSWER_AND_ANNOUNCE}
+), {ANSWER_AND_ANNOUNCE}, {FOLLOW}
 SELECT * FROM moved
 """
 
@@ -261,6 +263,7 @@ class ChargeWrite:
     detail: dict[str, Any] = field(default_factory=dict)
     response: tuple[int, bytes] | None = None
     outbox: tuple[str, dict[str, Any]] | None = None
+    intent: Following | None = None  # the PaymentIntent's transition, when the charge's changes it
 
 
 def _write_params(write: ChargeWrite) -> dict[str, Any]:
@@ -279,6 +282,7 @@ def _write_params(write: ChargeWrite) -> dict[str, Any]:
         "detail": Jsonb(write.detail),
         "steps": _steps(write.chain),
         **answer_params(write.response, write.outbox),
+        **follow_params(write.intent),
     }
 
 

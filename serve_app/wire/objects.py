@@ -77,6 +77,55 @@ class Dispute(ApiObject):
     status: Literal["needs_response", "won", "lost"]
 
 
+class PaymentMethodRef(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    id: str
+    object: Literal["payment_method"]
+
+
+class PaymentError(BaseModel):
+    """An intent's ``last_payment_error``: the decline of its latest charge."""
+
+    model_config = ConfigDict(extra="allow")
+    type: str
+    code: str
+    decline_code: str
+    doc_url: str
+    message: str
+    charge: str
+    payment_method: PaymentMethodRef
+
+
+class PaymentIntent(ApiObject):
+    id: str
+    object: Literal["payment_intent"]
+    amount: int
+    amount_capturable: int
+    amount_received: int
+    canceled_at: int | None
+    cancellation_reason: str | None
+    capture_method: Literal["automatic", "manual"]
+    confirmation_method: Literal["automatic"]
+    created: int
+    currency: str
+    customer: str | None
+    description: str | None
+    last_payment_error: PaymentError | None
+    latest_charge: str | None
+    livemode: bool
+    metadata: dict[str, str]
+    payment_method: str | None
+    payment_method_types: list[Literal["card"]]
+    status: Literal[
+        "requires_payment_method",
+        "requires_confirmation",
+        "processing",
+        "requires_capture",
+        "succeeded",
+        "canceled",
+    ]
+
+
 class ListEnvelope(ApiObject):
     object: Literal["list"]
     url: str
@@ -85,6 +134,10 @@ class ListEnvelope(ApiObject):
 
 class ChargeList(ListEnvelope):
     data: list[Charge]
+
+
+class PaymentIntentList(ListEnvelope):
+    data: list[PaymentIntent]
 
 
 class RefundList(ListEnvelope):
@@ -124,6 +177,8 @@ class Event(ApiObject):
 
 class EventList(ListEnvelope):
     data: list[Event]
+
+
 class Customer(ApiObject):
     id: str
     object: Literal["customer"]

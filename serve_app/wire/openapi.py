@@ -40,6 +40,11 @@ CHARGE_OUTCOMES: dict[int, tuple[type[BaseModel] | None, str]] = {
     402: (objects.Error, "Declined: the failed charge's id is in error.charge"),
 }
 
+INTENT_OUTCOMES: dict[int, tuple[type[BaseModel] | None, str]] = {
+    202: (objects.PaymentIntent, "The PSP's answer is not known yet: the intent is processing"),
+    402: (objects.Error, "Declined: the intent, back to requires_payment_method, is in error.payment_intent"),
+}
+
 LIMIT = {
     "name": "limit",
     "in": "query",

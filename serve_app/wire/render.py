@@ -8,7 +8,9 @@ from typing import Any
 from payray import refund as refund_machine
 from payray.charge import ChargeState, public_status
 from payray.errors import PayrayError
+from payray.intent import IntentState
 from serve_app.stores.charges import Charge
+from serve_app.stores.intents import Intent
 from serve_app.stores.refunds import Refund
 
 
@@ -106,3 +108,43 @@ def decline_object(p: Charge) -> dict[str, Any]:
             "charge": p.id,
         }
     }
+
+
+def payment_error(p: Charge) -> dict[str, Any]:
+    """An intent's ``last_payment_error`` after its charge failed: the decline, and the payment method the
+    intent let go of (it asks for another)."""
+    return {
+        **decline_object(p)["error"],
+        "payment_method": {"id": p.payment_method, "object": "payment_method", "type": "card"},
+    }
+
+
+def intent_object(i: Intent) -> dict[str, Any]:
+    """A PaymentIntent as Stripe shows one; ``latest_charge`` is the charge its last confirmation made."""
+    return {
+        "id": i.id,
+        "object": "payment_intent",
+        "amount": i.amount.amount,
+        "amount_capturable": i.amount.amount if i.state == IntentState.REQUIRES_CAPTURE else 0,
+        "amount_received": i.amount_received,
+        "canceled_at": int(i.canceled_at.timestamp()) if i.canceled_at is not None else None,
+        "cancellation_reason": i.cancellation_reason,
+        "capture_method": i.capture_method,
+        "confirmation_method": "automatic",
+        "created": int(i.created_at.timestamp()),
+        "currency": i.currency,
+        "customer": i.customer,
+        "description": i.description,
+        "last_payment_error": i.last_payment_error,
+        "latest_charge": i.charge_id,
+        "livemode": False,
+        "metadata": i.metadata,
+        "payment_method": i.payment_method,
+        "payment_method_types": ["card"],
+        "status": i.state,
+    }
+
+
+def intent_decline_object(i: Intent) -> dict[str, Any]:
+    """A confirm's 402, as Stripe sends it: the payment error, with the intent it left behind."""
+    return {"error": {**(i.last_payment_error or {}), "payment_intent": intent_object(i)}}

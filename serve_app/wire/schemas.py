@@ -355,3 +355,102 @@ class WebhookResend(StrictBody):
     endpoint that takes the event's type."""
 
     endpoint: Annotated[StrictStr, Field(pattern=r"^we_[A-Za-z0-9]{1,64}$")] | None = None
+
+
+def _payment_method(value: str | None) -> str | None:
+    if value is not None and not _TOKEN.match(value):
+        raise ValueError("payment_method must be a PSP token such as pm_card_visa")
+    return value
+
+
+def _card_only(value: list[str] | None) -> list[str] | None:
+    if value is not None and value != ["card"]:
+        raise ValueError("the only payment method type is card")
+    return value
+
+
+_CustomerId = Annotated[StrictStr, Field(min_length=1, max_length=255)]
+_Description = Annotated[StrictStr, Field(max_length=1000)]
+CaptureMethod = Literal["automatic", "manual"]
+
+
+class IntentCreate(StrictBody):
+    """``POST /v1/payment_intents``: ``confirm=true`` confirms it in the same request (a payment method
+    needed)."""
+
+    amount: Amount
+    currency: StrictStr
+    capture_method: CaptureMethod = "automatic"
+    payment_method: StrictStr | None = None
+    customer: _CustomerId | None = None
+    description: _Description | None = None
+    metadata: dict[StrictStr, StrictStr] = Field(default_factory=dict)
+    confirm: StrictBool = False
+    payment_method_types: list[StrictStr] | None = None
+
+    _check_currency = field_validator("currency")(_currency)
+    _check_metadata = field_validator("metadata")(_metadata)
+    _check_confirm = field_validator("confirm", mode="before")(form_bool)
+    _check_payment_method = field_validator("payment_method")(_payment_method)
+    _check_types = field_validator("payment_method_types")(_card_only)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_card_data(cls, data: Any) -> Any:
+        refuse_raw_card_data(data)
+        return data
+
+    @model_validator(mode="after")
+    def _confirmable(self) -> IntentCreate:
+        if self.confirm and self.payment_method is None:
+            message = "You cannot confirm this PaymentIntent because it's missing a payment method."
+            raise InvalidRequest(message, code="payment_intent_unexpected_state", param="payment_method")
+        return self
+
+
+class IntentUpdate(StrictBody):
+    """Only the fields sent change; amount, currency, capture method, payment method and customer only
+    before the intent is confirmed."""
+
+    amount: Amount | None = None
+    currency: StrictStr | None = None
+    capture_method: CaptureMethod | None = None
+    payment_method: StrictStr | None = None
+    customer: _CustomerId | None = None
+    description: _Description | None = None
+    metadata: MetadataUpdate = None
+    payment_method_types: list[StrictStr] | None = None
+
+    _check_currency = field_validator("currency")(lambda v: None if v is None else _currency(v))
+    _check_metadata = field_validator("metadata", mode="before")(_metadata_update)
+    _check_payment_method = field_validator("payment_method")(_payment_method)
+    _check_types = field_validator("payment_method_types")(_card_only)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_card_data(cls, data: Any) -> Any:
+        refuse_raw_card_data(data)
+        return data
+
+
+class IntentConfirm(StrictBody):
+    payment_method: StrictStr | None = None
+
+    _check_payment_method = field_validator("payment_method")(_payment_method)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_card_data(cls, data: Any) -> Any:
+        refuse_raw_card_data(data)
+        return data
+
+
+class IntentCapture(StrictBody):
+    #: of the authorized amount; the rest is released. All of it when absent.
+    amount_to_capture: Amount | None = None
+
+
+class IntentCancel(StrictBody):
+    cancellation_reason: Literal["duplicate", "fraudulent", "requested_by_customer", "abandoned"] | None = (
+        None
+    )
