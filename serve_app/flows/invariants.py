@@ -13,6 +13,7 @@ from typing import Any
 import psycopg
 
 from ledger import invariants as ledger_invariants
+from payray import intent
 from psp.port import PaymentServiceProvider
 from serve_app.wallets import WalletDirectory
 
@@ -42,6 +43,12 @@ SELECT d.reference, t.external_ref
 """
 
 
+#: Each confirmed intent beside the state of its latest charge, which the intent follows.
+INTENTS_AND_CHARGES = """
+SELECT i.id, i.state, p.state FROM payment_intents i JOIN payments p ON p.id = i.charge_id
+"""
+
+
 def _ledger_facts(database_url: str) -> dict[str, Any]:
     with psycopg.connect(database_url, autocommit=True) as conn:
         return {
@@ -54,6 +61,7 @@ def _ledger_facts(database_url: str) -> dict[str, Any]:
             "unfinished_refunds": {row[0] for row in conn.execute(UNFINISHED_REFUNDS).fetchall()},
             "learned_refunds": dict(conn.execute(LEARNED_REFUNDS).fetchall()),
             "named": {ref for row in conn.execute(NAMED_BY_RECONCILIATION).fetchall() for ref in row if ref},
+            "intents": conn.execute(INTENTS_AND_CHARGES).fetchall(),
         }
 
 
@@ -107,6 +115,7 @@ async def check_invariants(
         unexplained(booked_not_refunded),
     )
     psp_differences = captured_not_booked + booked_not_captured + refunded_not_booked + booked_not_refunded
+    astray = sorted(i for i, state, charge in facts["intents"] if state != intent.expected(charge))
     sections: dict[str, dict[str, Any]] = {
         "no_double_capture": {
             "ok": not double_captures,
@@ -136,6 +145,12 @@ async def check_invariants(
             "named_by_reconciliation": len(every) - len(psp_differences),
             "unfinished_payments": len(unfinished),
             "unfinished_refunds": len(in_flight),
+        },
+        "intents_follow_charges": {
+            "ok": not astray,
+            "violations": len(astray),
+            "intents_checked": len(facts["intents"]),
+            "examples": astray[:10],
         },
     }
     return {"object": "invariants", **sections, "ok": all(s["ok"] for s in sections.values())}
