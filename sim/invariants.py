@@ -12,7 +12,7 @@
    authorizations resting in ``requires_capture``, and none of those past its expiry.
 
 Plus the nightly reconciliation's own promise: it names every difference between the PSP's report and the
-ledger, drift included, and nothing else.
+ledger, drift included, and nothing else; and the PaymentIntents' own: each intent says what its charge says.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 
 from ledger.postings import AUTHORIZATION, AUTHORIZATION_RELEASE, CAPTURE
+from payray import intent as intent_machine
 from payray.charge import HOLDING
 from sim.config import AUTHORIZATION_S
 from sim.refunds import SimRefunds
@@ -34,6 +35,7 @@ INVARIANTS = (
     "psp_matches_ledger",
     "no_pending_after_recovery",
     "reconciliation_exact",
+    "intents_follow_charges",
 )
 
 
@@ -116,6 +118,10 @@ def check(
     expected = {kind: n for kind, n in {**drift, "real_differences": len(real)}.items() if n}
     if found != expected:
         violations.append(Violation("reconciliation_exact", None, f"found {found}, expected {expected}"))
+    for payment_id, charge in sorted(service.payments.items()):
+        if charge.intent is not None and charge.intent is not intent_machine.expected(charge.state):
+            detail = f"intent {charge.intent.value} while its charge is {charge.state.value}"
+            violations.append(Violation("intents_follow_charges", payment_id, detail))
     return violations
 
 

@@ -20,7 +20,7 @@ from typing import Any, Literal, Protocol
 import simpy
 
 from ledger.postings import AUTHORIZATION, AUTHORIZATION_RELEASE, CAPTURE
-from payray import charge
+from payray import charge, intent
 from payray.charge import (
     AUTOMATIC,
     AWAITING_PSP,
@@ -43,6 +43,7 @@ from payray.charge import (
     resume,
 )
 from payray.errors import IllegalTransition
+from payray.intent import IntentState
 from sim.config import AUTHORIZATION_S, SimConfig
 from sim.connections import REPLICA_DIED, Connections
 from sim.hosts import REFUSED, UNAVAILABLE, HostPosting, Hosts, host_posting
@@ -104,6 +105,9 @@ class SimCharge:
     captured: int = 0
     #: when its hold was booked (the authorization's age, for the expiry)
     authorized_at: float = 0.0
+    #: the PaymentIntent that made it, if one did (every manual order: ``capture_method=manual`` is an
+    #: intent's): confirmed with the charge's insert, then following it in each of its commits
+    intent: IntentState | None = None
     #: (time, who, transition): the charge's whole story, printed for the first violation
     history: list[tuple[float, str, Transition]] = field(default_factory=list)
 
@@ -308,7 +312,14 @@ class SimService:
             return self.payments[self.db.keys[scoped]]
         self.created += 1
         charge = SimCharge(
-            f"py_{self.created:08d}", order_id, merchant, key, amount, manual=manual, captured=amount
+            f"py_{self.created:08d}",
+            order_id,
+            merchant,
+            key,
+            amount,
+            manual=manual,
+            captured=amount,
+            intent=IntentState.PROCESSING if manual else None,
         )
         self.payments[charge.id] = charge
         self.by_order[order_id] = charge
@@ -353,6 +364,9 @@ class SimService:
             charge.state = transition.target
         charge.touched = now
         self.transitions += len(chain)
+        if charge.intent is not None:  # in the same commit, as ``serve_app.stores.intents.FOLLOW`` writes it
+            followed = intent.follow(charge.intent, charge.state)
+            charge.intent = followed.target if followed is not None else charge.intent
         if charge.state in TERMINAL_STATES:
             self.unfinished.pop(charge.id, None)
         if charge.manual:

@@ -16,7 +16,7 @@ import pytest
 import simpy
 
 from ledger.postings import AUTHORIZATION, AUTHORIZATION_RELEASE, CAPTURE, fee_for
-from payray import charge
+from payray import charge, intent
 from payray.charge import AUTHORIZATION_DAYS, ChargeEvent, ChargeState
 from payray.money import Money
 from sim import world
@@ -196,3 +196,27 @@ def test_payray_simulate_manual_capture(tmp_path: Path) -> None:
     assert result["ok"] and result["scenario"] == "manual_capture"
     assert result["authorizations"]["at_psp"]["captured"] > 0
     assert result["sim_time_s"] > AUTHORIZATION_S  # the run waited the authorizations out
+
+
+def test_every_manual_order_is_an_intent_that_ends_where_its_charge_does() -> None:
+    simulation = _run(seed=3)
+    intents = Counter(c.intent.value for c in simulation.service.payments.values() if c.intent is not None)
+    manual = sum(c.manual for c in simulation.service.payments.values())
+    assert sum(intents.values()) == manual > 0
+    for status in ("succeeded", "canceled", "requires_payment_method"):  # captured, released, declined
+        assert intents[status] > 0, intents
+    assert intents["processing"] == 0  # the quiet phase settles every charge, and so every intent
+
+
+def test_an_intent_that_does_not_follow_its_charge_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Break the rule so an intent never hears of its capture: the intents of captured charges then say
+    ``processing`` while their charges succeeded."""
+    follow = intent.follow
+
+    def deaf_to_captures(state: str, charge_state: str) -> object:
+        return None if charge_state == S.SUCCEEDED else follow(state, charge_state)
+
+    monkeypatch.setattr(intent, "follow", deaf_to_captures)
+    result = simulate(MANUAL.config(1, CHARGES), MANUAL.name)
+    details = [v.detail for v in result.violations if v.invariant == "intents_follow_charges"]
+    assert details and all(d.endswith("while its charge is succeeded") for d in details)
