@@ -36,6 +36,12 @@ CHECKS = [
     "events_page_backwards",
     "webhook_endpoints_create_retrieve_update_list_del",
     "webhook_delivered_and_verified",
+    "payment_intent_lifecycle",
+    "payment_intent_manual_capture_in_part",
+    "payment_intent_cancel_then_capture_is_refused",
+    "payment_intent_decline_then_another_card",
+    "payment_intent_idempotency_key_replays_and_guards",
+    "payment_intent_events_listed",
 ]
 
 

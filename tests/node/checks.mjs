@@ -256,6 +256,127 @@ const checks = {
       server.close();
     }
   },
+
+  async payment_intent_lifecycle() {
+    const customer = await stripe.customers.create({ email: `${unique("cy")}@example.com` });
+    const intent = await stripe.paymentIntents.create({
+      amount: 4200,
+      currency: "usd",
+      customer: customer.id,
+    });
+    assert.equal(intent.object, "payment_intent");
+    assert.equal(intent.status, "requires_payment_method");
+    assert.equal(intent.customer, customer.id);
+    const updated = await stripe.paymentIntents.update(intent.id, {
+      payment_method: "pm_card_visa",
+      metadata: { order: "42" },
+    });
+    assert.equal(updated.status, "requires_confirmation");
+    assert.equal(updated.payment_method, "pm_card_visa");
+    assert.deepEqual(updated.metadata, { order: "42" });
+    const confirmed = await stripe.paymentIntents.confirm(intent.id);
+    assert.equal(confirmed.status, "succeeded");
+    assert.equal(confirmed.amount_received, 4200);
+    const charge = await stripe.charges.retrieve(confirmed.latest_charge);
+    assert.equal(charge.payment_intent, intent.id);
+    assert.equal(charge.amount, 4200);
+    const got = await stripe.paymentIntents.retrieve(intent.id);
+    assert.equal(got.status, "succeeded");
+    assert.equal(got.latest_charge, confirmed.latest_charge);
+    await stripe.paymentIntents.create({ amount: 100, currency: "usd" });
+    const theirs = await stripe.paymentIntents.list({ customer: customer.id });
+    assert.deepEqual(theirs.data.map((i) => i.id), [intent.id]);
+    const since = await stripe.paymentIntents.list({ created: { gte: intent.created }, limit: 100 });
+    assert.ok(since.data.some((i) => i.id === intent.id));
+    const later = await stripe.paymentIntents.list({ created: { gte: intent.created + 3600 } });
+    assert.deepEqual(later.data, []);
+  },
+
+  async payment_intent_manual_capture_in_part() {
+    const intent = await stripe.paymentIntents.create({
+      amount: 5000,
+      ...card,
+      confirm: true,
+      capture_method: "manual",
+    });
+    assert.equal(intent.status, "requires_capture");
+    assert.equal(intent.amount_capturable, 5000);
+    assert.equal(intent.amount_received, 0);
+    const captured = await stripe.paymentIntents.capture(intent.id, { amount_to_capture: 3000 });
+    assert.equal(captured.status, "succeeded");
+    assert.equal(captured.amount_received, 3000);
+    assert.equal(captured.amount_capturable, 0);
+    const charge = await stripe.charges.retrieve(captured.latest_charge);
+    assert.equal(charge.payment_intent, intent.id);
+    assert.equal(charge.captured, true);
+    assert.equal(charge.amount_captured, 3000);
+    assert.equal(charge.amount_refunded, 2000);
+  },
+
+  async payment_intent_cancel_then_capture_is_refused() {
+    const intent = await stripe.paymentIntents.create({
+      amount: 1500,
+      ...card,
+      confirm: true,
+      capture_method: "manual",
+    });
+    assert.equal(intent.status, "requires_capture");
+    const canceled = await stripe.paymentIntents.cancel(intent.id, {
+      cancellation_reason: "requested_by_customer",
+    });
+    assert.equal(canceled.status, "canceled");
+    assert.equal(canceled.cancellation_reason, "requested_by_customer");
+    assert.ok(canceled.canceled_at);
+    await rejects(stripe.paymentIntents.capture(intent.id), "StripeInvalidRequestError", {
+      code: "payment_intent_unexpected_state",
+    });
+    assert.equal((await stripe.paymentIntents.retrieve(intent.id)).status, "canceled");
+  },
+
+  async payment_intent_decline_then_another_card() {
+    const intent = await stripe.paymentIntents.create({ amount: 700, currency: "usd" });
+    const error = await rejects(
+      stripe.paymentIntents.confirm(intent.id, { payment_method: "pm_card_chargeDeclined" }),
+      "StripeCardError",
+      { code: "card_declined" },
+    );
+    assert.equal(error.statusCode, 402);
+    assert.equal(error.raw.payment_intent.id, intent.id);
+    assert.equal(error.raw.payment_intent.status, "requires_payment_method");
+    const paid = await stripe.paymentIntents.confirm(intent.id, { payment_method: "pm_card_visa" });
+    assert.equal(paid.status, "succeeded");
+    assert.equal(paid.amount_received, 700);
+    assert.equal(paid.last_payment_error, null);
+  },
+
+  async payment_intent_idempotency_key_replays_and_guards() {
+    const idempotencyKey = unique("node-pi");
+    const params = { amount: 800, ...card, confirm: true };
+    const first = await stripe.paymentIntents.create(params, { idempotencyKey });
+    assert.equal(first.status, "succeeded");
+    const again = await stripe.paymentIntents.create({ ...params }, { idempotencyKey });
+    assert.equal(again.id, first.id);
+    assert.equal(again.latest_charge, first.latest_charge);
+    const error = await rejects(
+      stripe.paymentIntents.create({ ...params, amount: 801 }, { idempotencyKey }),
+      "StripeIdempotencyError",
+    );
+    assert.equal(error.rawType, "idempotency_error");
+    const listed = await stripe.paymentIntents.list({ limit: 10 });
+    assert.deepEqual(listed.data.map((i) => i.id), [first.id]);
+  },
+
+  async payment_intent_events_listed() {
+    const intent = await stripe.paymentIntents.create({ amount: 2600, currency: "usd" });
+    await stripe.paymentIntents.confirm(intent.id, { payment_method: "pm_card_visa" });
+    const listed = await stripe.events.list({ type: "payment_intent.*", limit: 10 });
+    const ours = listed.data.filter((e) => e.data.object.id === intent.id);
+    assert.deepEqual(ours.map((e) => e.type), ["payment_intent.succeeded", "payment_intent.created"]);
+    const succeeded = ours[0];
+    assert.equal(succeeded.data.object.status, "succeeded");
+    assert.equal(succeeded.data.object.amount_received, 2600);
+    assert.equal((await stripe.events.retrieve(succeeded.id)).type, "payment_intent.succeeded");
+  },
 };
 
 for (const name of only.length ? only : Object.keys(checks)) {
