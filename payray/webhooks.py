@@ -18,11 +18,14 @@ from urllib.parse import urlsplit
 #: Every event type payray writes (``GET /v1/events``), so every one an endpoint may subscribe to.
 EVENT_TYPES = frozenset({
     "charge.succeeded", "charge.pending", "charge.failed", "charge.refunded", "charge.updated",
+    "charge.captured", "charge.expired",
     "charge.dispute.created", "charge.dispute.funds_withdrawn", "charge.dispute.closed",
     "charge.dispute.funds_reinstated",
     "refund.created", "refund.updated", "refund.failed",
     "payout.created",
     "customer.created", "customer.updated", "customer.deleted",
+    "payment_intent.created", "payment_intent.processing", "payment_intent.amount_capturable_updated",
+    "payment_intent.succeeded", "payment_intent.payment_failed", "payment_intent.canceled",
 })  # fmt: skip
 #: In ``enabled_events``: every event type.
 ALL_EVENTS = "*"

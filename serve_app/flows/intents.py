@@ -356,13 +356,12 @@ class IntentService:
 
     async def _answer(self, merchant_id: str, key: str, reply: Reply) -> tuple[int, bytes]:
         """The request's answer once the charge's drive ended: the intent as it left it, stored under the
-        key when final (a pending one is asked again on retry)."""
+        key (a pending one is never replayed: a retry takes the key over and asks again)."""
         charge = reply.charge
         assert charge.payment_intent_id is not None
         async with self._pool.connection() as conn:
             intent = await store.load_intent(conn, charge.payment_intent_id, merchant_id)
             assert intent is not None
             status, body = answer_for(intent)
-            if status != PENDING:
-                await charges_db.store_answer(conn, merchant_id, key, status, body)
+            await charges_db.store_answer(conn, merchant_id, key, status, body)
         return status, body

@@ -5,6 +5,7 @@ money invariants hold after each (``invariants_hold``), holds and captures inclu
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -13,8 +14,14 @@ import pytest
 import stripe
 
 from ops.stack import StackInfo
+from tests.integration.polling import until
+from tests.integration.psp_queries import captures_for_merchant
 from tests.integration.stack_fixtures import Merchant
 from tests.integration.test_authorizations_api import held
+from tests.integration.test_reconciliation_api import run_day, run_discrepancies, today
+from tests.integration.webhook_receiver import Receiver
+
+__all__ = ["today"]  # the reconciliation tests' fixture: a day clear of midnight
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("invariants_hold")]
 
@@ -217,3 +224,61 @@ def test_refused_requests_leave_nothing_behind(merchant: Merchant, api_database_
     assert merchant.client.get(f"/v1/payment_intents/{intent['id']}").json()["status"] == (
         "requires_payment_method"
     )
+
+
+def test_a_psp_timeout_leaves_it_processing_and_the_retry_finishes_it_once(
+    merchant: Merchant, faults: Any, psp_control: httpx.Client
+) -> None:
+    faults(timeout_after_capture_rate=1.0, only_paths=["/v1/payment_intents"])
+    body = {"amount": 2600, "currency": "usd", "payment_method": "pm_card_visa", "confirm": True}
+    pending = post(merchant, "/v1/payment_intents", key="pi-timeout", **body)
+    assert pending.status_code == 202, pending.text
+    assert pending.json()["status"] == "processing"
+    faults()
+    retried = post(merchant, "/v1/payment_intents", key="pi-timeout", **body)
+    assert retried.status_code == 200, retried.text
+    intent = retried.json()
+    assert (intent["id"], intent["status"]) == (pending.json()["id"], "succeeded")
+    assert intent["amount_received"] == 2600
+    assert len(captures_for_merchant(psp_control, merchant.id)) == 1
+    replayed = post(merchant, "/v1/payment_intents", key="pi-timeout", **body)
+    assert replayed.content == retried.content and replayed.headers["Idempotent-Replayed"] == "true"
+
+
+def test_an_intents_event_reaches_the_merchants_endpoint_signed(
+    merchant: Merchant, receivers: Callable[..., Receiver]
+) -> None:
+    receiver = receivers()
+    made = merchant.client.post(
+        "/v1/webhook_endpoints", json={"url": receiver.url, "enabled_events": ["payment_intent.succeeded"]}
+    )
+    assert made.status_code == 200, made.text
+    secret = made.json()["secret"]
+    body = {"amount": 1900, "currency": "usd", "payment_method": "pm_card_visa", "confirm": True}
+    intent = post(merchant, "/v1/payment_intents", **body).json()
+    until(lambda: receiver.received, timeout_s=30, what="the webhook")
+    got = receiver.received[0]
+    event = stripe.Webhook.construct_event(got.body.decode(), got.signature, secret)
+    assert event["type"] == "payment_intent.succeeded"
+    assert (event["data"]["object"]["id"], event["data"]["object"]["status"]) == (intent["id"], "succeeded")
+
+
+def test_intents_captured_in_part_reconcile_with_the_psp(
+    merchant: Merchant, admin: httpx.Client, psp_control: httpx.Client, today: str
+) -> None:
+    paid = {"currency": "usd", "payment_method": "pm_card_visa", "confirm": True}
+    manual = {**paid, "capture_method": "manual"}
+    captured = post(merchant, "/v1/payment_intents", amount=4000, **manual).json()
+    part = post(merchant, f"/v1/payment_intents/{captured['id']}/capture", amount_to_capture=2500)
+    assert part.status_code == 200, part.text
+    canceled = post(merchant, "/v1/payment_intents", amount=1000, **manual).json()
+    assert post(merchant, f"/v1/payment_intents/{canceled['id']}/cancel").status_code == 200
+    automatic = post(merchant, "/v1/payment_intents", amount=700, **paid).json()
+    psp_control.post("/_emulator/webhooks/flush")
+    run = run_day(admin, today)
+    ours = set()
+    for made in (captured, canceled, automatic):
+        charge = merchant.client.get(f"/v1/charges/{made['latest_charge']}").json()
+        ours |= {charge["id"], charge["psp_reference"]}
+    named = run_discrepancies(admin, run["id"])
+    assert not ours & {d["reference"] for d in named}, named

@@ -6,10 +6,12 @@ from __future__ import annotations
 import hmac
 import json
 import time
+from types import SimpleNamespace
 
 import pytest
 import stripe
 
+from payray.intent import TOPICS
 from payray.settings import Settings
 from payray.webhooks import (
     EVENT_TYPES,
@@ -23,6 +25,8 @@ from payray.webhooks import (
     subscribed,
     url_problem,
 )
+from serve_app.flows.charge import announced
+from serve_app.stores.answers import ANNOUNCED_AGAIN
 
 SECRET = "whsec_test_secret"
 
@@ -116,3 +120,12 @@ def test_the_delivery_settings_come_from_the_environment() -> None:
     assert policy.poll_s == 0.5
     with pytest.raises(ValueError, match="PAYRAY_WEBHOOK_RETRY_BASE_S"):
         Settings.from_env({"PAYRAY_WEBHOOK_RETRY_BASE_S": "0"})
+
+
+def test_every_event_payray_announces_can_be_subscribed_to() -> None:
+    """An endpoint may enable each topic the flows write to the outbox, intents' and authorizations' too."""
+    made = {*TOPICS.values(), *ANNOUNCED_AGAIN, *ANNOUNCED_AGAIN.values()}
+    for capture_method, reason in (("automatic", None), ("manual", "expired"), ("manual", "requested")):
+        charge = SimpleNamespace(capture_method=capture_method, cancellation_reason=reason)
+        made |= {announced(charge, what) for what in ("capture", "hold", "release")}  # type: ignore[arg-type]
+    assert made <= EVENT_TYPES, made - EVENT_TYPES
