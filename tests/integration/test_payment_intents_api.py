@@ -226,8 +226,8 @@ def test_refused_requests_leave_nothing_behind(merchant: Merchant, api_database_
     )
 
 
-def test_a_psp_timeout_leaves_it_processing_and_the_retry_finishes_it_once(
-    merchant: Merchant, faults: Any, psp_control: httpx.Client
+def test_a_psp_timeout_leaves_it_processing_until_recovery_and_the_retry_answers_once(
+    merchant: Merchant, faults: Any, psp_control: httpx.Client, admin: httpx.Client
 ) -> None:
     faults(timeout_after_capture_rate=1.0, only_paths=["/v1/payment_intents"])
     body = {"amount": 2600, "currency": "usd", "payment_method": "pm_card_visa", "confirm": True}
@@ -235,6 +235,9 @@ def test_a_psp_timeout_leaves_it_processing_and_the_retry_finishes_it_once(
     assert pending.status_code == 202, pending.text
     assert pending.json()["status"] == "processing"
     faults()
+    assert admin.post("/v1/admin/recovery/sweep", json={"grace_s": 0}).status_code == 200
+    settled = merchant.client.get(f"/v1/payment_intents/{pending.json()['id']}").json()
+    assert (settled["status"], settled["amount_received"]) == ("succeeded", 2600)
     retried = post(merchant, "/v1/payment_intents", key="pi-timeout", **body)
     assert retried.status_code == 200, retried.text
     intent = retried.json()
