@@ -10,11 +10,13 @@ behind and a retry replays the answer or finishes what the first request began.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
+from pydantic import BaseModel
 
 from payray import intent as machine
 from payray.charge import ChargeEvent
@@ -141,21 +143,11 @@ class IntentService:
     async def confirm(self, merchant_id: str, intent_id: str, key: str, body: IntentConfirm) -> Answer:
         """Confirm the intent (with the payment method ``body`` brings, or the one it has): its charge is
         created with the confirmation and driven to its answer."""
-        route = f"/v1/payment_intents/{intent_id}/confirm"
-        fingerprint = request_fingerprint("POST", route, body.model_dump(mode="json"))
 
-        async def create(conn: AsyncConnection[Any]) -> Charge | None:
-            async with conn.transaction():
-                intent = await self._claim_and_lock(conn, merchant_id, intent_id, key, fingerprint)
-                if intent is None:
-                    return None
-                return await self._confirm_in(conn, intent, body.payment_method, fingerprint)
+        async def confirm_in(conn: AsyncConnection[Any], intent: Intent, fingerprint: bytes) -> Charge:
+            return await self._confirm_in(conn, intent, body.payment_method, fingerprint)
 
-        async def start(charge: Charge) -> tuple[int, bytes]:
-            return await self._answer(merchant_id, key, await self._flow.start(charge))
-
-        operation: Operation[Any] = Operation(create, start, self._resumer(merchant_id, key))
-        return await self._requests.run(merchant_id, key, fingerprint, operation)
+        return await self._request(merchant_id, intent_id, key, "confirm", body, confirm_in, self._flow.start)
 
     async def _confirm_in(
         self, conn: AsyncConnection[Any], intent: Intent, payment_method: str | None, fingerprint: bytes
@@ -198,80 +190,50 @@ class IntentService:
     async def capture(self, merchant_id: str, intent_id: str, key: str, body: IntentCapture) -> Answer:
         """Capture ``amount_to_capture`` (all of it by default) of an authorized intent's charge; the rest
         is released."""
-        route = f"/v1/payment_intents/{intent_id}/capture"
-        fingerprint = request_fingerprint("POST", route, body.model_dump(mode="json"))
 
-        async def create(conn: AsyncConnection[Any]) -> Charge | None:
-            async with conn.transaction():
-                intent = await self._claim_and_lock(conn, merchant_id, intent_id, key, fingerprint)
-                if intent is None:
-                    return None
-                if intent.state != IntentState.REQUIRES_CAPTURE:
-                    allowed = "Only a PaymentIntent with a status of requires_capture may be captured."
-                    raise unexpected_state(intent, "capture", allowed)
-                charge = await self._locked_charge(conn, intent)
-                to_capture = capturable(charge, body.amount_to_capture, param="amount_to_capture")
-                fields = {"amount_captured": to_capture.amount, "fee": self._charges.fee(to_capture).amount}
-                begun = await self._flow.begin(charge, ChargeEvent.CAPTURE, fields, conn)
-                assert begun is not None, "the charge is locked by this transaction"
-                return begun
+        async def capture_in(conn: AsyncConnection[Any], intent: Intent, _: bytes) -> Charge:
+            if intent.state != IntentState.REQUIRES_CAPTURE:
+                allowed = "Only a PaymentIntent with a status of requires_capture may be captured."
+                raise unexpected_state(intent, "capture", allowed)
+            charge = await self._locked_charge(conn, intent)
+            to_capture = capturable(charge, body.amount_to_capture, param="amount_to_capture")
+            fields = {"amount_captured": to_capture.amount, "fee": self._charges.fee(to_capture).amount}
+            return await self._begin(conn, charge, ChargeEvent.CAPTURE, fields)
 
-        async def start(charge: Charge) -> tuple[int, bytes]:
-            return await self._answer(merchant_id, key, await self._flow.settle(charge))
-
-        operation: Operation[Any] = Operation(create, start, self._resumer(merchant_id, key))
-        return await self._requests.run(merchant_id, key, fingerprint, operation)
+        return await self._request(
+            merchant_id, intent_id, key, "capture", body, capture_in, self._flow.settle
+        )
 
     async def cancel(self, merchant_id: str, intent_id: str, key: str, body: IntentCancel) -> Answer:
         """Cancel the intent: at once when it has no authorization; an authorized one's charge is canceled
         at the PSP and its hold released."""
-        route = f"/v1/payment_intents/{intent_id}/cancel"
-        fingerprint = request_fingerprint("POST", route, body.model_dump(mode="json"))
         reason = body.cancellation_reason
 
-        async def create(conn: AsyncConnection[Any]) -> Charge | Intent | None:
-            async with conn.transaction():
-                intent = await self._claim_and_lock(conn, merchant_id, intent_id, key, fingerprint)
-                if intent is None:
-                    return None
-                if intent.state == IntentState.REQUIRES_CAPTURE:
-                    charge = await self._locked_charge(conn, intent)
-                    begun = await self._flow.begin(
-                        charge, ChargeEvent.CANCEL, {"cancellation_reason": reason or "requested"}, conn
-                    )
-                    assert begun is not None, "the charge is locked by this transaction"
-                    await store.set_cancellation_reason(conn, intent.id, reason)
-                    return begun
-                if IntentEvent.CANCEL not in machine.allowed_events(intent.state):
-                    allowed = (
-                        "Only a PaymentIntent with a status of requires_payment_method, "
-                        "requires_confirmation or requires_capture may be canceled."
-                    )
-                    raise unexpected_state(intent, "cancellation", allowed)
-                transition = machine.step(intent.state, IntentEvent.CANCEL)
-                after = intent.evolve(
-                    state=transition.target.value, cancellation_reason=reason, canceled_at=datetime.now(UTC)
+        async def cancel_in(conn: AsyncConnection[Any], intent: Intent, _: bytes) -> Charge | Intent:
+            if intent.state == IntentState.REQUIRES_CAPTURE:
+                await store.set_cancellation_reason(conn, intent.id, reason)
+                charge = await self._locked_charge(conn, intent)
+                fields = {"cancellation_reason": reason or "requested"}
+                return await self._begin(conn, charge, ChargeEvent.CANCEL, fields)
+            if IntentEvent.CANCEL not in machine.allowed_events(intent.state):
+                allowed = (
+                    "Only a PaymentIntent with a status of requires_payment_method, "
+                    "requires_confirmation or requires_capture may be canceled."
                 )
-                write = IntentWrite(
-                    intent,
-                    (transition,),
-                    cancellation_reason=reason,
-                    topic=machine.TOPICS[transition.target],
-                    event=intent_object(after),
-                )
-                moved = await store.apply_transitions(conn, write)
-                assert moved is not None, "the intent is locked by this transaction"
-                status, answer = answer_for(moved)
-                await charges_db.store_answer(conn, merchant_id, key, status, answer)
-                return moved
+                raise unexpected_state(intent, "cancellation", allowed)
+            transition = machine.step(intent.state, IntentEvent.CANCEL)
+            after = intent.evolve(
+                state=transition.target.value, cancellation_reason=reason, canceled_at=datetime.now(UTC)
+            )
+            topic = machine.TOPICS[transition.target]
+            write = IntentWrite(
+                intent, (transition,), cancellation_reason=reason, topic=topic, event=intent_object(after)
+            )
+            moved = await store.apply_transitions(conn, write)
+            assert moved is not None, "the intent is locked by this transaction"
+            return moved
 
-        async def start(made: Charge | Intent) -> tuple[int, bytes]:
-            if isinstance(made, Intent):
-                return answer_for(made)
-            return await self._answer(merchant_id, key, await self._flow.settle(made))
-
-        operation: Operation[Any] = Operation(create, start, self._resumer(merchant_id, key))
-        return await self._requests.run(merchant_id, key, fingerprint, operation)
+        return await self._request(merchant_id, intent_id, key, "cancel", body, cancel_in, self._flow.settle)
 
     # -- reading and updating ------------------------------------------------------------------------------
 
@@ -315,19 +277,53 @@ class IntentService:
 
     # -- shared steps --------------------------------------------------------------------------------------
 
-    async def _claim_and_lock(
-        self, conn: AsyncConnection[Any], merchant_id: str, intent_id: str, key: str, fingerprint: bytes
-    ) -> Intent | None:
-        """Claim ``key`` for a request about the intent and lock the intent; None if the key was taken. In
-        the caller's transaction, so a refused request leaves no key behind."""
-        if not await charges_db.claim_key_for(
-            conn, merchant_id, key, fingerprint, intent_id, self._requests.lease_ms
-        ):
-            return None
-        intent = await store.lock_intent(conn, intent_id, merchant_id)
-        if intent is None:
-            raise no_such_intent(intent_id)
-        return intent
+    async def _request(
+        self,
+        merchant_id: str,
+        intent_id: str,
+        key: str,
+        action: str,
+        body: BaseModel,
+        act: Callable[[AsyncConnection[Any], Intent, bytes], Awaitable[Charge | Intent]],
+        drive: Callable[[Charge], Awaitable[Reply]],
+    ) -> Answer:
+        """A keyed request about an existing intent (``POST /v1/payment_intents/{id}/<action>``): its key is
+        claimed and the intent locked in the transaction in which ``act`` persists what the request does,
+        so a refused request leaves no key behind. ``act`` answers the charge it began, which ``drive`` then
+        drives to the request's answer, or the intent it settled at once, answered in that transaction."""
+        route = f"/v1/payment_intents/{intent_id}/{action}"
+        fingerprint = request_fingerprint("POST", route, body.model_dump(mode="json"))
+
+        async def create(conn: AsyncConnection[Any]) -> Charge | Intent | None:
+            async with conn.transaction():
+                claimed = await charges_db.claim_key_for(
+                    conn, merchant_id, key, fingerprint, intent_id, self._requests.lease_ms
+                )
+                if not claimed:
+                    return None
+                intent = await store.lock_intent(conn, intent_id, merchant_id)
+                if intent is None:
+                    raise no_such_intent(intent_id)
+                made = await act(conn, intent, fingerprint)
+                if isinstance(made, Intent):
+                    await charges_db.store_answer(conn, merchant_id, key, *answer_for(made))
+                return made
+
+        async def start(made: Charge | Intent) -> tuple[int, bytes]:
+            if isinstance(made, Intent):
+                return answer_for(made)
+            return await self._answer(merchant_id, key, await drive(made))
+
+        operation: Operation[Any] = Operation(create, start, self._resumer(merchant_id, key))
+        return await self._requests.run(merchant_id, key, fingerprint, operation)
+
+    async def _begin(
+        self, conn: AsyncConnection[Any], charge: Charge, event: ChargeEvent, fields: dict[str, Any]
+    ) -> Charge:
+        """The capture or cancel of the intent's charge, persisted in the request's transaction."""
+        begun = await self._flow.begin(charge, event, fields, conn)
+        assert begun is not None, "the charge is locked by this transaction"
+        return begun
 
     @staticmethod
     async def _locked_charge(conn: AsyncConnection[Any], intent: Intent) -> Charge:

@@ -374,7 +374,17 @@ _Description = Annotated[StrictStr, Field(max_length=1000)]
 CaptureMethod = Literal["automatic", "manual"]
 
 
-class IntentCreate(StrictBody):
+class _CardFree(StrictBody):
+    """A body that may name a payment method: card data in it is refused before anything else is read."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_card_data(cls, data: Any) -> Any:
+        refuse_raw_card_data(data)
+        return data
+
+
+class IntentCreate(_CardFree):
     """``POST /v1/payment_intents``: ``confirm=true`` confirms it in the same request (a payment method
     needed)."""
 
@@ -394,12 +404,6 @@ class IntentCreate(StrictBody):
     _check_payment_method = field_validator("payment_method")(_payment_method)
     _check_types = field_validator("payment_method_types")(_card_only)
 
-    @model_validator(mode="before")
-    @classmethod
-    def _no_card_data(cls, data: Any) -> Any:
-        refuse_raw_card_data(data)
-        return data
-
     @model_validator(mode="after")
     def _confirmable(self) -> IntentCreate:
         if self.confirm and self.payment_method is None:
@@ -408,7 +412,7 @@ class IntentCreate(StrictBody):
         return self
 
 
-class IntentUpdate(StrictBody):
+class IntentUpdate(_CardFree):
     """Only the fields sent change; amount, currency, capture method, payment method and customer only
     before the intent is confirmed."""
 
@@ -426,23 +430,11 @@ class IntentUpdate(StrictBody):
     _check_payment_method = field_validator("payment_method")(_payment_method)
     _check_types = field_validator("payment_method_types")(_card_only)
 
-    @model_validator(mode="before")
-    @classmethod
-    def _no_card_data(cls, data: Any) -> Any:
-        refuse_raw_card_data(data)
-        return data
 
-
-class IntentConfirm(StrictBody):
+class IntentConfirm(_CardFree):
     payment_method: StrictStr | None = None
 
     _check_payment_method = field_validator("payment_method")(_payment_method)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _no_card_data(cls, data: Any) -> Any:
-        refuse_raw_card_data(data)
-        return data
 
 
 class IntentCapture(StrictBody):
