@@ -30,6 +30,7 @@ from typing import Any, cast
 import ray
 from psycopg_pool import AsyncConnectionPool
 from ray.actor import ActorClass, ActorHandle
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from actors.ledger_writer import LedgerWriter
 from actors.wallet import Wallet
@@ -229,10 +230,23 @@ def get_or_create_hosts(
     """Handles to the named, detached hosts ``wallet_host:0 … count-1``, created if missing."""
     if count < 1:
         raise ValueError("count must be at least 1")
+    nodes = sorted(n["NodeID"] for n in ray.nodes() if n["Alive"])
     handles: Sequence[Any] = [
         WalletHostActor.options(
-            name=host_name(i), namespace=namespace, get_if_exists=True, lifetime="detached"
+            name=host_name(i),
+            namespace=namespace,
+            get_if_exists=True,
+            lifetime="detached",
+            scheduling_strategy=_dealt(i, nodes),
         ).remote(database_url, i, cache_size, idle_s)
         for i in range(count)
     ]
     return list(handles)
+
+
+def _dealt(index: int, nodes: list[str]) -> Any:
+    """Host ``index`` goes to the nodes in turn, as machines would share them; softly, so a host whose node
+    is lost restarts on another."""
+    if len(nodes) < 2:
+        return "DEFAULT"
+    return NodeAffinitySchedulingStrategy(nodes[index % len(nodes)], soft=True)

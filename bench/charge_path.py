@@ -24,7 +24,8 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.loadgen import bench_settings, drive
-from ops.stack import Stack, free_port, haproxy_available
+from ops.loopback import free_port
+from ops.stack import Stack, haproxy_available
 
 noop_api = FastAPI()
 

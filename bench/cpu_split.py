@@ -22,7 +22,8 @@ from rich.table import Table
 
 from bench.charge_path import _charges, _merchants
 from bench.loadgen import bench_settings, drive
-from ops.stack import Stack, free_port, haproxy_available
+from ops.loopback import free_port
+from ops.stack import Stack, haproxy_available
 
 #: Command-line fragments that name a component, most specific first.
 COMPONENTS = (

@@ -30,7 +30,8 @@ from actors.wallet_host import host_name
 from bench.charge_path import _charges
 from bench.loadgen import bench_settings, drive
 from bench.merchants import seed_merchants
-from ops.stack import Stack, free_port, haproxy_available
+from ops.loopback import free_port
+from ops.stack import Stack, haproxy_available
 
 
 def main() -> None:

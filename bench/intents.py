@@ -20,7 +20,8 @@ from rich.table import Table
 
 from bench.charge_path import _merchants
 from bench.loadgen import Request, bench_settings, drive
-from ops.stack import Stack, free_port, haproxy_available
+from ops.loopback import free_port
+from ops.stack import Stack, haproxy_available
 
 CHARGE = b'{"amount": 1000, "currency": "usd", "payment_method": "pm_card_visa"}'
 INTENT = b'{"amount": 1000, "currency": "usd", "payment_method": "pm_card_visa", "confirm": true}'

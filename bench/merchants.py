@@ -68,7 +68,8 @@ from rich.table import Table
 from bench.charge_path import NoopApi, _charges, _noop
 from bench.cpu_split import CLIENT, COMPONENTS, _component, _cpu_by_process, proc_stats
 from bench.loadgen import Request, Run, bench_settings, drive
-from ops.stack import Stack, StackInfo, free_port, haproxy_available
+from ops.loopback import free_port
+from ops.stack import Stack, StackInfo, haproxy_available
 from payray.ids import hash_api_key, new_api_key, new_id
 from payray.settings import Settings
 

@@ -36,6 +36,13 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
     up.add_argument("--num-cpus", type=int, default=2, help="CPUs for the local Ray (default 2)")
     up.add_argument(
+        "--nodes",
+        type=int,
+        default=1,
+        help="Ray nodes: 1 (default) is one local Ray; N > 1 starts a head and N-1 worker nodes on loopback, "
+        "one CPU each, with token authentication",
+    )
+    up.add_argument(
         "--proxy",
         choices=("auto", "haproxy", "default"),
         default="auto",
@@ -181,16 +188,25 @@ def _demo(settings: Settings, args: argparse.Namespace) -> int:
 def _up(settings: Settings, args: argparse.Namespace) -> int:
     from rich.console import Console
 
+    from ops.cluster import MAX_NODES, LocalCluster
     from ops.stack import Stack, haproxy_available
 
     if not 0 < args.port < 65536:
         print(f"payray up: error: --port must be 1..65535, got {args.port}", file=sys.stderr)
+        return 2
+    if not 1 <= args.nodes <= MAX_NODES:
+        print(f"payray up: error: --nodes must be 1..{MAX_NODES}, got {args.nodes}", file=sys.stderr)
         return 2
     if args.proxy == "haproxy" and not haproxy_available():
         print("payray up: error: --proxy haproxy needs HAProxy (apt-get install haproxy)", file=sys.stderr)
         return 2
     use_haproxy = args.proxy == "haproxy" or (args.proxy == "auto" and haproxy_available())
     console = Console()
+    cluster = LocalCluster(nodes=args.nodes, say=console.print) if args.nodes > 1 else None
+    if cluster is not None:  # replicas spread over the nodes (one each by default): a lost node leaves others
+        replicas = settings.api_replicas if "PAYRAY_API_REPLICAS" in os.environ else args.nodes
+        per_node = settings.api_replicas_per_node or -(-replicas // args.nodes)
+        settings = settings.with_(api_replicas=replicas, api_replicas_per_node=per_node)
     stack = Stack(
         settings,
         host=args.host,
@@ -198,6 +214,7 @@ def _up(settings: Settings, args: argparse.Namespace) -> int:
         num_cpus=args.num_cpus,
         haproxy=use_haproxy,
         say=console.print,
+        cluster=cluster,
     )
     with console.status("starting Postgres, Redis, the PSP, Ray and the API…"):
         info = stack.start()
@@ -207,6 +224,9 @@ def _up(settings: Settings, args: argparse.Namespace) -> int:
     console.print(f"  demo merchant key: {info.demo_key}")
     ingress = "HAProxy (throughput-optimized)" if use_haproxy else "Serve proxy"
     console.print(f"  ingress:           {ingress}")
+    if cluster is not None:
+        console.print(f"  Ray:               {cluster.nodes} nodes, RAY_ADDRESS={cluster.address}")
+        console.print(f"  Ray dashboard:     {cluster.dashboard_url}")
     if info.psp_api_base:
         console.print(f"  PSP:               {info.psp_api_base}")
     console.print(

@@ -140,7 +140,8 @@ def _demo_merchant(home: Path) -> tuple[str | None, str | None]:
 def _on_own_stack(settings: Settings, args: argparse.Namespace, console: Console) -> int:
     """Start a stack like ``payray up`` (on a free port), walk through it, stop it; the record of any stack
     ``payray up`` left under PAYRAY_HOME is put back as it was."""
-    from ops.stack import Stack, free_port
+    from ops.loopback import free_port
+    from ops.stack import Stack
 
     if args.admin_key:
         settings = settings.with_(admin_key=args.admin_key)

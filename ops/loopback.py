@@ -22,6 +22,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import socket
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -34,6 +35,13 @@ SINGLE_MACHINE_RAY = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 OPERATOR_SECTIONS = ("frontend prometheus", "listen stats")
 #: The local syslog socket: where HAProxy's default (UDP to 127.0.0.1:514) meant to log, minus the socket.
 HAPROXY_LOG_TARGET = "/dev/log"
+
+
+def free_port(host: str = LOOPBACK) -> int:
+    """A port nothing listens on now, for a server this stack starts."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
 
 
 def is_loopback(address: str) -> bool:

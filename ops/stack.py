@@ -12,7 +12,6 @@ import contextlib
 import json
 import os
 import secrets
-import socket
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,8 +21,15 @@ from typing import Any
 import psycopg
 
 from ledger.migrate import migrate
+from ops.cluster import TOKEN_AUTH, LocalCluster
 from ops.embedded import EmbeddedPostgres, EmbeddedRedis
-from ops.loopback import LOOPBACK, SINGLE_MACHINE_RAY, haproxy_env, is_loopback, keep_serve_grpc_on_loopback
+from ops.loopback import (
+    LOOPBACK,
+    SINGLE_MACHINE_RAY,
+    haproxy_env,
+    is_loopback,
+    keep_serve_grpc_on_loopback,
+)
 from payray.ids import hash_api_key, new_api_key, new_id
 from payray.settings import STACK_FILE, Settings
 
@@ -37,12 +43,8 @@ HANDLED_EVENTS = (
     "charge.dispute.closed",
 )
 APP_NAME = "payray"
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+#: Serve's throughput-optimized ingress (HAProxy in front of the replicas), read when Ray starts.
+HAPROXY_INGRESS = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
 
 
 @dataclass
@@ -64,6 +66,8 @@ class Stack:
     num_cpus: int = 2
     haproxy: bool = False
     say: Callable[[str], None] = print
+    #: a multi-node Ray on this machine (``payray up --nodes N``), started first and stopped last
+    cluster: LocalCluster | None = None
     _stops: list[Callable[[], None]] = field(default_factory=list)
     _emulator_started: bool = False
 
@@ -90,6 +94,8 @@ class Stack:
                 psp_api_key=psp_api_key,
                 psp_api_base=psp_api_base,
             )
+            if self.cluster is not None:
+                settings = settings.with_(ray_address=self._start_cluster(self.cluster))
             base_url = self._start_serve(settings)
             if self._emulator_started:
                 _send_webhooks_to(psp_api_base, f"{base_url}/v1/webhooks/psp", webhook_secrets[0])
@@ -111,6 +117,17 @@ class Stack:
                 stop()
             except Exception as exc:  # keep stopping the rest
                 self.say(f"warning: {exc}")
+
+    def _start_cluster(self, cluster: LocalCluster) -> str:
+        if self.haproxy:  # read by Serve in the cluster's processes: their environment is the nodes'
+            cluster.env = {**cluster.env, **HAPROXY_INGRESS}
+            binary = haproxy_binary()
+            if binary:
+                launcher = haproxy_env(self.settings.home.resolve() / "haproxy", binary)
+                cluster.env = {**cluster.env, **launcher}
+        address = cluster.start()
+        self._stops.append(cluster.stop)
+        return address
 
     def _start_postgres(self, home: Path) -> str:
         server = EmbeddedPostgres(home / "postgres")
@@ -174,7 +191,11 @@ class Stack:
 
     def _start_serve(self, settings: Settings) -> str:
         local = not settings.ray_address
-        if local:
+        # this machine's Ray alone, or its nodes all on loopback: the driver is on loopback too
+        on_loopback = local or self.cluster is not None
+        if self.cluster is not None:
+            os.environ.update(TOKEN_AUTH)  # the driver authenticates as every node does, read at import
+        if on_loopback:
             # Before Ray is imported: it reads whether it runs on one machine (so on loopback) at import.
             os.environ.update(SINGLE_MACHINE_RAY)
         import ray
@@ -182,13 +203,19 @@ class Stack:
 
         from serve_app.edge.app import build_app
 
+        on_loopback_hook = {
+            "worker_process_setup_hook": f"{keep_serve_grpc_on_loopback.__module__}."
+            f"{keep_serve_grpc_on_loopback.__name__}"
+        }
+        runtime_env: dict[str, Any] = {} if local else {"env_vars": {"PYTHONPATH": _repo_root()}}
+        if on_loopback:
+            runtime_env.update(on_loopback_hook)
         if not ray.is_initialized():
             if self.haproxy:
                 # Serve's throughput-optimized ingress: HAProxy in front of the replicas, read when the local
                 # Ray starts. The API port stays on --host; a local stack keeps HAProxy's stats (8404) and
                 # metrics (9101) ports on loopback and its admin socket owner-only (ops/loopback.py).
-                os.environ["RAY_SERVE_ENABLE_HA_PROXY"] = "1"
-                os.environ["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = "1"
+                os.environ.update(HAPROXY_INGRESS)
                 binary = haproxy_binary()
                 if local and binary:
                     os.environ.update(haproxy_env(settings.home.resolve() / "haproxy", binary))
@@ -198,21 +225,17 @@ class Stack:
                 namespace=settings.ray_namespace,
                 include_dashboard=False,
                 log_to_driver=False,
-                runtime_env=(
-                    {
-                        "worker_process_setup_hook": f"{keep_serve_grpc_on_loopback.__module__}."
-                        f"{keep_serve_grpc_on_loopback.__name__}"
-                    }
-                    if local
-                    else {"env_vars": {"PYTHONPATH": _repo_root()}}
-                ),
-                _node_ip_address=LOOPBACK if local else None,
+                runtime_env=runtime_env,
+                _node_ip_address=LOOPBACK if on_loopback else None,
             )
             self._stops.append(ray.shutdown)
-            if local and not is_loopback(ray.util.get_node_ip_address()):
+            if on_loopback and not is_loopback(ray.util.get_node_ip_address()):
                 self.say("warning: Ray was imported before the stack started: its node listens off loopback")
         serve.start(
-            http_options={"host": self.host, "port": self.port}, logging_config={"enable_access_log": False}
+            # one machine has one API port: its nodes cannot each open a proxy on it
+            proxy_location="HeadOnly" if self.cluster is not None else "EveryNode",
+            http_options={"host": self.host, "port": self.port},
+            logging_config={"enable_access_log": False},
         )
         self._stops.append(serve.shutdown)
         serve.run(build_app(settings), name=APP_NAME, route_prefix="/", blocking=False)

@@ -62,6 +62,8 @@ class Settings:
     wallet_cache_size: int = 100_000
     wallet_idle_s: float = 600.0
     api_replicas: int = 1
+    #: at most this many API replicas on one Ray node (0: no limit), so a lost node leaves replicas elsewhere
+    api_replicas_per_node: int = 0
     fee_bps: int = 290
     psp_timeout_s: float = 10.0
     psp_max_retries: int = 2
@@ -109,6 +111,7 @@ class Settings:
             wallet_cache_size=_positive_int(env, "PAYRAY_WALLET_CACHE", 100_000),
             wallet_idle_s=float(_positive_int(env, "PAYRAY_WALLET_IDLE_S", 600)),
             api_replicas=_positive_int(env, "PAYRAY_API_REPLICAS", 1),
+            api_replicas_per_node=_positive_int(env, "PAYRAY_API_REPLICAS_PER_NODE", 0, allow_zero=True),
             fee_bps=_positive_int(env, "PAYRAY_FEE_BPS", 290, allow_zero=True),
             psp_timeout_s=float(env.get("PAYRAY_PSP_TIMEOUT_S", "10")),
             psp_max_retries=_positive_int(env, "PAYRAY_PSP_MAX_RETRIES", 2, allow_zero=True),

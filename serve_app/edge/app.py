@@ -790,7 +790,9 @@ class PaymentApi:
 def build_app(settings: Settings) -> Any:
     """The Serve application, ready for ``serve.run``; ``serve_config.yaml`` points at ``app_from_env``."""
     deployment: Any = PaymentApi
-    return deployment.options(num_replicas=settings.api_replicas).bind(settings)
+    per_node = settings.api_replicas_per_node
+    spread = {"max_replicas_per_node": per_node} if per_node else {}
+    return deployment.options(num_replicas=settings.api_replicas, **spread).bind(settings)
 
 
 def app_from_env(args: dict[str, str] | None = None) -> Any:

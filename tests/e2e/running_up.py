@@ -11,18 +11,22 @@ import time
 from pathlib import Path
 
 START_TIMEOUT_S = 180
+FIELD = r"(admin key|demo merchant key|demo merchant|Ray dashboard|PSP):\s+(\S+)"
 
 
 class RunningUp:
-    def __init__(self, home: Path, port: int) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("PAYRAY_", "STRIPE_", "RAY_ADDRESS"))}
-        env["PAYRAY_HOME"] = str(home)
+    def __init__(self, home: Path, port: int, *args: str, env: dict[str, str] | None = None) -> None:
+        """``payray up --port PORT *args`` on the embedded defaults, but for what ``env`` sets."""
+        unset = ("PAYRAY_", "STRIPE_", "RAY_ADDRESS")
+        clean = {k: v for k, v in os.environ.items() if not k.startswith(unset)}
+        clean.update(env or {})
+        clean["PAYRAY_HOME"] = str(home)
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "ops.cli", "up", "--port", str(port)],
+            [sys.executable, "-m", "ops.cli", "up", "--port", str(port), *args],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
-            env=env,
+            env=clean,
         )
         self.output: list[str] = []
         self.fields: dict[str, str] = {}
@@ -37,8 +41,10 @@ class RunningUp:
             self.output.append(line)
             if match := re.search(r"payray is up at (\S+)", line):
                 self.fields["url"] = match.group(1)
-            if match := re.search(r"(admin key|demo merchant key|demo merchant):\s+(\S+)", line):
+            if match := re.search(FIELD, line):
                 self.fields[match.group(1)] = match.group(2)
+            if match := re.search(r"RAY_ADDRESS=(\S+)", line):
+                self.fields["ray address"] = match.group(1)
             if "Ctrl-C stops" in line:
                 return
         raise AssertionError("payray up did not come up:\n" + "".join(self.output))

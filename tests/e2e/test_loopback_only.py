@@ -15,8 +15,8 @@ from pathlib import Path
 import httpx
 import psutil
 
-from ops.loopback import is_loopback
-from ops.stack import free_port, haproxy_available
+from ops.loopback import free_port, is_loopback
+from ops.stack import haproxy_available
 from tests.e2e.running_up import RunningUp
 
 #: Serve starts some actors (wallet hosts, the notification consumer) a little after it says it is up.

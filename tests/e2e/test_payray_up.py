@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from ops.stack import free_port
+from ops.loopback import free_port
 from tests.e2e.running_up import RunningUp
 
 

@@ -11,7 +11,8 @@ from typing import Any
 import httpx
 import pytest
 
-from ops.stack import HANDLED_EVENTS, Stack, StackInfo, free_port
+from ops.loopback import free_port
+from ops.stack import HANDLED_EVENTS, Stack, StackInfo
 from payray.settings import Settings
 from tests.conftest import fresh_database
 

@@ -15,7 +15,7 @@ import httpx
 import pytest
 import stripe
 
-from ops.stack import free_port
+from ops.loopback import free_port
 from psp.emulator.server import EmulatorProcess
 
 SECRET = "whsec_" + uuid.uuid4().hex

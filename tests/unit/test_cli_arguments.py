@@ -10,7 +10,8 @@ from ops.cli import main
 @pytest.mark.parametrize(
     "argv",
     [
-        [], ["nope"], ["up", "--port", "x"], ["merchant"], ["merchant", "create"], ["webhooks"],
+        [], ["nope"], ["up", "--port", "x"], ["up", "--nodes", "two"], ["merchant"], ["merchant", "create"],
+        ["webhooks"],
         ["webhooks", "resend"], ["webhooks", "resend", "ch_1"],
         ["webhooks", "resend", "evt_1", "--endpoint", "x"],
     ],
@@ -65,3 +66,10 @@ def test_bad_setting_exits_2(monkeypatch: pytest.MonkeyPatch, capsys: pytest.Cap
     monkeypatch.setenv("PAYRAY_WALLET_HOSTS", "many")
     assert main(["migrate"]) == 2
     assert "PAYRAY_WALLET_HOSTS" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("nodes", ["0", "-1", "9"])
+def test_up_refuses_a_node_count_it_cannot_start(nodes: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["up", "--nodes", nodes]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--nodes must be 1..8" in err
