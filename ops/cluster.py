@@ -1,11 +1,12 @@
 """A real multi-node Ray cluster on one machine: a head and N-1 worker nodes, each its own raylet started by
-``ray start``, on loopback, with token authentication. ``payray up --nodes N`` and the chaos runner use it.
+``ray start``, on loopback, with token authentication: what ``payray up --nodes N`` starts.
 
 Each node gets one CPU and a resource naming it (``payray_node_<i>``), as separate machines would; the
-wallet hosts, ledger writers and Serve replicas spread over the nodes as they would over machines. A worker
+wallet hosts and the Serve replicas spread over the nodes as they would over machines. A worker
 node can be lost on purpose (its raylet killed, with every worker process of it) and another one added, as
-an autoscaler replaces a lost machine. Node failure is detected in about 3 s (the GCS health check is
-tightened from its 30 s default), so a lost node costs seconds, not half a minute.
+an autoscaler replaces a lost machine. A lost node is marked dead within about a second (its raylet's
+connection drops; the GCS health check, tightened to three missed 1 s checks, catches a hung one), so a
+lost node costs seconds, not half a minute.
 
 The cluster keeps its files under a short temporary directory of its own (Unix socket paths are short), and
 stopping it kills only its own processes: ``ray stop`` would stop every Ray on the machine.
@@ -48,14 +49,10 @@ def node_resource(index: int) -> str:
     return f"payray_node_{index}"
 
 
-@dataclass
+@dataclass(frozen=True)
 class Node:
     index: int
     raylet_pid: int
-
-    @property
-    def alive(self) -> bool:
-        return psutil.pid_exists(self.raylet_pid) and psutil.Process(self.raylet_pid).status() != "zombie"
 
 
 @dataclass
@@ -106,10 +103,6 @@ class LocalCluster:
             raise ValueError("the head node holds the GCS: losing it is losing the cluster")
         node = self.running.pop(index)
         _kill_tree(node.raylet_pid)
-
-    def workers(self) -> list[int]:
-        """The indices of the worker nodes running now."""
-        return sorted(i for i in self.running if i != 0)
 
     def stop(self) -> None:
         """Kill every process of this cluster (and only those), then remove its files."""
