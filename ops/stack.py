@@ -231,6 +231,8 @@ class Stack:
             self._stops.append(ray.shutdown)
             if on_loopback and not is_loopback(ray.util.get_node_ip_address()):
                 self.say("warning: Ray was imported before the stack started: its node listens off loopback")
+        if self.cluster is not None:
+            _until_nodes_alive(self.cluster.nodes)
         serve.start(
             # one machine has one API port: its nodes cannot each open a proxy on it
             proxy_location="HeadOnly" if self.cluster is not None else "EveryNode",
@@ -240,6 +242,20 @@ class Stack:
         self._stops.append(serve.shutdown)
         serve.run(build_app(settings), name=APP_NAME, route_prefix="/", blocking=False)
         return f"http://{self.host}:{self.port}"
+
+
+def _until_nodes_alive(count: int, timeout_s: float = 60) -> None:
+    """Until the GCS counts ``count`` nodes alive: ``ray start`` returns before a node has registered, and
+    what is placed over the nodes (replicas, wallet hosts) must see all of them."""
+    import time
+
+    import ray
+
+    deadline = time.monotonic() + timeout_s
+    while sum(node["Alive"] for node in ray.nodes()) < count:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the cluster's {count} nodes did not all register within {timeout_s:.0f} s")
+        time.sleep(0.1)
 
 
 def haproxy_available() -> bool:
