@@ -24,6 +24,7 @@ from ops.loopback import SINGLE_MACHINE_RAY, free_port
 from ops.stack import EMULATOR_API_KEY
 from tests.conftest import fresh_database
 from tests.e2e.running_up import RunningUp
+from tests.integration.polling import until
 
 REPO = Path(__file__).resolve().parents[2]
 #: How a tool on this machine reaches the cluster: on loopback, authenticated as its nodes are.
@@ -118,37 +119,25 @@ def _serve_deploy(fields: dict[str, str], home: Path, path: Path) -> None:
 
 def _until_running(dashboard: str, timeout_s: float) -> None:
     """Until ``serve status`` says the app runs its new version everywhere (its rollout done)."""
-    serve = str(Path(sys.executable).with_name("serve"))
-    deadline = time.monotonic() + timeout_s
-    status: Any = None
-    while time.monotonic() < deadline:
-        done = subprocess.run(
-            [serve, "status", "--address", dashboard],
-            env=RAY_TOOL_ENV,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        status = yaml.safe_load(done.stdout) if done.returncode == 0 else done.stderr
-        if isinstance(status, dict) and status["applications"]["payray"]["status"] == "RUNNING":
-            return
-        time.sleep(2)
-    raise AssertionError(f"the deployed config did not roll out within {timeout_s} s: {status}")
+    command = [str(Path(sys.executable).with_name("serve")), "status", "--address", dashboard]
+
+    def running() -> bool:
+        done = subprocess.run(command, env=RAY_TOOL_ENV, capture_output=True, text=True, timeout=60)
+        status = yaml.safe_load(done.stdout) if done.returncode == 0 else None
+        return isinstance(status, dict) and status["applications"]["payray"]["status"] == "RUNNING"
+
+    until(running, timeout_s, "the deployed config's rollout")
 
 
 def _until_all_charge(client: httpx.Client, keys: list[str], timeout_s: float) -> float:
     """Seconds until a charge of every merchant answers 200 (polled); fails after ``timeout_s``."""
     started = time.monotonic()
-    answered: list[int] = []
-    while time.monotonic() - started < timeout_s:
-        try:
-            answered = [_charge(client, key).status_code for key in keys]
-        except httpx.TransportError:
-            answered = []
-        if answered == [200] * len(keys):
-            return time.monotonic() - started
-        time.sleep(0.2)
-    raise AssertionError(f"not every merchant could charge within {timeout_s} s: {answered}")
+    until(
+        lambda: all(_charge(client, key).status_code == 200 for key in keys),
+        timeout_s,
+        "every merchant charging",
+    )
+    return time.monotonic() - started
 
 
 def test_two_nodes_take_serve_deploy_spread_the_replicas_and_lose_a_node_losing_nothing(
