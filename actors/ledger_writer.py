@@ -85,6 +85,7 @@ class LedgerWriter:
         self._retries = 0
         self._reconnects = 0
         self._splits = 0
+        self._writing = 0
 
     async def post(self, posting: Posting) -> PostingResult:
         """Write ``posting`` (or find it already written) and return its result once committed."""
@@ -122,6 +123,7 @@ class LedgerWriter:
             "reconnects": self._reconnects,
             "splits": self._splits,
             "queued": len(self._queue),
+            "writing": self._writing,
         }
 
     async def close(self) -> None:
@@ -177,7 +179,11 @@ class LedgerWriter:
                 self._fail(batch, DependencyFailure(f"ledger write failed: {exc}"))
 
     async def _write(self, batch: list[_Waiting]) -> None:
-        results = await self._post([w.posting for w in batch])
+        self._writing = len(batch)
+        try:
+            results = await self._post([w.posting for w in batch])
+        finally:
+            self._writing = 0
         self._batches += 1
         self._postings += len(batch)
         self._largest_batch = max(self._largest_batch, len(batch))

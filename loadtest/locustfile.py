@@ -12,6 +12,7 @@ its balance. Payray options (each also an environment variable):
     --psp-faults PROFILE           PAYRAY_PSP_FAULTS      none, latency, flaky, timeouts, chaos
     --charge-weight / --balance-weight                    the mix of tasks
     --replay-share, --refund-share, --client-timeout, --max-retries, --max-fail-ratio
+    --request-log FILE             PAYRAY_LOAD_REQUEST_LOG  every request as a JSON line (``payray chaos``)
 
 The admin key (to create merchants) and the emulator's URL come from ``--admin-key`` / ``--psp-url`` or
 from the ``stack.json`` that ``payray up`` leaves under ``PAYRAY_HOME``. Loopback hosts only; runs are
@@ -20,13 +21,14 @@ bounded (``--run-time`` defaults to 60 s; see ``loadtest.options`` for the ceili
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import logging
 import random
 import time
 import uuid
-from typing import Any
+from typing import IO, Any
 
 import gevent.pool
 import requests
@@ -56,6 +58,7 @@ REFUND_ANSWERS = (200, 202)
 
 _merchant_keys: list[str] = []
 _next_merchant = itertools.count()
+_request_log: list[IO[str]] = []
 
 
 @events.init_command_line_parser.add_listener
@@ -87,6 +90,8 @@ def _on_init(environment: Environment, **_: Any) -> None:
         for problem in problems:
             log.error(problem)
         raise SystemExit(2)
+    if options.request_log:
+        _request_log[:] = [open(options.request_log, "a", buffering=1)]  # noqa: SIM115 (open for the run)
     MerchantBackend.network_timeout = options.client_timeout
     MerchantBackend.connection_timeout = options.client_timeout
     if not isinstance(environment.runner, MasterRunner):  # a master runs no users
@@ -202,13 +207,17 @@ class MerchantBackend(FastHttpUser):
         self, path: str, key: str, body: dict[str, Any], name: str, answers: tuple[int, ...]
     ) -> tuple[int, bytes]:
         headers = {**self.headers, "Idempotency-Key": key}
+        sent = time.time()
         with self.client.post(path, json=body, headers=headers, name=name, catch_response=True) as response:
             status = response.status_code or 0
             text = response.text or ""
-            if status in answers or (status == 400 and '"balance_insufficient"' in text):
+            ok = status in answers or (status == 400 and '"balance_insufficient"' in text)
+            if ok:
                 response.success()
             else:
                 response.failure(f"HTTP {status}: {(text or response.error or '')!s:.200}")
+            if _request_log:
+                _log_request(name, key, sent, status, ok, text)
             return status, response.content or b""
 
     def _replay(self, key: str, body: dict[str, Any], status: int, payload: bytes) -> None:
@@ -222,6 +231,25 @@ class MerchantBackend(FastHttpUser):
                 response.failure("replay without Idempotent-Replayed: true")
             else:
                 response.success()
+
+
+def _log_request(name: str, key: str, sent: float, status: int, ok: bool, text: str) -> None:
+    """One line of the request log: what the client sent, what it saw, and the object a 200 made."""
+    made = None
+    if status == 200:
+        with contextlib.suppress(ValueError, AttributeError):
+            made = json.loads(text).get("id")
+    line = {
+        "op": name.split(" [")[0],
+        "retry": "[retry" in name,
+        "key": key,
+        "sent": sent,
+        "answered": time.time(),
+        "status": status,
+        "ok": ok,
+        "object_id": made,
+    }
+    _request_log[0].write(json.dumps(line) + "\n")
 
 
 class PayrayShape(LoadTestShape):

@@ -34,6 +34,12 @@ def add_arguments(parser: Any) -> None:
     group.add_argument("--max-fail-ratio", type=float, default=None, env_var="PAYRAY_LOAD_MAX_FAIL_RATIO")
     group.add_argument("--admin-key", default=None, env_var="PAYRAY_ADMIN_KEY")
     group.add_argument("--psp-url", default=None, env_var="PAYRAY_PSP_URL")
+    group.add_argument(
+        "--request-log",
+        default=None,
+        env_var="PAYRAY_LOAD_REQUEST_LOG",
+        help="append every request (times, status, key, the object it made) to this file as JSON lines",
+    )
 
 
 def is_loopback(url: str) -> bool:

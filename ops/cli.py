@@ -40,7 +40,7 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         default=1,
         help="Ray nodes: 1 (default) is one local Ray; N > 1 starts a head and N-1 worker nodes on loopback, "
-        "one CPU each, with token authentication",
+        "two CPUs each, with token authentication",
     )
     up.add_argument(
         "--proxy",
@@ -112,7 +112,15 @@ def _parser() -> argparse.ArgumentParser:
     load.add_argument("--csv", metavar="PREFIX", help="write Locust's CSV statistics to PREFIX_*.csv")
     load.add_argument("--html", metavar="FILE", help="write Locust's HTML report to FILE")
 
+    from ops.chaos.cli import add_arguments as chaos_arguments
     from sim.cli import add_arguments as simulate_arguments
+
+    chaos = commands.add_parser(
+        "chaos",
+        help="start a multi-node stack, load it with Locust, inject faults on a schedule, then check every "
+        "invariant and time each recovery; exit 1 on a violation or a fault not recovered",
+    )
+    chaos_arguments(chaos)
 
     simulate = commands.add_parser(
         "simulate", help="the SimPy fault-injection simulator: scenarios and component swaps, by seed"
@@ -173,10 +181,17 @@ def main(argv: list[str] | None = None) -> int:
         "recon": _reconcile,
         "simulate": _simulate,
         "loadtest": _loadtest,
+        "chaos": _chaos,
         "demo": _demo,
         "webhooks": _webhooks_resend,
     }
     return handlers[args.command](settings, args)
+
+
+def _chaos(settings: Settings, args: argparse.Namespace) -> int:
+    from ops.chaos.cli import main as chaos
+
+    return chaos(args)
 
 
 def _demo(settings: Settings, args: argparse.Namespace) -> int:
@@ -227,6 +242,8 @@ def _up(settings: Settings, args: argparse.Namespace) -> int:
     if cluster is not None:
         console.print(f"  Ray:               {cluster.nodes} nodes, RAY_ADDRESS={cluster.address}")
         console.print(f"  Ray dashboard:     {cluster.dashboard_url}")
+        auth = " ".join(f"{k}={v}" for k, v in cluster.auth_env.items())
+        console.print(f"  Ray token:         {auth}")
     if info.psp_api_base:
         console.print(f"  PSP:               {info.psp_api_base}")
     console.print(

