@@ -27,8 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--slot",
         type=float,
-        default=12.0,
-        help="seconds each fault has to strike and recover in (default 12)",
+        default=20.0,
+        help="seconds each fault has to strike and recover in (default 20)",
     )
     parser.add_argument("--warmup", type=float, default=8.0, help="seconds of load before the first fault")
     parser.add_argument("--rounds", type=int, default=1, help="times the whole schedule runs (default 1)")

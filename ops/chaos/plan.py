@@ -18,12 +18,16 @@ class Fault:
     does: str
     #: how long it lasts before it is lifted; 0: an instant (a kill), or as long as its action takes
     lasts_s: float = 0.0
+    #: slots it takes: a lost node's actors restart elsewhere and its replacement joins, which takes longer
+    slots: int = 1
 
 
 FAULTS: dict[str, Fault] = {
     f.name: f
     for f in (
-        Fault("node-lost", "a worker node's raylet killed with every process on it; a new node joins"),
+        Fault(
+            "node-lost", "a worker node's raylet killed with every process on it; a new node joins", slots=2
+        ),
         Fault("replica-killed", "one Serve replica of the API killed"),
         Fault("ledger-writer-killed", "a wallet host's process killed while its ledger writer holds a batch"),
         Fault("wallet-host-killed", "a wallet host actor killed (Ray restarts it)"),
@@ -58,21 +62,22 @@ def parse_faults(text: str) -> list[str]:
 
 
 def schedule(faults: list[str], seed: int, slot_s: float, warmup_s: float, rounds: int = 1) -> list[Planned]:
-    """Every fault once per round, in an order the seed shuffles, one slot each after ``warmup_s``.
+    """Every fault once per round, in an order the seed shuffles, its slots after ``warmup_s``.
 
-    A fault comes within the first fifth of its slot (the seed says where) and must end, with its
-    recovery, before the slot does.
+    A fault comes within the first fifth of its first slot (the seed says where) and must end, with its
+    recovery, before its last slot does.
     """
     if slot_s <= max(FAULTS[f].lasts_s for f in faults) + 2:
         raise ValueError(f"a slot of {slot_s:g} s leaves no time to recover from the longest fault")
     rng = random.Random(seed)
     order = [name for _ in range(rounds) for name in rng.sample(faults, len(faults))]
-    return [
-        Planned(name, round(warmup_s + i * slot_s + rng.uniform(0, slot_s / 5), 3))
-        for i, name in enumerate(order)
-    ]
+    planned, start = [], warmup_s
+    for name in order:
+        planned.append(Planned(name, round(start + rng.uniform(0, slot_s / 5), 3)))
+        start += FAULTS[name].slots * slot_s
+    return planned
 
 
-def run_time_s(faults: int, slot_s: float, warmup_s: float, rounds: int = 1) -> float:
-    """The load's length: the warm-up, then one slot per fault and round."""
-    return warmup_s + faults * rounds * slot_s
+def run_time_s(faults: list[str], slot_s: float, warmup_s: float, rounds: int = 1) -> float:
+    """The load's length: the warm-up, then every fault's slots, each round."""
+    return warmup_s + rounds * slot_s * sum(FAULTS[f].slots for f in faults)

@@ -64,7 +64,7 @@ class ChaosOptions:
     nodes: int = 2
     users: int = 12
     merchants: int = 8
-    slot_s: float = 12.0
+    slot_s: float = 20.0
     warmup_s: float = 8.0
     rounds: int = 1
     quiet_s: float = 5.0
@@ -95,7 +95,7 @@ class ChaosRun:
 
 def run_chaos(options: ChaosOptions, say: Callable[[str], None] = print) -> ChaosRun:
     planned = schedule(options.faults, options.seed, options.slot_s, options.warmup_s, options.rounds)
-    load_s = run_time_s(len(options.faults), options.slot_s, options.warmup_s, options.rounds)
+    load_s = run_time_s(options.faults, options.slot_s, options.warmup_s, options.rounds)
     home = Path(tempfile.mkdtemp(prefix="payray-chaos-"))
     wallet_hosts = max(2, options.nodes)
     # its own Postgres and Redis, whatever the environment says: the faults restart them

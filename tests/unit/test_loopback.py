@@ -89,3 +89,19 @@ def test_the_launcher_rewrites_the_config_then_runs_haproxy_with_the_same_argume
     assert haproxy_launcher(tmp_path / "bin", str(launcher)) == launcher  # a second stack in the process
     assert str(fake) in launcher.read_text()
     assert sys.executable in launcher.read_text()
+
+
+def test_a_cluster_brings_its_own_token_readable_by_its_owner_only(tmp_path: Path) -> None:
+    """A fresh machine has no ``~/.ray/auth_token``: ``ray start`` with token auth refused to start there."""
+    from ops.cluster import LocalCluster, _make_token
+
+    cluster = LocalCluster(temp_dir=tmp_path / "ray", token_file=tmp_path / "home" / "ray_auth_token")
+    env = cluster.auth_env
+    assert env == {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(tmp_path / "home" / "ray_auth_token")}
+    token_file = Path(env["RAY_AUTH_TOKEN_PATH"])
+    _make_token(token_file)
+    token = token_file.read_text()
+    assert len(token) == 64 and int(token, 16) >= 0
+    assert token_file.stat().st_mode & 0o777 == 0o600
+    _make_token(token_file)  # kept across restarts: nodes and tools started earlier still hold it
+    assert token_file.read_text() == token
