@@ -243,7 +243,7 @@ def _up(settings: Settings, args: argparse.Namespace) -> int:
         console.print(f"  Ray:               {cluster.nodes} nodes, RAY_ADDRESS={cluster.address}")
         console.print(f"  Ray dashboard:     {cluster.dashboard_url}")
         auth = " ".join(f"{k}={v}" for k, v in cluster.auth_env.items())
-        console.print(f"  Ray token:         {auth}")
+        console.print(f"  Ray token:         {auth}", soft_wrap=True)  # one line, to copy
     if info.psp_api_base:
         console.print(f"  PSP:               {info.psp_api_base}")
     console.print(

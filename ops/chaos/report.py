@@ -184,6 +184,7 @@ def _chart(title: str, series: list[tuple[str, list[tuple[float, float]]]], faul
         if line:
             path = " ".join(f"{x(a):.1f},{y(b):.1f}" for a, b in line)
             parts.append(f'<polyline fill="none" stroke="{colour}" stroke-width="1.5" points="{path}"/>')
-        parts.append(f'<text x="{left + 180 * i + 200}" y="14" fill="{colour}">— {html.escape(name)}</text>')
+        legend_x = width - 10 - 190 * (len(series) - i)
+        parts.append(f'<text x="{legend_x}" y="14" fill="{colour}">— {html.escape(name)}</text>')
     parts.append("</svg>")
     return "\n".join(parts)
