@@ -31,6 +31,7 @@ from serve_app.flows.recovery import Recovery
 from serve_app.flows.refund import RefundFlow, RefundService
 from serve_app.flows.webhook import WebhookReceiver
 from serve_app.flows.webhook_endpoints import WebhookEndpoints
+from serve_app.stores import keys as keys_db
 from serve_app.stores.fast_keys import FastKeys
 from serve_app.wallets import WalletDirectory
 
@@ -74,7 +75,8 @@ class Parts:
             min_size=min_connections,
             max_size=max_connections,
             open=False,
-            kwargs={"autocommit": True},
+            # named after this process, so a key it leases is free once its sessions are gone
+            kwargs={"autocommit": True, "application_name": keys_db.HOLDER},
         )
         await pool.open(wait=True, timeout=POOL_OPEN_TIMEOUT_S)
         return cls(settings, pool, on_transition)

@@ -15,6 +15,7 @@ from payray.intent import Transition
 from payray.money import Money
 from payray.pages import Page
 from serve_app.stores.customers import CUSTOMER_KNOWN
+from serve_app.stores.keys import THIS_HOLDER
 from serve_app.stores.pages import newest_first, page_params, read_page
 from serve_app.stores.rows import fetch_one
 
@@ -64,12 +65,12 @@ def _intent(**row: Any) -> Intent:
 INSERT_WITH_KEY = f"""
 WITH known AS (SELECT {CUSTOMER_KNOWN} AS ok), claimed AS (
     INSERT INTO idempotency_keys (merchant_id, key, fingerprint, object_id, locked_until, response_status,
-                                  response_body, completed_at)
+                                  response_body, completed_at, holder)
     SELECT %(merchant_id)s, %(key)s, %(fingerprint)s, %(id)s,
            CASE WHEN %(response_status)s::int IS NULL
                 THEN now() + %(lease_ms)s * interval '1 millisecond' END,
            %(response_status)s, %(response_body)s,
-           CASE WHEN %(response_status)s::int IS NOT NULL THEN now() END
+           CASE WHEN %(response_status)s::int IS NOT NULL THEN now() END, {THIS_HOLDER}
     WHERE (SELECT ok FROM known)
     ON CONFLICT (merchant_id, key) DO NOTHING
     RETURNING object_id

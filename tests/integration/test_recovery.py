@@ -8,6 +8,7 @@ state a crash at that point leaves; or the API replica itself is killed in the m
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import uuid
 from collections.abc import Callable
@@ -186,6 +187,45 @@ def test_killing_the_api_replica_mid_charge_leaves_work_the_sweeper_finishes(
     # the client's retry with its key now gets the settled charge, captured once
     retried = merchant.charge("killed-mid-flight", amount=1500)
     assert retried.status_code == 200 and retried.json()["id"] == payment_id, retried.text
+
+
+def test_a_retry_takes_over_at_once_the_key_of_a_request_that_died_with_its_replica(
+    merchant: Merchant,
+    stack: StackInfo,
+    api_database_url: str,
+    faults: Any,
+    psp_control: httpx.Client,
+) -> None:
+    """Found by ``payray chaos``: a client retrying a key whose request died with its replica got 409 until
+    the key's lease ran out (a minute). The lease names its holder; with the holder gone, the retry finishes
+    it."""
+    faults(latency_ms={"dist": "fixed", "ms": 3000}, only_paths=["/v1/payment_intents"])
+
+    def charge() -> None:
+        with contextlib.suppress(httpx.HTTPError):  # the replica dies under it: the retry is what is tested
+            merchant.charge("died-with-its-replica", amount=1500)
+
+    thread = threading.Thread(target=charge)
+    thread.start()
+    payment_id = until(lambda: in_state(api_database_url, merchant.id, "psp_pending"))
+    for actor in ray.util.list_named_actors(all_namespaces=True):
+        if "PaymentApi" in actor["name"] and actor["namespace"] == "serve":
+            ray.kill(ray.get_actor(actor["name"], namespace="serve"), no_restart=False)
+    thread.join(60)
+    until(lambda: captures_for_merchant(psp_control, merchant.id))
+    faults()
+    until(lambda: httpx.get(f"{stack.base_url}/healthz", timeout=10).status_code == 200 or None)
+    with psycopg.connect(api_database_url) as conn:
+        leased = conn.execute(
+            "SELECT locked_until > now(), holder FROM idempotency_keys WHERE merchant_id = %s AND key = %s",
+            (merchant.id, "died-with-its-replica"),
+        ).fetchone()
+    assert leased is not None and leased[0] and leased[1], "the dead request's lease still runs"
+
+    retried = merchant.charge("died-with-its-replica", amount=1500)
+    assert retried.status_code == 200 and retried.json()["id"] == payment_id, retried.text
+    assert len(captures_for_merchant(psp_control, merchant.id)) == 1
+    assert merchant.available() == NET
 
 
 def test_a_refund_and_a_payout_left_behind_are_finished(
