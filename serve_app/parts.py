@@ -64,10 +64,13 @@ class Parts:
         min_connections: int = 1,
         max_connections: int,
         on_transition: Callable[[Transition], None] | None = None,
+        check_connections: bool = False,
     ) -> Parts:
         """The parts over a Postgres pool of ``min_connections`` to ``max_connections``, opened and ready.
 
         ``on_transition`` sees every transition of the charges this process drives (the API counts them).
+        ``check_connections`` tries each connection before lending it (one round trip), so a Postgres
+        restart costs nothing to a process that uses its connections rarely and keeps them idle meanwhile.
         """
         assert settings.database_url, "the database URL is filled in before the service starts"
         pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
@@ -77,6 +80,7 @@ class Parts:
             open=False,
             # named after this process, so a key it leases is free once its sessions are gone
             kwargs={"autocommit": True, "application_name": keys_db.HOLDER},
+            check=AsyncConnectionPool.check_connection if check_connections else None,
         )
         await pool.open(wait=True, timeout=POOL_OPEN_TIMEOUT_S)
         return cls(settings, pool, on_transition)

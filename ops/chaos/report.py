@@ -31,6 +31,7 @@ def as_json(run: ChaosRun) -> dict[str, Any]:
         "load": run.load,
         "timeline": run.timeline,
         "probes": run.probes,
+        "notes": run.notes,
         "home": run.home,
         "samples": run.samples,
     }
@@ -69,6 +70,8 @@ def print_table(run: ChaosRun, console: Console) -> None:
         f"{sum((run.reconciliation.get('discrepancies') or {}).values())} discrepancies"
     )
     console.print(f"every request and Locust's statistics: {run.home}")
+    for note in run.notes:
+        console.print(f"[yellow]tried again[/] {note}")
     if run.passed:
         console.print("[bold green]every fault recovered; no invariant violated[/]")
     for violation in run.violations:

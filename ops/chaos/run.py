@@ -86,6 +86,8 @@ class ChaosRun:
     probes: list[tuple[float, float, int]] = field(default_factory=list)
     #: where the run kept its files: Locust's CSV and every request (``requests.jsonl``)
     home: str = ""
+    #: admin calls of the quiet phase that had to be tried again, and why
+    notes: list[str] = field(default_factory=list)
     samples: list[dict[str, float]] = field(default_factory=list)
 
     @property
@@ -265,7 +267,7 @@ def _check(run: ChaosRun, info: StackInfo, requests: list[Request], target: Targ
             psp.post("/_emulator/webhooks/flush", params={"timeout_s": 60}).raise_for_status()
         deadline = time.monotonic() + SETTLE_TIMEOUT_S
         while True:
-            admin.post("/v1/admin/recovery/sweep", json={"grace_s": 0}).raise_for_status()
+            _admin_call(admin, "POST", "/v1/admin/recovery/sweep", run.notes, {"grace_s": 0})
             with psycopg.connect(info.database_url, autocommit=True) as conn:
                 left = conn.execute(UNFINISHED).fetchone()
             if not left or not left[0] or time.monotonic() > deadline:
@@ -274,11 +276,15 @@ def _check(run: ChaosRun, info: StackInfo, requests: list[Request], target: Targ
         if left and left[0]:
             run.violations.append(f"{left[0]} payments still unfinished {SETTLE_TIMEOUT_S} s after the load")
         today = datetime.now(UTC).date().isoformat()
-        recon = admin.post("/v1/reconciliation/runs", json={"date": today}).raise_for_status().json()
+        recon = _admin_call(admin, "POST", "/v1/reconciliation/runs", run.notes, {"date": today}) or {}
         run.reconciliation = {k: recon.get(k) for k in ("id", "status", "psp_rows", "ledger_rows", "matched")}
         run.reconciliation["discrepancies"] = recon.get("discrepancies", {})
-        run.invariants = admin.get("/v1/admin/invariants").raise_for_status().json()
-    if recon.get("status") != "succeeded":
+        run.invariants = _admin_call(admin, "GET", "/v1/admin/invariants", run.notes) or {}
+    if not run.invariants:
+        run.violations.append("the invariants could not be read: " + "; ".join(run.notes[-3:]))
+    if not recon:
+        run.violations.append("the day's reconciliation never answered: " + "; ".join(run.notes[-3:]))
+    elif recon.get("status") != "succeeded":
         run.violations.append(f"the day's reconciliation {recon.get('status')}: {recon.get('error')}")
     if sum((recon.get("discrepancies") or {}).values()):
         run.violations.append(f"reconciliation found discrepancies: {recon['discrepancies']}")
@@ -294,6 +300,24 @@ def _check(run: ChaosRun, info: StackInfo, requests: list[Request], target: Targ
             run.load[f"{kind}s_seen_succeeded"] = len(seen)
             for missing in sorted(seen - booked)[:20]:
                 run.violations.append(f"{missing}: a client saw it succeed and the ledger has no {kind}")
+
+
+def _admin_call(
+    admin: httpx.Client, method: str, path: str, notes: list[str], body: dict[str, Any] | None = None
+) -> dict[str, Any] | None:
+    """An admin route, tried up to three times as an operator would (each is safe to repeat); every failed
+    try is noted. None: it never answered 200."""
+    for attempt in range(1, 4):
+        try:
+            answer = admin.request(method, path, json=body)
+        except httpx.HTTPError as exc:
+            notes.append(f"{method} {path} try {attempt}: {type(exc).__name__}: {exc}")
+        else:
+            if answer.status_code == 200:
+                return dict(answer.json())
+            notes.append(f"{method} {path} try {attempt}: {answer.status_code} {answer.text[:300]}")
+        time.sleep(2 * attempt)
+    return None
 
 
 def _merchants(info: StackInfo, slots: SlotMap, per_host: int) -> list[str]:

@@ -89,7 +89,10 @@ class ServiceSchedule(ScheduledActor):
 
     async def _parts(self) -> Parts:
         if self._opened is None:
-            self._opened = await Parts.open(self._settings, max_connections=self.max_connections)
+            # idle for hours between runs: a connection a Postgres restart broke meanwhile is replaced
+            self._opened = await Parts.open(
+                self._settings, max_connections=self.max_connections, check_connections=True
+            )
         return self._opened
 
     async def close(self) -> None:
