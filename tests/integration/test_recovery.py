@@ -8,7 +8,6 @@ state a crash at that point leaves; or the API replica itself is killed in the m
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import threading
 import uuid
 from collections.abc import Callable
@@ -151,6 +150,27 @@ def test_a_payment_interrupted_at_each_step_is_finished(
     assert sweep(admin)["counts"].get("payments_found", 0) == 0  # nothing left behind
 
 
+def kill_the_api_mid_charge(merchant: Merchant, key: str, database_url: str) -> tuple[str, dict[str, Any]]:
+    """A charge with ``key`` in flight at the PSP when every API replica is killed: its payment's id, and what
+    its client got (``response``, or the ``error`` it saw)."""
+    outcome: dict[str, Any] = {}
+
+    def charge() -> None:
+        try:
+            outcome["response"] = merchant.charge(key, amount=1500)
+        except httpx.HTTPError as exc:
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=charge)
+    thread.start()
+    payment_id = until(lambda: in_state(database_url, merchant.id, "psp_pending"))
+    for actor in ray.util.list_named_actors(all_namespaces=True):
+        if "PaymentApi" in actor["name"] and actor["namespace"] == "serve":
+            ray.kill(ray.get_actor(actor["name"], namespace="serve"), no_restart=False)
+    thread.join(60)
+    return payment_id, outcome
+
+
 def test_killing_the_api_replica_mid_charge_leaves_work_the_sweeper_finishes(
     merchant: Merchant,
     stack: StackInfo,
@@ -160,21 +180,7 @@ def test_killing_the_api_replica_mid_charge_leaves_work_the_sweeper_finishes(
     psp_control: httpx.Client,
 ) -> None:
     faults(latency_ms={"dist": "fixed", "ms": 3000}, only_paths=["/v1/payment_intents"])
-    outcome: dict[str, Any] = {}
-
-    def charge() -> None:
-        try:
-            outcome["response"] = merchant.charge("killed-mid-flight", amount=1500)
-        except httpx.HTTPError as exc:
-            outcome["error"] = exc
-
-    thread = threading.Thread(target=charge)
-    thread.start()
-    payment_id = until(lambda: in_state(api_database_url, merchant.id, "psp_pending"))
-    for actor in ray.util.list_named_actors(all_namespaces=True):
-        if "PaymentApi" in actor["name"] and actor["namespace"] == "serve":
-            ray.kill(ray.get_actor(actor["name"], namespace="serve"), no_restart=False)
-    thread.join(60)
+    payment_id, outcome = kill_the_api_mid_charge(merchant, "killed-mid-flight", api_database_url)
     assert "error" in outcome or outcome["response"].status_code >= 500, outcome
     # the PSP finishes the capture it was given before the replica died
     until(lambda: captures_for_merchant(psp_control, merchant.id))
@@ -200,18 +206,7 @@ def test_a_retry_takes_over_at_once_the_key_of_a_request_that_died_with_its_repl
     the key's lease ran out (a minute). The lease names its holder; with the holder gone, the retry finishes
     it."""
     faults(latency_ms={"dist": "fixed", "ms": 3000}, only_paths=["/v1/payment_intents"])
-
-    def charge() -> None:
-        with contextlib.suppress(httpx.HTTPError):  # the replica dies under it: the retry is what is tested
-            merchant.charge("died-with-its-replica", amount=1500)
-
-    thread = threading.Thread(target=charge)
-    thread.start()
-    payment_id = until(lambda: in_state(api_database_url, merchant.id, "psp_pending"))
-    for actor in ray.util.list_named_actors(all_namespaces=True):
-        if "PaymentApi" in actor["name"] and actor["namespace"] == "serve":
-            ray.kill(ray.get_actor(actor["name"], namespace="serve"), no_restart=False)
-    thread.join(60)
+    payment_id, _ = kill_the_api_mid_charge(merchant, "died-with-its-replica", api_database_url)
     until(lambda: captures_for_merchant(psp_control, merchant.id))
     faults()
     until(lambda: httpx.get(f"{stack.base_url}/healthz", timeout=10).status_code == 200 or None)
