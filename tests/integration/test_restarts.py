@@ -26,20 +26,22 @@ class Idle(ServiceSchedule):
 
 
 @pytest.fixture
-def postgres(tmp_path: Path) -> Iterator[EmbeddedPostgres]:
+def postgres(tmp_path: Path) -> Iterator[tuple[EmbeddedPostgres, str]]:
+    """An embedded Postgres of the test's own, and its URL."""
     server = EmbeddedPostgres(tmp_path / "pg")
-    server.start()
+    url = server.start()
     try:
-        yield server
+        yield server, url
     finally:
         server.stop()
 
 
-def test_a_scheduled_worker_outlives_a_postgres_restart(postgres: EmbeddedPostgres, tmp_path: Path) -> None:
+def test_a_scheduled_worker_outlives_a_postgres_restart(
+    postgres: tuple[EmbeddedPostgres, str], tmp_path: Path
+) -> None:
     """Found by ``payray chaos``: the day's reconciliation answered 503 after Postgres restarts, its
     scheduler's idle pooled connection broken. Its pool now tries a connection before lending it."""
-    assert postgres._server is not None
-    url = str(postgres._server.get_uri())
+    server, url = postgres
     worker = Idle(Settings.from_env({}).with_(home=tmp_path, database_url=url))
 
     async def query() -> int:
@@ -53,7 +55,7 @@ def test_a_scheduled_worker_outlives_a_postgres_restart(postgres: EmbeddedPostgr
         parts = await worker._parts()
         try:
             assert await query() == 1
-            postgres.restart()
+            server.restart()
             assert await query() == 1  # the broken connection is replaced, not lent
         finally:
             await parts.pool.close(timeout=5)
@@ -61,13 +63,14 @@ def test_a_scheduled_worker_outlives_a_postgres_restart(postgres: EmbeddedPostgr
     asyncio.run(scenario())
 
 
-def test_postgres_restarts_as_a_crash_and_keeps_what_was_committed(postgres: EmbeddedPostgres) -> None:
-    assert postgres._server is not None
-    url = str(postgres._server.get_uri())
+def test_postgres_restarts_as_a_crash_and_keeps_what_was_committed(
+    postgres: tuple[EmbeddedPostgres, str],
+) -> None:
+    server, url = postgres
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("CREATE TABLE kept (n int)")
         conn.execute("INSERT INTO kept VALUES (1)")
-    postgres.restart()
+    server.restart()
     with psycopg.connect(url) as conn:
         assert conn.execute("SELECT n FROM kept").fetchall() == [(1,)]
 
