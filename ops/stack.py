@@ -158,17 +158,20 @@ class Stack:
         return EMULATOR_API_KEY, base
 
     def _start_schedules(self, settings: Settings) -> None:
-        """The recovery sweeper and the reconciliation scheduler: detached actors, killed on stop."""
+        """The recovery sweeper, the reconciliation scheduler and the ops monitor: detached actors, killed on
+        stop."""
         import ray
 
+        from serve_app.workers.monitor import MONITOR_NAME, start_ops_monitor
         from serve_app.workers.reconciliation import SCHEDULER_NAME, start_reconciliation_scheduler
         from serve_app.workers.recovery import SWEEPER_NAME, start_recovery_sweeper
 
         start_recovery_sweeper(settings)
         start_reconciliation_scheduler(settings)
+        start_ops_monitor(settings)
 
         def stop() -> None:
-            for name in (SWEEPER_NAME, SCHEDULER_NAME):
+            for name in (SWEEPER_NAME, SCHEDULER_NAME, MONITOR_NAME):
                 with contextlib.suppress(ValueError):
                     ray.kill(ray.get_actor(name, namespace=settings.ray_namespace))
 

@@ -19,7 +19,7 @@ from redis.asyncio import Redis
 
 from payray.charge import Transition
 from payray.settings import Settings
-from psp.stripe_adapter import StripePsp
+from psp.stripe_adapter import ObserveCall, StripePsp
 from serve_app.flows.charge import ChargeFlow, ChargeService
 from serve_app.flows.customers import CustomerService
 from serve_app.flows.dispute import DisputeBooking
@@ -51,10 +51,12 @@ class Parts:
         settings: Settings,
         pool: AsyncConnectionPool[Any],
         on_transition: Callable[[Transition], None] | None = None,
+        on_psp_call: ObserveCall | None = None,
     ) -> None:
         self.settings = settings
         self.pool = pool
         self._on_transition = on_transition
+        self._on_psp_call = on_psp_call
 
     @classmethod
     async def open(
@@ -64,11 +66,13 @@ class Parts:
         min_connections: int = 1,
         max_connections: int,
         on_transition: Callable[[Transition], None] | None = None,
+        on_psp_call: ObserveCall | None = None,
         check_connections: bool = False,
     ) -> Parts:
         """The parts over a Postgres pool of ``min_connections`` to ``max_connections``, opened and ready.
 
-        ``on_transition`` sees every transition of the charges this process drives (the API counts them).
+        ``on_transition`` sees every transition of the charges this process drives, and ``on_psp_call``
+        every HTTP request it sends the PSP (the API counts both).
         ``check_connections`` tries each connection before lending it (one round trip), so a Postgres
         restart costs nothing to a process that uses its connections rarely and keeps them idle meanwhile.
         """
@@ -83,7 +87,7 @@ class Parts:
             check=AsyncConnectionPool.check_connection if check_connections else None,
         )
         await pool.open(wait=True, timeout=POOL_OPEN_TIMEOUT_S)
-        return cls(settings, pool, on_transition)
+        return cls(settings, pool, on_transition, on_psp_call)
 
     def build_api(self) -> None:
         """Build every part the API's routes use now, rather than in the first request to need each."""
@@ -103,7 +107,9 @@ class Parts:
     def psp(self) -> StripePsp:
         s = self.settings
         assert s.psp_api_key, "the PSP key is filled in before the service starts"
-        return StripePsp(s.psp_api_key, s.psp_api_base, s.psp_timeout_s, s.psp_max_retries)
+        return StripePsp(
+            s.psp_api_key, s.psp_api_base, s.psp_timeout_s, s.psp_max_retries, observe=self._on_psp_call
+        )
 
     @cached_property
     def redis(self) -> Redis:

@@ -8,12 +8,14 @@ does no IO.
 import asyncio
 import datetime
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import psycopg
 import psycopg_pool
+import ray
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
@@ -30,13 +32,15 @@ from payray.errors import (
     NotFound,
     PayrayError,
 )
+from payray.figures import ReplicaTotals
 from payray.pages import Page, parse_page
 from payray.settings import Settings
+from serve_app.edge import dashboard
 from serve_app.edge.auth import Authenticator
 from serve_app.edge.bodies import parse_body, read_body
 from serve_app.edge.conventions import StripeHeaders
 from serve_app.edge.failures import ContainFailures
-from serve_app.edge.metrics import ApiMetrics
+from serve_app.edge.metrics import ApiMetrics, ObserveRequests, install
 from serve_app.edge.rate_limits import RateLimits, client_address
 from serve_app.edge.responses import error_response, json_response
 from serve_app.edge.urls import RefuseControlCharactersInUrls
@@ -101,6 +105,7 @@ from serve_app.wire.schemas import (
     WebhookEndpointUpdate,
     WebhookResend,
 )
+from serve_app.workers.monitor import ops_monitor, publish_replica_totals
 from serve_app.workers.reconciliation import reconciliation_scheduler
 from serve_app.workers.recovery import recovery_sweeper
 
@@ -111,10 +116,11 @@ api = FastAPI(
 )
 
 # Outermost last: a URL with a control character never reaches a route; an unplanned error is contained;
-# every answer, those two included, carries Request-Id and Stripe-Version.
+# every answer, those two included, carries Request-Id and Stripe-Version, and is counted.
 api.add_middleware(RefuseControlCharactersInUrls)
 api.add_middleware(ContainFailures)
 api.add_middleware(StripeHeaders)
+api.add_middleware(ObserveRequests)
 complete_schema(api)
 log = logging.getLogger("payray.api")
 
@@ -162,6 +168,7 @@ class PaymentApi:
         self._ready = asyncio.Lock()
         self._built = False
         self.metrics = ApiMetrics()
+        install(self.metrics)
 
     async def _build(self) -> None:
         if self._built:
@@ -175,6 +182,7 @@ class PaymentApi:
                 min_connections=2,
                 max_connections=s.db_pool_size,
                 on_transition=lambda t: self.metrics.transitions.labels(t.event.value, t.target.value).inc(),
+                on_psp_call=self.metrics.observe_psp_call,
             )
             self.parts.build_api()
             self.limits = RateLimits.from_settings(self.parts.redis, s, self.metrics.registry)
@@ -182,12 +190,25 @@ class PaymentApi:
             # The schedules run wherever the API does, also when deployed with serve_config.yaml alone.
             await recovery_sweeper(s)
             await reconciliation_scheduler(s)
+            await ops_monitor(s)
+            self._publishing = asyncio.get_running_loop().create_task(
+                publish_replica_totals(self.parts.redis, self._totals)
+            )
             self._built = True
 
     async def __del__(self) -> None:
         """Serve calls this when it stops the replica: the pool, Redis and the PSP's session close."""
         if self._built:
+            self._publishing.cancel()
             await self.parts.aclose()
+
+    def _totals(self) -> ReplicaTotals:
+        """What this replica has counted, named by its Serve replica tag and its node."""
+        try:
+            replica = serve.get_replica_context().replica_tag
+        except Exception:  # outside Serve (a test constructing the class): the process names it
+            replica = f"process-{os.getpid()}"
+        return self.metrics.totals(replica, ray.get_runtime_context().get_node_id(), time.time())
 
     async def _merchant_for_key(self, key: str) -> str | None:
         async with self.parts.pool.connection() as conn:
@@ -201,16 +222,18 @@ class PaymentApi:
         await self._build()
         await self.auth.admin(request.headers.get("authorization"), client_address(request))
 
-    def _observe(self, route: str, started: float, status: int) -> None:
-        self.metrics.requests.labels(route, str(status)).inc()
-        self.metrics.latency.labels(route).observe(time.perf_counter() - started)
+    async def _operator(self, request: Request) -> None:
+        """The admin: by the ops page's session cookie, or by the key as ``_admin`` takes it."""
+        await self._build()
+        session = request.cookies.get(dashboard.COOKIE)
+        if not dashboard.session_valid(session, self._settings.admin_key, time.time()):
+            await self._admin(request)
 
     # -- the shapes every resource shares -------------------------------------------------------------------
 
     async def _money_post(
         self,
         request: Request,
-        route: str,
         model: type[Any],
         create: Callable[[Parts], Callable[[str, str, Any], Awaitable[Answer]]],
     ) -> Response:
@@ -218,7 +241,6 @@ class PaymentApi:
 
         ``create`` picks the service's create method from the parts, which authentication has built.
         """
-        started = time.perf_counter()
         merchant_id = await self._merchant(request)
         key = check_idempotency_key(request.headers.get("idempotency-key"))
         body = parse_body(model, await read_body(request), request.headers.get("content-type"))
@@ -227,7 +249,6 @@ class PaymentApi:
         if answer.replayed:
             self.metrics.replays.inc()
             await self.limits.give_back_key(merchant_id)
-        self._observe(route, started, answer.status)
         return json_response(answer.status, answer.body, headers)
 
     async def _retrieve(
@@ -301,7 +322,7 @@ class PaymentApi:
 
     @api.post("/v1/charges", **operation(o.Charge, body=ChargeCreate, money=True, extra=CHARGE_OUTCOMES))
     async def create_charge(self, request: Request) -> Response:
-        return await self._money_post(request, "POST /v1/charges", ChargeCreate, lambda p: p.charges.create)
+        return await self._money_post(request, ChargeCreate, lambda p: p.charges.create)
 
     @api.get("/v1/charges/{charge_id}", **operation(o.Charge))
     async def get_charge(self, charge_id: str, request: Request) -> Response:
@@ -338,7 +359,6 @@ class PaymentApi:
         """Capture an authorization (``capture=false``) in full, or ``amount`` of it, releasing the rest."""
         return await self._money_post(
             request,
-            "POST /v1/charges/{id}/capture",
             ChargeCapture,
             lambda p: lambda merchant, key, body: p.charges.capture(merchant, charge_id, key, body.amount),
         )
@@ -351,9 +371,7 @@ class PaymentApi:
     )
     async def create_payment_intent(self, request: Request) -> Response:
         """A PaymentIntent; ``confirm=true`` also confirms it (its charge made and driven) in this request."""
-        return await self._money_post(
-            request, "POST /v1/payment_intents", IntentCreate, lambda p: p.intents.create
-        )
+        return await self._money_post(request, IntentCreate, lambda p: p.intents.create)
 
     @api.get("/v1/payment_intents/{intent_id}", **operation(o.PaymentIntent))
     async def get_payment_intent(self, intent_id: str, request: Request) -> Response:
@@ -392,7 +410,6 @@ class PaymentApi:
     async def confirm_payment_intent(self, intent_id: str, request: Request) -> Response:
         return await self._money_post(
             request,
-            "POST /v1/payment_intents/{id}/confirm",
             IntentConfirm,
             lambda p: lambda merchant, key, body: p.intents.confirm(merchant, intent_id, key, body),
         )
@@ -405,7 +422,6 @@ class PaymentApi:
         """Capture ``amount_to_capture`` (all by default) of an authorized intent; the rest is released."""
         return await self._money_post(
             request,
-            "POST /v1/payment_intents/{id}/capture",
             IntentCapture,
             lambda p: lambda merchant, key, body: p.intents.capture(merchant, intent_id, key, body),
         )
@@ -418,14 +434,13 @@ class PaymentApi:
         """Cancel it; an authorized intent's hold is released at the PSP and in the ledger."""
         return await self._money_post(
             request,
-            "POST /v1/payment_intents/{id}/cancel",
             IntentCancel,
             lambda p: lambda merchant, key, body: p.intents.cancel(merchant, intent_id, key, body),
         )
 
     @api.post("/v1/refunds", **operation(o.Refund, body=RefundCreate, money=True))
     async def create_refund(self, request: Request) -> Response:
-        return await self._money_post(request, "POST /v1/refunds", RefundCreate, lambda p: p.refunds.create)
+        return await self._money_post(request, RefundCreate, lambda p: p.refunds.create)
 
     @api.get("/v1/refunds/{refund_id}", **operation(o.Refund))
     async def get_refund(self, refund_id: str, request: Request) -> Response:
@@ -472,7 +487,7 @@ class PaymentApi:
 
     @api.post("/v1/payouts", **operation(o.Payout, body=PayoutCreate, money=True))
     async def create_payout(self, request: Request) -> Response:
-        return await self._money_post(request, "POST /v1/payouts", PayoutCreate, lambda p: p.payouts.create)
+        return await self._money_post(request, PayoutCreate, lambda p: p.payouts.create)
 
     @api.get("/v1/payouts/{payout_id}", **operation(o.Payout))
     async def get_payout(self, payout_id: str, request: Request) -> Response:
@@ -521,9 +536,7 @@ class PaymentApi:
 
     @api.post("/v1/customers", **operation(o.Customer, body=CustomerCreate, money=True))
     async def create_customer(self, request: Request) -> Response:
-        return await self._money_post(
-            request, "POST /v1/customers", CustomerCreate, lambda p: p.customers.create
-        )
+        return await self._money_post(request, CustomerCreate, lambda p: p.customers.create)
 
     @api.get("/v1/customers/{customer_id}", **operation(o.Customer))
     async def get_customer(self, customer_id: str, request: Request) -> Response:
@@ -618,11 +631,9 @@ class PaymentApi:
     async def psp_webhook(self, request: Request) -> Response:
         """Authenticated by its signature, not a key: the PSP calls it."""
         await self._build()
-        started = time.perf_counter()
         answer = await self.parts.webhooks.receive(
             await read_body(request), request.headers.get("stripe-signature")
         )
-        self._observe("POST /v1/webhooks/psp", started, 200)
         return json_response(200, dumps(answer))
 
     # -- admin -----------------------------------------------------------------------------------------------
@@ -762,6 +773,54 @@ class PaymentApi:
             body["checks"] = checks
             return json_response(503, dumps(body))
         return json_response(200, dumps({"status": "ok", "checks": checks}))
+
+    # -- the ops page ----------------------------------------------------------------------------------------
+
+    @api.get("/dashboard", include_in_schema=False)
+    async def dashboard_page(self, request: Request) -> Response:
+        """The page with a session; the login form without one."""
+        session = request.cookies.get(dashboard.COOKIE)
+        if dashboard.session_valid(session, self._settings.admin_key, time.time()):
+            return dashboard.page("index.html")
+        return dashboard.page("login.html")
+
+    @api.post("/dashboard/login", include_in_schema=False)
+    async def dashboard_login(self, request: Request) -> Response:
+        """The admin key from the form opens a session; a wrong one counts against the address."""
+        await self._build()
+        try:
+            key = dashboard.login_key(await read_body(request), request.headers.get("content-type"))
+            await self.auth.admin(f"Bearer {key}", client_address(request))
+        except PayrayError as exc:
+            return dashboard.page("login.html", exc.status, exc.message)
+        assert self._settings.admin_key
+        secure = request.url.scheme == "https" or request.headers.get("x-forwarded-proto") == "https"
+        return dashboard.logged_in(self._settings.admin_key, secure)
+
+    @api.post("/dashboard/logout", include_in_schema=False)
+    async def dashboard_logout(self) -> Response:
+        return dashboard.logged_out()
+
+    @api.get("/dashboard/{asset}", include_in_schema=False)
+    async def dashboard_asset(self, asset: str) -> Response:
+        found = dashboard.asset(asset)
+        if found is None:
+            raise NotFound(f"Unrecognized request URL (GET /dashboard/{asset}).")
+        return found
+
+    @api.get(
+        "/v1/admin/dashboard",
+        **operation(
+            o.Report, auth=ADMIN_KEY, parameters=[query("since", "Only the figures after this unix time")]
+        ),
+    )
+    async def dashboard_figures(self, request: Request) -> Response:
+        """The ops page's figures, one per second for the last minutes (``payray/figures.py``)."""
+        await self._operator(request)
+        since = dashboard.since_param(request.query_params.get("since"))
+        monitor = await ops_monitor(self._settings)
+        frames = await monitor.frames.remote(since)
+        return json_response(200, dumps({"object": "ops_figures", "now": time.time(), "frames": frames}))
 
     @api.get("/metrics", **operation(None, auth=None))
     async def metrics_endpoint(self) -> Response:
