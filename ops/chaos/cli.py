@@ -14,7 +14,7 @@ MAX_ROUNDS = 20
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    listed = "; ".join(f"{f.name}: {f.does}" for f in FAULTS.values())
+    listed = "; ".join(f"{f.name}: {f.does}" for f in FAULTS.values()).replace("%", "%%")  # argparse formats
     parser.add_argument(
         "--faults", default="all", help=f"'all' (default) or a comma-separated list of: {listed}"
     )

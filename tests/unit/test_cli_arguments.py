@@ -33,6 +33,11 @@ def test_bad_arguments_exit_2_with_one_line(argv: list[str], capsys: pytest.Capt
         ["verify", "--help"],
         ["merchant", "create", "--help"],
         ["webhooks", "resend", "--help"],
+        ["recon", "--help"],
+        ["demo", "--help"],
+        ["simulate", "--help"],
+        ["loadtest", "--help"],
+        ["chaos", "--help"],
     ],
 )
 def test_every_command_has_help(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
