@@ -76,7 +76,8 @@ def node_lost(target: Target) -> str:
     victim = max(workers, key=lambda i: (len(placed.get(i, [])), -i))
     hit = sorted(placed.get(victim, []))
     target.cluster.kill_node(victim)
-    target._joining = threading.Thread(target=target.cluster.add_node, daemon=True)
+    # a replacement machine boots on its own cores; on this one, it must not take the survivors'
+    target._joining = threading.Thread(target=target.cluster.add_node, kwargs={"nice": 10}, daemon=True)
     target._joining.start()
     return f"node {victim} lost with {', '.join(hit) or 'no payray actor'}; a new node joins"
 
