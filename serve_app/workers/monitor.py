@@ -3,7 +3,8 @@ figures for the ops page (``GET /dashboard``).
 
 Every API replica publishes its totals (requests by route group, latency buckets, PSP calls) into one Redis
 hash each second; the monitor reads that hash, asks each wallet host and the background workers for their
-counters, reads the work in progress from Postgres every few seconds and checks the invariants now and then.
+counters, reads the work in progress from Postgres every few seconds and, while the page is open, checks
+the invariants once a minute.
 The figures (``payray/figures.py``) are computed over a window of a few seconds and kept for
 ``HISTORY_S``, so a page opened mid-incident shows what led to it. Nothing here is durable: a restarted
 monitor starts a new history.
@@ -44,9 +45,11 @@ SAMPLE_EVERY_S = 1.0
 #: Figures are differences over this window: long enough for a p99 to mean something at low rates.
 WINDOW_S = 5.0
 HISTORY_S = 300
-#: Postgres is read this often, the invariants checked this often (they list the PSP's captures).
+#: Postgres is read this often, the invariants checked this often (they list the PSP's captures), and
+#: only while someone watches: the page asked for figures within ``WATCHED_S``.
 DATABASE_EVERY_S = 5.0
 INVARIANTS_EVERY_S = 60.0
+WATCHED_S = 120.0
 #: A part that takes longer than this to answer a sample counts as not answering.
 ANSWER_WITHIN_S = 1.0
 
@@ -65,9 +68,11 @@ class OpsMonitor(ServiceSchedule):
         self._invariants: dict[str, Any] = {"ok": None, "failing": [], "checked_at": None}
         self._invariants_task: asyncio.Task[None] | None = None
         self._redis: Redis | None = None
+        self._watched_at = 0.0
 
     async def frames(self, since: float | None = None) -> list[dict[str, Any]]:
         """The figures computed after ``since`` (unix seconds), oldest first; all kept without it."""
+        self._watched_at = time.time()
         return [f for f in self._frames if since is None or f["at"] > since]
 
     async def _forever(self) -> None:
@@ -96,7 +101,8 @@ class OpsMonitor(ServiceSchedule):
         if now - self._slow_read_at >= DATABASE_EVERY_S:
             self._slow_read_at = now
             self._slow = await self._read_slow()
-        if now - (self._invariants.get("started_at") or 0) >= INVARIANTS_EVERY_S and not self._checking():
+        due = now - (self._invariants.get("started_at") or 0) >= INVARIANTS_EVERY_S
+        if due and now - self._watched_at <= WATCHED_S and not self._checking():
             self._invariants_task = asyncio.create_task(self._check_invariants(now))
         return Sample(now, replicas, hosts, redis_up, {**self._slow, "invariants": dict(self._invariants)})
 

@@ -2,10 +2,44 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 import ray
+
+#: Where the session's Ray writes the Serve replicas' logs (the API's unplanned errors are logged there).
+SERVE_LOGS = Path("/tmp/ray/session_latest/logs/serve")
+#: Failures that get the replicas' latest unplanned errors beside them: the first few say what broke.
+EXPLAINED_FAILURES = 3
+_explained = 0
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[Any]) -> Generator[None, Any, None]:
+    """A failed integration test's report carries the last unplanned errors the API replicas logged: a 500
+    says only that one was logged, and in CI the log is gone with the machine."""
+    global _explained
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed and _explained < EXPLAINED_FAILURES:
+        _explained += 1
+        report.sections.append(("the API replicas' last unplanned errors", last_unhandled(SERVE_LOGS)))
+
+
+def last_unhandled(logs: Path, blocks: int = 3, frames: int = 12) -> str:
+    """The last ``blocks`` "unhandled" log entries of every replica log under ``logs``, each with its
+    innermost ``frames`` lines (where it was raised)."""
+    found: list[str] = []
+    for log in sorted(logs.glob("replica_*.log")):
+        lines = log.read_text(errors="replace").splitlines()
+        starts = [i for i, line in enumerate(lines) if " unhandled " in line][-blocks:]
+        for start in starts:
+            request = lines[start].split(" -- ")[0].split()[-1]
+            block = [line for line in lines[start : start + 400] if request in line]
+            found.append(f"{log.name}:\n" + "\n".join(block[:1] + block[1:][-frames:]))
+    return "\n\n".join(found) or f"none under {logs}"
 
 
 @pytest.fixture(scope="session")
