@@ -239,6 +239,7 @@ def _up(settings: Settings, args: argparse.Namespace) -> int:
     console.print(f"  demo merchant key: {info.demo_key}")
     ingress = "HAProxy (throughput-optimized)" if use_haproxy else "Serve proxy"
     console.print(f"  ingress:           {ingress}")
+    console.print(f"  ops page:          {info.base_url}/dashboard (sign in with the admin key)")
     if cluster is not None:
         console.print(f"  Ray:               {cluster.nodes} nodes, RAY_ADDRESS={cluster.address}")
         console.print(f"  Ray dashboard:     {cluster.dashboard_url}")

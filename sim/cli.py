@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -11,12 +12,14 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from sim import report
+from sim import calibration, report
 from sim.run import RunResult, Simulation
 from sim.scenarios import ALL, SCENARIOS, SWAPS, Scenario
 from sim.swarm import swarm_config
 
-CHOICES = ("all", "swarm", *ALL)
+CHOICES = ("all", "swarm", "calibrate", *ALL)
+#: Where ``bench/calibrate.py`` writes the levels it measured, and so where ``calibrate`` reads them.
+MEASURED = Path("bench/out/calibrate.json")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,8 +30,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=CHOICES,
         metavar="SCENARIO",
         help=f"one of: {', '.join(CHOICES)} (default all: every scenario and every swap; swarm: a world of "
-        "faults drawn from each seed)",
+        "faults drawn from each seed; calibrate: the capacity model fitted to the real stack's first "
+        "measured level, its predictions of the others beside their measurements)",
     )
+    parser.add_argument(
+        "--measured", type=Path, metavar="FILE.json",
+        help=f"calibrate: the levels bench/calibrate.py measured (default {MEASURED}; measured if missing)",
+    )  # fmt: skip
     parser.add_argument("--seed", type=int, default=1, help="the run's seed, or swarm's first (default 1)")
     parser.add_argument("--seeds", type=int, default=20, help="swarm: how many seeds (default 20)")
     parser.add_argument("--charges", type=int, help="charges per run (default: the scenario's, 2,000)")
@@ -47,6 +55,10 @@ def check_arguments(args: argparse.Namespace) -> str | None:
         return "--report draws scenarios and swaps; a swarm names its seeds instead"
     if not 1 <= args.seeds <= 1_000_000:
         return f"--seeds must be 1 to 1,000,000, got {args.seeds}"
+    if args.measured is not None and args.scenario != "calibrate":
+        return "--measured is for calibrate"
+    if args.measured is not None and not args.measured.is_file():
+        return f"--measured: no such file: {args.measured}"
     return None
 
 
@@ -71,6 +83,8 @@ def main(args: argparse.Namespace) -> int:
     console = Console(width=None if sys.stdout.isatty() else 150)
     if args.scenario == "swarm":
         return swarm(args, console)
+    if args.scenario == "calibrate":
+        return calibrate(args, console)
     names = list(ALL) if args.scenario == "all" else [args.scenario]
     results = [(ALL[name], run_one(ALL[name], args.seed, args.charges, console)) for name in names]
     console.print(_table(results))
@@ -121,6 +135,71 @@ def swarm(args: argparse.Namespace, console: Console) -> int:
     if args.json is not None:
         args.json.write_text(json.dumps(rows, sort_keys=True) + "\n")
     return 1 if failed else 0
+
+
+def calibrate(args: argparse.Namespace, console: Console) -> int:
+    """Fit the capacity model to the first measured level, predict the others, and set them side by side;
+    exit 1 when a prediction misses its target (``calibration.TARGETS``)."""
+    path = args.measured or MEASURED
+    if args.measured is None and not path.is_file():
+        console.print(f"measuring the real stack first: python -m bench.calibrate --json {path}")
+        subprocess.run([sys.executable, "-m", "bench.calibrate", "--json", str(path)], check=True)
+    try:
+        levels = [calibration.Measured.from_json(level) for level in json.loads(path.read_text())]
+    except (ValueError, KeyError, TypeError) as exc:
+        console.print(f"[bold red]{path}[/]: not a list of measured levels ({exc})")
+        return 2
+    if len(levels) < 2:
+        console.print(f"[bold red]{path}[/]: give the calibration level and at least one to predict")
+        return 2
+    fitted = calibration.fit(levels[0], seed=args.seed)
+    comparisons = calibration.compare(fitted, levels[1:], seed=args.seed)
+    console.print(_calibration_table(fitted, comparisons))
+    top = max(comparisons, key=lambda c: c.clients)
+    heaviest = calibration.measured_split(top.measured)
+    measured_busy = sum(top.measured.cpu_ms.values()) * top.measured.per_s / 1000 / top.measured.cores
+    console.print(
+        f"saturates first, model at {top.clients} in flight: {top.predicted.saturated_first} (cores "
+        f"{top.predicted.cores_busy:.0%} busy; busiest process {_busiest(top.predicted)}); measured: cores "
+        f"{measured_busy:.0%} busy, the most CPU per charge in the {heaviest} "
+        f"({top.measured.cpu_ms[heaviest]:.2f} of {sum(top.measured.cpu_ms.values()):.2f} ms)"
+    )
+    if args.json is not None:
+        body = {"fitted": {"api_path_share": fitted.shares.api, "level": levels[0].to_json(),
+                           "model": fitted.outcome.as_dict()},
+                "levels": [c.as_dict() for c in comparisons]}  # fmt: skip
+        args.json.write_text(json.dumps(body, indent=2) + "\n")
+    return 0 if calibration.within_targets(comparisons) else 1
+
+
+def _busiest(outcome: calibration.Outcome) -> str:
+    name = max(outcome.utilisation, key=lambda p: outcome.utilisation[p])
+    return f"{name} {outcome.utilisation[name]:.0%}"
+
+
+def _calibration_table(fitted: calibration.Fit, comparisons: list[calibration.Comparison]) -> Table:
+    m = fitted.measured
+    table = Table(
+        title=f"payray simulate calibrate: fitted at {m.clients} in flight over {m.merchants} merchants "
+        f"(model {fitted.outcome.per_s:.0f}/s, p50 {fitted.outcome.p50_ms:.1f} ms; measured {m.per_s:.0f}/s, "
+        f"p50 {m.p50_ms:.1f} ms; the API's path share {fitted.shares.api:.2f})"
+    )
+    columns = ["in flight", "merchants"]
+    for figure in ("charges/s", "p50 ms", "p99 ms"):
+        columns += [f"{figure} predicted", "measured", "error"]
+    for column in columns:
+        table.add_column(column, justify="right")
+    for c in comparisons:
+        row = [str(c.clients), str(c.merchants)]
+        for key, digits in (("per_s", 0), ("p50_ms", 1), ("p99_ms", 1)):
+            error = c.errors.get(key, 0.0)
+            hit = abs(error) <= calibration.TARGETS[key]
+            row += [
+                f"{getattr(c.predicted, key):.{digits}f}", f"{getattr(c.measured, key):.{digits}f}",
+                f"[{'green' if hit else 'bold red'}]{error:+.0%}[/]",
+            ]  # fmt: skip
+        table.add_row(*row)
+    return table
 
 
 def _many_json(results: list[tuple[Scenario, RunResult]]) -> str:

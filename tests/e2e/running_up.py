@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 START_TIMEOUT_S = 180
-FIELD = r"(admin key|demo merchant key|demo merchant|Ray dashboard|PSP):\s+(\S+)"
+FIELD = r"(admin key|demo merchant key|demo merchant|Ray dashboard|ops page|PSP):\s+(\S+)"
 
 
 class RunningUp:

@@ -29,6 +29,8 @@ def test_payray_up_serves_charges_and_keeps_data_across_restarts(home: Path) -> 
         url, key = first.fields["url"], first.fields["demo merchant key"]
         assert url == f"http://127.0.0.1:{port}"
         assert first.fields["admin key"].startswith("sk_admin_")
+        sign_in = httpx.get(first.fields["ops page"], timeout=60)
+        assert sign_in.status_code == 200 and 'action="/dashboard/login"' in sign_in.text
         headers = {"Authorization": f"Bearer {key}", "Idempotency-Key": uuid.uuid4().hex}
         charge = httpx.post(
             f"{url}/v1/charges",

@@ -1,0 +1,58 @@
+"""The capacity model: a lone charge costs its path, cores and GILs cap the rate, batches grow with load."""
+
+from __future__ import annotations
+
+import pytest
+
+from sim.capacity import Batch, Burst, Machine, run
+
+PATH = (Burst("api", 0.002), Burst("psp", 0.001, wait_s=0.010), Burst("api", 0.001))
+
+
+def test_a_lone_charge_costs_its_path() -> None:
+    machine = Machine(cores=2, processes={"api": 1, "psp": 1}, path=PATH, variability=0)
+    outcome = run(machine, clients=1, charges=200, warmup=10)
+    assert outcome.p50_ms == pytest.approx(14.0) and outcome.p99_ms == pytest.approx(14.0)
+    assert outcome.per_s == pytest.approx(1000 / 14.0, rel=1e-6)
+
+
+def test_the_cores_cap_the_rate_when_every_process_can_use_them() -> None:
+    machine = Machine(cores=2, processes={"api": 8, "psp": 8}, path=PATH)
+    outcome = run(machine, clients=64, charges=4000)
+    assert outcome.per_s == pytest.approx(2 / 0.004, rel=0.05)
+    assert outcome.saturated_first == "cores" and outcome.cores_busy > 0.95
+
+
+def test_one_process_that_runs_one_burst_at_a_time_caps_the_rate_before_the_cores() -> None:
+    machine = Machine(cores=4, processes={"api": 1, "psp": 4}, path=PATH)
+    outcome = run(machine, clients=64, charges=4000)
+    assert outcome.per_s == pytest.approx(1 / 0.003, rel=0.05)
+    assert outcome.saturated_first == "api" and outcome.utilisation["api"] > 0.95
+
+
+def test_closed_loop_latency_follows_littles_law() -> None:
+    machine = Machine(cores=2, processes={"api": 1, "psp": 2}, path=PATH)
+    for clients in (1, 4, 32):
+        outcome = run(machine, clients=clients, charges=3000)
+        mean_s = clients / outcome.per_s
+        assert outcome.p50_ms / 1000 < 2 * mean_s and outcome.p99_ms / 1000 > mean_s
+
+
+def test_batches_grow_with_the_load_and_lower_the_cpu_per_charge() -> None:
+    batch = Batch("host", call_s=0.0015, item_s=0.0002, commit=Burst("postgres", 0.0005, wait_s=0.001))
+    machine = Machine(cores=2, processes={"api": 2, "psp": 2, "host": 1, "postgres": 8}, path=PATH,
+                      batch=batch, batch_at=2)  # fmt: skip
+    light, heavy = run(machine, clients=1, charges=1000), run(machine, clients=64, charges=4000)
+    assert light.mean_batch == pytest.approx(1.0)
+    assert heavy.mean_batch is not None and heavy.mean_batch > 2
+    assert heavy.utilisation["host"] < 0.9  # the host's call is shared by its batch
+
+
+def test_a_run_repeats_under_its_seed() -> None:
+    machine = Machine(cores=2, processes={"api": 1, "psp": 1}, path=PATH)
+    assert run(machine, clients=8, charges=500, seed=3).as_dict() == run(machine, 8, 500, seed=3).as_dict()
+
+
+def test_a_process_scaled_spends_that_much_more() -> None:
+    machine = Machine(cores=2, processes={"api": 1, "psp": 1}, path=PATH)
+    assert machine.scaled("api", 2.0).cpu_per_charge() == pytest.approx({"api": 0.006, "psp": 0.001})
