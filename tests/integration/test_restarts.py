@@ -88,3 +88,19 @@ def test_redis_restarts_empty_on_the_same_socket(tmp_path: Path) -> None:
         client.close()
     finally:
         server.stop()
+
+
+def test_the_embedded_redis_is_a_cache_that_never_refuses_writes(tmp_path: Path) -> None:
+    """It takes no snapshots (a failed one would make Redis answer MISCONF to every write) and would keep
+    taking writes even if one failed."""
+    server = EmbeddedRedis(tmp_path / "redis")
+    url = server.start()
+    try:
+        client = redis.Redis.from_url(url, decode_responses=True)
+        assert client.config_get("save") == {"save": ""}
+        assert client.config_get("stop-writes-on-bgsave-error") == {"stop-writes-on-bgsave-error": "no"}
+        client.set("key", "value")
+        client.close()
+    finally:
+        server.stop()
+    assert not (tmp_path / "redis" / "redis.rdb").exists()  # nothing written on the way out either

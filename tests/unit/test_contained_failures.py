@@ -6,6 +6,7 @@ import logging
 
 import psycopg
 import pytest
+import redis.exceptions
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
@@ -38,6 +39,8 @@ def failing_app(exc: Exception) -> FastAPI:
         (psycopg.errors.DataError(f'invalid input syntax for type bigint: "{PAN}"'), 500),
         (ValueError(f"cannot parse {PAN}"), 500),
         (psycopg.OperationalError(f"connection lost while sending {PAN}"), 503),
+        (redis.exceptions.ConnectionError(f"Error 111 connecting while sending {PAN}"), 503),
+        (redis.exceptions.TimeoutError(f"Timeout reading from socket after {PAN}"), 503),
     ],
 )
 def test_a_failure_is_logged_by_type_and_request_id_only(
