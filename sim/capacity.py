@@ -10,7 +10,11 @@ relay, Ray's own upkeep). What the model holds, and the measured stack has:
   event loop interleaves; Postgres runs one backend per connection, so as many bursts as it has connections;
 - **waits off CPU**: the PSP's own latency, a commit's fsync;
 - **natural batches**: a wallet host takes what arrived while its call was in flight as its next call, so
-  its CPU per charge falls as the load grows (``payray/batching.py``), and one commit carries the batch.
+  its CPU per charge falls as the load grows (``payray/batching.py``), and one commit carries the batch;
+  the caller's side of the actor call is paid once per batch too;
+- **work at rest**: what each process spends whatever the load (Ray's health checks and metrics, the outbox
+  relay's polls, the ops monitor), which takes cores from the charges; at a low rate it is most of a
+  charge's share of the CPU, at a high one little.
 
 A closed loop drives it, as ``bench.loadgen`` drives the stack: ``clients`` each send a charge when their
 last one is answered. Seeded, so a run repeats exactly.
@@ -39,20 +43,23 @@ class Burst:
 class Batch:
     """A process that carries in one call what arrived while its last call ran (a wallet host): each call
     costs ``call_s`` plus ``item_s`` per charge, then ``commit`` (Postgres's CPU for the batch's commit and
-    its fsync wait, ``commit_item_s`` more per charge)."""
+    its fsync wait, ``commit_item_s`` more per charge). ``caller`` is what the call costs the process that
+    makes it (sending it, and taking its answer), once per batch."""
 
     process: str
     call_s: float
     item_s: float
     commit: Burst
     commit_item_s: float = 0.0
+    caller: Burst | None = None
 
 
 @dataclass(frozen=True)
 class Machine:
     """The stack on one machine: its cores, its processes (name → bursts it can run at once), a charge's
     path from client to answer (bursts, with the batched step at ``batch_at``), and the work each charge
-    sets off beside its path once answered."""
+    sets off beside its path once answered, and what each process spends at rest (``background``: cores,
+    whatever the load)."""
 
     cores: int
     processes: Mapping[str, int]
@@ -62,6 +69,7 @@ class Machine:
     beside: tuple[Burst, ...] = ()
     #: each burst's CPU varies around its mean: 0 is fixed, 1 exponential
     variability: float = 1.0
+    background: Mapping[str, float] = field(default_factory=dict)
 
     def scaled(self, process: str, factor: float) -> Machine:
         """The same machine with ``process`` spending ``factor`` times its CPU (a what-if, or a fit)."""
@@ -85,6 +93,8 @@ class Machine:
             b = self.batch
             spent[b.process] = spent.get(b.process, 0.0) + b.call_s + b.item_s
             spent[b.commit.process] = spent.get(b.commit.process, 0.0) + b.commit.cpu_s + b.commit_item_s
+            if b.caller is not None:
+                spent[b.caller.process] = spent.get(b.caller.process, 0.0) + b.caller.cpu_s
         return spent
 
 
@@ -99,6 +109,8 @@ class Outcome:
     utilisation: dict[str, float] = field(default_factory=dict)
     cores_busy: float = 0.0
     mean_batch: float | None = None
+    #: latency at 0 %, 5 %, … 100 % of the charges, in milliseconds
+    quantiles_ms: list[float] = field(default_factory=list)
 
     @property
     def saturated_first(self) -> str:
@@ -113,7 +125,12 @@ class Outcome:
             "cores_busy": round(self.cores_busy, 3), "saturated_first": self.saturated_first,
             "utilisation": {p: round(u, 3) for p, u in sorted(self.utilisation.items())},
             "mean_batch": None if self.mean_batch is None else round(self.mean_batch, 2),
+            "quantiles_ms": [round(q, 2) for q in self.quantiles_ms],
         }  # fmt: skip
+
+
+#: The slices in which a process spends its CPU at rest (a health check, a poll, a metrics push).
+REST_SLICE_S = 0.002
 
 
 class _Run:
@@ -162,6 +179,8 @@ class _Run:
         while self.waiting:
             riders, self.waiting = self.waiting, []
             self.batches.append(len(riders))
+            if batch.caller is not None:
+                yield from self.burst(batch.caller.process, batch.caller.cpu_s)
             yield from self.burst(batch.process, batch.call_s + batch.item_s * len(riders))
             commit = batch.commit
             commit_s = commit.cpu_s + batch.commit_item_s * len(riders)
@@ -182,6 +201,12 @@ class _Run:
     def beside(self) -> Generator[simpy.Event, Any, None]:
         for step in self.machine.beside:
             yield from self.burst(step.process, step.cpu_s, step.wait_s)
+
+    def at_rest(self, process: str, cores: float) -> Generator[simpy.Event, Any, None]:
+        """``cores`` of ``process``'s CPU whatever the load: slices of ``REST_SLICE_S`` at random times."""
+        while True:
+            yield self.env.timeout(self.random.expovariate(cores / REST_SLICE_S))
+            self.env.process(self.burst(process, REST_SLICE_S))
 
 
 def run(machine: Machine, clients: int, charges: int = 4000, warmup: int = 500, seed: int = 1) -> Outcome:
@@ -211,6 +236,9 @@ def run(machine: Machine, clients: int, charges: int = 4000, warmup: int = 500, 
 
     for _ in range(clients):
         sim.env.process(client())
+    for process, cores in machine.background.items():
+        if cores > 0:
+            sim.env.process(sim.at_rest(process, cores))
     sim.env.run(until=done)
     start = measured_from.get("at", 0.0)
     elapsed = sim.env.now - start
@@ -230,6 +258,7 @@ def run(machine: Machine, clients: int, charges: int = 4000, warmup: int = 500, 
         utilisation=utilisation,
         cores_busy=cores_busy,
         mean_batch=sum(sim.batches) / len(sim.batches) if sim.batches else None,
+        quantiles_ms=[1000 * _percentile(latencies, i / 20) for i in range(21)],
     )
 
 

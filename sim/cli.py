@@ -12,12 +12,12 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from sim import calibration, report
+from sim import calibration, capacity_report, report, whatif
 from sim.run import RunResult, Simulation
 from sim.scenarios import ALL, SCENARIOS, SWAPS, Scenario
 from sim.swarm import swarm_config
 
-CHOICES = ("all", "swarm", "calibrate", *ALL)
+CHOICES = ("all", "swarm", "calibrate", "whatif", *ALL)
 #: Where ``bench/calibrate.py`` writes the levels it measured, and so where ``calibrate`` reads them.
 MEASURED = Path("bench/out/calibrate.json")
 
@@ -31,12 +31,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="SCENARIO",
         help=f"one of: {', '.join(CHOICES)} (default all: every scenario and every swap; swarm: a world of "
         "faults drawn from each seed; calibrate: the capacity model fitted to the real stack's first "
-        "measured level, its predictions of the others beside their measurements)",
+        "measured level, its predictions of the others beside their measurements; whatif: the calibrated "
+        "model asked about more load, more replicas and cores, a slower PSP)",
     )
     parser.add_argument(
         "--measured", type=Path, metavar="FILE.json",
-        help=f"calibrate: the levels bench/calibrate.py measured (default {MEASURED}; measured if missing)",
+        help=f"calibrate, whatif: the levels bench/calibrate.py measured (default {MEASURED}; measured if "
+        "missing)",
     )  # fmt: skip
+    knobs = whatif.Question()
+    parser.add_argument(
+        "--load",
+        type=float,
+        default=knobs.load,
+        help=f"whatif: times the baseline's charges in flight (default {knobs.load:g})",
+    )
+    parser.add_argument(
+        "--replicas",
+        type=int,
+        default=knobs.replicas,
+        help=f"whatif: API replicas (default {knobs.replicas})",
+    )
+    parser.add_argument(
+        "--cores",
+        type=int,
+        default=knobs.cores,
+        help=f"whatif: the bigger machine's cores (default {knobs.cores})",
+    )
+    parser.add_argument("--psp-ms", type=float, default=knobs.psp_ms,
+                        help=f"whatif: ms added to each PSP call (default {knobs.psp_ms:g})")  # fmt: skip
     parser.add_argument("--seed", type=int, default=1, help="the run's seed, or swarm's first (default 1)")
     parser.add_argument("--seeds", type=int, default=20, help="swarm: how many seeds (default 20)")
     parser.add_argument("--charges", type=int, help="charges per run (default: the scenario's, 2,000)")
@@ -51,12 +74,20 @@ def check_arguments(args: argparse.Namespace) -> str | None:
         return f"--charges must be 1 to 10,000,000, got {args.charges}"
     if args.seed < 0:
         return f"--seed must be >= 0, got {args.seed}"
-    if args.report is not None and args.scenario == "swarm":
-        return "--report draws scenarios and swaps; a swarm names its seeds instead"
+    if args.report is not None and args.scenario in ("swarm", "calibrate"):
+        return f"--report draws scenarios, swaps and what-ifs; not {args.scenario}"
     if not 1 <= args.seeds <= 1_000_000:
         return f"--seeds must be 1 to 1,000,000, got {args.seeds}"
-    if args.measured is not None and args.scenario != "calibrate":
-        return "--measured is for calibrate"
+    if args.measured is not None and args.scenario not in ("calibrate", "whatif"):
+        return "--measured is for calibrate and whatif"
+    if not 0 < args.load <= 100:
+        return f"--load must be above 0 and at most 100, got {args.load:g}"
+    if not 1 <= args.replicas <= 64:
+        return f"--replicas must be 1 to 64, got {args.replicas}"
+    if not 1 <= args.cores <= 256:
+        return f"--cores must be 1 to 256, got {args.cores}"
+    if not 0 <= args.psp_ms <= 60_000:
+        return f"--psp-ms must be 0 to 60,000, got {args.psp_ms:g}"
     if args.measured is not None and not args.measured.is_file():
         return f"--measured: no such file: {args.measured}"
     return None
@@ -83,7 +114,7 @@ def main(args: argparse.Namespace) -> int:
     console = Console(width=None if sys.stdout.isatty() else 150)
     if args.scenario == "swarm":
         return swarm(args, console)
-    if args.scenario == "calibrate":
+    if args.scenario in ("calibrate", "whatif"):
         return calibrate(args, console)
     names = list(ALL) if args.scenario == "all" else [args.scenario]
     results = [(ALL[name], run_one(ALL[name], args.seed, args.charges, console)) for name in names]
@@ -139,19 +170,11 @@ def swarm(args: argparse.Namespace, console: Console) -> int:
 
 def calibrate(args: argparse.Namespace, console: Console) -> int:
     """Fit the capacity model to the first measured level, predict the others, and set them side by side;
-    exit 1 when a prediction misses its target (``calibration.TARGETS``)."""
-    path = args.measured or MEASURED
-    if args.measured is None and not path.is_file():
-        console.print(f"measuring the real stack first: python -m bench.calibrate --json {path}")
-        subprocess.run([sys.executable, "-m", "bench.calibrate", "--json", str(path)], check=True)
-    try:
-        levels = [calibration.Measured.from_json(level) for level in json.loads(path.read_text())]
-    except (ValueError, KeyError, TypeError) as exc:
-        console.print(f"[bold red]{path}[/]: not a list of measured levels ({exc})")
-        return 2
-    if len(levels) < 2:
-        console.print(f"[bold red]{path}[/]: give the calibration level and at least one to predict")
-        return 2
+    exit 1 when a prediction misses its target (``calibration.TARGETS``). ``whatif`` then runs the calibrated
+    model's what-ifs beside its baseline."""
+    levels = _measured_levels(args, console)
+    if isinstance(levels, int):
+        return levels
     fitted = calibration.fit(levels[0], seed=args.seed)
     comparisons = calibration.compare(fitted, levels[1:], seed=args.seed)
     console.print(_calibration_table(fitted, comparisons))
@@ -164,12 +187,55 @@ def calibrate(args: argparse.Namespace, console: Console) -> int:
         f"{measured_busy:.0%} busy, the most CPU per charge in the {heaviest} "
         f"({top.measured.cpu_ms[heaviest]:.2f} of {sum(top.measured.cpu_ms.values()):.2f} ms)"
     )
+    body: dict[str, object] = {
+        "fitted": {"api_path_share": fitted.shares.api, "level": levels[0].to_json(),
+                   "unexplained_wait_ms": round(1000 * fitted.shares.unexplained_wait_s, 2),
+                   "model": fitted.outcome.as_dict()},
+        "levels": [c.as_dict() for c in comparisons],
+    }  # fmt: skip
+    if args.scenario == "whatif":
+        question = whatif.Question(args.load, args.replicas, args.cores, args.psp_ms)
+        answers = whatif.answer(whatif.standard(fitted.machine, top.clients, question), seed=args.seed)
+        console.print(_whatif_table(answers))
+        body["whatif"] = [a.as_dict() for a in answers]
+        if args.report is not None:
+            capacity_report.write(fitted, comparisons, answers, args.report)
+            console.print(f"report: {args.report}")
     if args.json is not None:
-        body = {"fitted": {"api_path_share": fitted.shares.api, "level": levels[0].to_json(),
-                           "model": fitted.outcome.as_dict()},
-                "levels": [c.as_dict() for c in comparisons]}  # fmt: skip
         args.json.write_text(json.dumps(body, indent=2) + "\n")
     return 0 if calibration.within_targets(comparisons) else 1
+
+
+def _measured_levels(args: argparse.Namespace, console: Console) -> list[calibration.Measured] | int:
+    """The measured levels (measuring the real stack first when there is no file), or an exit code."""
+    path = args.measured or MEASURED
+    if args.measured is None and not path.is_file():
+        console.print(f"measuring the real stack first: python -m bench.calibrate --json {path}")
+        subprocess.run([sys.executable, "-m", "bench.calibrate", "--json", str(path)], check=True)
+    try:
+        levels = [calibration.Measured.from_json(level) for level in json.loads(path.read_text())]
+    except (ValueError, KeyError, TypeError) as exc:
+        console.print(f"[bold red]{path}[/]: not a list of measured levels ({exc})")
+        return 2
+    if len(levels) < 2:
+        console.print(f"[bold red]{path}[/]: give the calibration level and at least one to predict")
+        return 2
+    return levels
+
+
+def _whatif_table(answers: list[whatif.Answer]) -> Table:
+    table = Table(title="payray simulate whatif: the calibrated model, one change at a time")
+    for column in ("run", "in flight", "charges/s", "vs baseline", "p50 ms", "p99 ms", "cores busy",
+                   "runs out first"):  # fmt: skip
+        table.add_column(column, justify="left" if column == "run" else "right")
+    base = answers[0].outcome
+    for a in answers:
+        o = a.outcome
+        table.add_row(
+            a.whatif.name, str(a.whatif.clients), f"{o.per_s:.0f}", f"{o.per_s / base.per_s:.2f}x",
+            f"{o.p50_ms:.1f}", f"{o.p99_ms:.1f}", f"{o.cores_busy:.0%}", o.saturated_first,
+        )  # fmt: skip
+    return table
 
 
 def _busiest(outcome: calibration.Outcome) -> str:
@@ -182,7 +248,7 @@ def _calibration_table(fitted: calibration.Fit, comparisons: list[calibration.Co
     table = Table(
         title=f"payray simulate calibrate: fitted at {m.clients} in flight over {m.merchants} merchants "
         f"(model {fitted.outcome.per_s:.0f}/s, p50 {fitted.outcome.p50_ms:.1f} ms; measured {m.per_s:.0f}/s, "
-        f"p50 {m.p50_ms:.1f} ms; the API's path share {fitted.shares.api:.2f})"
+        f"p50 {m.p50_ms:.1f} ms; {fitted.fitted_values})"
     )
     columns = ["in flight", "merchants"]
     for figure in ("charges/s", "p50 ms", "p99 ms"):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from sim.capacity import Batch, Burst, Machine, run
@@ -56,3 +58,28 @@ def test_a_run_repeats_under_its_seed() -> None:
 def test_a_process_scaled_spends_that_much_more() -> None:
     machine = Machine(cores=2, processes={"api": 1, "psp": 1}, path=PATH)
     assert machine.scaled("api", 2.0).cpu_per_charge() == pytest.approx({"api": 0.006, "psp": 0.001})
+
+
+def test_what_a_process_spends_at_rest_takes_cores_from_the_charges() -> None:
+    machine = Machine(cores=1, processes={"api": 1, "psp": 1, "ray": 4}, path=PATH, variability=0)
+    busy = replace(machine, background={"ray": 0.5})
+    alone, beside = run(machine, clients=16, charges=3000), run(busy, clients=16, charges=3000)
+    assert beside.per_s == pytest.approx(alone.per_s / 2, rel=0.1)
+    assert beside.utilisation["ray"] == pytest.approx(0.5 / 4, rel=0.15)
+
+
+def test_the_caller_pays_a_batched_call_once_per_batch() -> None:
+    batch = Batch("host", call_s=0.001, item_s=0.0001, commit=Burst("postgres", 0.0002),
+                  caller=Burst("api", 0.002))  # fmt: skip
+    machine = Machine(cores=2, processes={"api": 1, "psp": 2, "host": 1, "postgres": 4}, path=PATH,
+                      batch=batch, batch_at=2)  # fmt: skip
+    outcome = run(machine, clients=32, charges=3000)
+    assert outcome.mean_batch is not None and outcome.mean_batch > 2
+    api_per_charge = outcome.utilisation["api"] / outcome.per_s
+    assert api_per_charge == pytest.approx(0.003 + 0.002 / outcome.mean_batch, rel=0.1)
+
+
+def test_the_latency_quantiles_rise_from_the_fastest_to_the_slowest() -> None:
+    outcome = run(Machine(cores=2, processes={"api": 1, "psp": 1}, path=PATH), clients=4, charges=1000)
+    assert len(outcome.quantiles_ms) == 21 and outcome.quantiles_ms == sorted(outcome.quantiles_ms)
+    assert outcome.quantiles_ms[10] == outcome.p50_ms
