@@ -111,7 +111,8 @@ def _host_counts(namespace: str) -> tuple[float, float]:
 
 def measure_level(url: str, keys: list[str], namespace: str, clients: int, requests: int) -> Measured:
     cpu_before, host_before = _cpu_by_process(), _host_counts(namespace)
-    run = drive(url, _charges(keys), requests, clients)
+    latencies: list[float] = []
+    run = drive(url, _charges(keys), requests, clients, observe=lambda _, seconds: latencies.append(seconds))
     cpu_after, host_after = _cpu_by_process(), _host_counts(namespace)
     if set(run.statuses) != {200}:
         raise RuntimeError(f"unexpected answers: {run.statuses}")
@@ -125,7 +126,14 @@ def measure_level(url: str, keys: list[str], namespace: str, clients: int, reque
         p99_ms=run.p99_ms,
         cpu_ms={k: round(1000 * v / requests, 3) for k, v in sorted(spent.items())},
         mean_batch=round(postings / calls, 2) if calls else 1.0,
+        quantiles_ms=_quantiles_ms(latencies),
     )
+
+
+def _quantiles_ms(latencies: list[float]) -> list[float]:
+    """0 %, 5 %, … 100 %, as the capacity model reports them."""
+    ordered = sorted(latencies)
+    return [round(1000 * ordered[min(len(ordered) - 1, int(i / 20 * len(ordered)))], 2) for i in range(21)]
 
 
 def measure(levels: list[tuple[int, int]], requests: int) -> list[Measured]:

@@ -23,6 +23,8 @@ from sim.capacity import Batch, Burst, Machine, Outcome, run
 COMPONENTS = ("client", "haproxy", "api", "redis", "postgres", "psp", "host", "relay", "ray", "other")
 #: A wallet host's actor call, whatever it carries, when not measured (``bench/ray_calls.py``: 1.4-2.0 ms).
 HOST_CALL_MS = 1.5
+#: The components that run in Ray workers, which Ray starts at nice 15 (its ``worker_niceness``).
+RAY_WORKERS = frozenset({"api", "host", "relay"})
 #: A commit's fsync (``pg_test_fsync``: about 10,800 a second on this machine kind).
 FSYNC_S = 0.0001
 
@@ -44,6 +46,8 @@ class Shares:
     #: seconds off CPU on the path that no measured figure explains (wake-ups, hops between processes):
     #: fitted only when all of the API's CPU on the path still leaves the model's p50 short
     unexplained_wait_s: float = 0.0
+    #: how much a burst's CPU varies (``Machine.variability``): fitted to the measured p99
+    variability: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -66,6 +70,8 @@ class Measured:
     #: an actor call's CPU at the wallet host, and at its caller (the API replica)
     host_call_ms: float = HOST_CALL_MS
     caller_call_ms: float = 0.0
+    #: latency at 0 %, 5 %, … 100 % of the charges, in milliseconds (as ``Outcome.quantiles_ms``)
+    quantiles_ms: Sequence[float] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -74,7 +80,7 @@ class Measured:
             "mean_batch": self.mean_batch, "cores": self.cores, "replicas": self.replicas,
             "wallet_hosts": self.wallet_hosts, "psp_latency_ms": self.psp_latency_ms,
             "idle_ms_per_s": dict(self.idle_ms_per_s), "host_call_ms": self.host_call_ms,
-            "caller_call_ms": self.caller_call_ms,
+            "caller_call_ms": self.caller_call_ms, "quantiles_ms": list(self.quantiles_ms),
         }  # fmt: skip
 
     @classmethod
@@ -89,6 +95,7 @@ class Measured:
             int(data.get("wallet_hosts", 1)), float(data.get("psp_latency_ms", 0.0)),
             {k: float(v) for k, v in data.get("idle_ms_per_s", {}).items()},
             float(data.get("host_call_ms", HOST_CALL_MS)), float(data.get("caller_call_ms", 0.0)),
+            [float(q) for q in data.get("quantiles_ms", [])],
         )  # fmt: skip
 
     def per_charge_s(self, component: str) -> float:
@@ -139,7 +146,10 @@ def machine_for(m: Measured, shares: Shares = Shares()) -> Machine:
         "host": m.wallet_hosts, "relay": 1, "ray": 8, "other": 8,
     }  # fmt: skip
     background = {k: ms / 1000 for k, ms in m.idle_ms_per_s.items() if ms > 0}
-    return Machine(m.cores, processes, path, batch=batch, batch_at=7, beside=beside, background=background)
+    return Machine(
+        m.cores, processes, path, batch=batch, batch_at=7, beside=beside, background=background,
+        variability=shares.variability, niced=RAY_WORKERS,
+    )  # fmt: skip
 
 
 @dataclass
@@ -151,9 +161,10 @@ class Fit:
 
     @property
     def fitted_values(self) -> str:
-        wait = self.shares.unexplained_wait_s
-        unexplained = f", {1000 * wait:.1f} ms off CPU unexplained" if wait else ""
-        return f"the API's path share {self.shares.api:.2f}{unexplained}"
+        s = self.shares
+        wait_ms = 1000 * s.unexplained_wait_s
+        unexplained = f", {wait_ms:.1f} ms off CPU unexplained" if wait_ms else ""
+        return f"the API's path share {s.api:.2f}{unexplained}, variability {s.variability:.2f}"
 
 
 Runner = Callable[[Machine, int], Outcome]
@@ -167,22 +178,32 @@ def _runner(charges: int, seed: int) -> Runner:
 
 
 def fit(m: Measured, charges: int = 2000, seed: int = 1, rounds: int = 8) -> Fit:
-    """The API's path share that makes the model's p50 at ``m``'s concurrency the measured one (bisection:
-    more of the API's CPU on the path lengthens every charge); if all of it is not enough, the wait off CPU
-    that makes up the rest. Fit at a level whose cores are not yet full (one or two in flight): there the
-    path decides the latency; once they are full, the queue does, and the latency says nothing of either."""
+    """The model that meets ``m``'s p50 and p99 at ``m``'s concurrency. The p50 fixes the API's path share
+    (bisection: more of the API's CPU on the path lengthens every charge) or, if all of it is not enough, the
+    wait off CPU that makes up the rest; the p99 fixes how much a burst's CPU varies (the tail: pauses, slow
+    paths). Fit at a level whose cores are not yet full (one or two in flight): there the path decides the
+    latency; once they are full, the queue does, and the latency says nothing of either."""
     go = _runner(charges, seed)
 
-    def p50(shares: Shares) -> float:
-        return go(machine_for(m, shares), m.clients).p50_ms
+    def outcome(shares: Shares) -> Outcome:
+        return go(machine_for(m, shares), m.clients)
 
-    share = _bisect(lambda x: p50(replace(Shares(), api=x)), 0.05, 1.0, m.p50_ms, rounds)
-    shares = replace(Shares(), api=share)
-    if share > 0.95 and p50(replace(shares, api=1.0)) < 0.97 * m.p50_ms:
-        whole = replace(Shares(), api=1.0)
-        most = m.p50_ms / 1000
-        wait = _bisect(lambda x: p50(replace(whole, unexplained_wait_s=x)), 0.0, most, m.p50_ms, rounds)
-        shares = replace(whole, unexplained_wait_s=wait)
+    def middle(variability: float) -> Shares:
+        base = replace(Shares(), variability=variability)
+        if outcome(replace(base, api=1.0)).p50_ms >= 0.97 * m.p50_ms:
+            share = _bisect(lambda x: outcome(replace(base, api=x)).p50_ms, 0.05, 1.0, m.p50_ms, rounds)
+            return replace(base, api=share)
+        whole, most = replace(base, api=1.0), m.p50_ms / 1000
+
+        def p50_waiting(wait_s: float) -> float:
+            return outcome(replace(whole, unexplained_wait_s=wait_s)).p50_ms
+
+        wait = _bisect(p50_waiting, 0.0, most, m.p50_ms, rounds)
+        return replace(whole, unexplained_wait_s=wait)
+
+    shares = middle(1.0)
+    tail = _bisect(lambda x: outcome(replace(shares, variability=x)).p99_ms, 0.2, 4.0, m.p99_ms, rounds)
+    shares = middle(tail)
     machine = machine_for(m, shares)
     return Fit(m, shares, machine, go(machine, m.clients))
 

@@ -12,6 +12,8 @@ relay, Ray's own upkeep). What the model holds, and the measured stack has:
 - **natural batches**: a wallet host takes what arrived while its call was in flight as its next call, so
   its CPU per charge falls as the load grows (``payray/batching.py``), and one commit carries the batch;
   the caller's side of the actor call is paid once per batch too;
+- **priorities**: Ray starts its workers (the API replicas, the wallet hosts) at nice 15, so a free core
+  goes to Postgres, the PSP, HAProxy or Redis first;
 - **work at rest**: what each process spends whatever the load (Ray's health checks and metrics, the outbox
   relay's polls, the ops monitor), which takes cores from the charges; at a low rate it is most of a
   charge's share of the CPU, at a high one little.
@@ -22,6 +24,7 @@ last one is answered. Seeded, so a run repeats exactly.
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Generator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -67,9 +70,13 @@ class Machine:
     batch: Batch | None = None
     batch_at: int = 0
     beside: tuple[Burst, ...] = ()
-    #: each burst's CPU varies around its mean: 0 is fixed, 1 exponential
+    #: how much each burst's CPU varies around its mean (the coefficient of variation of a lognormal): 0 is
+    #: fixed, 1 as varied as an exponential, more for the long tail of pauses and slow paths
     variability: float = 1.0
     background: Mapping[str, float] = field(default_factory=dict)
+    #: processes that run at a lower CPU priority (Ray starts its workers at nice 15): a free core goes to
+    #: any other process's burst first
+    niced: frozenset[str] = frozenset()
 
     def scaled(self, process: str, factor: float) -> Machine:
         """The same machine with ``process`` spending ``factor`` times its CPU (a what-if, or a fit)."""
@@ -138,7 +145,7 @@ class _Run:
         self.machine = machine
         self.env = simpy.Environment()
         self.random = random.Random(seed)
-        self.cores = simpy.Resource(self.env, machine.cores)
+        self.cores = simpy.PreemptiveResource(self.env, machine.cores)
         self.processes = {name: simpy.Resource(self.env, n) for name, n in machine.processes.items()}
         self.busy: dict[str, float] = dict.fromkeys(machine.processes, 0.0)
         self.cores_busy = 0.0
@@ -147,22 +154,36 @@ class _Run:
         self.batches: list[int] = []
 
     def _draw(self, mean: float) -> float:
-        v = self.machine.variability
-        if mean <= 0 or v == 0:
+        cv = self.machine.variability
+        if mean <= 0 or cv == 0:
             return max(mean, 0.0)
-        return (1 - v) * mean + v * self.random.expovariate(1 / mean)
+        sigma2 = math.log(1 + cv * cv)
+        return self.random.lognormvariate(math.log(mean) - sigma2 / 2, math.sqrt(sigma2))
 
     def burst(self, process: str, cpu_s: float, wait_s: float = 0.0) -> Generator[simpy.Event, Any, None]:
         seconds = self._draw(cpu_s)
         with self.processes[process].request() as turn:
             yield turn
-            with self.cores.request() as core:
-                yield core
-                yield self.env.timeout(seconds)
+            yield from self._on_a_core(seconds, niced=process in self.machine.niced)
         self.busy[process] += seconds
         self.cores_busy += seconds
         if wait_s > 0:
             yield self.env.timeout(wait_s)
+
+    def _on_a_core(self, seconds: float, niced: bool) -> Generator[simpy.Event, Any, None]:
+        """``seconds`` of CPU. A niced burst gives its core up to any other that wants one (the scheduler
+        preempts it) and waits for a core again for what it has left."""
+        left = seconds
+        while left > 0:
+            with self.cores.request(priority=int(niced), preempt=not niced) as core:
+                started = None
+                try:
+                    yield core
+                    started = self.env.now
+                    yield self.env.timeout(left)
+                    left = 0.0
+                except simpy.Interrupt:
+                    left -= 0.0 if started is None else self.env.now - started
 
     def batched(self) -> Generator[simpy.Event, Any, None]:
         """Join the next call of the batched process; start it if none is in flight."""

@@ -66,6 +66,14 @@ def render(fitted: Fit, comparisons: Sequence[Comparison], answers: Sequence[Ans
             "ratio",
         ),
     ]
+    levels = [(fitted.measured, fitted.outcome, " (fitted)")]
+    levels += [(c.measured, c.predicted, "") for c in comparisons]
+    for measured, predicted, note in levels:
+        if measured.quantiles_ms:
+            curves = {"model": predicted.quantiles_ms, "measured": list(measured.quantiles_ms)}
+            title = f"Latency at {measured.clients} in flight over {measured.merchants} merchants{note}"
+            series = {name: [(q / 1000, i / 20) for i, q in enumerate(qs)] for name, qs in curves.items()}
+            charts.append(line_chart(title, series, "seconds (log scale)", "share of charges", log_x=True))
     m = fitted.measured
     return PAGE.format(
         level=f"{m.clients} in flight over {m.merchants} merchants",

@@ -83,3 +83,13 @@ def test_the_latency_quantiles_rise_from_the_fastest_to_the_slowest() -> None:
     outcome = run(Machine(cores=2, processes={"api": 1, "psp": 1}, path=PATH), clients=4, charges=1000)
     assert len(outcome.quantiles_ms) == 21 and outcome.quantiles_ms == sorted(outcome.quantiles_ms)
     assert outcome.quantiles_ms[10] == outcome.p50_ms
+
+
+def test_a_niced_process_gets_a_core_only_when_no_other_burst_wants_one() -> None:
+    path = (Burst("api", 0.002), Burst("psp", 0.002, wait_s=0.004))
+    machine = Machine(cores=1, processes={"api": 1, "psp": 1, "ray": 1}, path=path, background={"ray": 0.3})
+    niced = replace(machine, niced=frozenset({"ray"}))
+    plain, yielding = run(machine, clients=2, charges=3000), run(niced, clients=2, charges=3000)
+    assert yielding.p50_ms < 0.9 * plain.p50_ms  # the charges no longer wait for the niced work
+    assert plain.utilisation["ray"] == pytest.approx(0.3, rel=0.1)
+    assert 0.05 < yielding.utilisation["ray"] < 0.25  # it runs in what the charges leave of the core

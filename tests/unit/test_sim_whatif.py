@@ -86,14 +86,14 @@ def test_the_whatif_page_is_self_contained_and_renders_in_headless_chromium(
 ) -> None:
     page, _ = report
     text = page.read_text()
-    assert text.count("<svg") == 5 and "2 API replicas on 4 cores" in text
+    assert text.count("<svg") == 8 and "2 API replicas on 4 cores" in text  # 5, and a CDF per level
     assert not re.search(r"(src|href)=\"(https?:)?//", text), "the page must not load anything"
     assert CHROMIUM is not None, "bin/test installs Debian's chromium; install it to run this test"
     flags = ["--headless", "--no-sandbox", "--disable-gpu", "--window-size=1300,1800"]
     dom = subprocess.run(
         [CHROMIUM, *flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120
     )
-    assert "<title>payray simulate whatif: 5 of 5 charts drawn</title>" in dom.stdout, dom.stderr[-500:]
+    assert "<title>payray simulate whatif: 8 of 8 charts drawn</title>" in dom.stdout, dom.stderr[-500:]
 
 
 @pytest.mark.parametrize(
