@@ -43,8 +43,14 @@ HANDLED_EVENTS = (
     "charge.dispute.closed",
 )
 APP_NAME = "payray"
-#: Serve's throughput-optimized ingress (HAProxy in front of the replicas), read when Ray starts.
-HAPROXY_INGRESS = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
+#: Serve's throughput-optimized ingress (HAProxy in front of the replicas), read when Ray starts. Its proxy
+#: starts HAProxy before it says it is ready, which can take Serve's default 5 s on a busy machine: then Serve
+#: kills it and ``serve.start`` fails, so the first ready check waits 30 s (later health checks are as set).
+HAPROXY_INGRESS = {
+    "RAY_SERVE_ENABLE_HA_PROXY": "1",
+    "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+    "RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "30",
+}
 
 
 @dataclass

@@ -144,6 +144,7 @@ def _until_all_charge(client: httpx.Client, keys: list[str], timeout_s: float) -
     return time.monotonic() - started
 
 
+@pytest.mark.timeout(900)  # three Ray nodes start and a rollout runs: minutes on a slow or busy machine
 def test_two_nodes_take_serve_deploy_spread_the_replicas_and_lose_a_node_losing_nothing(
     cluster_up: RunningUp, tmp_path: Path
 ) -> None:

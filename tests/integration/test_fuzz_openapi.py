@@ -68,6 +68,7 @@ def forget_failed_authentications(redis_url: str) -> Iterator[None]:
         control.delete(key)
 
 
+@pytest.mark.timeout(900)  # every operation, MAX_EXAMPLES each: minutes on a slow or busy machine
 @pytest.mark.usefixtures("forget_failed_authentications")
 def test_no_input_gets_a_5xx_and_every_answer_is_documented(
     api_schema: Any, keys: dict[str, str], tmp_path_factory: pytest.TempPathFactory
