@@ -13,7 +13,7 @@ pays it once. Everything else is measured, or a constant of the stack named here
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from sim.capacity import Batch, Burst, Machine, Outcome, run
@@ -25,6 +25,12 @@ COMPONENTS = ("client", "haproxy", "api", "redis", "postgres", "psp", "host", "r
 HOST_CALL_MS = 1.5
 #: The components that run in Ray workers, which Ray starts at nice 15 (its ``worker_niceness``).
 RAY_WORKERS = frozenset({"api", "host", "relay"})
+#: The components that are Python event loops, which sleep between requests and pay to wake.
+EVENT_LOOPS = ("api", "client", "psp", "relay", "host")
+#: The most of a component's CPU per charge that waking may explain.
+MOST_WAKING = 0.6
+#: The most of Postgres's CPU per charge that the batch's commit may take.
+MOST_COMMIT = 0.8
 #: A commit's fsync (``pg_test_fsync``: about 10,800 a second on this machine kind).
 FSYNC_S = 0.0001
 
@@ -67,11 +73,20 @@ class Measured:
     psp_latency_ms: float = 0.0
     #: component -> CPU milliseconds a second with the stack at rest (included in ``cpu_ms``)
     idle_ms_per_s: Mapping[str, float] = field(default_factory=dict)
-    #: an actor call's CPU at the wallet host, and at its caller (the API replica)
+    #: a wallet host's batched call: its CPU at the host (per call, and per posting: 0 is unmeasured), at
+    #: Postgres for the batch's commit (likewise), and at its caller (the API replica)
     host_call_ms: float = HOST_CALL_MS
     caller_call_ms: float = 0.0
+    host_item_ms: float = 0.0
+    commit_ms: float = 0.0
+    commit_item_ms: float = 0.0
     #: latency at 0 %, 5 %, … 100 % of the charges, in milliseconds (as ``Outcome.quantiles_ms``)
     quantiles_ms: Sequence[float] = ()
+    #: component -> times its threads slept and woke, per charge; and a second at rest
+    wakes: Mapping[str, float] = field(default_factory=dict)
+    idle_wakes_per_s: Mapping[str, float] = field(default_factory=dict)
+    #: CPU milliseconds a Python process spends to wake for a message (``bench/calibrate.py``)
+    wake_ms: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -81,6 +96,9 @@ class Measured:
             "wallet_hosts": self.wallet_hosts, "psp_latency_ms": self.psp_latency_ms,
             "idle_ms_per_s": dict(self.idle_ms_per_s), "host_call_ms": self.host_call_ms,
             "caller_call_ms": self.caller_call_ms, "quantiles_ms": list(self.quantiles_ms),
+            "wakes": dict(self.wakes), "idle_wakes_per_s": dict(self.idle_wakes_per_s),
+            "wake_ms": self.wake_ms, "host_item_ms": self.host_item_ms, "commit_ms": self.commit_ms,
+            "commit_item_ms": self.commit_item_ms,
         }  # fmt: skip
 
     @classmethod
@@ -88,15 +106,25 @@ class Measured:
         unknown = (set(data.get("cpu_ms", {})) | set(data.get("idle_ms_per_s", {}))) - set(COMPONENTS)
         if unknown:
             raise ValueError(f"unknown components: {', '.join(sorted(unknown))}")
-        return cls(
-            int(data["clients"]), int(data["merchants"]), float(data["per_s"]), float(data["p50_ms"]),
-            float(data["p99_ms"]), {k: float(v) for k, v in data["cpu_ms"].items()},
-            float(data["mean_batch"]), int(data.get("cores", 2)), int(data.get("replicas", 1)),
-            int(data.get("wallet_hosts", 1)), float(data.get("psp_latency_ms", 0.0)),
-            {k: float(v) for k, v in data.get("idle_ms_per_s", {}).items()},
-            float(data.get("host_call_ms", HOST_CALL_MS)), float(data.get("caller_call_ms", 0.0)),
-            [float(q) for q in data.get("quantiles_ms", [])],
-        )  # fmt: skip
+        mappings = ("cpu_ms", "idle_ms_per_s", "wakes", "idle_wakes_per_s")
+        ints = ("clients", "merchants", "cores", "replicas", "wallet_hosts")
+        known = {f.name for f in fields(cls)}
+        values: dict[str, Any] = {}
+        for name, value in data.items():
+            if name not in known:
+                continue
+            if name in mappings:
+                values[name] = {k: float(v) for k, v in value.items()}
+            elif name == "quantiles_ms":
+                values[name] = [float(q) for q in value]
+            else:
+                values[name] = int(value) if name in ints else float(value)
+        return cls(**values)
+
+    def wake_s(self, component: str) -> float:
+        """CPU seconds per charge ``component`` spent waking for it (beyond its wake-ups at rest)."""
+        at_rest = self.idle_wakes_per_s.get(component, 0.0) / self.per_s if self.per_s > 0 else 0.0
+        return max(self.wakes.get(component, 0.0) - at_rest, 0.0) * self.wake_ms / 1000
 
     def per_charge_s(self, component: str) -> float:
         """CPU seconds per charge of ``component`` beyond what it spends at rest."""
@@ -108,14 +136,24 @@ def machine_for(m: Measured, shares: Shares = Shares()) -> Machine:
     """The measured CPU laid along a charge's path: client → HAProxy → API (authenticate, claim the key,
     insert the charge) → Redis, Postgres → the PSP → API → the wallet host's batched call and its commit →
     API (the answer) → HAProxy → client. What is not on the path runs beside it once the charge is
-    answered; what is spent at rest runs on its own."""
+    answered; what is spent at rest runs on its own. What the event-loop processes spent waking (at most
+    ``MOST_WAKING`` of their CPU) comes off their bursts, to be paid again whenever one finds its process
+    asleep."""
     s = {k: m.per_charge_s(k) for k in COMPONENTS}
+    waking = {k: min(m.wake_s(k), MOST_WAKING * s[k]) for k in EVENT_LOOPS}
+    s.update({k: s[k] - waking[k] for k in EVENT_LOOPS})
     batch_size = max(m.mean_batch, 1.0)
     host_call, caller_call = m.host_call_ms / 1000, m.caller_call_ms / 1000
     api_path = max(s["api"] - caller_call / batch_size, 0.0) * shares.api
-    pg_insert, pg_commit = s["postgres"] * shares.postgres_insert, s["postgres"] * shares.postgres_commit
     host_item = max(s["host"] - host_call / batch_size, 0.0)
-    commit_fixed = pg_commit * m.mean_batch / 2  # half of a commit's CPU is per transaction, half per posting
+    if m.commit_ms > 0:  # measured: the commit's CPU per batch and per posting, the rest the API's queries
+        commit_fixed = min(m.commit_ms / 1000, MOST_COMMIT * s["postgres"] * batch_size)
+        commit_item = min(m.commit_item_ms / 1000, MOST_COMMIT * s["postgres"] - commit_fixed / batch_size)
+        pg_commit = commit_fixed / batch_size + commit_item
+        pg_insert = (s["postgres"] - pg_commit) * shares.postgres_insert / (1 - shares.postgres_commit)
+    else:  # half of a commit's CPU is per transaction, half per posting
+        pg_insert, pg_commit = s["postgres"] * shares.postgres_insert, s["postgres"] * shares.postgres_commit
+        commit_fixed, commit_item = pg_commit * batch_size / 2, pg_commit / 2
     path = (
         Burst("client", s["client"] / 2),
         Burst("haproxy", s["haproxy"] * shares.haproxy / 2),
@@ -139,17 +177,20 @@ def machine_for(m: Measured, shares: Shares = Shares()) -> Machine:
     )
     batch = Batch(
         "host", host_call, host_item, commit=Burst("postgres", commit_fixed, wait_s=FSYNC_S),
-        commit_item_s=pg_commit / 2, caller=Burst("api", caller_call) if caller_call > 0 else None,
+        commit_item_s=commit_item, caller=Burst("api", caller_call) if caller_call > 0 else None,
     )  # fmt: skip
     processes = {
         "client": 1, "haproxy": 2, "api": m.replicas, "redis": 1, "postgres": 16, "psp": 1,
         "host": m.wallet_hosts, "relay": 1, "ray": 8, "other": 8,
     }  # fmt: skip
     background = {k: ms / 1000 for k, ms in m.idle_ms_per_s.items() if ms > 0}
-    return Machine(
+    machine = Machine(
         m.cores, processes, path, batch=batch, batch_at=7, beside=beside, background=background,
         variability=shares.variability, niced=RAY_WORKERS,
     )  # fmt: skip
+    bursts = machine.bursts_per_charge()
+    wake = {k: cost / bursts[k] for k, cost in waking.items() if cost > 0 and bursts.get(k)}
+    return replace(machine, wake=wake)
 
 
 @dataclass

@@ -12,6 +12,8 @@ relay, Ray's own upkeep). What the model holds, and the measured stack has:
 - **natural batches**: a wallet host takes what arrived while its call was in flight as its next call, so
   its CPU per charge falls as the load grows (``payray/batching.py``), and one commit carries the batch;
   the caller's side of the actor call is paid once per batch too;
+- **wake-ups**: a Python process that sleeps between requests pays to wake for each (its event loop's turn,
+  the system calls); under load it finds the next request already waiting and pays less per charge;
 - **priorities**: Ray starts its workers (the API replicas, the wallet hosts) at nice 15, so a free core
   goes to Postgres, the PSP, HAProxy or Redis first;
 - **work at rest**: what each process spends whatever the load (Ray's health checks and metrics, the outbox
@@ -77,6 +79,8 @@ class Machine:
     #: processes that run at a lower CPU priority (Ray starts its workers at nice 15): a free core goes to
     #: any other process's burst first
     niced: frozenset[str] = frozenset()
+    #: CPU seconds a process spends to wake when a burst finds it asleep (nothing running, nothing queued)
+    wake: Mapping[str, float] = field(default_factory=dict)
 
     def scaled(self, process: str, factor: float) -> Machine:
         """The same machine with ``process`` spending ``factor`` times its CPU (a what-if, or a fit)."""
@@ -90,6 +94,14 @@ class Machine:
         return replace(
             self, path=tuple(map(each, self.path)), beside=tuple(map(each, self.beside)), batch=batch
         )
+
+    def bursts_per_charge(self) -> dict[str, int]:
+        """How many bursts each process runs for a charge, at a batch of one."""
+        names = [b.process for b in (*self.path, *self.beside)]
+        if self.batch is not None:
+            names += [self.batch.process, self.batch.commit.process]
+            names += [self.batch.caller.process] if self.batch.caller is not None else []
+        return {name: names.count(name) for name in set(names)}
 
     def cpu_per_charge(self) -> dict[str, float]:
         """Mean CPU seconds per charge by process, at a batch of one."""
@@ -161,8 +173,10 @@ class _Run:
         return self.random.lognormvariate(math.log(mean) - sigma2 / 2, math.sqrt(sigma2))
 
     def burst(self, process: str, cpu_s: float, wait_s: float = 0.0) -> Generator[simpy.Event, Any, None]:
-        seconds = self._draw(cpu_s)
-        with self.processes[process].request() as turn:
+        resource = self.processes[process]
+        asleep = resource.count == 0 and not resource.queue
+        seconds = self._draw(cpu_s) + (self.machine.wake.get(process, 0.0) if asleep else 0.0)
+        with resource.request() as turn:
             yield turn
             yield from self._on_a_core(seconds, niced=process in self.machine.niced)
         self.busy[process] += seconds

@@ -105,14 +105,23 @@ def timeline(title: str, rows: Sequence[tuple[str, Sequence[tuple[float, float]]
     return _figure(title, "".join(parts), height=height)
 
 
+def short(value: float) -> str:
+    """An axis label that fits beside the axis: 10411.2 → 10k, 155.81 → 156, 1.0763 → 1.08."""
+    if abs(value) >= 10_000:
+        return f"{value / 1000:.0f}k"
+    if abs(value) >= 100:
+        return f"{value:.0f}"
+    return f"{value:.3g}"
+
+
 def _axes(
     x0: float, x1: float, y0: float, y1: float, x_label: str, y_label: str, x_ticks: bool = True
 ) -> str:
     parts = [
         f'<line x1="{PAD}" y1="{H - PAD}" x2="{W - 10}" y2="{H - PAD}" stroke="#888"/>',
         f'<line x1="{PAD}" y1="10" x2="{PAD}" y2="{H - PAD}" stroke="#888"/>',
-        f'<text x="{PAD - 4}" y="14" text-anchor="end">{y1:g}</text>',
-        f'<text x="{PAD - 4}" y="{H - PAD}" text-anchor="end">{y0:g}</text>',
+        f'<text x="{PAD - 4}" y="14" text-anchor="end">{short(y1)}</text>',
+        f'<text x="{PAD - 4}" y="{H - PAD}" text-anchor="end">{short(y0)}</text>',
         f'<text x="12" y="{H / 2}" transform="rotate(-90 12 {H / 2})" text-anchor="middle">'
         f"{html.escape(y_label)}</text>",
     ]

@@ -44,3 +44,12 @@ def test_the_report_renders_in_headless_chromium(report: Path, tmp_path: Path) -
         [CHROMIUM, *flags, f"--screenshot={shot}", report.as_uri()], capture_output=True, timeout=120
     )
     assert shot.exists() and shot.stat().st_size > 50_000
+
+
+@pytest.mark.parametrize(
+    ("value", "label"), [(10411.2, "10k"), (155.813, "156"), (1.0763, "1.08"), (0.0, "0"), (0.5, "0.5")]
+)
+def test_an_axis_label_fits_beside_its_axis(value: float, label: str) -> None:
+    from sim.report import short
+
+    assert short(value) == label
