@@ -4,7 +4,6 @@ machine at the heaviest measured level), so the answer is a difference the model
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -61,9 +60,6 @@ def standard(machine: Machine, clients: int, q: Question = Question()) -> list[W
         WhatIf(f"a PSP {q.psp_ms:g} ms slower, {q.load:g}x the load", more,
                with_psp_wait(machine, q.psp_ms / 1000)),
     ]  # fmt: skip
-
-
-Runner = Callable[[Machine, int], Outcome]
 
 
 def answer(whatifs: list[WhatIf], charges: int = 4000, seed: int = 1) -> list[Answer]:
