@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from sim.calibration import TARGETS, Comparison, Fit
-from sim.report import Series, W, bar_chart, line_chart
+from sim.report import Series, bar_chart, line_chart, page
 from sim.whatif import Answer
 
 
@@ -75,38 +75,27 @@ def render(fitted: Fit, comparisons: Sequence[Comparison], answers: Sequence[Ans
             series = {name: [(q / 1000, i / 20) for i, q in enumerate(qs)] for name, qs in curves.items()}
             charts.append(line_chart(title, series, "seconds (log scale)", "share of charges", log_x=True))
     m = fitted.measured
-    return PAGE.format(
+    body = BODY.format(
         level=f"{m.clients} in flight over {m.merchants} merchants",
         fitted_values=html.escape(fitted.fitted_values),
         calibration=_calibration_rows(fitted, comparisons),
         whatifs=_whatif_rows(answers),
-        charts="".join(charts),
-        count=len(charts),
-        width=W,
     )
+    return page("payray simulate whatif", body, charts, css=CSS)
 
 
 def write(fitted: Fit, comparisons: Sequence[Comparison], answers: Sequence[Answer], path: Path) -> None:
     path.write_text(render(fitted, comparisons, answers), encoding="utf-8")
 
 
-PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>payray simulate whatif</title>
-<style>
-body {{ font: 14px system-ui, sans-serif; margin: 24px; color: #111; max-width: 1200px; }}
-table {{ border-collapse: collapse; margin-bottom: 24px; }}
-td, th {{ border: 1px solid #ddd; padding: 4px 8px; text-align: right; }}
-td:first-child, th:first-child {{ text-align: left; }}
-td.miss {{ color: #dc2626; font-weight: 600; }}
-.charts {{ display: flex; flex-wrap: wrap; gap: 16px; }}
-figure.chart {{ margin: 0; border: 1px solid #eee; padding: 8px; }}
-figcaption {{ font-weight: 600; margin-bottom: 4px; }}
-.legend {{ max-width: {width}px; font-size: 11px; line-height: 1.5; }}
-.legend span {{ margin-right: 8px; white-space: nowrap; }}
-svg text {{ font-size: 10px; fill: #333; }}
-</style></head>
-<body>
-<h1>payray simulate whatif</h1>
+#: the tables' figures right-aligned, a missed target in red
+CSS = """body { max-width: 1200px; }
+td, th { text-align: right; }
+td:first-child, th:first-child { text-align: left; }
+td.miss { color: #dc2626; font-weight: 600; }
+"""
+
+BODY = """<h1>payray simulate whatif</h1>
 <p>The capacity model of the charge path (<code>sim/capacity.py</code>), fitted to the real stack measured at
 {level} ({fitted_values}), checked against the other measured levels, then asked about machines
 payray does not have. Each what-if changes one thing of the calibrated baseline.</p>
@@ -116,12 +105,4 @@ payray does not have. Each what-if changes one thing of the calibrated baseline.
 </thead><tbody>{calibration}</tbody></table>
 <h2>What if</h2>
 <table><thead><tr><th>run</th><th>in flight</th><th>charges/s</th><th>vs baseline</th><th>p50 ms</th>
-<th>p99 ms</th><th>cores busy</th><th>runs out first</th></tr></thead><tbody>{whatifs}</tbody></table>
-<div class="charts">{charts}</div>
-<script>
-// The page checks itself: every chart laid out with a real size (read by a headless browser in the tests).
-const drawn = [...document.querySelectorAll("figure.chart svg")].filter(s => s.getBBox().width > 0).length;
-document.title = "payray simulate whatif: " + drawn + " of {count} charts drawn";
-</script>
-</body></html>
-"""
+<th>p99 ms</th><th>cores busy</th><th>runs out first</th></tr></thead><tbody>{whatifs}</tbody></table>"""

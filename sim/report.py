@@ -237,17 +237,29 @@ def render(results: Sequence[tuple[Scenario, RunResult]]) -> str:
             "what it does",
         )
     )
-    return PAGE.format(
-        table_header=header, rows="".join(rows), charts="".join(charts), count=len(charts), width=W
+    body = (
+        "<h1>payray simulate</h1>\n<p>payray's own charge state machine driven against simulated components "
+        "and faults; every invariant is\nchecked at the end of each run. Replay any run with <code>payray "
+        "simulate RUN --seed SEED</code>.</p>\n"
+        f"<table><thead><tr>{header}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
     )
+    return page("payray simulate", body, charts)
 
 
 def write(results: Sequence[tuple[Scenario, RunResult]], path: Path) -> None:
     path.write_text(render(results), encoding="utf-8")
 
 
+def page(title: str, body: str, charts: Sequence[str], css: str = "") -> str:
+    """A self-contained page: ``body`` (HTML), then ``charts``, and a script that puts in the title how many
+    charts were laid out with a real size (what the tests' headless browser reads)."""
+    return PAGE.format(
+        title=html.escape(title), css=css, body=body, charts="".join(charts), count=len(charts), width=W
+    )
+
+
 PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>payray simulate</title>
+<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
 <style>
 body {{ font: 14px system-ui, sans-serif; margin: 24px; color: #111; }}
 table {{ border-collapse: collapse; margin-bottom: 24px; }}
@@ -258,17 +270,14 @@ figcaption {{ font-weight: 600; margin-bottom: 4px; }}
 .legend {{ max-width: {width}px; font-size: 11px; line-height: 1.5; }}
 .legend span {{ margin-right: 8px; white-space: nowrap; }}
 svg text {{ font-size: 10px; fill: #333; }}
-</style></head>
+{css}</style></head>
 <body>
-<h1>payray simulate</h1>
-<p>payray's own charge state machine driven against simulated components and faults; every invariant is
-checked at the end of each run. Replay any run with <code>payray simulate RUN --seed SEED</code>.</p>
-<table><thead><tr>{table_header}</tr></thead><tbody>{rows}</tbody></table>
+{body}
 <div class="charts">{charts}</div>
 <script>
 // The page checks itself: every chart laid out with a real size (read by a headless browser in the tests).
 const drawn = [...document.querySelectorAll("figure.chart svg")].filter(s => s.getBBox().width > 0).length;
-document.title = "payray simulate: " + drawn + " of {count} charts drawn";
+document.title = "{title}: " + drawn + " of {count} charts drawn";
 </script>
 </body></html>
 """
