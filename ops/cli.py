@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import threading
@@ -14,6 +15,7 @@ import urllib.request
 from datetime import UTC, date, datetime
 from typing import Any, NoReturn
 
+from ops import tls_cli
 from payray.settings import Settings, running_stack
 
 
@@ -48,6 +50,8 @@ def _parser() -> argparse.ArgumentParser:
         default="auto",
         help="Serve ingress: HAProxy (throughput-optimized; 'auto' uses it when available) or Serve's own",
     )
+    tls_cli.add_up_arguments(up)
+    tls_cli.add_commands(commands)
 
     commands.add_parser("migrate", help="apply pending database migrations")
 
@@ -184,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         "chaos": _chaos,
         "demo": _demo,
         "webhooks": _webhooks_resend,
+        "tls": tls_cli.rotate,
     }
     return handlers[args.command](settings, args)
 
@@ -215,6 +220,13 @@ def _up(settings: Settings, args: argparse.Namespace) -> int:
     if args.proxy == "haproxy" and not haproxy_available():
         print("payray up: error: --proxy haproxy needs HAProxy (apt-get install haproxy)", file=sys.stderr)
         return 2
+    tls = tls_cli.edge_tls(args)
+    if isinstance(tls, str):
+        print(f"payray up: error: {tls}", file=sys.stderr)
+        return 2
+    if tls is not None and not haproxy_available():
+        print("payray up: error: --tls needs HAProxy (apt-get install haproxy)", file=sys.stderr)
+        return 2
     use_haproxy = args.proxy == "haproxy" or (args.proxy == "auto" and haproxy_available())
     console = Console()
     cluster = LocalCluster(nodes=args.nodes, say=console.print) if args.nodes > 1 else None
@@ -230,6 +242,7 @@ def _up(settings: Settings, args: argparse.Namespace) -> int:
         haproxy=use_haproxy,
         say=console.print,
         cluster=cluster,
+        tls=tls,
     )
     with console.status("starting Postgres, Redis, the PSP, Ray and the API…"):
         info = stack.start()
@@ -247,9 +260,19 @@ def _up(settings: Settings, args: argparse.Namespace) -> int:
         console.print(f"  Ray token:         {auth}", soft_wrap=True)  # one line, to copy
     if info.psp_api_base:
         console.print(f"  PSP:               {info.psp_api_base}")
+    if tls is not None:
+        trust = f"{info.ca_file} (the local CA)" if info.ca_file else f"{tls.cert}'s CA"
+        mutual = f"; clients need a certificate signed by {tls.client_ca}" if tls.client_ca else ""
+        console.print(f"  TLS:               HTTPS, trust {trust}{mutual}", soft_wrap=True)
+    curl = "curl -s"
+    if info.ca_file:
+        curl += f" --cacert {info.ca_file}"
+    if tls is not None and tls.client_ca:
+        curl += " --cert client.pem --key client-key.pem"
     console.print(
-        f"  try: curl -s {info.base_url}/v1/charges -H 'Authorization: Bearer {info.demo_key}' "
-        "-H 'Idempotency-Key: demo-1' -d amount=1000 -d currency=usd -d payment_method=pm_card_visa"
+        f"  try: {curl} {info.base_url}/v1/charges -H 'Authorization: Bearer {info.demo_key}' "
+        "-H 'Idempotency-Key: demo-1' -d amount=1000 -d currency=usd -d payment_method=pm_card_visa",
+        soft_wrap=True,
     )
     console.print("Ctrl-C stops everything payray started.")
     stopped = threading.Event()
@@ -328,7 +351,7 @@ def _admin_call(url: str, admin_key: str, path: str, body: dict[str, Any] | None
         headers={"Authorization": f"Bearer {admin_key}", "Content-Type": "application/json"},
     )
     try:
-        with urllib.request.urlopen(request, timeout=3600) as response:
+        with urllib.request.urlopen(request, timeout=3600, context=_stack_trust(url)) as response:
             answer: dict[str, Any] = json.loads(response.read())
     except urllib.error.HTTPError as exc:
         try:
@@ -337,6 +360,16 @@ def _admin_call(url: str, admin_key: str, path: str, body: dict[str, Any] | None
             message = str(exc)
         raise OSError(f"{path} answered {exc.code}: {message}") from None
     return answer
+
+
+def _stack_trust(url: str) -> ssl.SSLContext | None:
+    """For the HTTPS stack ``payray up --tls`` runs here: the default trust plus its local CA."""
+    ca_file = running_stack().get("ca_file")
+    if not url.startswith("https:") or not ca_file:
+        return None
+    context = ssl.create_default_context()
+    context.load_verify_locations(cafile=ca_file)
+    return context
 
 
 def _fetch_invariants(url: str, admin_key: str) -> dict[str, Any]:

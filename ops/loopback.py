@@ -12,7 +12,8 @@
   ``RAY_SERVE_HAPROXY_BINARY_PATH`` names, so a launcher there rewrites those lines of the config Serve
   generated and then becomes the real HAProxy. Its log target becomes the local syslog socket instead of a
   UDP socket, which would be bound on every interface. Its requests carry the client's address in
-  ``X-Forwarded-For``, for the rate limits.
+  ``X-Forwarded-For``, for the rate limits; behind the TLS front (``BEHIND_TLS_FRONT``), the address the
+  front wrote is kept rather than followed by the front's own.
 
 On a cluster none of this applies: nodes must reach each other, and Ray's token authentication guards them.
 """
@@ -35,6 +36,8 @@ SINGLE_MACHINE_RAY = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 OPERATOR_SECTIONS = ("frontend prometheus", "listen stats")
 #: The local syslog socket: where HAProxy's default (UDP to 127.0.0.1:514) meant to log, minus the socket.
 HAPROXY_LOG_TARGET = "/dev/log"
+#: Set in the environment of Serve's HAProxy when the TLS front (ops/tls_front.py) is its only client.
+BEHIND_TLS_FRONT = "PAYRAY_BEHIND_TLS_FRONT"
 
 
 def free_port(host: str = LOOPBACK) -> int:
@@ -52,23 +55,27 @@ def is_loopback(address: str) -> bool:
     return ip.is_loopback
 
 
-def loopback_haproxy_config(text: str) -> str:
+def loopback_haproxy_config(text: str, behind_front: bool = False) -> str:
     """Serve's HAProxy config with its operator listeners on 127.0.0.1 and its admin socket owner-only.
 
     The API's own frontend keeps the address ``payray up --host`` gave it. Requests reach the replicas with
-    ``X-Forwarded-For`` naming the client, whose failed authentications the rate limits count.
+    ``X-Forwarded-For`` naming the client, whose failed authentications the rate limits count: the peer's
+    address, or ``behind_front``, the one the TLS front set (its peer is the front itself).
     """
     lines = []
     section = ""
+    forwardfor = "option forwardfor if-none" if behind_front else "option forwardfor"
     forwards = "option forwardfor" in text
     for line in text.splitlines(keepends=True):
         if line[:1].strip():  # a section header starts in the first column
             section = " ".join(line.split())
             if section == "defaults" and not forwards:
                 lines.append(line if line.endswith("\n") else line + "\n")
-                lines.append("    option forwardfor\n")
+                lines.append(f"    {forwardfor}\n")
                 continue
         stripped = line.strip()
+        if stripped == "option forwardfor":
+            line = line.replace("option forwardfor", forwardfor)
         if section in OPERATOR_SECTIONS and stripped.startswith("bind "):
             indent = line[: len(line) - len(line.lstrip())]
             address, *options = stripped.split()[1:]
@@ -89,7 +96,7 @@ def run_haproxy(binary: str, args: list[str]) -> None:
     if "-f" in args[:-1]:
         config = Path(args[args.index("-f") + 1])
         text = config.read_text()
-        rewritten = loopback_haproxy_config(text)
+        rewritten = loopback_haproxy_config(text, behind_front=os.environ.get(BEHIND_TLS_FRONT) == "1")
         if rewritten != text:
             staged = config.with_name(config.name + ".loopback")
             staged.write_text(rewritten)

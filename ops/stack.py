@@ -24,12 +24,16 @@ from ledger.migrate import migrate
 from ops.cluster import LocalCluster
 from ops.embedded import EmbeddedPostgres, EmbeddedRedis
 from ops.loopback import (
+    BEHIND_TLS_FRONT,
     LOOPBACK,
     SINGLE_MACHINE_RAY,
+    free_port,
     haproxy_env,
     is_loopback,
     keep_serve_grpc_on_loopback,
 )
+from ops.tls import Authority, KeyPair
+from ops.tls_front import TlsFront
 from payray.ids import hash_api_key, new_api_key, new_id
 from payray.settings import STACK_FILE, Settings
 
@@ -53,6 +57,17 @@ HAPROXY_INGRESS = {
 }
 
 
+@dataclass(frozen=True)
+class EdgeTls:
+    """HTTPS on the API port (``payray up --tls``): the operator's certificate and key, or when None one the
+    local CA under ``$PAYRAY_HOME/tls/`` issues; with a client CA, only clients holding a certificate it
+    signed get through (mutual TLS from a load balancer)."""
+
+    cert: Path | None = None
+    key: Path | None = None
+    client_ca: Path | None = None
+
+
 @dataclass
 class StackInfo:
     base_url: str
@@ -62,6 +77,8 @@ class StackInfo:
     psp_api_base: str | None
     database_url: str
     redis_url: str
+    #: the CA that signed the API's certificate, when the local CA did (what ``curl --cacert`` takes)
+    ca_file: str | None = None
 
 
 @dataclass
@@ -74,9 +91,12 @@ class Stack:
     say: Callable[[str], None] = print
     #: a multi-node Ray on this machine (``payray up --nodes N``), started first and stopped last
     cluster: LocalCluster | None = None
+    #: HTTPS at the API port through a TLS front; None: plain HTTP, as without ``--tls``
+    tls: EdgeTls | None = None
     #: the embedded servers it started, if any (``payray chaos`` restarts them)
     postgres: EmbeddedPostgres | None = None
     redis: EmbeddedRedis | None = None
+    front: TlsFront | None = None
     _stops: list[Callable[[], None]] = field(default_factory=list)
     _emulator_started: bool = False
 
@@ -114,8 +134,14 @@ class Stack:
         except BaseException:
             self.stop()
             raise
-        info = StackInfo(base_url, admin_key, demo_id, demo_key, psp_api_base, database_url, redis_url)
+        ca_file = self._local_ca_file()
+        info = StackInfo(
+            base_url, admin_key, demo_id, demo_key, psp_api_base, database_url, redis_url, ca_file=ca_file
+        )
         stored = {"base_url": base_url, "admin_key": admin_key, "psp_api_base": psp_api_base}
+        if self.front is not None:
+            stored |= {"ca_file": ca_file, "tls_admin_socket": str(self.front.admin_socket)}
+            stored |= {"tls_certificate": str(self.front.pem)}
         _write_private(home / STACK_FILE, json.dumps(stored))
         return info
 
@@ -128,6 +154,8 @@ class Stack:
                 self.say(f"warning: {exc}")
 
     def _start_cluster(self, cluster: LocalCluster) -> str:
+        if self.tls is not None:
+            cluster.env = {**cluster.env, BEHIND_TLS_FRONT: "1"}
         if self.haproxy:  # read by Serve in the cluster's processes: their environment is the nodes'
             cluster.env = {**cluster.env, **HAPROXY_INGRESS}
             binary = haproxy_binary()
@@ -224,6 +252,8 @@ class Stack:
         runtime_env: dict[str, Any] = {} if local else {"env_vars": {"PYTHONPATH": _repo_root()}}
         if on_loopback:
             runtime_env.update(on_loopback_hook)
+        if self.tls is not None:
+            os.environ[BEHIND_TLS_FRONT] = "1"  # read by Serve's HAProxy launcher (ops/loopback.py)
         if not ray.is_initialized():
             if self.haproxy:
                 # Serve's throughput-optimized ingress: HAProxy in front of the replicas, read when the local
@@ -247,15 +277,60 @@ class Stack:
                 self.say("warning: Ray was imported before the stack started: its node listens off loopback")
         if self.cluster is not None:
             _until_nodes_alive(self.cluster.nodes)
+        # behind a TLS front, Serve (its proxy and its replicas' ports) listens on loopback only
+        serve_host, serve_port = (LOOPBACK, free_port()) if self.tls else (self.host, self.port)
         serve.start(
             # one machine has one API port: its nodes cannot each open a proxy on it
             proxy_location="HeadOnly" if self.cluster is not None else "EveryNode",
-            http_options={"host": self.host, "port": self.port},
+            http_options={"host": serve_host, "port": serve_port},
             logging_config={"enable_access_log": False},
         )
         self._stops.append(serve.shutdown)
         serve.run(build_app(settings), name=APP_NAME, route_prefix="/", blocking=False)
+        if self.tls is not None:
+            return self._start_front(self.tls, serve_port)
         return f"http://{self.host}:{self.port}"
+
+    def _start_front(self, tls: EdgeTls, upstream_port: int) -> str:
+        """The TLS front on the API port, with the operator's certificate or one the local CA issues."""
+        binary = haproxy_binary()
+        if binary is None:
+            raise RuntimeError("HTTPS needs HAProxy: it comes with ray[serve], or apt-get install haproxy")
+        directory = self.settings.home.resolve() / "tls"
+        if tls.cert is not None and tls.key is not None:
+            certificate = KeyPair(tls.cert, tls.key)
+        else:
+            certificate = Authority.load_or_create(directory).current(directory, "server", self._api_hosts())
+        self.front = TlsFront(
+            binary,
+            directory / "front",
+            self.host,
+            self.port,
+            upstream_port,
+            certificate,
+            client_ca=tls.client_ca,
+            say=self.say,
+        )
+        url = self.front.start()
+        self._stops.append(self.front.stop)
+        return url
+
+    def _api_hosts(self) -> list[str]:
+        """The names the API's certificate is for: loopback, and the address it listens on."""
+        import socket
+
+        hosts = ["127.0.0.1", "localhost"]
+        if self.host in ("0.0.0.0", "::"):
+            hosts.append(socket.gethostname())
+        elif self.host not in hosts:
+            hosts.append(self.host)
+        return hosts
+
+    def _local_ca_file(self) -> str | None:
+        """The local CA's certificate, when it signed the API's (no ``--cert``)."""
+        if self.tls is None or self.tls.cert is not None:
+            return None
+        return str(self.settings.home.resolve() / "tls" / "ca.pem")
 
 
 def _until_nodes_alive(count: int, timeout_s: float = 60) -> None:

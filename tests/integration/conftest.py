@@ -50,6 +50,7 @@ def ray_cluster() -> Iterator[None]:
     ray.shutdown()
 
 
+from tests.integration.node_checks import node  # noqa: E402  (stripe-node's checks)
 from tests.integration.stack_fixtures import (  # noqa: E402  (the stack's fixtures, on this session's Ray)
     Merchant,
     admin,
@@ -73,6 +74,7 @@ __all__ = [
     "merchant",
     "new_merchant",
     "no_webhooks",
+    "node",
     "psp_control",
     "receivers",
     "stack",

@@ -4,18 +4,16 @@ client, run by node from the suite, one check per test, each as a fresh merchant
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
 
 from ops.stack import StackInfo
+from tests.integration.node_checks import NODE_CHECKS
 from tests.integration.stack_fixtures import Merchant
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("invariants_hold")]
 
-NODE_CHECKS = Path(__file__).resolve().parents[1] / "node"
 CHECKS = [
     "charges_create_retrieve_list",
     "same_idempotency_key_same_charge",
@@ -43,18 +41,6 @@ CHECKS = [
     "payment_intent_idempotency_key_replays_and_guards",
     "payment_intent_events_listed",
 ]
-
-
-@pytest.fixture(scope="session")
-def node() -> str:
-    """node, with the pinned stripe package installed next to the checks (``bin/test`` installs node)."""
-    found = shutil.which("node")
-    assert found is not None, "node is needed for the stripe-node checks: bin/test installs Debian's nodejs"
-    if not (NODE_CHECKS / "node_modules" / "stripe").is_dir():
-        npm = shutil.which("npm")
-        assert npm is not None, "npm is needed to install the stripe package for the stripe-node checks"
-        subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=NODE_CHECKS, check=True, timeout=300)
-    return found
 
 
 @pytest.mark.parametrize("check", CHECKS)
