@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import ssl
 import statistics
 import tempfile
 import time
@@ -62,10 +63,14 @@ async def _drive(
     n: int,
     concurrency: int,
     observe: Callable[[int, float], None] | None = None,
+    tls: ssl.SSLContext | None = None,
+    keep_alive: bool = True,
 ) -> Run:
     latencies: list[float] = []
     statuses: Counter[int] = Counter()
-    connector = aiohttp.TCPConnector(limit=concurrency)
+    connector = aiohttp.TCPConnector(
+        limit=concurrency, ssl=tls if tls is not None else True, force_close=not keep_alive
+    )
     async with aiohttp.ClientSession(connector=connector) as session:
 
         async def one(i: int) -> None:
@@ -106,10 +111,13 @@ def drive(
     n: int,
     concurrency: int,
     observe: Callable[[int, float], None] | None = None,
+    tls: ssl.SSLContext | None = None,
+    keep_alive: bool = True,
 ) -> Run:
     """Send ``n`` requests, ``concurrency`` at a time; latencies are per request, end to end (each also
-    given to ``observe(i, seconds)``)."""
-    return asyncio.run(_drive(base_url.rstrip("/"), make, n, concurrency, observe))
+    given to ``observe(i, seconds)``). Over HTTPS, ``tls`` is the client's context (its trust, its
+    certificate); connections are kept alive, as merchants' SDKs keep them, unless ``keep_alive`` is off."""
+    return asyncio.run(_drive(base_url.rstrip("/"), make, n, concurrency, observe, tls, keep_alive))
 
 
 def bench_settings(home: Path | None = None) -> Settings:

@@ -161,6 +161,9 @@ def _on_quitting(environment: Environment, **_: Any) -> None:
 class MerchantBackend(FastHttpUser):
     """One merchant's backend: charges and refunds (retrying with the same key), replays, balance reads."""
 
+    #: verify the API's certificate over HTTPS, as a merchant's SDK does (SSL_CERT_FILE's CAs when set)
+    insecure = False
+
     def on_start(self) -> None:
         options = _options(self.environment)
         self.api_key = _merchant_keys[next(_next_merchant) % len(_merchant_keys)]

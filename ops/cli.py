@@ -6,16 +6,17 @@ import argparse
 import json
 import os
 import signal
-import ssl
 import subprocess
 import sys
 import threading
 import urllib.error
 import urllib.request
 from datetime import UTC, date, datetime
+from pathlib import Path
 from typing import Any, NoReturn
 
 from ops import tls_cli
+from ops.tls import trust_stack_ca
 from payray.settings import Settings, running_stack
 
 
@@ -177,6 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"payray: error: {exc}", file=sys.stderr)
         return 2
+    if args.command not in ("up", "chaos"):
+        _trust_the_local_stack(settings)
     handlers = {
         "up": _up,
         "migrate": _migrate,
@@ -191,6 +194,14 @@ def main(argv: list[str] | None = None) -> int:
         "tls": tls_cli.rotate,
     }
     return handlers[args.command](settings, args)
+
+
+def _trust_the_local_stack(settings: Settings) -> None:
+    """The stack ``payray up --tls`` runs here presents its local CA's certificates: the tools that call it
+    trust that CA besides certifi's (see :func:`ops.tls.trust_stack_ca`)."""
+    local_ca = running_stack(settings.home).get("local_ca")
+    if local_ca and Path(local_ca).is_file():
+        trust_stack_ca(Path(local_ca))
 
 
 def _chaos(settings: Settings, args: argparse.Namespace) -> int:
@@ -351,7 +362,7 @@ def _admin_call(url: str, admin_key: str, path: str, body: dict[str, Any] | None
         headers={"Authorization": f"Bearer {admin_key}", "Content-Type": "application/json"},
     )
     try:
-        with urllib.request.urlopen(request, timeout=3600, context=_stack_trust(url)) as response:
+        with urllib.request.urlopen(request, timeout=3600) as response:
             answer: dict[str, Any] = json.loads(response.read())
     except urllib.error.HTTPError as exc:
         try:
@@ -360,16 +371,6 @@ def _admin_call(url: str, admin_key: str, path: str, body: dict[str, Any] | None
             message = str(exc)
         raise OSError(f"{path} answered {exc.code}: {message}") from None
     return answer
-
-
-def _stack_trust(url: str) -> ssl.SSLContext | None:
-    """For the HTTPS stack ``payray up --tls`` runs here: the default trust plus its local CA."""
-    ca_file = running_stack().get("ca_file")
-    if not url.startswith("https:") or not ca_file:
-        return None
-    context = ssl.create_default_context()
-    context.load_verify_locations(cafile=ca_file)
-    return context
 
 
 def _fetch_invariants(url: str, admin_key: str) -> dict[str, Any]:

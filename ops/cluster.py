@@ -8,6 +8,10 @@ node can be lost on purpose (its raylet killed, with every worker process of it)
 an autoscaler replaces a lost machine. A lost node is marked dead within about 1.5 s (``NODE_HEALTH``), so
 a lost node costs seconds, not half a minute.
 
+With ``tls_dir``, Ray's own traffic is encrypted too (``RAY_USE_TLS``, always mutual): a CA of the
+cluster's own signs a certificate per node and one for drivers and tools, so a process without one cannot
+join or call in, whatever it knows of the token.
+
 The cluster keeps its files under a short temporary directory of its own (Unix socket paths are short), and
 stopping it kills only its own processes: ``ray stop`` would stop every Ray on the machine.
 """
@@ -30,6 +34,7 @@ from pathlib import Path
 import psutil
 
 from ops.loopback import LOOPBACK, SINGLE_MACHINE_RAY, free_port
+from ops.tls import Authority, KeyPair
 
 #: How the GCS decides a node is gone: three missed health checks in a row, one every half second. A
 #: killed raylet refuses the checks at once, so it is marked dead in 1.5 s; a hung one answers none within
@@ -73,6 +78,8 @@ class LocalCluster:
     temp_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="pr-", dir="/tmp")))
     #: the cluster's token, made on start if missing (default: under ``temp_dir``, gone with the cluster)
     token_file: Path | None = None
+    #: where the cluster's CA and its nodes' certificates live: Ray's gRPC over mutual TLS; None: plain
+    tls_dir: Path | None = None
     running: dict[int, Node] = field(default_factory=dict)
     _next_index: int = 0
 
@@ -83,9 +90,12 @@ class LocalCluster:
     @property
     def auth_env(self) -> dict[str, str]:
         """What a node, a driver or a tool (``ray``, ``serve``) needs in its environment to join: Ray's token
-        authentication, with this cluster's token."""
+        authentication, with this cluster's token, and with TLS on, the drivers' certificate."""
         token_file = self.token_file or self.temp_dir / "auth_token"
-        return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_file)}
+        env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_file)}
+        if self.tls_dir is not None:
+            env |= self._tls_env(self._certificate("driver"))
+        return env
 
     @property
     def dashboard_url(self) -> str:
@@ -159,6 +169,8 @@ class LocalCluster:
             command += [f"--address={self.address}", "--dashboard-agent-listen-port=0"]
         # every process of the node (the dashboard's, the workers') takes 127.0.0.1 for this machine's address
         env = {**os.environ, **SINGLE_MACHINE_RAY, **self.auth_env, **NODE_HEALTH, **self.env}
+        if self.tls_dir is not None:
+            env |= self._tls_env(self._certificate(f"node-{index}"))
         env.pop("RAY_ADDRESS", None)
         started = time.monotonic()
         done = subprocess.run(
@@ -175,6 +187,23 @@ class LocalCluster:
         role = "head" if head else "worker"
         self.say(f"Ray node {index} ({role}) up in {time.monotonic() - started:.1f} s")
         return node
+
+    def _certificate(self, name: str) -> KeyPair:
+        """``name``'s certificate from the cluster's CA (made on first use), for loopback: a node's serves
+        and authenticates it, as Ray's TLS is mutual."""
+        assert self.tls_dir is not None
+        directory = self.tls_dir / "ray"
+        authority = Authority.load_or_create(directory, name="payray Ray cluster CA")
+        return authority.current(directory, name, [LOOPBACK, "localhost"], client=True)
+
+    def _tls_env(self, pair: KeyPair) -> dict[str, str]:
+        assert self.tls_dir is not None
+        return {
+            "RAY_USE_TLS": "1",
+            "RAY_TLS_SERVER_CERT": str(pair.cert),
+            "RAY_TLS_SERVER_KEY": str(pair.key),
+            "RAY_TLS_CA_CERT": str(self.tls_dir / "ray" / "ca.pem"),
+        }
 
     def _raylets(self) -> list[int]:
         marker = str(self.temp_dir)

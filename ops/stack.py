@@ -32,7 +32,7 @@ from ops.loopback import (
     is_loopback,
     keep_serve_grpc_on_loopback,
 )
-from ops.tls import Authority, KeyPair
+from ops.tls import CA_FILE, Authority, KeyPair
 from ops.tls_front import TlsFront
 from payray.ids import hash_api_key, new_api_key, new_id
 from payray.settings import STACK_FILE, Settings
@@ -108,7 +108,8 @@ class Stack:
             database_url = s.database_url or self._start_postgres(home)
             migrate(database_url)
             redis_url = s.redis_url or self._start_redis(home)
-            psp_api_key, psp_api_base = self._psp(home)
+            ca_bundle = self._local_trust(home)
+            psp_api_key, psp_api_base = self._psp(home, ca_bundle)
             admin_key = s.admin_key or _stored_secret(
                 home / "admin_key", lambda: "sk_admin_" + secrets.token_urlsafe(24)
             )
@@ -122,12 +123,14 @@ class Stack:
                 stripe_webhook_secrets=webhook_secrets,
                 psp_api_key=psp_api_key,
                 psp_api_base=psp_api_base,
+                ca_bundle=ca_bundle,
             )
             if self.cluster is not None:
                 settings = settings.with_(ray_address=self._start_cluster(self.cluster))
             base_url = self._start_serve(settings)
             if self._emulator_started:
-                _send_webhooks_to(psp_api_base, f"{base_url}/v1/webhooks/psp", webhook_secrets[0])
+                endpoint = f"{base_url}/v1/webhooks/psp"
+                _send_webhooks_to(psp_api_base, endpoint, webhook_secrets[0], ca_bundle)
             self._start_schedules(settings)
             self._start_notifications(settings)
             demo_id, demo_key = _demo_merchant(home, database_url)
@@ -139,8 +142,13 @@ class Stack:
             base_url, admin_key, demo_id, demo_key, psp_api_base, database_url, redis_url, ca_file=ca_file
         )
         stored = {"base_url": base_url, "admin_key": admin_key, "psp_api_base": psp_api_base}
-        if self.front is not None:
-            stored |= {"ca_file": ca_file, "tls_admin_socket": str(self.front.admin_socket)}
+        if (
+            self.front is not None
+        ):  # the local CA signs the emulator's certificate, and the API's without --cert
+            stored |= {
+                "local_ca": str(home / "tls" / CA_FILE),
+                "tls_admin_socket": str(self.front.admin_socket),
+            }
             stored |= {"tls_certificate": str(self.front.pem)}
         _write_private(home / STACK_FILE, json.dumps(stored))
         return info
@@ -154,7 +162,8 @@ class Stack:
                 self.say(f"warning: {exc}")
 
     def _start_cluster(self, cluster: LocalCluster) -> str:
-        if self.tls is not None:
+        if self.tls is not None:  # Ray's own traffic over mutual TLS too, the API behind the TLS front
+            cluster.tls_dir = cluster.tls_dir or self.settings.home.resolve() / "tls"
             cluster.env = {**cluster.env, BEHIND_TLS_FRONT: "1"}
         if self.haproxy:  # read by Serve in the cluster's processes: their environment is the nodes'
             cluster.env = {**cluster.env, **HAPROXY_INGRESS}
@@ -179,13 +188,33 @@ class Stack:
         self._stops.append(server.stop)
         return url
 
-    def _psp(self, home: Path) -> tuple[str, str | None]:
-        """The configured PSP's key and base, or the emulator's, started here."""
+    def _local_trust(self, home: Path) -> str | None:
+        """With TLS on, what the stack's outbound calls trust besides the defaults: the local CA (it signs
+        the API's and the emulator's certificates) and ``PAYRAY_CA_BUNDLE``'s CAs, as ``tls/bundle.pem``."""
+        if self.tls is None:
+            return self.settings.ca_bundle
+        authority = Authority.load_or_create(home / "tls")
+        ours = authority.cert_path.read_text()
+        if self.settings.ca_bundle:
+            ours += Path(self.settings.ca_bundle).read_text()
+        bundle = home / "tls" / "bundle.pem"
+        bundle.write_text(ours)
+        return str(bundle)
+
+    def _psp(self, home: Path, ca_bundle: str | None) -> tuple[str, str | None]:
+        """The configured PSP's key and base, or the emulator's, started here: over HTTPS with the local
+        CA's certificate when TLS is on, so payray's PSP calls verify it as they would Stripe's."""
         if self.settings.psp_api_key:
             return self.settings.psp_api_key, self.settings.psp_api_base
         from psp.emulator.server import EmulatorProcess
 
-        emulator = EmulatorProcess(home / "psp")
+        tls: dict[str, Any] = {}
+        if self.tls is not None:
+            directory = home / "tls"
+            pair = Authority.load_or_create(directory).current(directory, "psp", ["127.0.0.1", "localhost"])
+            tls = {"tls_cert": pair.cert, "tls_key": pair.key}
+        bundle = Path(ca_bundle) if ca_bundle else None
+        emulator = EmulatorProcess(home / "psp", ca_bundle=bundle, **tls)
         base = emulator.start()
         self._stops.append(emulator.stop)
         self._emulator_started = True
@@ -370,7 +399,7 @@ def _repo_root() -> str:
     return str(Path(__file__).resolve().parent.parent)
 
 
-def _send_webhooks_to(psp_base: str | None, url: str, secret: str) -> None:
+def _send_webhooks_to(psp_base: str | None, url: str, secret: str, ca_bundle: str | None) -> None:
     """Point the emulator's webhook deliveries at our endpoint, signed with our (first) secret, for the
     events payray handles (as a Stripe endpoint subscribes to them)."""
     assert psp_base is not None
@@ -381,7 +410,9 @@ def _send_webhooks_to(psp_base: str | None, url: str, secret: str) -> None:
         headers={"Content-Type": "application/json"},
         method="POST",
     )
-    with urllib.request.urlopen(request, timeout=10) as answer:
+    from psp.tls_trust import outbound_ssl_context
+
+    with urllib.request.urlopen(request, timeout=10, context=outbound_ssl_context(ca_bundle)) as answer:
         if answer.status != 200:
             raise RuntimeError(f"the PSP emulator refused the webhook endpoint: {answer.status}")
 

@@ -123,7 +123,7 @@ class Authority:
         pair.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         return pair
 
-    def current(self, directory: Path, stem: str, hosts: Sequence[str]) -> KeyPair:
+    def current(self, directory: Path, stem: str, hosts: Sequence[str], *, client: bool = False) -> KeyPair:
         """``<stem>``'s certificate as kept, or a new one when missing, near its end, for other hosts or
         signed by another CA."""
         pair = KeyPair(directory / f"{stem}.pem", directory / f"{stem}-key.pem")
@@ -132,7 +132,26 @@ class Authority:
             fresh = cert.not_valid_after_utc - _now() > dt.timedelta(days=RENEW_WITHIN_DAYS)
             if fresh and cert.issuer == self.cert.subject and set(hosts_of(cert)) == set(hosts):
                 return pair
-        return self.issue(directory, stem, hosts)
+        return self.issue(directory, stem, hosts, client=client)
+
+
+def trust_stack_ca(ca_file: Path) -> None:
+    """Make this process and its children trust ``ca_file`` (a stack's local CA) besides what they trust
+    already: the CAs of ``SSL_CERT_FILE`` (or certifi's) and it, in one bundle next to it, which
+    ``SSL_CERT_FILE`` (read by urllib, httpx and Locust) and ``REQUESTS_CA_BUNDLE`` (requests) then name."""
+    import hashlib
+
+    import certifi
+
+    trusted = os.environ.get("SSL_CERT_FILE") or certifi.where()
+    if Path(trusted).parent == ca_file.parent:  # this process trusts it already
+        return
+    tag = hashlib.sha256(trusted.encode()).hexdigest()[:12]
+    bundle = ca_file.with_name(f"trust-{tag}.pem")
+    staged = bundle.with_name(bundle.name + f".{os.getpid()}")
+    staged.write_text(Path(trusted).read_text().rstrip("\n") + "\n" + ca_file.read_text())
+    os.replace(staged, bundle)
+    os.environ["SSL_CERT_FILE"] = os.environ["REQUESTS_CA_BUNDLE"] = str(bundle)
 
 
 def check_pair(cert_path: Path, key_path: Path) -> x509.Certificate:

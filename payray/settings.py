@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -91,6 +92,9 @@ class Settings:
     webhook_retry_cap_s: float = 6 * 3600.0
     webhook_retry_window_s: float = 3 * 86400.0
     webhook_loopback_only: bool = False
+    #: a PEM file of certificate authorities trusted for outbound HTTPS (the PSP, its report files, webhooks
+    #: to merchants) besides the defaults, which it adds to and never replaces
+    ca_bundle: str | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -129,6 +133,7 @@ class Settings:
             webhook_retry_cap_s=_seconds(env, "PAYRAY_WEBHOOK_RETRY_CAP_S", 6 * 3600.0),
             webhook_retry_window_s=_seconds(env, "PAYRAY_WEBHOOK_RETRY_WINDOW_S", 3 * 86400.0),
             webhook_loopback_only=env.get("PAYRAY_WEBHOOK_LOOPBACK_ONLY", "") in ("1", "true"),
+            ca_bundle=_ca_bundle(env, "PAYRAY_CA_BUNDLE"),
         )
 
     def webhook_delivery(self) -> DeliveryPolicy:
@@ -141,6 +146,7 @@ class Settings:
             window_s=self.webhook_retry_window_s,
             poll_s=min(1.0, self.webhook_retry_base_s),
             loopback_only=self.webhook_loopback_only,
+            ca_bundle=self.ca_bundle,
         )
 
     def with_(self, **changes: object) -> Settings:
@@ -211,3 +217,23 @@ def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
     if not math.isfinite(value) or value <= 0:
         raise ValueError(f"{name} must be > 0 seconds, got {raw!r}")
     return value
+
+
+def _ca_bundle(env: Mapping[str, str], name: str) -> str | None:
+    """A PEM file of CA certificates, checked now so a wrong path fails at start, not at the first request."""
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return None
+    must = f"{name} must name a PEM file of CA certificates, got {raw!r}"
+    if not Path(raw).is_file():
+        raise ValueError(f"{must}: {'not a file' if Path(raw).exists() else 'no such file'}")
+    probe = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # an empty store: it counts only what the file adds
+    try:
+        probe.load_verify_locations(cafile=raw)
+    except ssl.SSLError as exc:
+        raise ValueError(f"{must}: it holds no readable PEM certificate ({exc.reason})") from None
+    except OSError as exc:
+        raise ValueError(f"{must}: {exc.strerror or exc}") from None
+    if probe.cert_store_stats()["x509"] == 0:
+        raise ValueError(f"{must}: it holds no PEM certificate")
+    return raw

@@ -119,6 +119,8 @@ class DeliveryPolicy:
     poll_s: float = 1.0
     #: post to loopback addresses only (tests, and a stack that must not reach out); others are refused
     loopback_only: bool = False
+    #: a PEM file of CAs trusted for https endpoints besides the defaults (``Settings.ca_bundle``)
+    ca_bundle: str | None = None
 
     def next_attempt_after(self, attempt: int, began_s: float, now_s: float) -> float | None:
         return next_attempt_after(attempt, began_s, now_s, self.retry_base_s, self.retry_cap_s, self.window_s)

@@ -108,7 +108,12 @@ class Parts:
         s = self.settings
         assert s.psp_api_key, "the PSP key is filled in before the service starts"
         return StripePsp(
-            s.psp_api_key, s.psp_api_base, s.psp_timeout_s, s.psp_max_retries, observe=self._on_psp_call
+            s.psp_api_key,
+            s.psp_api_base,
+            s.psp_timeout_s,
+            s.psp_max_retries,
+            observe=self._on_psp_call,
+            ca_bundle=s.ca_bundle,
         )
 
     @cached_property

@@ -32,6 +32,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--warmup", type=float, default=8.0, help="seconds of load before the first fault")
     parser.add_argument("--rounds", type=int, default=1, help="times the whole schedule runs (default 1)")
+    parser.add_argument(
+        "--tls",
+        action="store_true",
+        help="the API and the PSP emulator over HTTPS, Ray's own traffic over mutual TLS",
+    )
     parser.add_argument("--json", type=Path, metavar="FILE", help="write the result as JSON to FILE")
     parser.add_argument("--html", type=Path, metavar="FILE", help="write the result as an HTML page to FILE")
 
@@ -76,7 +81,7 @@ def main(args: argparse.Namespace) -> int:
     console = Console(width=160)
     options = ChaosOptions(
         faults=parse_faults(args.faults), seed=args.seed, nodes=args.nodes, users=args.users,
-        merchants=args.merchants, slot_s=args.slot, warmup_s=args.warmup, rounds=args.rounds,
+        merchants=args.merchants, slot_s=args.slot, warmup_s=args.warmup, rounds=args.rounds, tls=args.tls,
     )  # fmt: skip
     run = run_chaos(options, say=console.print)
     print_table(run, console)

@@ -38,7 +38,8 @@ def as_json(run: ChaosRun) -> dict[str, Any]:
 
 
 def print_table(run: ChaosRun, console: Console) -> None:
-    table = Table(title=f"payray chaos: {run.options.nodes} nodes, seed {run.options.seed}")
+    over = ", TLS everywhere" if run.options.tls else ""
+    table = Table(title=f"payray chaos: {run.options.nodes} nodes, seed {run.options.seed}{over}")
     for column in (
         "fault",
         "at s",

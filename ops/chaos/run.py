@@ -40,7 +40,8 @@ from ops.chaos.measure import (
 from ops.chaos.plan import Planned, run_time_s, schedule
 from ops.cluster import LocalCluster
 from ops.loopback import free_port
-from ops.stack import Stack, StackInfo, haproxy_available
+from ops.stack import EdgeTls, Stack, StackInfo, haproxy_available
+from ops.tls import CA_FILE, trust_stack_ca
 from payray.settings import Settings
 from payray.slots import SlotMap
 
@@ -68,6 +69,8 @@ class ChaosOptions:
     warmup_s: float = 8.0
     rounds: int = 1
     quiet_s: float = 5.0
+    #: HTTPS at the API and the PSP, Ray's traffic over mutual TLS
+    tls: bool = False
 
 
 @dataclass
@@ -106,9 +109,12 @@ def run_chaos(options: ChaosOptions, say: Callable[[str], None] = print) -> Chao
         ray_address=None, api_replicas=options.nodes, api_replicas_per_node=1, wallet_hosts=wallet_hosts,
     )  # fmt: skip
     cluster = LocalCluster(nodes=options.nodes, say=say)
-    stack = Stack(settings, port=free_port(), haproxy=haproxy_available(), say=say, cluster=cluster)
+    tls = EdgeTls() if options.tls else None
+    stack = Stack(settings, port=free_port(), haproxy=haproxy_available(), say=say, cluster=cluster, tls=tls)
     run = ChaosRun(options, planned, home=str(home))
     info = stack.start()
+    if tls is not None:  # the probes, Locust and the checks verify the stack's certificates
+        trust_stack_ca(home / "tls" / CA_FILE)
     try:
         # Ray reads the cluster's address and token when it is imported: the faults import it once the stack
         # has set them

@@ -9,10 +9,8 @@ import signal
 import sys
 from pathlib import Path
 
-from aiohttp import web
-
-from psp.emulator.app import build_app
-from psp.emulator.server import READY_PREFIX
+from psp.emulator.server import READY_PREFIX, EmulatorServer, server_ssl_context
+from psp.tls_trust import outbound_ssl_context
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -31,28 +29,53 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--api-key", default=None, help="accept only this key (default: any sk_test_... key)")
     parser.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument(
+        "--tls-cert", type=Path, default=None, help="serve HTTPS with this PEM certificate (with --tls-key)"
+    )
+    parser.add_argument("--tls-key", type=Path, default=None, help="the PEM private key of --tls-cert")
+    parser.add_argument(
+        "--ca-bundle",
+        type=Path,
+        default=None,
+        help="PEM file of CAs that webhooks to an https endpoint trust besides the defaults",
+    )
     args = parser.parse_args(argv)
     if not 0 <= args.port <= 65535:
         parser.error("--port must be between 0 and 65535")
+    if (args.tls_cert is None) != (args.tls_key is None):
+        parser.error("--tls-cert and --tls-key go together")
+    problem = _tls_problem(args.tls_cert, args.tls_key, args.ca_bundle)
+    if problem:
+        parser.error(problem)
     return args
 
 
-async def serve(args: argparse.Namespace) -> None:
-    app = build_app(args.data_dir, api_key=args.api_key)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, args.host, args.port)
-    await site.start()
-    host, port = runner.addresses[0][:2]
-    print(f"{READY_PREFIX}http://{host}:{port}", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+def _tls_problem(cert: Path | None, key: Path | None, ca_bundle: Path | None) -> str | None:
+    """Why the certificate, its key or the CA bundle cannot be used (checked before anything starts)."""
     try:
+        if cert is not None and key is not None:
+            server_ssl_context(cert, key)
+    except OSError as exc:
+        return f"--tls-cert/--tls-key: {exc}"
+    try:
+        if ca_bundle is not None:
+            outbound_ssl_context(str(ca_bundle))
+    except OSError as exc:
+        return f"--ca-bundle: {exc}"
+    return None
+
+
+async def serve(args: argparse.Namespace) -> None:
+    server = EmulatorServer(
+        args.data_dir, args.host, args.port, args.api_key, args.tls_cert, args.tls_key, args.ca_bundle
+    )
+    async with server:
+        print(f"{READY_PREFIX}{server.url}", flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
         await stop.wait()
-    finally:
-        await runner.cleanup()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,6 +6,8 @@ at every attempt. A non-2xx answer or a connection error is retried with exponen
 ``max_attempts``. Faults, drawn from a seeded random source: ``delay_ms`` before each send, ``duplicate_rate``
 (the event is sent twice), ``reorder_window`` (events are held until that many are waiting, then sent in a
 shuffled order) and ``drop_rate`` (a first attempt is dropped as lost in transit; the retry delivers it).
+An https endpoint's certificate is verified against the default CAs and those of ``ca_bundle``; one that
+does not verify is a failed attempt, as a refused connection is.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from typing import Annotated, Any
 
 import aiohttp
 from pydantic import BaseModel, ConfigDict, Field
+
+from psp.tls_trust import outbound_ssl_context
 
 log = logging.getLogger("psp.emulator.webhooks")
 
@@ -71,7 +75,9 @@ class Attempt:
 class WebhookSender:
     """Queues the engine's events and delivers them to the configured endpoint from one task."""
 
-    def __init__(self) -> None:
+    def __init__(self, ca_bundle: str | None = None) -> None:
+        #: a PEM file of CAs trusted besides the defaults, read when the first delivery opens its session
+        self.ca_bundle = ca_bundle
         self.config: WebhookConfig | None = None
         self.rng = random.Random(0)
         self.record: deque[Attempt] = deque(maxlen=MAX_RECORD)
@@ -182,7 +188,8 @@ class WebhookSender:
 
     async def _post(self, config: WebhookConfig, event: dict[str, Any]) -> int | None:
         if self._session is None:
-            self._session = aiohttp.ClientSession()
+            connector = aiohttp.TCPConnector(ssl=outbound_ssl_context(self.ca_bundle))
+            self._session = aiohttp.ClientSession(connector=connector)
         payload = json.dumps(event, separators=(",", ":")).encode()
         headers = {
             "Content-Type": "application/json; charset=utf-8",

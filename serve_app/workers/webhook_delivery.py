@@ -4,7 +4,9 @@ Each due delivery is claimed from Postgres (``FOR UPDATE SKIP LOCKED``, leased p
 in its own task: at most ``concurrency`` at once, each bounded by ``timeout_s`` in all, so one slow or dead
 endpoint holds one slot for at most that long and never holds up the others, let alone a charge (which only
 writes its outbox row). Every attempt is signed anew and recorded; a 2xx ends the delivery, anything else
-schedules the next attempt on the backoff of ``payray.webhooks``, until the window is over.
+schedules the next attempt on the backoff of ``payray.webhooks``, until the window is over. An https
+endpoint's certificate is verified against the default CAs and the policy's ``ca_bundle``: one that does not
+verify is a failed attempt like any other.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import httpx
 from psycopg_pool import AsyncConnectionPool
 
 from payray.webhooks import DeliveryPolicy, is_loopback, signature_header, url_problem
+from psp.tls_trust import outbound_ssl_context
 from serve_app.stores import webhook_endpoints as store
 from serve_app.stores.webhook_endpoints import DueDelivery
 from serve_app.wire.merchant_events import event_object
@@ -49,7 +52,10 @@ class WebhookDispatcher:
         if self._client is None:
             limits = httpx.Limits(max_connections=self._policy.concurrency, max_keepalive_connections=8)
             timeout = httpx.Timeout(self._policy.timeout_s)
-            self._client = httpx.AsyncClient(timeout=timeout, limits=limits, follow_redirects=False)
+            verify = outbound_ssl_context(self._policy.ca_bundle)
+            self._client = httpx.AsyncClient(
+                timeout=timeout, limits=limits, follow_redirects=False, verify=verify
+            )
         return self._client
 
     async def dispatch_once(self) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import os
 import ssl
 import subprocess
 from pathlib import Path
@@ -14,7 +15,7 @@ from cryptography import x509
 
 from ops.loopback import loopback_haproxy_config
 from ops.stack import EdgeTls, haproxy_binary
-from ops.tls import Authority, CertificateError, KeyPair, check_ca_file, check_pair, hosts_of
+from ops.tls import Authority, CertificateError, KeyPair, check_ca_file, check_pair, hosts_of, trust_stack_ca
 from ops.tls_cli import edge_tls
 from ops.tls_front import front_config
 
@@ -155,3 +156,23 @@ def test_behind_the_front_serves_haproxy_keeps_the_address_the_front_set() -> No
     serve = "global\n    maxconn 10\ndefaults\n    option forwardfor\n    mode http\n"
     assert "    option forwardfor\n" in loopback_haproxy_config(serve)
     assert "    option forwardfor if-none\n" in loopback_haproxy_config(serve, behind_front=True)
+
+
+def test_a_stack_ca_is_trusted_besides_what_was_trusted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    corporate, local = trustme.CA(), Authority.load_or_create(tmp_path / "tls")
+    before = tmp_path / "corporate.pem"
+    corporate.cert_pem.write_to_path(str(before))
+    monkeypatch.setenv("SSL_CERT_FILE", str(before))
+    monkeypatch.delenv("REQUESTS_CA_BUNDLE", raising=False)
+    trust_stack_ca(local.cert_path)
+    bundle = Path(os.environ["SSL_CERT_FILE"])
+    assert os.environ["REQUESTS_CA_BUNDLE"] == str(bundle) and bundle.parent == local.cert_path.parent
+    subjects = {c.subject for c in x509.load_pem_x509_certificates(bundle.read_bytes())}
+    assert subjects == {
+        local.cert.subject,
+        x509.load_pem_x509_certificate(corporate.cert_pem.bytes()).subject,
+    }
+    trust_stack_ca(local.cert_path)  # again: nothing more to add
+    assert os.environ["SSL_CERT_FILE"] == str(bundle)
