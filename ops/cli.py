@@ -191,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         "chaos": _chaos,
         "demo": _demo,
         "webhooks": _webhooks_resend,
-        "tls": tls_cli.rotate,
+        "tls": tls_cli.main,
     }
     return handlers[args.command](settings, args)
 

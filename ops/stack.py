@@ -33,7 +33,7 @@ from ops.loopback import (
     keep_serve_grpc_on_loopback,
 )
 from ops.tls import CA_FILE, Authority, KeyPair
-from ops.tls_front import TlsFront
+from ops.tls_front import FRONT_DIR, TlsFront
 from payray.ids import hash_api_key, new_api_key, new_id
 from payray.settings import STACK_FILE, Settings
 
@@ -332,7 +332,7 @@ class Stack:
             certificate = Authority.load_or_create(directory).current(directory, "server", self._api_hosts())
         self.front = TlsFront(
             binary,
-            directory / "front",
+            directory / FRONT_DIR,
             self.host,
             self.port,
             upstream_port,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,8 @@ CA_KEY_FILE = "ca-key.pem"
 LEAF_DAYS = 90
 RENEW_WITHIN_DAYS = 14
 CA_DAYS = 10 * 365
+#: A host name: dot-separated labels of letters, digits and inner hyphens.
+DNS_NAME = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*")
 
 
 class CertificateError(ValueError):
@@ -205,7 +208,10 @@ def _general_name(host: str) -> x509.GeneralName:
     try:
         return x509.IPAddress(ipaddress.ip_address(host))
     except ValueError:
-        return x509.DNSName(host)
+        pass
+    if not DNS_NAME.fullmatch(host):
+        raise CertificateError(f"{host!r} is neither an IP address nor a DNS name")
+    return x509.DNSName(host)
 
 
 def _key_usage(*, signing: bool) -> x509.KeyUsage:

@@ -15,6 +15,7 @@ exits, so losing it costs only the requests it held.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import socket
 import subprocess
@@ -40,6 +41,10 @@ TLS12_CIPHERS = ":".join(
     )
 )
 TLS13_SUITES = "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256"
+#: Under ``$PAYRAY_HOME/tls/``: the front's configuration, served file and record.
+FRONT_DIR = "front"
+#: In the front's directory while it runs: where its runtime API is, for ``payray tls rotate``.
+RECORD_FILE = "front.json"
 #: Unix socket paths are limited to 107 bytes.
 MAX_SOCKET_PATH = 100
 START_TIMEOUT_S = 10.0
@@ -147,10 +152,14 @@ class TlsFront:
         self._launch()
         self._watcher = threading.Thread(target=self._watch, name="tls-front-watch", daemon=True)
         self._watcher.start()
+        record = {"url": self.url, "admin_socket": str(self.admin_socket), "certificate": str(self.pem)}
+        (self.directory / RECORD_FILE).write_text(json.dumps(record))
         return self.url
 
     def stop(self) -> None:
         self._stopping.set()
+        with contextlib.suppress(FileNotFoundError):
+            (self.directory / RECORD_FILE).unlink()
         process = self._process
         if process is not None and process.poll() is None:
             process.terminate()
@@ -211,6 +220,15 @@ class TlsFront:
             except FrontError as exc:
                 self.say(f"warning: {exc}")
                 time.sleep(1)
+
+
+def running_front(directory: Path) -> dict[str, str] | None:
+    """What a front running from ``directory`` recorded (its URL, runtime API socket and served file)."""
+    try:
+        record: dict[str, str] = json.loads((directory / RECORD_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return record
 
 
 def replace_certificate(admin_socket: Path, pem: Path, certificate: KeyPair) -> None:

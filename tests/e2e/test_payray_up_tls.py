@@ -150,4 +150,4 @@ def test_bad_tls_flags_are_refused_before_anything_starts(tmp_path: Path) -> Non
         assert refused.returncode == 2 and message in refused.stderr, refused.stderr
     assert not home.exists()
     rotate = _payray(home, "tls", "rotate")
-    assert rotate.returncode == 1 and "no stack with a TLS front" in rotate.stderr
+    assert rotate.returncode == 1 and "no TLS front runs" in rotate.stderr

@@ -11,6 +11,7 @@ import signal
 import socket
 import ssl
 import subprocess
+import sys
 import threading
 import uuid
 from collections.abc import Iterator
@@ -109,10 +110,10 @@ def _charge(client: httpx.Client, key: str, amount: int = 1000) -> httpx.Respons
     return client.post("/v1/charges", data=body, headers={"Idempotency-Key": key})
 
 
-def _served_serial(front: TlsFront, ca_file: Path) -> int:
+def _served_serial(port: int, ca_file: Path) -> int:
     context = ssl.create_default_context(cafile=str(ca_file))
     with (
-        socket.create_connection((front.host, front.port)) as raw,
+        socket.create_connection(("127.0.0.1", port)) as raw,
         context.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
     ):
         der = tls.getpeercert(binary_form=True)
@@ -253,9 +254,9 @@ def test_a_certificate_rotated_under_load_drops_no_request(
     try:
         for round_ in range(5):
             until(lambda enough=10 * (round_ + 1): len(statuses) >= enough, timeout_s=60)
-            before = _served_serial(front, ca_file)
+            before = _served_serial(front.port, ca_file)
             front.rotate(_pair(server_ca.issue_cert(*HOSTS), tmp_path, f"server-{round_}"))
-            assert _served_serial(front, ca_file) != before
+            assert _served_serial(front.port, ca_file) != before
     finally:
         stop.set()
         for worker in workers:
@@ -298,3 +299,50 @@ def test_stripe_node_over_https(front: TlsFront, ca_file: Path, node: str, merch
     assert ran.returncode == 0, ran.stderr
     lines = [json.loads(out) for out in ran.stdout.splitlines() if out.startswith("{")]
     assert lines == [{"check": check, "ok": True} for check in checks]
+
+
+def test_payray_tls_front_alone_serves_and_rotates(
+    stack: StackInfo, server_ca: trustme.CA, ca_file: Path, merchant: Merchant, tmp_path: Path
+) -> None:
+    """``payray tls front`` as on a cluster's ingress node: HTTPS for Serve's port on loopback, a certificate
+    rotated by ``payray tls rotate`` from another process, and nothing left behind when interrupted."""
+    home = tmp_path / "home"
+    served = _pair(server_ca.issue_cert(*HOSTS), tmp_path, "first")
+    port, upstream = free_port(), urlsplit(stack.base_url).port
+    env = {**os.environ, "PAYRAY_HOME": str(home)}
+    command = [sys.executable, "-m", "ops.cli", "tls", "front", "--host", "127.0.0.1", "--port", str(port)]
+    command += ["--upstream-port", str(upstream), "--cert", str(served.cert), "--key", str(served.key)]
+    front = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert front.stdout is not None
+        assert f"TLS front at https://127.0.0.1:{port}" in front.stdout.readline()
+        url = f"https://127.0.0.1:{port}"
+        with httpx.Client(base_url=url, verify=ssl.create_default_context(cafile=str(ca_file))) as client:
+            headers = {"Authorization": f"Bearer {merchant.api_key}", "Idempotency-Key": uuid.uuid4().hex}
+            body = {"amount": "700", "currency": "usd", "payment_method": "pm_card_visa"}
+            assert client.post("/v1/charges", data=body, headers=headers).status_code == 200
+        new = _pair(server_ca.issue_cert(*HOSTS), tmp_path, "second")
+        rotated = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "ops.cli",
+                "tls",
+                "rotate",
+                "--cert",
+                str(new.cert),
+                "--key",
+                str(new.key),
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert rotated.returncode == 0, rotated.stderr
+        expected = x509.load_pem_x509_certificate(new.cert.read_bytes()).serial_number
+        assert _served_serial(port, ca_file) == expected
+    finally:
+        front.send_signal(signal.SIGINT)
+        assert front.wait(timeout=30) == 0
+    assert not (home / "tls" / "front" / "front.json").exists()
