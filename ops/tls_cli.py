@@ -1,6 +1,7 @@
-"""``payray up --tls``, ``payray tls front`` and ``payray tls rotate``: HTTPS on the API port, a TLS front
-on its own in front of Serve on a cluster's ingress node, and a new certificate without a restart. Files
-given are checked before anything starts or changes: a bad one is a clear error, exit 2."""
+"""``payray up --tls`` and ``payray tls rotate|front|issue``: HTTPS on the API port, a new certificate
+without a restart, a TLS front on its own before a cluster node's Serve proxy, and certificates from a CA
+directory for a cluster's nodes. Files given are checked before anything starts or changes: a bad one is a
+clear error, exit 2."""
 
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ requires a client certificate signed by that CA (mutual TLS from a load balancer
 else during the handshake. It replaces ``X-Forwarded-For`` with the peer's address, so the rate limits
 count the client and a client cannot name another.
 
-A new certificate (or client CA) is loaded through HAProxy's runtime API: handshakes after it use the new
+A new certificate is loaded through HAProxy's runtime API: handshakes after it use the new
 one, and no connection or request in flight is touched. The process is watched and started again if it
 exits, so losing it costs only the requests it held.
 """
@@ -181,12 +181,6 @@ class TlsFront:
         """Serve ``certificate`` from the next handshake on (see :func:`replace_certificate`)."""
         replace_certificate(self.admin_socket, self.pem, certificate)
         self.certificate = certificate
-
-    def trust_clients_of(self, client_ca: Path) -> None:
-        """Accept client certificates of the CAs in ``client_ca`` from the next handshake on."""
-        if self.client_ca is None:
-            raise FrontError("this front does not ask for client certificates (started without a client CA)")
-        _transaction(self.admin_socket, "ssl ca-file", self.client_ca, client_ca.read_text())
 
     def _launch(self) -> None:
         with contextlib.suppress(FileNotFoundError):
