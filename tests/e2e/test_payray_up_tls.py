@@ -88,6 +88,8 @@ def test_a_two_node_stack_with_tls_everywhere(
 
             verify = _payray(home, "verify")  # the CLI trusts the stack's local CA
             assert verify.returncode == 0, verify.stderr
+            load = _payray(home, "loadtest", "--users", "2", "--run-time", "4s", "--merchants", "2")
+            assert load.returncode == 0, load.stdout[-3000:] + load.stderr[-3000:]  # Locust verified it too
 
             before = _served_serial(url, ca)
             rotated = _payray(home, "tls", "rotate")
