@@ -1,4 +1,4 @@
-"""The aiohttp application: Stripe's routes, the control routes and the pipeline around them."""
+"""The aiohttp application: Stripe's and Braintree's routes, the control routes, the pipelines around them."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ from pathlib import Path
 from aiohttp import web
 
 from psp.emulator import control, routes
+from psp.emulator.braintree import routes as braintree_routes
+from psp.emulator.braintree.personality import BRAINTREE, Braintree
 from psp.emulator.middleware import stripe_middleware
 from psp.emulator.runtime import EMULATOR, Emulator
 
@@ -17,12 +19,16 @@ def build_app(
     """State is replayed from ``data_dir`` (memory only when None) unless an ``emulator`` is passed in."""
     app = web.Application(middlewares=[stripe_middleware], client_max_size=1024**2)
     app[EMULATOR] = emulator if emulator is not None else Emulator.create(data_dir, api_key)
-    for method, path, handler in [*routes.ROUTES, *control.ROUTES]:
+    app[BRAINTREE] = Braintree.create(data_dir, app[EMULATOR].clock)
+    personalities = [*routes.ROUTES, *braintree_routes.ROUTES]
+    for method, path, handler in [*personalities, *control.ROUTES, *braintree_routes.CONTROL_ROUTES]:
         app.router.add_route(method, path, handler)
 
     async def close_store(app: web.Application) -> None:
         await app[EMULATOR].webhooks.close()
         app[EMULATOR].store.close()
 
+    app.on_startup.append(app[BRAINTREE].start)
+    app.on_cleanup.append(app[BRAINTREE].close)
     app.on_cleanup.append(close_store)
     return app

@@ -13,10 +13,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from payray.gc_pause import cyclic_gc_paused
 from psp.emulator import synthetic
+from psp.emulator.braintree.personality import BRAINTREE
 from psp.emulator.drift import DriftRequest, parse_day
 from psp.emulator.engine import RequestContext
 from psp.emulator.errors import invalid
-from psp.emulator.faults import FaultConfig
+from psp.emulator.faults import FaultConfig, Faults
 from psp.emulator.routes import Handler, json_response
 from psp.emulator.runtime import EMULATOR
 from psp.emulator.webhooks import WebhookConfig
@@ -35,36 +36,60 @@ async def _json_body(request: web.Request) -> dict[str, Any]:
     return body
 
 
+PSPS = ("stripe", "braintree")
+
+
+def _fault_profiles(request: web.Request, psp: Any) -> list[Faults]:
+    """The fault profiles a request targets: one PSP's, or both when it names none."""
+    if psp is None:
+        return [request.app[EMULATOR].faults, request.app[BRAINTREE].faults]
+    if psp not in PSPS:
+        raise invalid(f"psp must be one of {', '.join(PSPS)}", param="psp")
+    return [request.app[EMULATOR].faults if psp == "stripe" else request.app[BRAINTREE].faults]
+
+
 async def get_faults(request: web.Request) -> web.StreamResponse:
-    return json_response(request.app[EMULATOR].faults.config.model_dump(mode="json"))
+    """Stripe's profile, or ``?psp=braintree``'s."""
+    profile = _fault_profiles(request, request.query.get("psp", "stripe"))[0]
+    return json_response(profile.config.model_dump(mode="json"))
 
 
 async def set_faults(request: web.Request) -> web.StreamResponse:
-    """Replaces the whole fault configuration (``{}`` clears it) and re-seeds the random source."""
+    """Replaces the whole fault configuration (``{}`` clears it) and re-seeds the random source, of the
+    PSP named by ``"psp": "stripe" | "braintree"`` (both when absent)."""
+    body = await _json_body(request)
+    psp = body.pop("psp", None)
+    profiles = _fault_profiles(request, psp)
     try:
-        config = FaultConfig.model_validate(await _json_body(request))
+        config = FaultConfig.model_validate(body)
     except ValidationError as exc:
         detail = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         raise invalid(f"Invalid fault configuration: {detail}") from None
-    request.app[EMULATOR].faults.configure(config)
-    return json_response(config.model_dump(mode="json"))
+    for profile in profiles:
+        profile.configure(config)
+    answer = config.model_dump(mode="json")
+    return json_response(answer if psp is None else {**answer, "psp": psp})
 
 
 async def clear_faults(request: web.Request) -> web.StreamResponse:
-    request.app[EMULATOR].faults.configure(FaultConfig())
+    for profile in _fault_profiles(request, request.query.get("psp")):
+        profile.configure(FaultConfig())
     return json_response(FaultConfig().model_dump(mode="json"))
 
 
 async def injections(request: web.Request) -> web.StreamResponse:
+    """Stripe's record of injected faults, or ``?psp=braintree``'s."""
     try:
         limit = int(request.query.get("limit", "1000"))
     except ValueError:
         raise invalid("limit must be an integer", param="limit") from None
-    return json_response(request.app[EMULATOR].faults.report(max(0, limit), request.query.get("kind")))
+    profile = _fault_profiles(request, request.query.get("psp", "stripe"))[0]
+    return json_response(profile.report(max(0, limit), request.query.get("kind")))
 
 
 async def reset(request: web.Request) -> web.StreamResponse:
     request.app[EMULATOR].reset()
+    request.app[BRAINTREE].reset()
     return json_response({"reset": True})
 
 
