@@ -32,6 +32,7 @@ from ops.loopback import (
     is_loopback,
     keep_serve_grpc_on_loopback,
 )
+from ops.private_files import write_private
 from ops.tls import CA_FILE, Authority, KeyPair
 from ops.tls_front import FRONT_DIR, TlsFront
 from payray.ids import hash_api_key, new_api_key, new_id
@@ -150,7 +151,7 @@ class Stack:
                 "tls_admin_socket": str(self.front.admin_socket),
             }
             stored |= {"tls_certificate": str(self.front.pem)}
-        _write_private(home / STACK_FILE, json.dumps(stored))
+        write_private(home / STACK_FILE, json.dumps(stored))
         return info
 
     def stop(self) -> None:
@@ -422,16 +423,8 @@ def _stored_secret(path: Path, make: Callable[[], str]) -> str:
     if path.exists():
         return path.read_text().strip()
     value = make()
-    _write_private(path, value)
+    write_private(path, value)
     return value
-
-
-def _write_private(path: Path, text: str) -> None:
-    """Write a file only its owner can read, from its first byte (it holds keys)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    os.fchmod(fd, 0o600)  # also when the file was already there
-    with os.fdopen(fd, "w") as file:
-        file.write(text)
 
 
 def _demo_merchant(home: Path, database_url: str) -> tuple[str, str]:
@@ -448,5 +441,5 @@ def _demo_merchant(home: Path, database_url: str) -> tuple[str, str]:
             "INSERT INTO merchants (id, name, api_key_hash) VALUES (%s, %s, %s)",
             (merchant_id, "Demo merchant", hash_api_key(key)),
         )
-    _write_private(path, json.dumps({"id": merchant_id, "api_key": key}))
+    write_private(path, json.dumps({"id": merchant_id, "api_key": key}))
     return merchant_id, key

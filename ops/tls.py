@@ -21,6 +21,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from ops.private_files import write_private
+
 CA_FILE = "ca.pem"
 CA_KEY_FILE = "ca-key.pem"
 #: How long a certificate the local CA signs lasts, and how close to its end it is renewed on start.
@@ -82,7 +84,7 @@ class Authority:
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
             .sign(key, hashes.SHA256())
         )
-        _write_private(key_path, _key_pem(key))
+        write_private(key_path, _key_pem(key))
         cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         return cls(cert_path, cert, key)
 
@@ -122,7 +124,7 @@ class Authority:
         )
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         pair = KeyPair(directory / f"{stem}.pem", directory / f"{stem}-key.pem")
-        _write_private(pair.key, _key_pem(key))
+        write_private(pair.key, _key_pem(key))
         pair.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         return pair
 
@@ -239,13 +241,6 @@ def _public_bytes(key: object) -> bytes:
     if public_bytes is None:
         raise CertificateError("an unsupported key type")
     return bytes(public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo))
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    os.fchmod(fd, 0o600)
-    with os.fdopen(fd, "wb") as file:
-        file.write(data)
 
 
 def _now() -> dt.datetime:

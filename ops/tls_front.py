@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import socket
 import subprocess
 import tempfile
@@ -27,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ops.loopback import LOOPBACK
+from ops.private_files import write_private
 from ops.tls import KeyPair
 
 #: TLS 1.2's forward-secret AEAD suites (Mozilla's "intermediate" list); TLS 1.3's are all AEAD.
@@ -135,7 +135,7 @@ class TlsFront:
 
     def start(self) -> str:
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        _write_private(self.pem, self.certificate.combined())
+        write_private(self.pem, self.certificate.combined())
         config = front_config(
             listen=(self.host, self.port),
             upstream_port=self.upstream_port,
@@ -229,7 +229,7 @@ def replace_certificate(admin_socket: Path, pem: Path, certificate: KeyPair) -> 
     """Load ``certificate`` into the running front whose served file is ``pem``, and keep it in that file for
     a restart. Connections already open keep theirs; nothing in flight is dropped."""
     _transaction(admin_socket, "ssl cert", pem, certificate.combined().decode())
-    _write_private(pem, certificate.combined())
+    write_private(pem, certificate.combined())
 
 
 def _transaction(admin_socket: Path, kind: str, path: Path, payload: str) -> None:
@@ -259,11 +259,3 @@ def _accepts(host: str, port: int) -> bool:
     with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.2):
         return True
     return False
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    staged = path.with_name(path.name + ".new")
-    fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as file:
-        file.write(data)
-    os.replace(staged, path)
