@@ -348,8 +348,10 @@ def _merchant_create(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _target(settings: Settings, args: argparse.Namespace) -> tuple[str, str] | None:
+    """The API and admin key to call: given, or the stack's here (on loopback when its TLS front asks for
+    client certificates)."""
     stored = running_stack(settings.home)
-    url = args.url or stored.get("base_url")
+    url = args.url or stored.get("local_url") or stored.get("base_url")
     key = args.admin_key or settings.admin_key or stored.get("admin_key")
     return (url.rstrip("/"), key) if url and key else None
 

@@ -130,7 +130,7 @@ class Stack:
                 settings = settings.with_(ray_address=self._start_cluster(self.cluster))
             base_url = self._start_serve(settings)
             if self._emulator_started:
-                endpoint = f"{base_url}/v1/webhooks/psp"
+                endpoint = f"{self._own_url or base_url}/v1/webhooks/psp"
                 _send_webhooks_to(psp_api_base, endpoint, webhook_secrets[0], ca_bundle)
             self._start_schedules(settings)
             self._start_notifications(settings)
@@ -143,14 +143,11 @@ class Stack:
             base_url, admin_key, demo_id, demo_key, psp_api_base, database_url, redis_url, ca_file=ca_file
         )
         stored = {"base_url": base_url, "admin_key": admin_key, "psp_api_base": psp_api_base}
-        if (
-            self.front is not None
-        ):  # the local CA signs the emulator's certificate, and the API's without --cert
-            stored |= {
-                "local_ca": str(home / "tls" / CA_FILE),
-                "tls_admin_socket": str(self.front.admin_socket),
-            }
-            stored |= {"tls_certificate": str(self.front.pem)}
+        if self.front is not None:
+            # the local CA signs the emulator's certificate, and the API's without --cert
+            stored["local_ca"] = str(home / "tls" / CA_FILE)
+            if self._own_url:
+                stored["local_url"] = self._own_url
         write_private(home / STACK_FILE, json.dumps(stored))
         return info
 
@@ -344,6 +341,14 @@ class Stack:
         url = self.front.start()
         self._stops.append(self.front.stop)
         return url
+
+    @property
+    def _own_url(self) -> str | None:
+        """Where this machine's own callers (the emulator's webhooks, payray's CLI) reach the API when its
+        TLS front asks for client certificates, which they do not hold: Serve on loopback. None otherwise."""
+        if self.front is None or self.front.client_ca is None:
+            return None
+        return f"http://{LOOPBACK}:{self.front.upstream_port}"
 
     def _api_hosts(self) -> list[str]:
         """The names the API's certificate is for: loopback, and the address it listens on."""

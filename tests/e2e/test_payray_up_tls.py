@@ -18,6 +18,7 @@ import pytest
 from cryptography import x509
 
 from ops.loopback import free_port, is_loopback
+from ops.tls import Authority
 from tests.conftest import fresh_database
 from tests.e2e.running_up import RunningUp
 from tests.e2e.test_loopback_only import _bound_sockets, _stack_processes
@@ -153,3 +154,35 @@ def test_bad_tls_flags_are_refused_before_anything_starts(tmp_path: Path) -> Non
     assert not home.exists()
     rotate = _payray(home, "tls", "rotate")
     assert rotate.returncode == 1 and "no TLS front runs" in rotate.stderr
+
+
+@pytest.mark.timeout(600)
+def test_mutual_tls_at_the_api_port_and_the_stacks_own_callers_on_loopback(tmp_path: Path) -> None:
+    """``payray up --client-ca``: a merchant's backend (as a load balancer would) charges with a client
+    certificate that CA signed, and is refused without one; the emulator's webhooks and payray's CLI, which
+    hold none, reach the API on loopback."""
+    clients = Authority.load_or_create(tmp_path / "clients", name="load balancers")
+    certificate = clients.issue(tmp_path / "clients", "lb", ["lb.example"], server=False, client=True)
+    home = tmp_path / "home"
+    up = RunningUp(home, free_port(), "--client-ca", str(clients.cert_path))
+    try:
+        up.wait_until_up()
+        url, key, psp = up.fields["url"], up.fields["demo merchant key"], up.fields["PSP"]
+        trusted = ssl.create_default_context(cafile=str(home / "tls" / "ca.pem"))
+        with_certificate = ssl.create_default_context(cafile=str(home / "tls" / "ca.pem"))
+        with_certificate.load_cert_chain(certificate.cert, certificate.key)
+        headers = {"Authorization": f"Bearer {key}", "Idempotency-Key": uuid.uuid4().hex}
+        body = {"amount": "1000", "currency": "usd", "payment_method": "pm_card_visa"}
+        with pytest.raises(httpx.TransportError, match="certificate required"):
+            httpx.post(f"{url}/v1/charges", data=body, headers=headers, verify=trusted, timeout=30)
+        charge = httpx.post(
+            f"{url}/v1/charges", data=body, headers=headers, verify=with_certificate, timeout=60
+        )
+        assert charge.status_code == 200 and charge.json()["status"] == "succeeded", charge.text
+        with httpx.Client(base_url=psp, verify=trusted, timeout=30) as emulator:
+            counts = until(lambda: emulator.get("/_emulator/webhooks").json()["counts"] or None)
+            assert counts.get("delivered", 0) >= 1 and "failed" not in counts, counts
+        verify = _payray(home, "verify")
+        assert verify.returncode == 0, verify.stderr
+    finally:
+        assert up.interrupt() == 0, "".join(up.output[-30:])

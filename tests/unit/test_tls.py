@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import os
 import ssl
 import subprocess
@@ -176,3 +177,20 @@ def test_a_stack_ca_is_trusted_besides_what_was_trusted(
     }
     trust_stack_ca(local.cert_path)  # again: nothing more to add
     assert os.environ["SSL_CERT_FILE"] == str(bundle)
+
+
+def test_behind_mutual_tls_the_cli_calls_the_stack_on_loopback(tmp_path: Path) -> None:
+    """payray's own tools hold no client certificate: against a stack whose front asks for one they use
+    Serve's loopback port; otherwise, and when given ``--url``, the URL merchants use."""
+    from ops.cli import _target
+    from payray.settings import STACK_FILE, Settings
+
+    settings = Settings(home=tmp_path, admin_key="sk_admin_x")
+    stored = {"base_url": "https://127.0.0.1:8000", "admin_key": "sk_admin_x"}
+    (tmp_path / STACK_FILE).write_text(json.dumps(stored))
+    args = argparse.Namespace(url=None, admin_key=None)
+    assert _target(settings, args) == ("https://127.0.0.1:8000", "sk_admin_x")
+    (tmp_path / STACK_FILE).write_text(json.dumps({**stored, "local_url": "http://127.0.0.1:41234"}))
+    assert _target(settings, args) == ("http://127.0.0.1:41234", "sk_admin_x")
+    given = argparse.Namespace(url="https://api.example", admin_key=None)
+    assert _target(settings, given) == ("https://api.example", "sk_admin_x")
