@@ -1,0 +1,1 @@
+"""Braintree behind the PSP port, through its official SDK (``adapter.BraintreePsp``)."""
