@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import urllib.error
+import urllib.parse
 import urllib.request
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -60,6 +61,13 @@ def _parser() -> argparse.ArgumentParser:
     merchant_commands = merchant.add_subparsers(dest="merchant_command", required=True, parser_class=_Parser)
     create = merchant_commands.add_parser("create", help="create a merchant and print its API key as JSON")
     create.add_argument("name", help="the merchant's display name")
+    routing = merchant_commands.add_parser(
+        "routing",
+        help="print a merchant's PSPs in the order its new payments try them, or set them with --psps; JSON",
+    )
+    routing.add_argument("merchant", help="the merchant's id, acct_…")
+    routing.add_argument("--psps", help="comma-separated, first tried first: stripe, braintree")
+    _target_arguments(routing)
 
     verify = commands.add_parser(
         "verify", help="check the invariants against a running stack; exit 1 on violation"
@@ -183,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     handlers = {
         "up": _up,
         "migrate": _migrate,
-        "merchant": _merchant_create,
+        "merchant": _merchant,
         "verify": _verify,
         "recon": _reconcile,
         "simulate": _simulate,
@@ -318,6 +326,35 @@ def _migrate(settings: Settings, args: argparse.Namespace) -> int:
         if server is not None:
             server.stop()  # type: ignore[attr-defined]
     print(f"applied {len(applied)} migration(s)" + (": " + ", ".join(applied) if applied else ""))
+    return 0
+
+
+def _merchant(settings: Settings, args: argparse.Namespace) -> int:
+    return (
+        _merchant_routing(settings, args)
+        if args.merchant_command == "routing"
+        else _merchant_create(settings, args)
+    )
+
+
+def _merchant_routing(settings: Settings, args: argparse.Namespace) -> int:
+    """Through the running API, which checks the list (an unknown PSP is refused and nothing stored)."""
+    target = _target(settings, args)
+    if target is None:
+        print(
+            "payray merchant routing: error: no running stack found; pass --url and --admin-key",
+            file=sys.stderr,
+        )
+        return 2
+    url, admin_key = target
+    path = f"/v1/admin/merchants/{urllib.parse.quote(args.merchant, safe='')}/routing"
+    body = None if args.psps is None else {"psps": [p.strip() for p in args.psps.split(",")]}
+    try:
+        answer = _admin_call(url, admin_key, path, body)
+    except (urllib.error.URLError, OSError) as exc:
+        print(f"payray merchant routing: error: {exc}", file=sys.stderr)
+        return 2 if "answered 4" in str(exc) else 1  # refused: the request, not the stack
+    print(json.dumps(answer))
     return 0
 
 

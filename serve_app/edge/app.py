@@ -34,6 +34,7 @@ from payray.errors import (
 )
 from payray.figures import ReplicaTotals
 from payray.pages import Page, parse_page
+from payray.routing import RoutingError, checked_priorities
 from payray.settings import Settings
 from serve_app.edge import dashboard
 from serve_app.edge.auth import Authenticator
@@ -60,6 +61,7 @@ from serve_app.stores import intents as intents_db
 from serve_app.stores import merchants as merchants_db
 from serve_app.stores import reconciliation as reconciliation_db
 from serve_app.stores import refunds as refunds_db
+from serve_app.stores import routing as routing_db
 from serve_app.stores import webhook_endpoints as endpoints_db
 from serve_app.stores.disputes import list_disputes, load_dispute
 from serve_app.stores.payouts import list_payouts, load_payout
@@ -97,6 +99,7 @@ from serve_app.wire.schemas import (
     IntentUpdate,
     MerchantCreate,
     PayoutCreate,
+    PspRoutingSet,
     ReconciliationRunCreate,
     RecoverySweep,
     RefundCreate,
@@ -645,6 +648,28 @@ class PaymentApi:
         async with self.parts.pool.connection() as conn:
             merchant = await merchants_db.create_merchant(conn, body.name)
         return json_response(200, dumps(merchant))
+
+    @api.get("/v1/admin/merchants/{merchant_id}/routing", **operation(o.PspRouting, auth=ADMIN_KEY))
+    async def get_psp_routing(self, merchant_id: str, request: Request) -> Response:
+        """The PSPs a merchant's new payments try, in order (Stripe alone until set)."""
+        await self._admin(request)
+        async with self.parts.pool.connection() as conn:
+            return json_response(200, dumps(await routing_db.routing_of(conn, merchant_id)))
+
+    @api.post(
+        "/v1/admin/merchants/{merchant_id}/routing",
+        **operation(o.PspRouting, auth=ADMIN_KEY, body=PspRoutingSet),
+    )
+    async def set_psp_routing(self, merchant_id: str, request: Request) -> Response:
+        """Replace a merchant's PSP list; an unknown or repeated PSP is a 400 and changes nothing."""
+        await self._admin(request)
+        body = parse_body(PspRoutingSet, await read_body(request), request.headers.get("content-type"))
+        try:
+            psps = checked_priorities(body.psps)
+        except RoutingError as exc:
+            raise InvalidRequest(str(exc), param="psps") from None
+        async with self.parts.pool.connection() as conn:
+            return json_response(200, dumps(await routing_db.set_routing(conn, merchant_id, psps)))
 
     @api.get("/v1/admin/ledger/trial_balance", **operation(o.Report, auth=ADMIN_KEY))
     async def trial_balance(self, request: Request) -> Response:

@@ -253,6 +253,14 @@ class Merchant(ApiObject):
     created: int
 
 
+class PspRouting(ApiObject):
+    object: Literal["psp_routing"]
+    merchant: str
+    psps: list[str]
+    #: None until the merchant's routing is first set (Stripe alone until then)
+    updated: int | None
+
+
 class WebhookReceipt(ApiObject):
     received: bool
     id: str

@@ -275,6 +275,12 @@ class MerchantCreate(StrictBody):
     name: Annotated[StrictStr, Field(min_length=1, max_length=200)]
 
 
+class PspRoutingSet(StrictBody):
+    """A merchant's PSPs, in the order its new payments try them (``payray.routing.checked_priorities``)."""
+
+    psps: Annotated[list[Annotated[StrictStr, Field(max_length=40)]], Field(min_length=1, max_length=8)]
+
+
 def validation_param(errors: list[dict[str, Any]]) -> str | None:
     """The dotted name of the first offending field, as Stripe's ``param``."""
     if not errors:
