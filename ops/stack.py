@@ -365,7 +365,7 @@ class Stack:
         """The local CA's certificate, when it signed the API's (no ``--cert``)."""
         if self.tls is None or self.tls.cert is not None:
             return None
-        return str(self.settings.home.resolve() / "tls" / "ca.pem")
+        return str(self.settings.home.resolve() / "tls" / CA_FILE)
 
 
 def _until_nodes_alive(count: int, timeout_s: float = 60) -> None:
