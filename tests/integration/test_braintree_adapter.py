@@ -20,6 +20,7 @@ from psp.braintree.adapter import BraintreePsp
 from psp.emulator.braintree.credentials import DEFAULT_MERCHANT_ID, DEFAULT_PRIVATE_KEY, DEFAULT_PUBLIC_KEY
 from psp.emulator.server import EmulatorProcess
 from psp.port import PspChargeResult, PspConfigurationError
+from tests.integration.emulator_control import control
 
 pytestmark = pytest.mark.integration
 
@@ -39,13 +40,6 @@ def base(emulator: EmulatorProcess) -> Iterator[str]:
     yield emulator.url
     control(emulator.url, "DELETE", "/_emulator/faults")
     control(emulator.url, "POST", "/_emulator/clock", {"now": None})
-
-
-def control(base: str, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
-    response = httpx.request(method, base + path, json=body, timeout=10)
-    assert response.status_code == 200, response.text
-    result: dict[str, Any] = response.json()
-    return result
 
 
 def braintree_faults(base: str, **faults: Any) -> None:

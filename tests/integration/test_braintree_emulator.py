@@ -24,6 +24,8 @@ from braintree.exceptions import (
 
 from psp.emulator.braintree.credentials import DEFAULT_MERCHANT_ID, DEFAULT_PRIVATE_KEY, DEFAULT_PUBLIC_KEY
 from psp.emulator.server import EmulatorProcess
+from tests.integration.emulator_control import control
+from tests.integration.polling import until
 from tests.integration.webhook_receiver import Receiver
 
 pytestmark = pytest.mark.integration
@@ -44,13 +46,6 @@ def base(emulator: EmulatorProcess) -> Iterator[str]:
     control(emulator.url, "DELETE", "/_emulator/faults")
     control(emulator.url, "POST", "/_emulator/clock", {"now": None})
     control(emulator.url, "DELETE", "/_emulator/braintree/webhooks")
-
-
-def control(base: str, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
-    response = httpx.request(method, base + path, json=body, timeout=10)
-    assert response.status_code == 200, response.text
-    result: dict[str, Any] = response.json()
-    return result
 
 
 def gateway(
@@ -268,10 +263,11 @@ def test_a_retried_capture_with_its_key_is_answered_not_refused(base: str) -> No
 
 
 def _notifications(gw: braintree.BraintreeGateway, base: str, receiver: Receiver, count: int) -> list[Any]:
-    deadline = time.monotonic() + 10
-    while len(receiver.received) < count and time.monotonic() < deadline:
+    def arrived() -> bool:
         control(base, "POST", "/_emulator/braintree/webhooks/flush")
-        time.sleep(0.05)
+        return len(receiver.received) >= count
+
+    until(arrived, timeout_s=10, what=f"{count} webhooks")
     parsed = []
     for received in receiver.received:
         form = parse_qs(received.body.decode())
