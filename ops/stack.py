@@ -125,6 +125,7 @@ class Stack:
                 psp_api_key=psp_api_key,
                 psp_api_base=psp_api_base,
                 ca_bundle=ca_bundle,
+                **self._braintree(psp_api_base),
             )
             if self.cluster is not None:
                 settings = settings.with_(ray_address=self._start_cluster(self.cluster))
@@ -217,6 +218,19 @@ class Stack:
         self._stops.append(emulator.stop)
         self._emulator_started = True
         return EMULATOR_API_KEY, base
+
+    def _braintree(self, emulator_base: str | None) -> dict[str, Any]:
+        """Braintree as configured, or the emulator's Braintree when this stack started the emulator."""
+        if self.settings.braintree_merchant_id or not self._emulator_started:
+            return {}
+        from psp.emulator.braintree import credentials
+
+        return {
+            "braintree_merchant_id": credentials.DEFAULT_MERCHANT_ID,
+            "braintree_public_key": credentials.DEFAULT_PUBLIC_KEY,
+            "braintree_private_key": credentials.DEFAULT_PRIVATE_KEY,
+            "braintree_environment": emulator_base,
+        }
 
     def _start_schedules(self, settings: Settings) -> None:
         """The recovery sweeper, the reconciliation scheduler and the ops monitor: detached actors, killed on

@@ -16,6 +16,7 @@ recovery resolves by asking the PSP.
     psp_pending --psp_captured--> captured              [post_ledger]
     psp_pending --psp_declined--> declined              [respond_declined]      (terminal)
     psp_pending --psp_unknown--> unknown                [respond_pending]
+    psp_pending --psp_failed_over--> psp_pending        [call_psp]   (the next PSP, under its own key)
     unknown --psp_retry--> psp_pending                  [call_psp]   (same PSP idempotency key)
     unknown --psp_captured|psp_declined--> ...          (a webhook or lookup answered first)
     unknown --psp_not_found--> failed                   [respond_failed]        (terminal)
@@ -25,6 +26,11 @@ recovery resolves by asking the PSP.
     refund_pending --psp_refunded--> compensated        [post_compensation]
     refund_pending --psp_refund_unknown--> refund_pending [refund_at_psp]
     compensated --compensation_posted--> failed         [respond_failed]        (terminal)
+
+A payment fails over to its merchant's next PSP only after a definite failure at the one it tried (the
+request never left, the PSP refused it, or a decline another acquirer may approve: ``payray.routing``); the
+attempt that ended is recorded with the transition, so each PSP sees a payment at most once, under a key of
+its own. An unknown outcome never fails over: it is resolved at its own PSP.
 
 A charge created with ``capture=false`` (or confirmed by a PaymentIntent with ``capture_method=manual``) is
 only authorized at the PSP. The authorization is a hold: booked in the ledger with the transitions it
@@ -87,6 +93,7 @@ class ChargeEvent(StrEnum):
     CANCEL = "cancel"
     PSP_CANCELED = "psp_canceled"
     RELEASE_POSTED = "release_posted"
+    PSP_FAILED_OVER = "psp_failed_over"
 
 
 class Command(StrEnum):
@@ -112,6 +119,7 @@ TRANSITIONS: dict[tuple[ChargeState, ChargeEvent], tuple[ChargeState, tuple[Comm
     (S.PSP_PENDING, E.PSP_CAPTURED): (S.CAPTURED, (C.POST_LEDGER,)),
     (S.PSP_PENDING, E.PSP_DECLINED): (S.DECLINED, (C.RESPOND_DECLINED,)),
     (S.PSP_PENDING, E.PSP_UNKNOWN): (S.UNKNOWN, (C.RESPOND_PENDING,)),
+    (S.PSP_PENDING, E.PSP_FAILED_OVER): (S.PSP_PENDING, (C.CALL_PSP,)),
     (S.UNKNOWN, E.PSP_RETRY): (S.PSP_PENDING, (C.CALL_PSP,)),
     (S.UNKNOWN, E.PSP_CAPTURED): (S.CAPTURED, (C.POST_LEDGER,)),
     (S.UNKNOWN, E.PSP_DECLINED): (S.DECLINED, (C.RESPOND_DECLINED,)),
@@ -297,6 +305,12 @@ def release_booking(state: ChargeState | str) -> tuple[Transition, ...]:
 def psp_idempotency_key(payment_id: str) -> str:
     """The PSP-side idempotency key for a payment's capture: derived, so every retry reuses it."""
     return f"payray-capture-{payment_id}"
+
+
+def attempt_key(payment_id: str, psp: str) -> str:
+    """The key of a payment's attempt at ``psp`` after it failed over there: a payment tries each PSP at most
+    once, so the PSP's name keeps every attempt's key its own (the first keeps ``psp_idempotency_key``)."""
+    return f"{psp_idempotency_key(payment_id)}-{psp}"
 
 
 def psp_capture_key(payment_id: str) -> str:

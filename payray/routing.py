@@ -59,6 +59,25 @@ def checked_priorities(psps: Sequence[str]) -> tuple[str, ...]:
     return tuple(psps)
 
 
+#: What an attempt's PSP answer says of the PSP's health: it answered, whether yes or no.
+HEALTHY_ENDS = frozenset({"captured", "authorized", "declined"})
+
+
+def attempt_end(status: str, refusal: str | None) -> AttemptEnd:
+    """How an attempt ended, from the port's outcome (``PspChargeResult.status``) and its ``refusal``: a
+    request that never left, or one the PSP refused as such, is a definite failure whatever the status."""
+    return _ENDS.get(refusal or "") or _ENDS.get(status) or "unknown"
+
+
+_ENDS: dict[str, AttemptEnd] = {
+    "captured": "captured",
+    "authorized": "authorized",
+    "declined": "declined",
+    "not_sent": "not_sent",
+    "refused": "refused",
+}
+
+
 def may_cascade(end: AttemptEnd, decline_code: str | None = None) -> bool:
     """Whether a payment may try the next PSP after an attempt that ended so: only after a definite failure
     that another PSP could turn into a success (the module's docstring says why)."""
@@ -73,10 +92,10 @@ def may_cascade(end: AttemptEnd, decline_code: str | None = None) -> bool:
 class Breaker:
     """One PSP's circuit breaker.
 
-    Closed, it lets everything through and counts definite failures and slow answers in a row; at
-    ``threshold`` it opens for ``open_s``. Then one probe is let through (half open): a success closes it, a
-    failure opens it again. An unknown outcome is neither (it says nothing yet about the PSP's health beyond
-    its latency, which is counted when slow).
+    Closed, it lets everything through and counts bad answers in a row (definite failures, unknown outcomes
+    and slow answers); at ``threshold`` it opens for ``open_s``. Then one probe is let through (half open): a
+    success closes it, a failure opens it again. An unknown outcome counts against the PSP's health even
+    though it never cascades: a PSP that times out is one new payments should not wait on.
     """
 
     threshold: int = 5
@@ -101,8 +120,8 @@ class Breaker:
         return False
 
     def record(self, now: float, *, ok: bool, seconds: float) -> None:
-        """An attempt's answer: ``ok`` for a success or a decline (the PSP worked), not for a definite
-        failure; ``seconds`` it took."""
+        """An attempt's answer: ``ok`` for a success or a decline (the PSP worked; ``healthy`` says which
+        ends are), not for a definite failure or an unknown outcome; ``seconds`` it took."""
         bad = not ok or seconds >= self.slow_s
         if self.state == "half_open":
             if bad:

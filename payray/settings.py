@@ -9,6 +9,7 @@ import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from payray.slots import DEFAULT_SLOTS
@@ -35,7 +36,7 @@ def default_wallet_hosts() -> int:
 
 
 #: Fields whose values are credentials: shown as ``***`` by ``repr`` (and so in any log of the settings).
-SECRETS = frozenset({"psp_api_key", "admin_key", "stripe_webhook_secrets"})
+SECRETS = frozenset({"psp_api_key", "admin_key", "stripe_webhook_secrets", "braintree_private_key"})
 
 
 @dataclass(frozen=True, repr=False)
@@ -53,6 +54,12 @@ class Settings:
     psp_api_key: str | None = None
     psp_api_base: str | None = None
     stripe_webhook_secrets: tuple[str, ...] = ()
+    #: Braintree, the second PSP (``BRAINTREE_*``): its merchant id and API key pair, and its environment,
+    #: ``sandbox``, ``production`` or a base URL (the emulator's); without a merchant id, no Braintree
+    braintree_merchant_id: str | None = None
+    braintree_public_key: str | None = None
+    braintree_private_key: str | None = None
+    braintree_environment: str = "sandbox"
     ray_address: str | None = None
     admin_key: str | None = None
     ray_namespace: str = "payray"
@@ -107,6 +114,7 @@ class Settings:
             psp_api_key=env.get("STRIPE_API_KEY") or None,
             psp_api_base=env.get("STRIPE_API_BASE") or None,
             stripe_webhook_secrets=secrets,
+            **_braintree(env),
             ray_address=env.get("RAY_ADDRESS") or None,
             admin_key=env.get("PAYRAY_ADMIN_KEY") or None,
             ray_namespace=env.get("PAYRAY_RAY_NAMESPACE", "payray"),
@@ -168,6 +176,20 @@ def _shown(name: str, value: object) -> object:
             netloc += f":{parts.port}" if parts.port is not None else ""
             return urlunsplit(parts._replace(netloc=netloc))
     return value
+
+
+def _braintree(env: Mapping[str, str]) -> dict[str, Any]:
+    """Braintree's settings: a merchant id takes both keys of its pair."""
+    merchant = env.get("BRAINTREE_MERCHANT_ID") or None
+    public, private = env.get("BRAINTREE_PUBLIC_KEY") or None, env.get("BRAINTREE_PRIVATE_KEY") or None
+    if merchant and not (public and private):
+        raise ValueError("BRAINTREE_MERCHANT_ID takes BRAINTREE_PUBLIC_KEY and BRAINTREE_PRIVATE_KEY")
+    return {
+        "braintree_merchant_id": merchant,
+        "braintree_public_key": public,
+        "braintree_private_key": private,
+        "braintree_environment": env.get("BRAINTREE_ENVIRONMENT") or "sandbox",
+    }
 
 
 def _positive_int(env: Mapping[str, str], name: str, default: int, *, allow_zero: bool = False) -> int:

@@ -34,6 +34,10 @@ class PspChargeResult:
     failure_code: str | None = None
     failure_message: str | None = None
     detail: str | None = None
+    #: set when the PSP provably did not act on the request: ``not_sent``, it never left (the connection or
+    #: its TLS failed first); ``refused``, the PSP refused the request itself (a 4xx that is no decline).
+    #: Only these, and declines another acquirer may approve, let a payment try another PSP.
+    refusal: Literal["not_sent", "refused"] | None = None
 
 
 @dataclass(frozen=True)

@@ -7,10 +7,13 @@ adapter only turns what remains into one of the port's three outcomes.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import ssl
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextvars import ContextVar
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Literal
 
@@ -105,6 +108,19 @@ def _unknown(exc: stripe.StripeError, what: str) -> PspChargeResult:
     return PspChargeResult("unknown", detail=detail)
 
 
+@dataclass
+class _Reach:
+    """How far the requests of one PSP call got: ``refused`` failed to connect (nothing was sent), the
+    ``connected`` ones may have reached the PSP."""
+
+    refused: int = 0
+    connected: int = 0
+
+
+#: The call being made in this task (``StripePsp.capture`` sets it; the HTTP client counts into it).
+_REACH: ContextVar[_Reach | None] = ContextVar("payray_stripe_reach", default=None)
+
+
 #: Told of every HTTP request to the PSP: its seconds to the response's headers, and the response's status
 #: (``None``: no answer).
 ObserveCall = Callable[[float, int | None], None]
@@ -125,6 +141,29 @@ class VerifyingHttpClient(stripe.AIOHTTPClient):
         # per request: the SDK builds its session lazily, inside the event loop a connector needs
         kwargs["ssl"] = self._ssl_context
         return args, kwargs
+
+    async def request_stream_async(
+        self, method: str, url: str, headers: Mapping[str, str], post_data: Any = None
+    ) -> Any:
+        """Each request, counted in the call's ``_Reach``: one that failed to connect (refused, unresolvable,
+        or its TLS handshake failed) sent nothing."""
+        reach = _REACH.get()
+        try:
+            answer = await super().request_stream_async(method, url, headers, post_data=post_data)
+        except stripe.APIConnectionError as exc:
+            if reach is not None:
+                if isinstance(exc.__cause__, aiohttp.ClientConnectorError):
+                    reach.refused += 1
+                else:
+                    reach.connected += 1
+            raise
+        except BaseException:
+            if reach is not None:
+                reach.connected += 1
+            raise
+        if reach is not None:
+            reach.connected += 1
+        return answer
 
 
 class ObservedHttpClient(VerifyingHttpClient):
@@ -206,6 +245,8 @@ class StripePsp:
             params["description"] = description
         if customer is not None:
             params["customer"] = customer
+        reached = _Reach()
+        token = _REACH.set(reached)
         try:
             intent = await self._client.v1.payment_intents.create_async(
                 params,  # type: ignore[arg-type]
@@ -229,6 +270,7 @@ class StripePsp:
                 currency=currency.lower(),
                 failure_code=exc.code or "invalid_request",
                 failure_message=exc.user_message,
+                refusal="refused",
             )
         except stripe.IdempotencyError as exc:
             raise PspConfigurationError(
@@ -238,11 +280,16 @@ class StripePsp:
             raise PspConfigurationError(f"the PSP refused our credentials: {exc.user_message}") from exc
         except stripe.StripeError as exc:
             log.warning("PSP capture outcome unknown for payment %s: %r", payment_id, exc)
-            return _unknown(exc, "capture")
+            unknown = _unknown(exc, "capture")
+            if isinstance(exc, stripe.APIConnectionError) and reached.connected == 0 and reached.refused:
+                return dataclasses.replace(unknown, refusal="not_sent")  # no try got past connecting
+            return unknown
         except Exception as exc:
             # Whatever broke after the request left, the charge may exist: recovery must look it up.
             log.exception("PSP capture failed unexpectedly for payment %s", payment_id)
             return PspChargeResult("unknown", detail=f"capture: {type(exc).__name__}: {exc}"[:300])
+        finally:
+            _REACH.reset(token)
         return result_from_intent(intent)
 
     async def capture_authorized(

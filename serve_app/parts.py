@@ -19,6 +19,8 @@ from redis.asyncio import Redis
 
 from payray.charge import Transition
 from payray.settings import Settings
+from psp.braintree.adapter import BraintreePsp
+from psp.port import PaymentServiceProvider
 from psp.stripe_adapter import ObserveCall, StripePsp
 from serve_app.flows.charge import ChargeFlow, ChargeService
 from serve_app.flows.customers import CustomerService
@@ -26,6 +28,7 @@ from serve_app.flows.dispute import DisputeBooking
 from serve_app.flows.idempotent import IdempotentRequests
 from serve_app.flows.intents import IntentFollower, IntentService
 from serve_app.flows.payout import PayoutFlow, PayoutService
+from serve_app.flows.psp_routes import PspRoutes
 from serve_app.flows.reconciliation import Reconciliation
 from serve_app.flows.recovery import Recovery
 from serve_app.flows.refund import RefundFlow, RefundService
@@ -117,6 +120,31 @@ class Parts:
         )
 
     @cached_property
+    def braintree(self) -> BraintreePsp | None:
+        """Braintree, when the settings name a merchant there."""
+        s = self.settings
+        if not s.braintree_merchant_id:
+            return None
+        assert s.braintree_public_key and s.braintree_private_key, "checked with the settings"
+        return BraintreePsp(
+            s.braintree_merchant_id,
+            s.braintree_public_key,
+            s.braintree_private_key,
+            s.braintree_environment,
+            s.psp_timeout_s,
+            ca_bundle=s.ca_bundle,
+        )
+
+    @cached_property
+    def psps(self) -> PspRoutes:
+        """Every PSP configured, by name, and the merchants' routing among them (one per process: its
+        breakers learn from every payment it makes)."""
+        adapters: dict[str, PaymentServiceProvider] = {"stripe": self.psp}
+        if self.braintree is not None:
+            adapters["braintree"] = self.braintree
+        return PspRoutes.over(self.pool, adapters)
+
+    @cached_property
     def redis(self) -> Redis:
         assert self.settings.redis_url, "the Redis URL is filled in before the service starts"
         return Redis.from_url(
@@ -137,11 +165,13 @@ class Parts:
     def charge_flow(self) -> ChargeFlow:
         """One per process: the webhooks ask it which charges it is driving or saw past the PSP."""
         follow = IntentFollower(self.pool)
-        return ChargeFlow(self.pool, self.psp, self.wallets, on_transition=self._on_transition, follow=follow)
+        return ChargeFlow(
+            self.pool, self.psps, self.wallets, on_transition=self._on_transition, follow=follow
+        )
 
     @cached_property
     def refund_flow(self) -> RefundFlow:
-        return RefundFlow(self.pool, self.psp, self.wallets)
+        return RefundFlow(self.pool, self.psps, self.wallets)
 
     @cached_property
     def payout_flow(self) -> PayoutFlow:
@@ -203,8 +233,8 @@ class Parts:
 
     async def aclose(self) -> None:
         """Close the clients that were opened (the PSP's HTTP session, Redis), then the pool."""
-        for name in ("psp", "redis"):
-            if name in vars(self):  # built: a cached_property keeps its value in the instance
+        for name in ("psp", "braintree", "redis"):
+            if vars(self).get(name) is not None:  # built: a cached_property keeps its value in the instance
                 try:
                     await getattr(self, name).aclose()
                 except Exception:  # closing the rest matters more

@@ -39,6 +39,7 @@ from psp.braintree.mapping import (
     check_key_misuse,
     currency_of,
     decimal_amount,
+    never_sent,
     newest_first,
     raise_if_ours,
     refund_of,
@@ -124,6 +125,7 @@ class BraintreePsp:
                 currency=cur,
                 failure_code="currency_not_supported",
                 failure_message=f"No Braintree merchant account settles {cur.upper()}.",
+                refusal="not_sent",
             )
         params: dict[str, Any] = {
             "amount": decimal_amount(amount, cur),
@@ -140,7 +142,8 @@ class BraintreePsp:
             # whatever broke after the request left, the sale may exist: recovery must look it up
             raise_if_ours(exc, "capture")
             log.warning("PSP capture outcome unknown for payment %s: %r", payment_id, exc)
-            return PspChargeResult("unknown", detail=unknown_detail(exc, "capture"))
+            refusal: Literal["not_sent"] | None = "not_sent" if never_sent(exc) else None
+            return PspChargeResult("unknown", detail=unknown_detail(exc, "capture"), refusal=refusal)
         if result.is_success or result.transaction is not None:
             return result_from_transaction(result.transaction)
         return refused_sale(refusal_of(result), amount, cur)

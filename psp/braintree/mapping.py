@@ -9,6 +9,8 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+import requests
+import urllib3
 from braintree.exceptions import (
     AuthenticationError,
     AuthorizationError,
@@ -218,6 +220,7 @@ def refused_sale(refusal: Refusal, amount: int, currency: str) -> PspChargeResul
         failure_code="invalid_request",
         failure_message=refusal.message or "The request was refused.",
         detail=refusal.describe(),
+        refusal="refused",
     )
 
 
@@ -229,6 +232,22 @@ def raise_if_ours(exc: BaseException, what: str) -> None:
         ) from exc
     if isinstance(exc, (ConfigurationError, UpgradeRequiredError)):
         raise PspConfigurationError(f"{what}: {type(exc).__name__}: {exc}") from exc
+
+
+def never_sent(exc: BaseException) -> bool:
+    """Whether a request failed before anything was sent: its connection (or its TLS handshake) failed, so
+    Braintree cannot have seen it. The SDK wraps requests' error, which wraps urllib3's."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, (urllib3.exceptions.ConnectTimeoutError, requests.exceptions.SSLError)):
+            return True  # NewConnectionError (refused, unresolvable) is a ConnectTimeoutError
+        reason = getattr(current.args[0], "reason", None) if current.args else None
+        if isinstance(reason, (urllib3.exceptions.ConnectTimeoutError, urllib3.exceptions.SSLError)):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
 
 
 def unknown_detail(exc: BaseException, what: str) -> str:

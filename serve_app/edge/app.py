@@ -668,8 +668,13 @@ class PaymentApi:
             psps = checked_priorities(body.psps)
         except RoutingError as exc:
             raise InvalidRequest(str(exc), param="psps") from None
+        missing = [p for p in psps if p not in self.parts.psps.adapters]
+        if missing:
+            raise InvalidRequest(f"{missing[0]} is not set up on this service", param="psps")
         async with self.parts.pool.connection() as conn:
-            return json_response(200, dumps(await routing_db.set_routing(conn, merchant_id, psps)))
+            routing = await routing_db.set_routing(conn, merchant_id, psps)
+        self.parts.psps.forget(merchant_id)
+        return json_response(200, dumps(routing))
 
     @api.get("/v1/admin/ledger/trial_balance", **operation(o.Report, auth=ADMIN_KEY))
     async def trial_balance(self, request: Request) -> Response:
@@ -686,7 +691,9 @@ class PaymentApi:
     async def invariants(self, request: Request) -> Response:
         await self._admin(request)
         assert self._settings.database_url
-        report = await check_invariants(self._settings.database_url, self.parts.psp, self.parts.wallets)
+        report = await check_invariants(
+            self._settings.database_url, self.parts.psps.adapters, self.parts.wallets
+        )
         return json_response(200, dumps(report))
 
     @api.post("/v1/admin/recovery/sweep", **operation(o.Report, auth=ADMIN_KEY, body=RecoverySweep))

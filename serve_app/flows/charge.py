@@ -39,6 +39,7 @@ from payray.charge import (
     Transition,
     after_lookup,
     allowed_events,
+    attempt_key,
     booking,
     booking_refused,
     decides_answer,
@@ -55,11 +56,13 @@ from payray.errors import InvalidRequest, NotFound
 from payray.fingerprint import request_fingerprint
 from payray.ids import new_id
 from payray.money import Money
-from psp.port import PaymentServiceProvider
+from payray.routing import attempt_end, may_cascade
+from psp.port import PaymentServiceProvider, PspChargeResult
 from serve_app.flows.idempotent import PENDING, Answer, IdempotentRequests, Operation
+from serve_app.flows.psp_routes import PspRoutes
 from serve_app.flows.recent import RecentOutcomes
 from serve_app.stores import charges as db
-from serve_app.stores.charges import Charge, ChargeWrite, PostgresCharges
+from serve_app.stores.charges import Charge, ChargeWrite, EndedAttempt, PostgresCharges
 from serve_app.stores.intents import Following
 from serve_app.wallets import WalletDirectory
 from serve_app.wire.render import charge_object, decline_object, dumps
@@ -100,6 +103,7 @@ class Persist:
     chain: list[Transition]
     fields: dict[str, Any] = field(default_factory=dict)
     detail: dict[str, Any] = field(default_factory=dict)
+    ended: EndedAttempt | None = None  # the attempt a failover leaves behind
 
 
 #: What a ``Book`` posts: the capture (``booking``), an authorization's hold (``hold_booking``) or its
@@ -190,7 +194,7 @@ class ChargeFlow:
     def __init__(
         self,
         pool: AsyncConnectionPool[Any],
-        psp: PaymentServiceProvider,
+        psps: PspRoutes | PaymentServiceProvider,
         wallets: WalletDirectory,
         on_transition: Callable[[Transition], None] | None = None,
         *,
@@ -200,7 +204,8 @@ class ChargeFlow:
         self._store = store if store is not None else PostgresCharges(pool)
         #: the transition of the PaymentIntent a charge's write carries, if it changes the intent
         self._follow = follow
-        self._psp = psp
+        #: the PSPs by name (one PSP alone routes every payment to it, as Stripe)
+        self.psps = psps if isinstance(psps, PspRoutes) else PspRoutes.only(psps)
         self._wallets = wallets
         self._on_transition = on_transition or (lambda t: None)
         #: payments this driver saw past the PSP, and those it is driving now (for the webhooks)
@@ -272,7 +277,7 @@ class ChargeFlow:
         captured or declined, it goes on from there; not found, it failed. Every other state resumes."""
         if charge.state not in AWAITING_PSP:
             return await self.resume(charge)
-        found = await self._psp.lookup(payment_id=charge.id)
+        found = await self._psp(charge).lookup(payment_id=charge.id)
         fields: dict[str, Any] = {}
         detail = {"source": "recovery"}
         if found is not None:
@@ -306,7 +311,9 @@ class ChargeFlow:
         next, until one has the answer."""
         while not isinstance(todo, Reply):
             if isinstance(todo, Persist):
-                persisted = await self._persist(todo.charge, todo.chain, todo.fields, todo.detail)
+                persisted = await self._persist(
+                    todo.charge, todo.chain, todo.fields, todo.detail, ended=todo.ended
+                )
                 todo = await self._after_commit(persisted)
             elif isinstance(todo, Book):
                 todo = await self._book(todo)
@@ -323,6 +330,7 @@ class ChargeFlow:
         fields: dict[str, Any],
         detail: dict[str, Any],
         conn: AsyncConnection[Any] | None = None,
+        ended: EndedAttempt | None = None,
     ) -> Persisted:
         """Persist ``chain`` (and the automatic steps after it); if it ends in an answer, store that answer
         in the same statement."""
@@ -340,7 +348,8 @@ class ChargeFlow:
             outbox = (f"charge.{rendered['status']}", rendered)
             commands = []
         answer = (response.status, response.body) if response else None
-        write = ChargeWrite(charge, chain, fields, detail, answer, outbox, await self._following(after))
+        following = await self._following(after)
+        write = ChargeWrite(charge, chain, fields, detail, answer, outbox, following, ended)
         stored = await self._store.apply(write, conn)
         return Persisted(charge, stored, chain, commands, response)
 
@@ -364,8 +373,15 @@ class ChargeFlow:
         (command,) = persisted.commands  # the machine asks for one command at a time
         return Run(stored, command)
 
+    def _psp(self, charge: Charge) -> PaymentServiceProvider:
+        """The PSP of the charge's current attempt: everything about a payment goes where it was made."""
+        return self.psps.adapter(charge.psp)
+
     async def _call_psp(self, charge: Charge) -> Next:
-        result = await self._psp.capture(
+        """Ask the attempt's PSP to charge; its answer feeds that PSP's breaker, and a definite failure
+        another PSP could turn into a success goes on to the merchant's next PSP (``payray.routing``)."""
+        started = self.psps.clock()
+        result = await self._psp(charge).capture(
             payment_id=charge.id,
             amount=charge.amount.amount,
             currency=charge.currency,
@@ -376,6 +392,12 @@ class ChargeFlow:
             # not ``customer``: it names one of payray's customers, which the PSP does not know
             capture_method="manual" if charge.capture_method == "manual" else "automatic",
         )
+        end = attempt_end(result.status, result.refusal)
+        self.psps.record(charge.psp, end, self.psps.clock() - started)
+        if may_cascade(end, result.failure_code):
+            failover = await self._failover(charge, result)
+            if failover is not None:
+                return failover
         fields = {
             "psp_reference": result.psp_reference,
             "failure_code": result.failure_code if result.status == "declined" else None,
@@ -383,6 +405,24 @@ class ChargeFlow:
         }
         detail = {"psp_status": result.status, "detail": result.detail} if result.detail else {}
         return heard(charge, PSP_EVENTS[result.status], fields, detail)
+
+    async def _failover(self, charge: Charge, result: PspChargeResult) -> Persist | None:
+        """The payment's next attempt, at the merchant's next PSP, with the one that ended recorded; None
+        when there is no PSP left to try (the failure then stands)."""
+        following = await self.psps.after(charge.merchant_id, charge.psp)
+        if following is None:
+            return None
+        end = attempt_end(result.status, result.refusal)
+        ended = EndedAttempt(
+            charge.psp_idempotency_key, charge.psp, result.psp_reference, end, result.failure_code
+        )
+        log.warning(
+            "payment fails over",
+            extra={"payment_id": charge.id, "from": charge.psp, "to": following, "end": end},
+        )
+        fields = {"psp": following, "psp_idempotency_key": attempt_key(charge.id, following)}
+        detail = {"from_psp": charge.psp, "ended": end, "failure_code": result.failure_code}
+        return Persist(charge, [step(charge.state, ChargeEvent.PSP_FAILED_OVER)], fields, detail, ended)
 
     def _capture_posting(self, charge: Charge) -> Posting:
         """The capture's posting; an authorization's also releases its whole hold."""
@@ -473,7 +513,7 @@ class ChargeFlow:
 
     async def _refund_at_psp(self, charge: Charge) -> Next:
         assert charge.psp_reference is not None
-        result = await self._psp.refund(
+        result = await self._psp(charge).refund(
             payment_id=charge.id,
             psp_reference=charge.psp_reference,
             amount=charge.captured_amount.amount,
@@ -489,7 +529,7 @@ class ChargeFlow:
         charge: captured, it is booked; gone at the PSP (canceled or expired there), its hold is released;
         unknown, it stays ``capture_pending`` and recovery asks again under the same key."""
         assert charge.psp_reference is not None
-        result = await self._psp.capture_authorized(
+        result = await self._psp(charge).capture_authorized(
             payment_id=charge.id,
             psp_reference=charge.psp_reference,
             amount=charge.captured_amount.amount,
@@ -504,7 +544,7 @@ class ChargeFlow:
         """Release the authorization at the PSP: released there, the hold is released here; anything else
         (unknown, or captured after all) stays ``cancel_pending`` for recovery and reconciliation."""
         assert charge.psp_reference is not None
-        result = await self._psp.cancel_authorization(
+        result = await self._psp(charge).cancel_authorization(
             payment_id=charge.id,
             psp_reference=charge.psp_reference,
             idempotency_key=psp_cancel_key(charge.id),
@@ -575,8 +615,10 @@ class ChargeService:
         customer: str | None = None,
         capture_method: str = "automatic",
         payment_intent_id: str | None = None,
+        psp: str = "stripe",
     ) -> Charge:
-        """A new charge, submitted (``psp_pending``) and not yet inserted: ``insert`` writes it."""
+        """A new charge, submitted (``psp_pending``) at ``psp`` (``route`` picks it) and not yet inserted:
+        ``insert`` writes it."""
         payment_id = new_id("ch")
         return Charge(
             id=payment_id,
@@ -593,7 +635,12 @@ class ChargeService:
             customer=customer,
             capture_method=capture_method,
             payment_intent_id=payment_intent_id,
+            psp=psp,
         )
+
+    async def route(self, merchant_id: str) -> str:
+        """The PSP a new payment of the merchant goes to."""
+        return await self._flow.psps.first(merchant_id)
 
     async def insert(self, conn: AsyncConnection[Any], charge: Charge, fingerprint: bytes) -> Charge | None:
         """Insert a ``fresh_charge`` and claim its key in one statement; None if the key was taken."""
@@ -613,6 +660,7 @@ class ChargeService:
             metadata=body.metadata,
             customer=body.customer,
             capture_method="automatic" if body.capture else "manual",
+            psp=await self.route(merchant_id),
         )
 
         async def create(conn: AsyncConnection[Any]) -> Charge | None:

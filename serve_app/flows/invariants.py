@@ -1,4 +1,7 @@
-"""The invariants of DESIGN.md, checked live against Postgres, the wallet actors and the PSP.
+"""The invariants of DESIGN.md, checked live against Postgres, the wallet actors and every PSP.
+
+A payment may have tried more than one PSP, so the PSPs' captures and refunds are read together: a payment
+captured at two PSPs is a double capture as surely as one captured twice at one.
 
 Used by ``GET /v1/admin/invariants`` and so by ``payray verify``, the load tests and every integration test.
 The ledger's own checks (``ledger.invariants``) are synchronous SQL; they run on a worker thread.
@@ -8,13 +11,14 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from collections.abc import Mapping
 from typing import Any
 
 import psycopg
 
 from ledger import invariants as ledger_invariants
 from payray import intent
-from psp.port import PaymentServiceProvider
+from psp.port import PaymentServiceProvider, PspRefund
 from serve_app.wallets import WalletDirectory
 
 LEDGER_CAPTURES = "SELECT external_ref FROM ledger_transactions WHERE kind = 'capture'"
@@ -29,10 +33,9 @@ EXCEPT
 SELECT external_ref FROM ledger_transactions WHERE kind = 'refund_reversal'
 """
 UNFINISHED_REFUNDS = "SELECT id FROM refunds WHERE state NOT IN ('succeeded', 'failed')"
-#: Refunds made at the PSP without us, learned from its webhooks: known by the PSP's id.
-LEARNED_REFUNDS = (
-    "SELECT psp_reference, id FROM refunds WHERE idempotency_key IS NULL AND psp_reference IS NOT NULL"
-)
+#: Refunds by the PSP's id: those made at the PSP without us (learned from its webhooks), and those a PSP
+#: cannot label with our id (Braintree's refund of an unsettled sale is its void, known by the sale's id).
+REFUNDS_BY_PSP_REFERENCE = "SELECT psp_reference, id FROM refunds WHERE psp_reference IS NOT NULL"
 #: Differences a reconciliation run has named, still open or closed by a person (not those that went away):
 #: by the PSP's reference, and by the ledger transaction's own reference (our payment or refund id).
 NAMED_BY_RECONCILIATION = """
@@ -59,7 +62,7 @@ def _ledger_facts(database_url: str) -> dict[str, Any]:
             "unfinished": {row[0] for row in conn.execute(UNFINISHED_PAYMENTS).fetchall()},
             "refunds": {row[0] for row in conn.execute(LEDGER_REFUNDS).fetchall()},
             "unfinished_refunds": {row[0] for row in conn.execute(UNFINISHED_REFUNDS).fetchall()},
-            "learned_refunds": dict(conn.execute(LEARNED_REFUNDS).fetchall()),
+            "learned_refunds": dict(conn.execute(REFUNDS_BY_PSP_REFERENCE).fetchall()),
             "named": {ref for row in conn.execute(NAMED_BY_RECONCILIATION).fetchall() for ref in row if ref},
             "intents": conn.execute(INTENTS_AND_CHARGES).fetchall(),
         }
@@ -70,12 +73,23 @@ def _wallet_mismatches(database_url: str, balances: dict[str, dict[str, int]]) -
         return ledger_invariants.wallet_mismatches(conn, balances)
 
 
+async def _at_psps(
+    psps: Mapping[str, PaymentServiceProvider],
+) -> tuple[list[tuple[str, str]], list[PspRefund]]:
+    """Every PSP's captures of payray's payments (payment id, the PSP's reference) and its live refunds."""
+    captures: list[tuple[str, str]] = []
+    refunds: list[PspRefund] = []
+    for psp in psps.values():
+        captures += [(c.payment_id, c.psp_reference) async for c in psp.list_captures() if c.payment_id]
+        refunds += [r async for r in psp.list_refunds() if r.status in ("succeeded", "pending")]
+    return captures, refunds
+
+
 async def check_invariants(
-    database_url: str, psp: PaymentServiceProvider, wallets: WalletDirectory
+    database_url: str, psps: Mapping[str, PaymentServiceProvider], wallets: WalletDirectory
 ) -> dict[str, Any]:
-    captures = [(c.payment_id, c.psp_reference) async for c in psp.list_captures() if c.payment_id]
+    captures, at_psp = await _at_psps(psps)
     psp_captures = Counter(payment_id for payment_id, _ in captures)
-    at_psp = [r async for r in psp.list_refunds() if r.status in ("succeeded", "pending")]
     facts = await asyncio.to_thread(_ledger_facts, database_url)
     learned: dict[str, str] = facts["learned_refunds"]
     # ours by the id they carry, or by the PSP's id for those learned from a webhook; others are not payray's

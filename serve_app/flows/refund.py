@@ -33,6 +33,7 @@ from payray.refund import (
 )
 from psp.port import PaymentServiceProvider
 from serve_app.flows.idempotent import Answer, IdempotentRequests, Operation
+from serve_app.flows.psp_routes import PspRoutes
 from serve_app.stores import refunds as db
 from serve_app.stores.charges import Charge
 from serve_app.stores.refunds import NewRefund, PostgresRefunds, Refund, RefundWrite
@@ -81,8 +82,8 @@ class RefundStore(Protocol):
         on meanwhile."""
         ...
 
-    async def charge_psp_reference(self, charge_id: str) -> str:
-        """The PSP's reference of the charge a refund gives back."""
+    async def charge_at_psp(self, charge_id: str) -> tuple[str, str]:
+        """The PSP of the charge a refund gives back, and that PSP's reference for it."""
         ...
 
     async def charge(self, charge_id: str) -> Charge | None:
@@ -98,13 +99,14 @@ class RefundFlow:
     def __init__(
         self,
         pool: AsyncConnectionPool[Any],
-        psp: PaymentServiceProvider,
+        psps: PspRoutes | PaymentServiceProvider,
         wallets: WalletDirectory,
         *,
         store: RefundStore | None = None,
     ) -> None:
         self._store = store if store is not None else PostgresRefunds(pool)
-        self._psp = psp
+        #: the PSPs by name: a refund goes to the PSP its charge was made at
+        self._psps = psps if isinstance(psps, PspRoutes) else PspRoutes.only(psps)
         self._wallets = wallets
         self._handlers: dict[RefundCommand, Callable[[Refund], Awaitable[Persist | Reply]]] = {
             RefundCommand.DEBIT_WALLET: self._debit_wallet,
@@ -207,8 +209,8 @@ class RefundFlow:
         return Persist(refund, RefundEvent.FUNDS_HELD, {"ledger_transaction_id": result.transaction_id})
 
     async def _refund_at_psp(self, refund: Refund) -> Persist | Reply:
-        psp_reference = await self._store.charge_psp_reference(refund.payment_id)
-        result = await self._psp.refund(
+        psp, psp_reference = await self._store.charge_at_psp(refund.payment_id)
+        result = await self._psps.adapter(psp).refund(
             payment_id=refund.payment_id,
             psp_reference=psp_reference,
             amount=refund.amount.amount,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -47,6 +47,8 @@ class Charge:
     amount_captured: int | None = None  # of an authorization: what its capture asks for, then took
     payment_intent_id: str | None = None
     cancellation_reason: str | None = None  # why an authorization was released: the merchant's, or "expired"
+    #: the PSP of its current attempt (the one ``psp_idempotency_key`` and ``psp_reference`` are of)
+    psp: str = "stripe"
 
     @property
     def captured_amount(self) -> Money:
@@ -65,7 +67,7 @@ _PAYMENT_COLUMNS = (
     "id, merchant_id, amount, currency, fee, payment_method, state, idempotency_key, psp_idempotency_key, "
     "created_at, description, metadata, customer, psp_reference, failure_code, failure_message, "
     "amount_refunded, ledger_transaction_id, capture_method, amount_captured, payment_intent_id, "
-    "cancellation_reason"
+    "cancellation_reason, psp"
 )
 
 #: Claims the key and creates the charge in one statement: either both rows exist or neither does. Neither
@@ -76,10 +78,10 @@ WITH known AS (SELECT {CUSTOMER_KNOWN} AS ok), claimed AS ({claim_key_where("(SE
 charge AS (
     INSERT INTO payments (id, merchant_id, amount, currency, fee, payment_method, state, idempotency_key,
                           psp_idempotency_key, description, metadata, customer, capture_method,
-                          payment_intent_id)
+                          payment_intent_id, psp)
     SELECT %(id)s, %(merchant_id)s, %(amount)s, %(currency)s, %(fee)s, %(payment_method)s, %(state)s, %(key)s,
            %(psp_idempotency_key)s, %(description)s, %(metadata)s, %(customer)s, %(capture_method)s,
-           %(payment_intent_id)s
+           %(payment_intent_id)s, %(psp)s
     FROM claimed
     RETURNING {_PAYMENT_COLUMNS}
 ), history AS (
@@ -105,14 +107,20 @@ LIST_PAYMENTS = newest_first(
 def _apply_transitions(ledger_transaction: str) -> str:
     """Applies a chain of transitions (guarded by the expected current state), writes their history, and
     optionally stores the response under the charge's idempotency key and an outbox event, and the
-    transition of the PaymentIntent that follows the charge, atomically."""
+    transition of the PaymentIntent that follows the charge, atomically. A write that starts the payment's
+    next attempt (``%(next_psp)s``) records the attempt that ended, and starts the next one afresh: its own
+    key, no PSP reference or failure yet."""
     return f"""
 WITH moved AS (
     UPDATE payments SET
         state = %(to_state)s,
-        psp_reference = COALESCE(%(psp_reference)s, psp_reference),
-        failure_code = COALESCE(%(failure_code)s, failure_code),
-        failure_message = COALESCE(%(failure_message)s, failure_message),
+        psp = COALESCE(%(next_psp)s, psp),
+        psp_idempotency_key = COALESCE(%(next_key)s, psp_idempotency_key),
+        psp_reference = CASE WHEN %(next_psp)s::text IS NULL
+                             THEN COALESCE(%(psp_reference)s, psp_reference) END,
+        failure_code = CASE WHEN %(next_psp)s::text IS NULL THEN COALESCE(%(failure_code)s, failure_code) END,
+        failure_message = CASE WHEN %(next_psp)s::text IS NULL
+                               THEN COALESCE(%(failure_message)s, failure_message) END,
         ledger_transaction_id = COALESCE({ledger_transaction}, ledger_transaction_id),
         amount_captured = COALESCE(%(amount_captured)s, amount_captured),
         fee = COALESCE(%(fee)s, fee),
@@ -124,6 +132,12 @@ WITH moved AS (
     INSERT INTO payment_transitions (payment_id, from_state, event, to_state, detail)
     SELECT moved.id, steps.from_state, steps.event, steps.to_state, %(detail)s
     FROM moved, jsonb_to_recordset(%(steps)s) AS steps(from_state text, event text, to_state text)
+), ended_attempt AS (
+    INSERT INTO payment_attempts (idempotency_key, payment_id, psp, psp_reference, ended, failure_code)
+    SELECT a.idempotency_key, moved.id, a.psp, a.psp_reference, a.ended, a.failure_code
+    FROM moved, jsonb_to_record(%(ended_attempt)s) AS a(
+        idempotency_key text, psp text, psp_reference text, ended text, failure_code text)
+    WHERE %(ended_attempt)s::jsonb IS NOT NULL
 ), {ANSWER_AND_ANNOUNCE}, {FOLLOW}
 SELECT * FROM moved
 """
@@ -187,6 +201,7 @@ async def insert_charge(
         "customer": charge.customer,
         "capture_method": charge.capture_method,
         "payment_intent_id": charge.payment_intent_id,
+        "psp": charge.psp,
         "steps": _steps(transitions),
     }
     async with conn.cursor(row_factory=dict_row) as cur:
@@ -253,6 +268,17 @@ async def set_details(
 
 
 @dataclass(frozen=True)
+class EndedAttempt:
+    """An attempt that ended in a definite failure at its PSP, recorded as the payment goes on to the next."""
+
+    idempotency_key: str
+    psp: str
+    psp_reference: str | None
+    ended: str  # payray.routing.AttemptEnd: not_sent, refused or declined
+    failure_code: str | None
+
+
+@dataclass(frozen=True)
 class ChargeWrite:
     """A chain of transitions from ``charge.state``, the columns it sets, and the answer and outbox event
     it decides (if it decides one): one statement, or the statement a capture's ledger transaction runs."""
@@ -264,6 +290,7 @@ class ChargeWrite:
     response: tuple[int, bytes] | None = None
     outbox: tuple[str, dict[str, Any]] | None = None
     intent: Following | None = None  # the PaymentIntent's transition, when the charge's changes it
+    ended: EndedAttempt | None = None  # the attempt this write leaves, going on to ``fields["psp"]``
 
 
 def _write_params(write: ChargeWrite) -> dict[str, Any]:
@@ -279,6 +306,9 @@ def _write_params(write: ChargeWrite) -> dict[str, Any]:
         "amount_captured": fields.get("amount_captured"),
         "fee": fields.get("fee"),
         "cancellation_reason": fields.get("cancellation_reason"),
+        "next_psp": fields.get("psp") if write.ended else None,
+        "next_key": fields.get("psp_idempotency_key") if write.ended else None,
+        "ended_attempt": Jsonb(asdict(write.ended)) if write.ended else None,
         "detail": Jsonb(write.detail),
         "steps": _steps(write.chain),
         **answer_params(write.response, write.outbox),

@@ -253,12 +253,13 @@ async def apply_transition(conn: AsyncConnection[Any], write: RefundWrite) -> Re
     return _refund(row) if row else None
 
 
-async def charge_psp_reference(conn: AsyncConnection[Any], payment_id: str) -> str:
+async def charge_at_psp(conn: AsyncConnection[Any], payment_id: str) -> tuple[str, str]:
+    """The PSP a charge was made at, and that PSP's reference for it."""
     row = await (
-        await conn.execute("SELECT psp_reference FROM payments WHERE id = %s", (payment_id,))
+        await conn.execute("SELECT psp, psp_reference FROM payments WHERE id = %s", (payment_id,))
     ).fetchone()
-    assert row is not None and row[0] is not None, f"refunded charge {payment_id} has no PSP reference"
-    return str(row[0])
+    assert row is not None and row[1] is not None, f"refunded charge {payment_id} has no PSP reference"
+    return str(row[0]), str(row[1])
 
 
 async def discard(conn: AsyncConnection[Any], refund_id: str) -> None:
@@ -365,9 +366,9 @@ class PostgresRefunds:
         async with connection.on(self._pool, conn) as on:
             return await apply_transition(on, write)
 
-    async def charge_psp_reference(self, charge_id: str) -> str:
+    async def charge_at_psp(self, charge_id: str) -> tuple[str, str]:
         async with self._pool.connection() as conn:
-            return await charge_psp_reference(conn, charge_id)
+            return await charge_at_psp(conn, charge_id)
 
     async def charge(self, charge_id: str) -> Charge | None:
         async with self._pool.connection() as conn:

@@ -48,3 +48,12 @@ def _routing_object(merchant_id: str, psps: list[str], updated: Any) -> dict[str
         "psps": psps,
         "updated": int(updated.timestamp()) if updated is not None else None,
     }
+
+
+PRIORITIES_OF = "SELECT psps FROM merchant_psp_routing WHERE merchant_id = %s"
+
+
+async def priorities_of(conn: AsyncConnection[Any], merchant_id: str) -> tuple[str, ...]:
+    """The merchant's PSPs in the order its new payments try them (``DEFAULT_ROUTING`` without a list)."""
+    row = await (await conn.execute(PRIORITIES_OF, (merchant_id,))).fetchone()
+    return tuple(row[0]) if row is not None else DEFAULT_ROUTING

@@ -190,7 +190,7 @@ class OpsMonitor(ServiceSchedule):
         try:
             parts = await self._parts()
             assert self._settings.database_url
-            report = await check_invariants(self._settings.database_url, parts.psp, parts.wallets)
+            report = await check_invariants(self._settings.database_url, parts.psps.adapters, parts.wallets)
         except Exception as exc:
             log.warning("the monitor's invariant check failed: %r", exc)
             self._invariants.update(ok=None, error=type(exc).__name__, checked_at=time.time())

@@ -21,7 +21,7 @@ from payray.fees import fee_for
 from payray.money import Money
 from payray.refund import psp_refund_key
 from psp.port import PspCapture, PspChargeResult, PspRefund, PspRefundResult, SettlementReport
-from serve_app.stores.charges import Charge, ChargeWrite
+from serve_app.stores.charges import Charge, ChargeWrite, EndedAttempt
 from serve_app.stores.refunds import Refund, RefundWrite
 
 NOW = datetime(2024, 5, 1, tzinfo=UTC)
@@ -78,6 +78,8 @@ class FakeCharges:
     rows: dict[str, Charge] = field(default_factory=dict)
     writes: list[Written] = field(default_factory=list)
     responses: dict[str, tuple[int, bytes]] = field(default_factory=dict)
+    #: the attempts that ended as their payment failed over (``payment_attempts``)
+    ended: list[EndedAttempt] = field(default_factory=list)
 
     def add(self, charge: Charge) -> Charge:
         self.rows[charge.id] = charge
@@ -96,6 +98,14 @@ class FakeCharges:
             return None
         names = ("psp_reference", "failure_code", "failure_message", "ledger_transaction_id")
         moved = current.evolve(state=chain[-1].target.value, **_changed(write.fields, names))
+        if write.ended is not None:  # the next attempt starts afresh, as the SQL's does
+            self.ended.append(write.ended)
+            fresh = {"psp_reference": None, "failure_code": None, "failure_message": None}
+            next_attempt = {
+                "psp": write.fields["psp"],
+                "psp_idempotency_key": write.fields["psp_idempotency_key"],
+            }
+            moved = moved.evolve(**fresh, **next_attempt)
         self.rows[charge.id] = moved
         steps = [(t.source.value, t.event.value, t.target.value) for t in chain]
         topic = write.outbox[0] if write.outbox else None
@@ -125,6 +135,7 @@ class FakeRefunds:
     writes: list[Written] = field(default_factory=list)
     discarded: list[str] = field(default_factory=list)
     charge_references: dict[str, str] = field(default_factory=lambda: {"ch_1": "pi_1"})
+    charge_psps: dict[str, str] = field(default_factory=dict)  # the charges not made at Stripe
 
     def add(self, refund: Refund) -> Refund:
         self.rows[refund.id] = refund
@@ -149,8 +160,8 @@ class FakeRefunds:
         self.writes.append(Written(refund.id, [step], write.detail, write.response, topic))
         return moved
 
-    async def charge_psp_reference(self, payment_id: str) -> str:
-        return self.charge_references[payment_id]
+    async def charge_at_psp(self, payment_id: str) -> tuple[str, str]:
+        return self.charge_psps.get(payment_id, "stripe"), self.charge_references[payment_id]
 
     async def charge(self, charge_id: str) -> Any:
         return None  # no charges here: no charge.refunded event
@@ -199,7 +210,8 @@ class FakeWallets:
 class FakePsp:
     """A ``PaymentServiceProvider`` that answers as scripted and remembers what it was asked."""
 
-    #: the answers to the next captures, in order; then ``captured``
+    #: the answers to the next captures, in order; then ``captured``. Besides the port's statuses:
+    #: ``not_sent`` (the connection failed first), ``refused`` (a 4xx) and ``declined:<code>``.
     capture_answers: list[str] = field(default_factory=list)
     #: the answers to the next refunds, in order; then ``refunded``
     refund_answers: list[str] = field(default_factory=list)
@@ -207,6 +219,9 @@ class FakePsp:
     found: dict[str, PspChargeResult] = field(default_factory=dict)
     capture_keys: list[str] = field(default_factory=list)
     refund_keys: list[str] = field(default_factory=list)
+    #: how its references start (``pi`` as Stripe's PaymentIntents)
+    prefix: str = "pi"
+    refund_references: list[str] = field(default_factory=list)
 
     async def capture(
         self,
@@ -223,9 +238,15 @@ class FakePsp:
     ) -> PspChargeResult:
         self.capture_keys.append(idempotency_key)
         status = self.capture_answers.pop(0) if self.capture_answers else "captured"
-        if status == "declined":
-            return PspChargeResult("declined", f"pi_{payment_id}", failure_code="card_declined")
-        return PspChargeResult(status, f"pi_{payment_id}" if status == "captured" else None)
+        reference = f"{self.prefix}_{payment_id}"
+        if status == "not_sent":
+            return PspChargeResult("unknown", refusal="not_sent", detail="ConnectionRefusedError")
+        if status == "refused":
+            return PspChargeResult("declined", failure_code="invalid_request", refusal="refused")
+        if status.startswith("declined"):
+            code = status.partition(":")[2] or "card_declined"
+            return PspChargeResult("declined", reference, failure_code=code)
+        return PspChargeResult(status, reference if status in ("captured", "authorized") else None)
 
     async def lookup(self, *, payment_id: str) -> PspChargeResult | None:
         return self.found.get(payment_id)
@@ -243,6 +264,7 @@ class FakePsp:
         refund_id: str | None = None,
     ) -> PspRefundResult:
         self.refund_keys.append(idempotency_key)
+        self.refund_references.append(psp_reference)
         status = self.refund_answers.pop(0) if self.refund_answers else "refunded"
         reference = f"pre_{len(self.refund_keys)}" if status == "refunded" else None
         return PspRefundResult(status, reference, "refused by the bank" if status == "failed" else None)

@@ -58,3 +58,18 @@ def test_the_rate_limits_have_stripe_like_defaults_and_are_read_from_the_environ
 def test_rate_limit_settings_that_cannot_work_are_refused(name: str, value: str) -> None:
     with pytest.raises(ValueError, match=name):
         Settings.from_env({name: value})
+
+
+def test_braintree_takes_a_merchant_id_with_both_keys_and_hides_the_private_one() -> None:
+    env = {
+        "BRAINTREE_MERCHANT_ID": "m",
+        "BRAINTREE_PUBLIC_KEY": "pub",
+        "BRAINTREE_PRIVATE_KEY": "priv_secret",
+        "BRAINTREE_ENVIRONMENT": "http://127.0.0.1:12111",
+    }
+    settings = Settings.from_env(env)
+    assert (settings.braintree_merchant_id, settings.braintree_environment) == ("m", "http://127.0.0.1:12111")
+    assert "priv_secret" not in repr(settings)
+    assert Settings.from_env({}).braintree_merchant_id is None
+    with pytest.raises(ValueError, match="BRAINTREE_PRIVATE_KEY"):
+        Settings.from_env({"BRAINTREE_MERCHANT_ID": "m", "BRAINTREE_PUBLIC_KEY": "pub"})

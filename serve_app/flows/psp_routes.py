@@ -1,0 +1,110 @@
+"""The PSPs one process reaches, by name, and the routing of merchants' payments among them.
+
+A merchant's priority list comes from Postgres (``merchant_psp_routing``) and is kept here for a few seconds,
+so routing costs a new payment no query; the circuit breakers (``payray.routing.Router``) are this process's
+own: each replica learns a PSP's health from the answers it gets. A PSP a merchant lists but this service has
+no credentials for is skipped, and a merchant whose list leaves nothing routes to the first PSP configured.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any
+
+from psycopg_pool import AsyncConnectionPool
+
+from payray.routing import HEALTHY_ENDS, PSPS, AttemptEnd, Router
+from psp.port import PaymentServiceProvider, PspConfigurationError
+from serve_app.stores import routing as routing_db
+
+#: How long a merchant's PSP list is used before it is read again: a change made through another replica
+#: reaches this one within it.
+ROUTING_TTL_S = 5.0
+
+Priorities = Callable[[str], Awaitable[Sequence[str]]]
+
+
+class PspRoutes:
+    """The PSP adapters by name, each merchant's order of them, and their breakers."""
+
+    def __init__(
+        self,
+        adapters: Mapping[str, PaymentServiceProvider],
+        priorities: Priorities | None = None,
+        *,
+        router: Router | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        ttl_s: float = ROUTING_TTL_S,
+    ) -> None:
+        assert adapters, "a service reaches at least one PSP"
+        self.adapters = dict(adapters)
+        self.router = router or Router()
+        self.clock = clock
+        self._read = priorities
+        self._ttl_s = ttl_s
+        self._cached: dict[str, tuple[float, tuple[str, ...]]] = {}
+
+    @classmethod
+    def only(cls, psp: PaymentServiceProvider, name: str = "stripe") -> PspRoutes:
+        """One PSP for every merchant."""
+        return cls({name: psp})
+
+    @classmethod
+    def over(
+        cls, pool: AsyncConnectionPool[Any], adapters: Mapping[str, PaymentServiceProvider]
+    ) -> PspRoutes:
+        """Merchants' lists read from the service's database."""
+
+        async def read(merchant_id: str) -> Sequence[str]:
+            async with pool.connection() as conn:
+                return await routing_db.priorities_of(conn, merchant_id)
+
+        return cls(adapters, read)
+
+    def adapter(self, name: str) -> PaymentServiceProvider:
+        """The adapter of ``name``: a payment at a PSP this service has no credentials for is a setup error,
+        not an outcome (nothing may be assumed about it)."""
+        try:
+            return self.adapters[name]
+        except KeyError:
+            raise PspConfigurationError(
+                f"a payment is at {name}, which this service is not set up for"
+            ) from None
+
+    async def priorities(self, merchant_id: str) -> tuple[str, ...]:
+        """The merchant's PSPs in order, those configured here only."""
+        now = self.clock()
+        cached = self._cached.get(merchant_id)
+        if cached is None or now >= cached[0]:
+            listed = tuple(await self._read(merchant_id)) if self._read is not None else PSPS
+            cached = (now + self._ttl_s, listed)
+            self._cached[merchant_id] = cached
+        usable = tuple(p for p in cached[1] if p in self.adapters)
+        return usable or (next(p for p in PSPS if p in self.adapters),)
+
+    def forget(self, merchant_id: str) -> None:
+        """Read the merchant's list again on its next payment (it was just changed here)."""
+        self._cached.pop(merchant_id, None)
+
+    async def first(self, merchant_id: str) -> str:
+        """Where a new payment of the merchant goes: its first PSP whose breaker lets it through."""
+        chosen = self.router.next_psp(await self.priorities(merchant_id), (), self.clock())
+        assert chosen is not None, "a first attempt always has a PSP"
+        return chosen
+
+    async def after(self, merchant_id: str, current: str) -> str | None:
+        """Where a payment goes after a definite failure at ``current``: on down the merchant's list, never
+        back up it (so no PSP sees one payment twice), skipping PSPs whose breaker is open. None: nowhere."""
+        order = await self.priorities(merchant_id)
+        tried = order[: order.index(current) + 1] if current in order else (current,)
+        return self.router.next_psp(order, tried, self.clock())
+
+    def record(self, psp: str, end: AttemptEnd, seconds: float) -> None:
+        """Feed ``psp``'s breaker with how an attempt there ended and how long it took."""
+        if psp in self.router.breakers:
+            self.router.breakers[psp].record(self.clock(), ok=end in HEALTHY_ENDS, seconds=seconds)
+
+    def health(self) -> Mapping[str, str]:
+        """Each configured PSP's breaker: closed, open or half_open."""
+        return {name: state for name, state in self.router.health().items() if name in self.adapters}

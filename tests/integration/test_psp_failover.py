@@ -1,0 +1,135 @@
+"""Payments routed between Stripe and Braintree through the running stack: by the merchant's priority, on to
+the next PSP after a definite failure only, and everything about a payment at the PSP that made it."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+
+from ops.stack import StackInfo
+from psp.braintree.adapter import BraintreePsp
+from psp.emulator.braintree.credentials import DEFAULT_MERCHANT_ID, DEFAULT_PRIVATE_KEY, DEFAULT_PUBLIC_KEY
+from psp.port import PspChargeResult
+from tests.integration.stack_fixtures import Merchant
+
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("invariants_hold")]
+
+
+def route(admin: httpx.Client, merchant: Merchant, *psps: str) -> None:
+    answer = admin.post(f"/v1/admin/merchants/{merchant.id}/routing", json={"psps": list(psps)})
+    assert answer.status_code == 200, answer.text
+
+
+def at_braintree(stack: StackInfo, payment_id: str) -> PspChargeResult | None:
+    """What Braintree (the emulator's) holds for the payment, found by its order id."""
+    assert stack.psp_api_base
+
+    async def find() -> PspChargeResult | None:
+        psp = BraintreePsp(DEFAULT_MERCHANT_ID, DEFAULT_PUBLIC_KEY, DEFAULT_PRIVATE_KEY, stack.psp_api_base)
+        try:
+            return await psp.lookup(payment_id=payment_id)
+        finally:
+            await psp.aclose()
+
+    return asyncio.run(find())
+
+
+def attempts(database_url: str, payment_id: str) -> tuple[tuple[Any, ...], list[tuple[Any, ...]]]:
+    """The payment's current attempt (PSP, key), and the attempts it left behind (PSP, how they ended)."""
+    with psycopg.connect(database_url) as conn:
+        current = conn.execute(
+            "SELECT psp, psp_idempotency_key FROM payments WHERE id = %s", (payment_id,)
+        ).fetchone()
+        ended = conn.execute(
+            "SELECT psp, ended, failure_code FROM payment_attempts WHERE payment_id = %s", (payment_id,)
+        ).fetchall()
+    assert current is not None
+    return current, ended
+
+
+def test_a_merchant_with_braintree_first_charges_there(
+    admin: httpx.Client, merchant: Merchant, stack: StackInfo, api_database_url: str
+) -> None:
+    route(admin, merchant, "braintree", "stripe")
+    charged = merchant.charge()
+    assert charged.status_code == 200 and charged.json()["status"] == "succeeded", charged.text
+    (psp, _), ended = attempts(api_database_url, charged.json()["id"])
+    assert (psp, ended) == ("braintree", [])
+    found = at_braintree(stack, charged.json()["id"])
+    assert found is not None and found.status == "captured" and found.amount == 1000
+
+
+def test_a_retryable_decline_at_stripe_fails_over_and_the_refund_follows_the_payment(
+    admin: httpx.Client,
+    merchant: Merchant,
+    stack: StackInfo,
+    api_database_url: str,
+    faults: Callable[..., None],
+) -> None:
+    route(admin, merchant, "stripe", "braintree")
+    faults(psp="stripe", decline_rate=1.0, decline_code="processing_error")
+    charged = merchant.charge(amount=2500)
+    assert charged.status_code == 200 and charged.json()["status"] == "succeeded", charged.text
+    payment_id = charged.json()["id"]
+    (psp, key), ended = attempts(api_database_url, payment_id)
+    assert psp == "braintree" and key.endswith("-braintree")
+    assert ended == [("stripe", "declined", "processing_error")]
+    found = at_braintree(stack, payment_id)
+    assert found is not None and found.status == "captured" and found.amount == 2500
+
+    # Braintree's rule, not Stripe's: an unsettled sale is refunded whole (a void) or not at all
+    partial = merchant.refund(payment_id, amount=1000)
+    assert partial.status_code == 200 and partial.json()["status"] == "failed", partial.text
+    assert "91506" in partial.json()["failure_reason"]
+    refunded = merchant.refund(payment_id)
+    assert refunded.status_code == 200 and refunded.json()["status"] == "succeeded", refunded.text
+    assert merchant.available() == 0
+    after = at_braintree(stack, payment_id)
+    assert after is not None and after.status == "declined" and after.failure_code == "canceled"  # voided
+
+
+@pytest.mark.parametrize("decline_code", ["insufficient_funds", "stolen_card"])
+def test_a_hard_decline_at_stripe_never_fails_over(
+    admin: httpx.Client,
+    merchant: Merchant,
+    stack: StackInfo,
+    api_database_url: str,
+    faults: Callable[..., None],
+    decline_code: str,
+) -> None:
+    route(admin, merchant, "stripe", "braintree")
+    faults(psp="stripe", decline_rate=1.0, decline_code=decline_code)
+    declined = merchant.charge()
+    assert declined.status_code == 402, declined.text
+    payment_id = declined.json()["error"]["charge"]
+    assert attempts(api_database_url, payment_id)[0][0] == "stripe"
+    assert attempts(api_database_url, payment_id)[1] == []
+    assert at_braintree(stack, payment_id) is None
+
+
+def test_a_timeout_at_stripe_never_fails_over_and_is_resolved_there(
+    admin: httpx.Client,
+    merchant: Merchant,
+    stack: StackInfo,
+    api_database_url: str,
+    faults: Callable[..., None],
+) -> None:
+    route(admin, merchant, "stripe", "braintree")
+    faults(psp="stripe", timeout_after_capture_rate=1.0, hold_ms=5_000)  # captured; the answer comes too late
+    pending = merchant.charge(key="timeout-" + merchant.id)
+    assert pending.status_code == 202, pending.text
+    payment_id = pending.json()["id"]
+    faults()
+    assert at_braintree(stack, payment_id) is None
+    swept = admin.post("/v1/admin/recovery/sweep", json={"grace_s": 0})
+    assert swept.status_code == 200, swept.text
+    replayed = merchant.charge(key="timeout-" + merchant.id)
+    assert replayed.status_code == 200 and replayed.json()["status"] == "succeeded", replayed.text
+    (psp, _), ended = attempts(api_database_url, payment_id)
+    assert (psp, ended) == ("stripe", [])
+    assert at_braintree(stack, payment_id) is None

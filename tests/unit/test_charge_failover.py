@@ -1,0 +1,178 @@
+"""Failover between PSPs in the charge flow, against in-memory fakes: which failures go on to the next PSP,
+which never do, and where everything about a payment goes afterwards."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Coroutine, Sequence
+from typing import Any, TypeVar
+
+import pytest
+
+from payray.charge import attempt_key
+from serve_app.flows.charge import ChargeFlow, Reply
+from serve_app.flows.psp_routes import PspRoutes
+from serve_app.flows.refund import RefundFlow
+from tests.unit.flow_fakes import FakeCharges, FakePsp, FakeRefunds, FakeWallets, new_charge, new_refund
+
+T = TypeVar("T")
+BOTH = ("stripe", "braintree")
+
+
+def run(coroutine: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coroutine)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def routes(
+    stripe: FakePsp, braintree: FakePsp, order: Sequence[str] = BOTH, clock: Clock | None = None
+) -> PspRoutes:
+    async def priorities(merchant_id: str) -> Sequence[str]:
+        return order
+
+    return PspRoutes({"stripe": stripe, "braintree": braintree}, priorities, clock=clock or Clock())
+
+
+def flow(psps: PspRoutes) -> tuple[ChargeFlow, FakeCharges, FakeWallets]:
+    store = FakeCharges()
+    wallets = FakeWallets()
+    wallets.payments = store
+    return ChargeFlow(None, psps, wallets, store=store), store, wallets  # no pool: the store is fake
+
+
+def status_of(reply: Reply) -> str:
+    return str(json.loads(reply.body).get("status", "failed"))
+
+
+@pytest.mark.parametrize("first_answer", ["not_sent", "refused", "declined:processing_error"])
+def test_a_definite_failure_fails_over_to_the_next_psp_under_a_key_of_its_own(first_answer: str) -> None:
+    stripe, braintree = FakePsp(capture_answers=[first_answer]), FakePsp(prefix="bt")
+    charges, store, wallets = flow(routes(stripe, braintree))
+    charge = store.add(new_charge())
+    reply = run(charges.start(charge))
+    assert reply.status == 200 and status_of(reply) == "succeeded"
+    done = store.rows[charge.id]
+    assert (done.psp, done.psp_reference) == ("braintree", f"bt_{charge.id}")
+    assert stripe.capture_keys == [charge.psp_idempotency_key]
+    assert braintree.capture_keys == [attempt_key(charge.id, "braintree")] == [done.psp_idempotency_key]
+    assert store.events(charge.id) == ["psp_failed_over", "psp_captured", "ledger_posted", "responded"]
+    (ended,) = store.ended
+    assert (ended.psp, ended.idempotency_key, ended.ended) == (
+        "stripe",
+        charge.psp_idempotency_key,
+        first_answer.split(":")[0],
+    )
+    assert wallets.kinds() == [("capture", charge.id)]  # one capture booked, at the PSP that made it
+
+
+@pytest.mark.parametrize("first_answer", ["unknown", "declined:insufficient_funds", "declined:card_declined"])
+def test_an_unknown_outcome_or_a_hard_decline_never_fails_over(first_answer: str) -> None:
+    stripe, braintree = FakePsp(capture_answers=[first_answer]), FakePsp(prefix="bt")
+    charges, store, wallets = flow(routes(stripe, braintree))
+    charge = store.add(new_charge())
+    reply = run(charges.start(charge))
+    assert reply.status == (202 if first_answer == "unknown" else 402)
+    assert braintree.capture_keys == [] and store.ended == [] and store.rows[charge.id].psp == "stripe"
+    assert wallets.kinds() == []
+
+
+def test_an_unknown_outcome_is_resolved_at_its_own_psp_under_the_same_key() -> None:
+    stripe, braintree = FakePsp(capture_answers=["unknown"]), FakePsp(prefix="bt")
+    charges, store, _ = flow(routes(stripe, braintree))
+    charge = store.add(new_charge())
+    run(charges.start(charge))
+    reply = run(charges.resume(store.rows[charge.id]))
+    assert reply.status == 200 and store.rows[charge.id].psp == "stripe"
+    assert stripe.capture_keys == [charge.psp_idempotency_key] * 2 and braintree.capture_keys == []
+
+
+def test_a_merchant_with_one_psp_keeps_todays_behaviour_when_it_cannot_be_reached() -> None:
+    stripe, braintree = FakePsp(capture_answers=["not_sent"]), FakePsp(prefix="bt")
+    charges, store, _ = flow(routes(stripe, braintree, order=("stripe",)))
+    charge = store.add(new_charge())
+    reply = run(charges.start(charge))
+    assert reply.status == 202 and store.rows[charge.id].state == "unknown"
+    assert braintree.capture_keys == [] and store.ended == []
+
+
+def test_a_definite_failure_at_the_last_psp_stands() -> None:
+    stripe = FakePsp(capture_answers=["refused"])
+    braintree = FakePsp(capture_answers=["declined:processing_error"], prefix="bt")
+    charges, store, _ = flow(routes(stripe, braintree))
+    charge = store.add(new_charge())
+    reply = run(charges.start(charge))
+    assert reply.status == 402 and store.rows[charge.id].failure_code == "processing_error"
+    assert [a.psp for a in store.ended] == ["stripe"]  # never back to a PSP the payment tried
+
+
+def test_the_breaker_routes_new_payments_away_and_a_probe_brings_them_back() -> None:
+    clock = Clock()
+    stripe, braintree = FakePsp(capture_answers=["not_sent"] * 5), FakePsp(prefix="bt")
+    psps = routes(stripe, braintree, clock=clock)
+    charges, store, _ = flow(psps)
+    for n in range(5):
+        charge = store.add(new_charge(f"ch_{n}"))
+        assert run(charges.start(charge)).status == 200
+    assert psps.health()["stripe"] == "open"
+    assert run(psps.first("m_1")) == "braintree"  # while open, new payments skip Stripe
+    clock.now += psps.router.breakers["stripe"].open_s
+    assert run(psps.first("m_1")) == "stripe"  # the probe
+    probe = store.add(new_charge("ch_probe").evolve(psp="stripe"))
+    assert run(charges.start(probe)).status == 200 and store.rows[probe.id].psp == "stripe"
+    assert psps.health()["stripe"] == "closed" and run(psps.first("m_1")) == "stripe"
+
+
+def test_a_compensation_refunds_at_the_psp_that_captured() -> None:
+    stripe, braintree = FakePsp(capture_answers=["not_sent"]), FakePsp(prefix="bt")
+    store = FakeCharges()
+    wallets = FakeWallets(refuse=1)
+    wallets.payments = store
+    charges = ChargeFlow(None, routes(stripe, braintree), wallets, store=store)
+    charge = store.add(new_charge())
+    assert run(charges.start(charge)).status == 402
+    assert stripe.refund_keys == [] and braintree.refund_references == [f"bt_{charge.id}"]
+
+
+def test_a_refund_goes_to_the_psp_its_charge_was_made_at() -> None:
+    stripe, braintree = FakePsp(), FakePsp(prefix="bt")
+    store = FakeRefunds(charge_psps={"ch_1": "braintree"})
+    wallets = FakeWallets()
+    refunds = RefundFlow(None, routes(stripe, braintree), wallets, store=store)
+    refund = store.add(new_refund())
+    assert run(refunds.start(refund))[0] == 200
+    assert stripe.refund_keys == [] and braintree.refund_keys == [refund.psp_idempotency_key]
+
+
+def test_routing_skips_psps_not_configured_and_reads_a_merchants_list_again_after_its_ttl() -> None:
+    clock, reads = Clock(), []
+
+    async def priorities(merchant_id: str) -> Sequence[str]:
+        reads.append(merchant_id)
+        return ("braintree", "stripe") if len(reads) == 1 else ("stripe",)
+
+    only_stripe = PspRoutes({"stripe": FakePsp()}, priorities, clock=clock)
+    assert run(only_stripe.first("m_1")) == "stripe" and run(only_stripe.after("m_1", "stripe")) is None
+    both = PspRoutes({"stripe": FakePsp(), "braintree": FakePsp()}, priorities, clock=clock)
+    reads.clear()
+    assert run(both.first("m_1")) == "braintree" and run(both.first("m_1")) == "braintree"
+    assert reads == ["m_1"]  # read once within the TTL
+    clock.now += 5.0
+    assert run(both.first("m_1")) == "stripe"
+    both.forget("m_1")
+    run(both.first("m_1"))
+    assert len(reads) == 3
+
+
+def test_a_payment_at_a_psp_not_configured_is_a_setup_error_not_an_outcome() -> None:
+    from psp.port import PspConfigurationError
+
+    with pytest.raises(PspConfigurationError, match="braintree"):
+        PspRoutes.only(FakePsp()).adapter("braintree")
