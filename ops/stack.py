@@ -47,6 +47,8 @@ HANDLED_EVENTS = (
     "charge.dispute.created",
     "charge.dispute.closed",
 )
+#: The Braintree notifications ``/v1/webhooks/braintree`` acts on.
+BRAINTREE_HANDLED_KINDS = ("transaction_settled", "transaction_settlement_declined", "dispute_opened")
 APP_NAME = "payray"
 #: Serve's throughput-optimized ingress (HAProxy in front of the replicas), read when Ray starts. Its proxy
 #: starts HAProxy before it says it is ready, which can take Serve's default 5 s on a busy machine: then Serve
@@ -131,8 +133,9 @@ class Stack:
                 settings = settings.with_(ray_address=self._start_cluster(self.cluster))
             base_url = self._start_serve(settings)
             if self._emulator_started:
-                endpoint = f"{self._own_url or base_url}/v1/webhooks/psp"
-                _send_webhooks_to(psp_api_base, endpoint, webhook_secrets[0], ca_bundle)
+                own = self._own_url or base_url
+                _send_webhooks_to(psp_api_base, f"{own}/v1/webhooks/psp", webhook_secrets[0], ca_bundle)
+                _send_braintree_webhooks_to(psp_api_base, f"{own}/v1/webhooks/braintree", ca_bundle)
             self._start_schedules(settings)
             self._start_notifications(settings)
             demo_id, demo_key = _demo_merchant(home, database_url)
@@ -422,10 +425,22 @@ def _repo_root() -> str:
 def _send_webhooks_to(psp_base: str | None, url: str, secret: str, ca_bundle: str | None) -> None:
     """Point the emulator's webhook deliveries at our endpoint, signed with our (first) secret, for the
     events payray handles (as a Stripe endpoint subscribes to them)."""
-    assert psp_base is not None
     config = {"url": url, "secret": secret, "enabled_events": list(HANDLED_EVENTS)}
+    _configure_emulator(psp_base, "/_emulator/webhooks", config, ca_bundle)
+
+
+def _send_braintree_webhooks_to(psp_base: str | None, url: str, ca_bundle: str | None) -> None:
+    """Point the emulator's Braintree notifications at our endpoint (signed with the merchant's keys)."""
+    config = {"url": url, "enabled_events": list(BRAINTREE_HANDLED_KINDS)}
+    _configure_emulator(psp_base, "/_emulator/braintree/webhooks", config, ca_bundle)
+
+
+def _configure_emulator(
+    psp_base: str | None, path: str, config: dict[str, Any], ca_bundle: str | None
+) -> None:
+    assert psp_base is not None
     request = urllib.request.Request(
-        f"{psp_base}/_emulator/webhooks",
+        f"{psp_base}{path}",
         data=json.dumps(config).encode(),
         headers={"Content-Type": "application/json"},
         method="POST",

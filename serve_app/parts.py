@@ -22,11 +22,13 @@ from payray.settings import Settings
 from psp.braintree.adapter import BraintreePsp
 from psp.port import PaymentServiceProvider
 from psp.stripe_adapter import ObserveCall, StripePsp
+from serve_app.flows.braintree_webhook import BraintreeWebhookReceiver
 from serve_app.flows.charge import ChargeFlow, ChargeService
 from serve_app.flows.customers import CustomerService
 from serve_app.flows.dispute import DisputeBooking
 from serve_app.flows.idempotent import IdempotentRequests
 from serve_app.flows.intents import IntentFollower, IntentService
+from serve_app.flows.late_success import LateSuccesses
 from serve_app.flows.payout import PayoutFlow, PayoutService
 from serve_app.flows.psp_routes import PspRoutes
 from serve_app.flows.reconciliation import Reconciliation
@@ -101,6 +103,7 @@ class Parts:
             self.payouts,
             self.customers,
             self.webhooks,
+            self.braintree_webhooks,
             self.webhook_endpoints,
         )
 
@@ -182,8 +185,19 @@ class Parts:
         return DisputeBooking(self.pool, self.wallets)
 
     @cached_property
+    def late_successes(self) -> LateSuccesses:
+        return LateSuccesses(self.pool, self.psps, self.wallets)
+
+    @cached_property
     def recovery(self) -> Recovery:
-        return Recovery(self.pool, self.charge_flow, self.refund_flow, self.payout_flow, self.disputes)
+        return Recovery(
+            self.pool,
+            self.charge_flow,
+            self.refund_flow,
+            self.payout_flow,
+            self.disputes,
+            self.late_successes,
+        )
 
     @cached_property
     def reconciliation(self) -> Reconciliation:
@@ -225,6 +239,13 @@ class Parts:
             self.refund_flow,
             self.disputes,
             s.stripe_webhook_secrets,
+            self.late_successes,
+        )
+
+    @cached_property
+    def braintree_webhooks(self) -> BraintreeWebhookReceiver:
+        return BraintreeWebhookReceiver(
+            self.pool, self.braintree, self.charge_flow, self.late_successes, self.disputes
         )
 
     @cached_property

@@ -120,6 +120,9 @@ def main(args: argparse.Namespace) -> int:
     results = [(ALL[name], run_one(ALL[name], args.seed, args.charges, console)) for name in names]
     console.print(_table(results))
     for scenario, result in results:
+        if len(result.config.routing.priorities) > 1:
+            console.print(f"{scenario.name}: {routing_line(result)}")
+    for scenario, result in results:
         if not as_expected(scenario, result) or (len(results) == 1 and not result.ok):
             _explain(console, scenario, result)
     if args.json is not None:
@@ -300,6 +303,29 @@ def _table(results: list[tuple[Scenario, RunResult]]) -> Table:
             "[green]yes[/]" if as_expected(scenario, result) else "[bold red]NO[/]",
         )
     return table
+
+
+def routing_line(result: RunResult) -> str:
+    """A run's routing in one line: where payments were captured, what failed over and how fast."""
+    routing = result.summary["routing"]
+    captures = ", ".join(f"{psp} {n:,}" for psp, n in routing["captures"].items())
+    cascades = ", ".join(f"{n:,} after {end}" for end, n in routing["cascades"].items()) or "none"
+    opened = ", ".join(f"{psp} {n}" for psp, n in routing["breaker_opened"].items() if n) or "none"
+    late = sum(routing["late_captures"].values())
+    reversed_ = routing["left_attempts"].get("reversed", 0)
+    line = (
+        f"captures {captures}; cascades {cascades}; breakers opened {opened}; "
+        f"{routing['success_rate']:.2%} of charges not declined succeeded; late captures {late:,}, "
+        f"{reversed_:,} given back"
+    )
+    failover = routing["failover"]
+    if failover["to_second_psp_s"] is not None:
+        line += f"; first failover {failover['to_second_psp_s']:.3f} s into the outage"
+    if failover["to_breaker_open_s"] is not None:
+        line += f", breaker open at {failover['to_breaker_open_s']:.3f} s"
+    if failover["open_to_direct_s"] is not None:
+        line += f", first payment straight to the next PSP {failover['open_to_direct_s']:.3f} s after"
+    return line
 
 
 def _explain(console: Console, scenario: Scenario, result: RunResult) -> None:

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
 from payray.charge import AUTHORIZATION_DAYS
+from payray.routing import PSPS, checked_priorities
 from payray.slots import DEFAULT_SLOTS
 
 IdempotencyMode = Literal["full", "redis_only", "off"]
@@ -68,6 +69,13 @@ class Psp:
     lost_reply_rate: float = 0.0
     #: outages: ``[start, end)`` windows in which every call fails
     outages: tuple[tuple[float, float], ...] = ()
+    #: ``[start, end)`` windows in which the PSP refuses connections: nothing is sent, a definite failure
+    #: (``not_sent``) that routing may cascade to the next PSP
+    unreachable: tuple[tuple[float, float], ...] = ()
+    #: the share of captures the PSP answers with a refusal (a 4xx, a definite failure) and yet makes, up to
+    #: ``late_success_s`` later; automatic captures only
+    late_success_rate: float = 0.0
+    late_success_s: float = 3.0
     #: the PSP refuses a refund (the card is closed, say): payray gives the merchant its money back
     refund_refusal_rate: float = 0.0
     #: the share of captures someone refunds at the PSP directly (its dashboard): payray learns of it only
@@ -77,6 +85,19 @@ class Psp:
     call_timeout_s: float = 10.0
     #: an authorization the PSP lets go on its own, this long after it made it
     authorization_expiry_s: float = AUTHORIZATION_S
+
+
+@dataclass(frozen=True)
+class Routing:
+    """The merchants' PSPs in the order to try them (``payray.routing``), and each PSP's circuit breaker."""
+
+    priorities: tuple[str, ...] = ("stripe",)
+    breaker_threshold: int = 5
+    breaker_open_s: float = 5.0
+    breaker_slow_s: float = 2.0
+
+    def __post_init__(self) -> None:
+        checked_priorities(self.priorities)
 
 
 @dataclass(frozen=True)
@@ -166,6 +187,12 @@ class Design:
     compensation: bool = True
     #: the ledger ignores a posting's (kind, reference) when it is written again (a retried host call)
     idempotent_postings: bool = True
+    #: an attempt that failed definitely at a PSP the payment then left is watched (webhook, lookup) for a
+    #: late success, which is given back; off, such a capture stays where it landed
+    watch_left_attempts: bool = True
+    #: a definite failure of an attempt resumed from an earlier request fails over too, as if no earlier call
+    #: of it could have reached the PSP
+    resumed_failures_cascade: bool = False
 
 
 @dataclass(frozen=True)
@@ -173,7 +200,10 @@ class SimConfig:
     seed: int = 1
     load: Load = field(default_factory=Load)
     client: Client = field(default_factory=Client)
+    #: Stripe's behaviour (the one PSP of a single-PSP run), and Braintree's
     psp: Psp = field(default_factory=Psp)
+    braintree: Psp = field(default_factory=Psp)
+    routing: Routing = field(default_factory=Routing)
     database: Database = field(default_factory=Database)
     service: Service = field(default_factory=Service)
     hosts: WalletHosts = field(default_factory=WalletHosts)
@@ -191,6 +221,12 @@ class SimConfig:
             current = getattr(self, name)
             changes[name] = replace(current, **value) if isinstance(value, dict) else value
         return replace(self, **changes)
+
+    def psp_of(self, name: str) -> Psp:
+        """The config of the PSP named so (``payray.routing.PSPS``)."""
+        if name not in PSPS:
+            raise ValueError(f"unknown PSP {name!r}")
+        return self.braintree if name == "braintree" else self.psp
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

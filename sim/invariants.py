@@ -1,11 +1,14 @@
 """The five invariants of DESIGN.md, checked against the simulated PSP and ledger at the end of every run.
 
 1. No double capture: each order (what one customer meant to pay once) is captured at most once, net of
-   refunds; an authorization is captured at most once, and never both captured and released.
+   refunds, at every PSP together; an authorization is captured at most once, and never both captured and
+   released. Across PSPs: one payment (one idempotency key) moves money at most once, so its net capture
+   summed over the PSPs is at most its amount, and at most one PSP holds any of it.
 2. Every ledger transaction balances.
 3. Each wallet equals its merchant's ledger accounts, and lives in the host its merchant's slot names.
-4. What the PSP holds and what the ledger says it holds agree for every charge, refunds included; and so do
-   their holds: each authorization open at the PSP is the charge's hold in ``authorized_hold`` (so their sum
+4. What each PSP holds and what the ledger says that PSP holds agree for every charge, refunds included (a
+   late success given back counts at the PSP it landed at); and so do their holds: each authorization open
+   at the PSP is the charge's hold in ``authorized_hold`` (so their sum
    is the ``psp_authorized`` balance), a captured one's amount is its capture posting's, and a charge past
    its authorization holds nothing.
 5. After the quiet phase, with the PSP reachable again, no charge or refund is left unfinished, but for
@@ -17,7 +20,9 @@ ledger, drift included, and nothing else; and the PaymentIntents' own: each inte
 
 from __future__ import annotations
 
+import functools
 from collections import Counter, defaultdict
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from ledger.postings import AUTHORIZATION, AUTHORIZATION_RELEASE, CAPTURE
@@ -30,6 +35,7 @@ from sim.world import SimPsp
 
 INVARIANTS = (
     "no_double_capture",
+    "one_capture_across_psps",
     "ledger_balanced",
     "wallets_match_ledger",
     "psp_matches_ledger",
@@ -37,6 +43,10 @@ INVARIANTS = (
     "reconciliation_exact",
     "intents_follow_charges",
 )
+
+
+#: PSP name -> charge id -> an amount (what the PSP holds of it, or what the ledger says that PSP holds)
+Nets = dict[str, dict[str, int]]
 
 
 @dataclass(frozen=True)
@@ -49,24 +59,16 @@ class Violation:
 def check(
     service: SimService,
     refunds: SimRefunds,
-    real: dict[str, tuple[int, int]],
+    real: Mapping[str, dict[str, tuple[int, int]]],
     drift: dict[str, int],
     found: dict[str, int],
+    at_psp: Nets,
 ) -> list[Violation]:
-    """Every violation, in a stable order: invariant by invariant, then by charge id. ``real`` is
-    ``differences(…)``, computed once by the caller."""
-    psp, ledger = service.psp, service.db.ledger
-    violations: list[Violation] = []
-
-    kept = Counter(capture.order_id for capture in psp.captures if not capture.refunded)
-    twice = {order_id for order_id, n in kept.items() if n > 1}
-    kept_by_order: dict[int, list[str]] = defaultdict(list)
-    for capture in psp.captures:
-        if capture.order_id in twice and not capture.refunded:
-            kept_by_order[capture.order_id].append(capture.payment_id)
-    for order_id, payments in sorted(kept_by_order.items()):
-        detail = f"order {order_id} captured {len(payments)} times: {', '.join(payments)}"
-        violations.append(Violation("no_double_capture", payments[-1], detail))
+    """Every violation, in a stable order: invariant by invariant, then by charge id. ``real`` is each PSP's
+    ``differences(…)`` and ``at_psp`` each PSP's ``psp_net``, computed once by the caller."""
+    ledger = service.db.ledger
+    violations: list[Violation] = _double_captures(service)
+    violations += across_psps(at_psp, functools.partial(_amount_of, service))
 
     booked: dict[str, int] = defaultdict(int)
     for (kind, ref), (merchant, effect) in ledger.transactions.items():  # the simulation books one currency
@@ -95,10 +97,12 @@ def check(
                 )
                 violations.append(Violation("wallets_match_ledger", None, detail))
 
-    for payment_id, (at_psp, in_ledger) in real.items():
-        detail = f"the PSP holds {at_psp} of it, the ledger {in_ledger}"
-        violations.append(Violation("psp_matches_ledger", payment_id, detail))
-    if psp.authorizations or any(effect.hold for _, effect in ledger.transactions.values()):
+    for name, differing_here in real.items():
+        for payment_id, (held, in_ledger) in differing_here.items():
+            detail = f"{name} holds {held} of it, the ledger {in_ledger}"
+            violations.append(Violation("psp_matches_ledger", payment_id, detail))
+    authorizing = any(psp.authorizations for psp in service.psps.values())
+    if authorizing or any(effect.hold for _, effect in ledger.transactions.values()):
         violations += _holds(service)
 
     for payment_id, charge in sorted(service.unfinished.items()):
@@ -114,8 +118,12 @@ def check(
     for refund_id, refund in sorted(refunds.unfinished.items()):
         detail = f"refund {refund_id} still {refund.state.value} after recovery with the PSP reachable"
         violations.append(Violation("no_pending_after_recovery", refund.charge.id, detail))
+    for attempt, left in sorted(service.left_open.items()):
+        detail = f"attempt {attempt} it left at {left.psp} still {left.state} after recovery"
+        violations.append(Violation("no_pending_after_recovery", left.charge.id, detail))
 
-    expected = {kind: n for kind, n in {**drift, "real_differences": len(real)}.items() if n}
+    differences_found = sum(len(differing_here) for differing_here in real.values())
+    expected = {kind: n for kind, n in {**drift, "real_differences": differences_found}.items() if n}
     if found != expected:
         violations.append(Violation("reconciliation_exact", None, f"found {found}, expected {expected}"))
     for payment_id, charge in sorted(service.payments.items()):
@@ -125,25 +133,88 @@ def check(
     return violations
 
 
+def _double_captures(service: SimService) -> list[Violation]:
+    """Orders captured more than once, net of refunds, at every PSP together."""
+    captures = [capture for psp in service.psps.values() for capture in psp.captures]
+    kept = Counter(capture.order_id for capture in captures if not capture.refunded)
+    twice = {order_id for order_id, n in kept.items() if n > 1}
+    kept_by_order: dict[int, list[str]] = defaultdict(list)
+    for capture in captures:
+        if capture.order_id in twice and not capture.refunded:
+            kept_by_order[capture.order_id].append(capture.payment_id)
+    violations = []
+    for order_id, payments in sorted(kept_by_order.items()):
+        detail = f"order {order_id} captured {len(payments)} times: {', '.join(payments)}"
+        violations.append(Violation("no_double_capture", payments[-1], detail))
+    return violations
+
+
+def across_psps(at_psp: Nets, amount_of: Callable[[str], int]) -> list[Violation]:
+    """One payment moves money once, whichever PSPs its attempts went to: what the PSPs hold of it together
+    (``psp_net`` each) is at most its amount, and at most one of them holds any of it. A payment whose attempt
+    failed definitely at one PSP and succeeded at the next is what a late success there would break. Only
+    payments held at several PSPs are gathered, so a million-charge run checks in place."""
+    nets = list(at_psp.values())
+    shared = set().union(*(a.keys() & b.keys() for i, a in enumerate(nets) for b in nets[i + 1 :]))
+    suspects = {p for net in nets for p, n in net.items() if p not in shared and n > amount_of(p)}
+    violations = []
+    for payment_id in sorted(suspects | shared):
+        held = {name: net[payment_id] for name, net in sorted(at_psp.items()) if payment_id in net}
+        amount = amount_of(payment_id)
+        if sum(n > 0 for n in held.values()) > 1 or sum(held.values()) > amount:
+            at = ", ".join(f"{name} {n}" for name, n in held.items())
+            detail = f"held at {at}, of a payment of {amount}"
+            violations.append(Violation("one_capture_across_psps", payment_id, detail))
+    return violations
+
+
 def _holds(service: SimService) -> list[Violation]:
-    """The authorizations' side of invariants 1 and 4: the PSP's authorizations against the ledger's holds."""
-    psp, ledger = service.psp, service.db.ledger
+    """The authorizations' side of invariants 1 and 4: each PSP's authorizations against the ledger's holds
+    of the charges routed there."""
+    ledger = service.db.ledger
     violations: list[Violation] = []
     hold: dict[str, int] = defaultdict(int)
-    authorized = 0
+    authorized: dict[str, int] = defaultdict(int)
     moved: dict[str, set[str]] = defaultdict(set)
     effects = [(kind, ref, effect) for (kind, ref), (_m, effect) in ledger.transactions.items()]
     effects += [(kind, ref, effect) for kind, ref, _m, effect in ledger.repeated]
     for kind, ref, effect in effects:
         if kind in (AUTHORIZATION, AUTHORIZATION_RELEASE) or effect.hold:
             hold[ref] += effect.hold
-            authorized += effect.authorized
+            authorized[_psp_of(service, ref)] += effect.authorized
             if kind != AUTHORIZATION:
                 moved[ref].add(kind)
     for payment_id, kinds in sorted(moved.items()):
         if len(kinds) > 1:
             detail = f"its authorization both captured and released ({', '.join(sorted(kinds))})"
             violations.append(Violation("no_double_capture", payment_id, detail))
+    for name, psp in service.psps.items():
+        here = {ref: n for ref, n in hold.items() if n and _psp_of(service, ref) == name}
+        violations += _holds_at(service, psp, here, authorized[name])
+    for payment_id, charge in sorted(service.payments.items()):
+        expected = charge.amount if charge.state in HOLDING else 0
+        if charge.manual and hold.get(payment_id, 0) != expected:
+            detail = f"{charge.state.value} with a hold of {hold.get(payment_id, 0)}, expected {expected}"
+            violations.append(Violation("psp_matches_ledger", payment_id, detail))
+    return violations
+
+
+def _amount_of(service: SimService, payment_id: str) -> int:
+    """A charge's amount; nothing for a charge payray never made."""
+    charge = service.payments.get(payment_id)
+    return 0 if charge is None else charge.amount
+
+
+def _psp_of(service: SimService, payment_id: str) -> str:
+    """The PSP of a charge's winning attempt (where it was authorized, captured, refunded)."""
+    charge = service.payments.get(payment_id)
+    return charge.psp if charge is not None else service.config.routing.priorities[0]
+
+
+def _holds_at(service: SimService, psp: SimPsp, hold: dict[str, int], authorized: int) -> list[Violation]:
+    """One PSP's authorizations against the holds of the charges routed to it, and its ``psp_authorized``."""
+    ledger = service.db.ledger
+    violations: list[Violation] = []
     for payment_id, auths in sorted(psp.authorizations.items()):
         if sum(a.status == "captured" for a in auths) > 1:
             detail = f"{len(auths)} authorizations at the PSP, captured more than once"
@@ -157,20 +228,15 @@ def _holds(service: SimService) -> list[Violation]:
                 )
                 violations.append(Violation("psp_matches_ledger", payment_id, detail))
     open_at_psp = psp.open_authorizations()
-    for payment_id in differing(open_at_psp, {p: n for p, n in hold.items() if n}):
+    for payment_id in differing(open_at_psp, hold):
         detail = (
-            f"the PSP holds an authorization of {open_at_psp.get(payment_id, 0)} for it, "
+            f"{psp.name} holds an authorization of {open_at_psp.get(payment_id, 0)} for it, "
             f"authorized_hold {hold.get(payment_id, 0)}"
         )
         violations.append(Violation("psp_matches_ledger", payment_id, detail))
     if sum(open_at_psp.values()) != authorized:
-        detail = f"authorizations open at the PSP {sum(open_at_psp.values())}, psp_authorized {authorized}"
+        detail = f"authorizations open at {psp.name} {sum(open_at_psp.values())}, psp_authorized {authorized}"
         violations.append(Violation("psp_matches_ledger", None, detail))
-    for payment_id, charge in sorted(service.payments.items()):
-        expected = charge.amount if charge.state in HOLDING else 0
-        if charge.manual and hold.get(payment_id, 0) != expected:
-            detail = f"{charge.state.value} with a hold of {hold.get(payment_id, 0)}, expected {expected}"
-            violations.append(Violation("psp_matches_ledger", payment_id, detail))
     return violations
 
 
@@ -186,24 +252,33 @@ def psp_net(psp: SimPsp) -> dict[str, int]:
     return {payment_id: n for payment_id, n in held.items() if n}
 
 
-def ledger_net(service: SimService, refunds: SimRefunds) -> dict[str, int]:
-    """What the ledger says the PSP holds of each charge, where not zero: the PSP receivable's movements."""
+def ledger_nets(service: SimService, refunds: SimRefunds) -> Nets:
+    """What the ledger says each PSP holds of each charge, where not zero: the PSP receivable's movements,
+    each at the PSP of the attempt it books (a late success's capture and reversal at the PSP it landed
+    at, the rest at the charge's winning attempt's)."""
 
-    def charge_of(kind: str, ref: str) -> str:
-        if kind in (CAPTURE, AUTHORIZATION, AUTHORIZATION_RELEASE):
-            return ref
-        if ref.startswith("compensation-"):
-            return ref.removeprefix("compensation-")
-        refund = refunds.refunds.get(ref)
-        return refunds.discarded[ref] if refund is None else refund.charge.id
+    def owner(kind: str, ref: str) -> tuple[str, str]:
+        if kind not in (CAPTURE, AUTHORIZATION, AUTHORIZATION_RELEASE):
+            if ref.startswith("compensation-"):
+                ref = ref.removeprefix("compensation-")
+            else:
+                refund = refunds.refunds.get(ref)
+                charge_id = refunds.discarded[ref] if refund is None else refund.charge.id
+                return _psp_of(service, charge_id), charge_id
+        left = service.left.get(ref)
+        if left is not None:
+            return left.psp, left.charge.id
+        return _psp_of(service, ref), ref
 
-    held: dict[str, int] = defaultdict(int)
+    held: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     ledger = service.db.ledger
     for (kind, ref), (_merchant, effect) in ledger.transactions.items():
-        held[ref if kind == "capture" else charge_of(kind, ref)] += effect.receivable
+        name, payment_id = owner(kind, ref)
+        held[name][payment_id] += effect.receivable
     for kind, ref, _merchant, effect in ledger.repeated:
-        held[charge_of(kind, ref)] += effect.receivable
-    return {payment_id: n for payment_id, n in held.items() if n}
+        name, payment_id = owner(kind, ref)
+        held[name][payment_id] += effect.receivable
+    return {name: {p: n for p, n in net.items() if n} for name, net in held.items()}
 
 
 def differences(at_psp: dict[str, int], in_ledger: dict[str, int]) -> dict[str, tuple[int, int]]:

@@ -141,7 +141,8 @@ class SimRefunds:
                     return
                 event = RE.FUNDS_HELD
             elif command is RC.REFUND_AT_PSP:
-                outcome = yield from s.psp.refund_part(charge.id, refund.amount, psp_refund_key(refund.id))
+                psp = s.psps[charge.psp]  # the PSP of its charge's winning attempt
+                outcome = yield from psp.refund_part(charge.id, refund.amount, psp_refund_key(refund.id))
                 event = PSP_EVENTS[outcome]
             elif command is RC.POST_REVERSAL:
                 reversal = refund_reversal_posting(refund.id, charge.merchant, amount, fee)
@@ -172,11 +173,12 @@ class SimRefunds:
         with driving(refund), contextlib.suppress(Unavailable, Crash):  # the next sweep tries again
             yield from self._drive(refund, "janitor")
 
-    def webhook(self, key: str) -> Generator[Any, Any, bool]:
-        """``charge.refunded``: settles one of our refunds whose outcome we did not know, or books one made at
-        the PSP without us. False (a 409) while its own request is live, so the PSP delivers it again."""
-        if key in self.s.psp.external:
-            return (yield from self._learn(key))
+    def webhook(self, key: str, psp: str = "stripe") -> Generator[Any, Any, bool]:
+        """``charge.refunded`` from ``psp``: settles one of our refunds whose outcome we did not know, or
+        books one made at that PSP without us. False (a 409) while its own request is live, so the PSP
+        delivers it again."""
+        if key in self.s.psps[psp].external:
+            return (yield from self._learn(key, psp))
         refund = self.refunds.get(key.removeprefix("payray-refund-"))
         if refund is None or refund.state is not R.PSP_UNKNOWN:
             return refund is None or not refund.busy
@@ -189,7 +191,7 @@ class SimRefunds:
             return False
         return True
 
-    def _learn(self, key: str) -> Generator[Any, Any, bool]:
+    def _learn(self, key: str, psp: str) -> Generator[Any, Any, bool]:
         """A refund the PSP made without us: the money is gone, so it is booked whatever the balance."""
         known = self.keys.get(("psp", key))
         if known is not None:
@@ -199,7 +201,7 @@ class SimRefunds:
             if refund.busy:
                 return False
         else:
-            payment_id, amount = self.s.psp.external[key]
+            payment_id, amount = self.s.psps[psp].external[key]
             charge = self.s.payments[payment_id]
             reserved = self.reserved.get(payment_id, 0)
             refund = self._create(charge, amount, min(reserved, charge.captured - amount), key)

@@ -147,7 +147,7 @@ def _figure(title: str, body: str, height: int = H, extra_height: int = 0, legen
 def _faults(result: RunResult) -> list[tuple[float, float]]:
     c = result.config
     windows = [
-        *c.psp.outages,
+        *(window for psp in (c.psp, c.braintree) for window in (*psp.outages, *psp.unreachable)),
         *c.database.restarts,
         *((t, t + 0.05) for t in c.service.key_losses),
         *((t, t + c.service.replica_restart_s) for t in c.service.replica_crashes),

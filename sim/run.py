@@ -5,6 +5,8 @@ order, so the same seed and config give the same run and byte-identical JSON.
 
 from __future__ import annotations
 
+import bisect
+import functools
 import json
 import random
 from collections import Counter
@@ -15,9 +17,19 @@ from typing import Any
 import simpy
 
 from payray.gc_pause import cyclic_gc_paused
+from payray.routing import PSPS
 from sim.config import AUTHORIZATION_S, SimConfig
 from sim.connections import HUNG_UP, Connections
-from sim.invariants import INVARIANTS, Violation, check, differences, differing, ledger_net, psp_net
+from sim.invariants import (
+    INVARIANTS,
+    Nets,
+    Violation,
+    check,
+    differences,
+    differing,
+    ledger_nets,
+    psp_net,
+)
 from sim.refunds import SimRefunds
 from sim.service import SimCharge, SimService
 from sim.webhooks import WebhookDeliveries
@@ -120,12 +132,14 @@ class Simulation:
         self.config, self.scenario = config, scenario
         self.env = simpy.Environment()
         self.rng = random.Random(config.seed)
-        self.psp = SimPsp(self.env, self.rng, config)
+        #: every PSP payray routes to; ``psp`` is Stripe's, the one PSP of a single-PSP run
+        self.psps = {name: SimPsp(self.env, self.rng, config, name) for name in PSPS}
+        self.psp = self.psps["stripe"]
         self.db = SimDatabase(self.env, config)
         self.fast_keys = FastKeys()
         self.connections = Connections(self.env, config.client.timeout_s)
         self.service = SimService(
-            self.env, self.rng, config, self.psp, self.db, self.fast_keys, self.connections
+            self.env, self.rng, config, self.psps, self.db, self.fast_keys, self.connections
         )
         self.refunds = SimRefunds(self.service)
         self.stats = Stats()
@@ -135,7 +149,8 @@ class Simulation:
         self.webhooks = WebhookDeliveries(
             self.env, self.rng, config.webhooks, self.service, self.refunds, self.stats.webhooks
         )
-        self.psp.on_event.append(self.webhooks.announce)
+        for name, psp in self.psps.items():
+            psp.on_event.append(functools.partial(self.webhooks.announce, psp=name))
         #: after the quiet phase, authorizations wait out their 7 days: no sampling, an idle janitor sleeps
         self.waiting_out = False
 
@@ -251,7 +266,8 @@ class Simulation:
         r = self.config.recovery
         service = self.service
         while True:
-            if self.waiting_out and not service.unfinished and not self.refunds.unfinished:
+            idle = not (service.unfinished or self.refunds.unfinished or service.left_open)
+            if self.waiting_out and idle:
                 service.idle = self.env.event()  # days with nothing to recover: sleep until there is
                 yield service.idle
             yield self.env.timeout(r.interval_s)
@@ -262,6 +278,9 @@ class Simulation:
             for refund in list(self.refunds.unfinished.values()):
                 if refund.touched <= stale and not refund.busy:
                     self.env.process(self.refunds.recover(refund))
+            for left in list(service.left_open.values()):
+                if left.touched <= stale and not left.busy:
+                    self.env.process(service.settle_left(left))
 
     def _expiry(self) -> Generator[simpy.Event, Any, None]:
         """The janitor's other sweep: authorizations older than ``AUTHORIZATION_DAYS`` are canceled."""
@@ -322,8 +341,9 @@ class Simulation:
             env.process(process)
         env.run(until=self.arrivals_done)
         faults_end = env.now
-        for component in (self.psp, self.db, self.service):
-            component.faults_on = False  # the quiet phase: everything must now finish
+        for psp in self.psps.values():
+            psp.faults_on = False  # the quiet phase: everything must now finish
+        self.db.faults_on = self.service.faults_on = False
         env.run(until=faults_end + self.config.quiet_s)
         if self.config.load.manual_share:
             # authorizations wait out their 7 days (the merchant's late captures with them); then every one
@@ -331,10 +351,11 @@ class Simulation:
             self.waiting_out = True
             sweep_s = self.config.recovery.authorization_sweep_s
             env.run(until=faults_end + 2 * self.config.quiet_s + AUTHORIZATION_S + 2 * sweep_s)
-        at_psp, in_ledger = psp_net(self.psp), ledger_net(self.service, self.refunds)
-        real = differences(at_psp, in_ledger)
+        at_psp = {name: psp_net(psp) for name, psp in self.psps.items()}
+        in_ledger = ledger_nets(self.service, self.refunds)
+        real = {name: differences(at_psp[name], in_ledger.get(name, {})) for name in self.psps}
         drift, found = self._reconcile(real, at_psp, in_ledger)
-        violations = check(self.service, self.refunds, real, drift, found)
+        violations = check(self.service, self.refunds, real, drift, found, at_psp)
         first = self.service.payments.get(violations[0].charge or "") if violations else None
         return RunResult(
             scenario=self.scenario,
@@ -350,12 +371,25 @@ class Simulation:
         )
 
     def _reconcile(
-        self, real: dict[str, tuple[int, int]], at_psp: dict[str, int], in_ledger: dict[str, int]
+        self, real: dict[str, dict[str, tuple[int, int]]], at_psp: Nets, in_ledger: Nets
     ) -> tuple[dict[str, int], dict[str, int]]:
-        """The nightly run in miniature: the PSP's report of what it kept, drifted, diffed with the ledger."""
+        """The nightly run in miniature, for each PSP the merchants route to: its report of what it kept,
+        drifted, diffed with what the ledger says that PSP holds."""
+        drift, found = Counter[str](), Counter[str]()
+        for name in self.config.routing.priorities:
+            self._reconcile_one(real[name], at_psp[name], in_ledger.get(name, {}), drift, found)
+        return dict(drift), dict(found)
+
+    def _reconcile_one(
+        self,
+        real: dict[str, tuple[int, int]],
+        at_psp: dict[str, int],
+        in_ledger: dict[str, int],
+        drift: Counter[str],
+        found: Counter[str],
+    ) -> None:
         r = self.config.reconciliation
         report = dict(at_psp)
-        drift = Counter[str]()
         drifting = r.missing_rate or r.amount_mismatch_rate
         for payment_id in sorted(report) if drifting else ():
             if payment_id in real:
@@ -370,7 +404,6 @@ class Simulation:
         for n in range(r.unknown_rows):
             report[f"py_unknown_{n}"] = 100 + self.rng.randrange(99_900)
             drift["missing_in_ledger"] += 1
-        found = Counter[str]()
         for payment_id in differing(report, in_ledger):
             if payment_id in real:
                 found["real_differences"] += 1
@@ -380,11 +413,10 @@ class Simulation:
                 found["missing_in_ledger"] += 1
             else:
                 found["amount_mismatch"] += 1
-        return dict(drift), dict(found)
 
     def _summary(self, faults_end: float, found: dict[str, int]) -> dict[str, Any]:
         latencies = sorted(self.stats.latencies)
-        captures = self.psp.captures
+        captures = [capture for psp in self.psps.values() for capture in psp.captures]
         states = Counter(p.state.value for p in self.service.payments.values())
         return {
             "charges": self.config.load.charges,
@@ -400,9 +432,10 @@ class Simulation:
             "refunds": {
                 "answers": dict(sorted(self.stats.refunds.items())),
                 "states": dict(sorted(Counter(r.state.value for r in self.refunds.refunds.values()).items())),
-                "at_psp": sum(self.psp.refunded.values()),
+                "at_psp": sum(sum(psp.refunded.values()) for psp in self.psps.values()),
             },
             "psp": {"captures": len(captures), "refunded": sum(c.refunded for c in captures)},
+            "routing": self._routing(),
             "authorizations": self._authorizations(),
             "ledger_transactions": len(self.db.ledger.transactions),
             "webhooks": dict(sorted(self.stats.webhooks.items())),
@@ -420,14 +453,74 @@ class Simulation:
 
     def _authorizations(self) -> dict[str, Any]:
         """Manual captures: what the PSP did with its authorizations, and what the merchants asked."""
-        statuses = Counter(a.status for auths in self.psp.authorizations.values() for a in auths)
-        partial = sum(0 < a.captured < a.amount for auths in self.psp.authorizations.values() for a in auths)
+        auths = [a for psp in self.psps.values() for each in psp.authorizations.values() for a in each]
+        statuses = Counter(a.status for a in auths)
+        partial = sum(0 < a.captured < a.amount for a in auths)
         return {
             "at_psp": dict(sorted(statuses.items())),
             "partial_captures": partial,
             "expired_by_janitor": self.service.expired,
             "merchants": dict(sorted(self.stats.settles.items())),
         }
+
+    def _routing(self) -> dict[str, Any]:
+        """Each PSP's attempts and captures, the cascades, the breakers, the late successes and what became of
+        the attempts payments left, and how fast payments failed over. ``success_rate``: the share of the
+        charges not declined by the card's bank that the client was told succeeded (or authorized)."""
+        service, answers = self.service, self.stats.answers
+        succeeded = answers.get("succeeded", 0) + answers.get("authorized", 0)
+        used = self.config.routing.priorities
+        return {
+            "priorities": list(used),
+            "attempts": {name: _ends_at(service.ends, name) for name in used},
+            "captures": {name: len(self.psps[name].captures) for name in used},
+            "late_captures": {name: self.psps[name].late for name in used},
+            "cascades": dict(sorted(service.cascades.items())),
+            "left_attempts": dict(sorted(Counter(left.state for left in service.left.values()).items())),
+            "breaker_opened": {
+                name: sum(1 for _, psp, state in service.breaker_log if psp == name and state == "open")
+                for name in used
+            },
+            "success_rate": succeeded / max(1, self.config.load.charges - answers.get("declined", 0)),
+            "failover": self._failover(),
+        }
+
+    def _failover(self) -> dict[str, float | None]:
+        """From the first PSP's first unreachable window's start: seconds until a payment was first sent to
+        another PSP, and until its breaker opened; and from that opening until a new payment first went
+        straight to another PSP. None where it did not happen (or there was no such window)."""
+        first = self.config.routing.priorities[0]
+        windows = self.config.psp_of(first).unreachable
+        if not windows:
+            return {"to_second_psp_s": None, "to_breaker_open_s": None, "open_to_direct_s": None}
+        start = min(begin for begin, _ in windows)
+        routed = self.service.routed
+        moved = [_first_from(times, start) for times in routed.values()]
+        log = self.service.breaker_log
+        opened = next((at for at, psp, how in log if psp == first and how == "open" and at >= start), None)
+        direct = [_first_from(times, opened) for (_, how), times in routed.items() if how == "direct"]
+        return {
+            "to_second_psp_s": _since(start, min((t for t in moved if t is not None), default=None)),
+            "to_breaker_open_s": _since(start, opened),
+            "open_to_direct_s": _since(opened, min((t for t in direct if t is not None), default=None)),
+        }
+
+
+def _ends_at(ends: Counter[tuple[str, str]], name: str) -> dict[str, int]:
+    """How the attempts at one PSP ended, by end."""
+    return {end: n for (psp, end), n in sorted(ends.items()) if psp == name}
+
+
+def _first_from(times: list[float], start: float | None) -> float | None:
+    """The first of ``times`` (in order) at or after ``start``."""
+    if start is None:
+        return None
+    i = bisect.bisect_left(times, start)
+    return times[i] if i < len(times) else None
+
+
+def _since(start: float | None, at: float | None) -> float | None:
+    return None if start is None or at is None else at - start
 
 
 def simulate(config: SimConfig, scenario: str = "custom") -> RunResult:

@@ -20,6 +20,10 @@ HOST_CRASHES: Changes = {
     "load": {"rate": 200.0, "refund_share": 0.3, "refund_after_s": 0.5},
     "psp": {"lost_reply_rate": 0.02},
 }
+#: Stripe first, Braintree when Stripe fails definitely or its breaker is open
+FAILOVER = {"priorities": ("stripe", "braintree")}
+#: Stripe answers 5 % of captures with a refusal and makes them up to 3 s later
+LATE_SUCCESSES: Changes = {"routing": FAILOVER, "psp": {"late_success_rate": 0.05}}
 
 
 @dataclass(frozen=True)
@@ -137,6 +141,36 @@ SCENARIOS = {
                 "client": {"timeout_s": 0.5},
             },
         ),
+        Scenario(
+            "stripe_outage_failover",
+            "Stripe refuses every connection from 2 s to 8 s, Braintree second: each definite failure "
+            "cascades, Stripe's breaker opens and new payments go straight to Braintree until a probe finds "
+            "Stripe back",
+            {"routing": FAILOVER, "psp": {"unreachable": ((2.0, 8.0),)}},
+        ),
+        Scenario(
+            "timeout_after_capture_failover",
+            "Stripe loses 10 % of its replies after capturing and 5 % are 5xx, the SDK does not retry, 20 % "
+            "of clients never do, and Stripe refuses connections for 0.5 s; Braintree second: only the "
+            "refused connections cascade, every unknown is resolved at Stripe",
+            {
+                "routing": FAILOVER,
+                "psp": {
+                    "lost_reply_rate": 0.1,
+                    "error_rate": 0.05,
+                    "sdk_retries": 0,
+                    "unreachable": ((1.0, 1.5),),
+                },
+                "client": {"abandon_rate": 0.2},
+            },
+        ),
+        Scenario(
+            "late_success",
+            "Stripe refuses 5 % of captures and makes them up to 3 s later; Braintree second, and 30 % of "
+            "webhooks dropped: each late capture is found (webhook or lookup), refunded at Stripe and booked "
+            "both ways",
+            {**LATE_SUCCESSES, "webhooks": {"drop_rate": 0.3}},
+        ),
     )
 }
 
@@ -186,6 +220,26 @@ SWAPS = {
             "clients retry with a fresh Idempotency-Key: the same order is charged again",
             {"client": {"same_key": False, "timeout_s": 0.05}},
             breaks="no_double_capture",
+        ),
+        Scenario(
+            "forget_left_attempts",
+            "an attempt that failed definitely is forgotten once the payment moves to the next PSP: Stripe's "
+            "late successes stay captured beside Braintree's captures",
+            {**LATE_SUCCESSES, "design": {"watch_left_attempts": False}},
+            breaks="one_capture_across_psps",
+        ),
+        Scenario(
+            "failover_after_resumed_attempt",
+            "a client's retry resumes a payment whose first request hung up mid-call, Stripe now refusing "
+            "connections, and the refusal is taken as definite: the payment fails over though the first call "
+            "captured; nothing watches the attempt it left",
+            {
+                "routing": FAILOVER,
+                "psp": {"unreachable": ((1.0, 8.0),), "latency_s": 0.04},
+                "client": {"timeout_s": 0.03},
+                "design": {"resumed_failures_cascade": True, "watch_left_attempts": False},
+            },
+            breaks="one_capture_across_psps",
         ),
     )
 }

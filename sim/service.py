@@ -6,11 +6,18 @@ the simulated PSP and the merchant's wallet host; recovery looks a charge up at 
 capturing again. A capture is booked as ``payray.charge.booking`` says: its posting and the transitions it
 completes commit in one transaction of the host, so a successful charge costs its insert and a share of one
 batch commit. So what the simulator finds about the machine is true of the production machine.
+
+Each payment goes to a PSP chosen by ``payray.routing.Router`` (its breakers fed every attempt's end, on
+SimPy's clock), as ``serve_app/flows/psp_routes.py`` routes it. An attempt has its own idempotency key at its
+own PSP (``attempt_key``); only a definite failure of an attempt this request started fails over to the
+merchant's next PSP (``may_cascade``, then ``psp_failed_over``): an unknown is resolved where it happened. An
+attempt the payment left is watched for a late success, which is refunded at that PSP and booked both ways.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import random
 from collections import Counter
 from collections.abc import Generator, Iterator
@@ -33,6 +40,7 @@ from payray.charge import (
     Command,
     Transition,
     after_lookup,
+    attempt_key,
     booking,
     booking_refused,
     hold_booking,
@@ -44,10 +52,12 @@ from payray.charge import (
 )
 from payray.errors import IllegalTransition
 from payray.intent import IntentState
+from payray.routing import HEALTHY_ENDS, AttemptEnd, Breaker, Router, may_cascade
 from sim.config import AUTHORIZATION_S, SimConfig
 from sim.connections import REPLICA_DIED, Connections
 from sim.hosts import REFUSED, UNAVAILABLE, HostPosting, Hosts, host_posting
 from sim.world import (
+    DEFINITE,
     FastKeys,
     Pool,
     SimDatabase,
@@ -110,6 +120,32 @@ class SimCharge:
     intent: IntentState | None = None
     #: (time, who, transition): the charge's whole story, printed for the first violation
     history: list[tuple[float, str, Transition]] = field(default_factory=list)
+    #: the PSP of its latest attempt (where it captures, refunds, cancels), and every PSP it tried, in order
+    psp: str = "stripe"
+    tried: tuple[str, ...] = ()
+    #: (PSP, how it ended) for each capture the service made: the story of its routing
+    ends: tuple[tuple[str, str], ...] = ()
+
+
+def attempt_id(charge: SimCharge) -> str:
+    """The id of the charge's current attempt, which is its idempotency key at that PSP (the first keeps
+    ``psp_idempotency_key``), and the ledger's reference for a late success there."""
+    return psp_idempotency_key(charge.id) if len(charge.tried) < 2 else attempt_key(charge.id, charge.psp)
+
+
+@dataclass(slots=True)
+class LeftAttempt:
+    """An attempt a payment left after a definite failure at its PSP: watched until that PSP says it moved
+    nothing, or its late capture is given back (refunded there, booked as a capture and its reversal)."""
+
+    id: str
+    charge: SimCharge
+    psp: str
+    touched: float
+    state: Literal["watching", "found", "refunded", "clear", "reversed"] = "watching"
+    busy: bool = False
+    #: who found its late capture: a ``charge.succeeded`` webhook, or the janitor's lookup
+    found_by: str = ""
 
 
 class Driven(Protocol):
@@ -132,6 +168,9 @@ def driving(item: Driven) -> Iterator[None]:
 BOOK = (Command.POST_LEDGER,)
 HOLD = (Command.POST_HOLD,)
 RELEASE = (Command.POST_RELEASE,)
+#: a definite failure with no PSP left to try stands as the PSP's status says: a connection never made is
+#: unknown until recovery looks it up there, a refusal is a decline
+STANDS = {"not_sent": "unknown", "refused": "declined"}
 #: where a hold, or a release, may still be booked
 HOLDABLE = AWAITING_PSP | {S.AUTHORIZED}
 RELEASABLE = frozenset({S.CAPTURE_PENDING, S.CANCEL_PENDING, S.RELEASED})
@@ -154,13 +193,31 @@ class SimService:
         env: simpy.Environment,
         rng: random.Random,
         config: SimConfig,
-        psp: SimPsp,
+        psps: dict[str, SimPsp],
         db: SimDatabase,
         fast_keys: FastKeys,
         connections: Connections,
     ) -> None:
         self.env, self.rng, self.config = env, rng, config
-        self.psp, self.db, self.fast_keys, self.connections = psp, db, fast_keys, connections
+        self.psps, self.db, self.fast_keys, self.connections = psps, db, fast_keys, connections
+        r = config.routing
+        breaker = functools.partial(Breaker, r.breaker_threshold, r.breaker_open_s, r.breaker_slow_s)
+        self.router = Router({name: breaker() for name in psps})
+        #: each breaker's state changes: (time, PSP, new state)
+        self.breaker_log: list[tuple[float, str, str]] = []
+        self._breakers = dict(self.router.health())
+        #: attempts by PSP and end; cascades by the end they followed; when each attempt at a PSP other than
+        #: the first began, by how it got there ("cascade", or "direct" past an open breaker)
+        self.ends: Counter[tuple[str, str]] = Counter()
+        #: one shared tuple per PSP and per (PSP, end): most charges make one attempt, and keep only these
+        self._alone = {name: (name,) for name in psps}
+        self._one_end: dict[tuple[str, str], tuple[tuple[str, str]]] = {}
+        self.cascades: Counter[str] = Counter()
+        self.routed: dict[tuple[str, str], list[float]] = {}
+        #: attempts payments left, by attempt id and by (PSP, charge id); those not settled yet
+        self.left: dict[str, LeftAttempt] = {}
+        self.left_at: dict[tuple[str, str], LeftAttempt] = {}
+        self.left_open: dict[str, LeftAttempt] = {}
         self.hosts = Hosts(env, rng, config, db, self._persisted)
         #: the recovery janitor's and the webhook handler's calls to the hosts
         self.background = self.hosts.outboxes()
@@ -213,12 +270,12 @@ class SimService:
         """``POST /v1/charges`` with an Idempotency-Key: replayed, refused in flight, or a new charge.
         ``manual``: ``capture=false`` (a PaymentIntent's ``capture_method=manual``), authorized only."""
         try:
-            charge = yield from self._idempotent(order_id, merchant, amount, key, manual)
+            charge, new = yield from self._idempotent(order_id, merchant, amount, key, manual)
             if charge.busy:
                 return "in_flight"
             if charge.state not in TERMINAL_STATES:
                 with driving(charge):
-                    yield from self._drive(charge, "api")
+                    yield from self._drive(charge, "api", fresh=new)
         except (Unavailable, Crash):
             return "error"
         return ANSWERS.get(charge.state, "pending")
@@ -297,19 +354,20 @@ class SimService:
 
     def _idempotent(
         self, order_id: int, merchant: str, amount: int, key: str, manual: bool = False
-    ) -> Generator[Any, Any, SimCharge]:
+    ) -> Generator[Any, Any, tuple[SimCharge, bool]]:
+        """The key's charge, and whether this request made it (its first attempt routed in the insert)."""
         mode = self.config.design.idempotency
         scoped = (order_id % self.config.load.merchants, key)
         if mode != "off":
             known = self.fast_keys.keys.get(scoped)
             if known is not None:
-                return self.payments[known]
+                return self.payments[known], False
         # Redis does not know the key: one transaction inserts it with the charge, already submitted (as
         # ``serve_app/flows/charge.py`` does), or finds it there
         submit = self._chain(None, S.CREATED, E.SUBMIT)
         yield self.db.commit()
         if mode == "full" and scoped in self.db.keys:
-            return self.payments[self.db.keys[scoped]]
+            return self.payments[self.db.keys[scoped]], False
         self.created += 1
         charge = SimCharge(
             f"py_{self.created:08d}",
@@ -321,6 +379,7 @@ class SimService:
             captured=amount,
             intent=IntentState.PROCESSING if manual else None,
         )
+        self._route(charge)
         self.payments[charge.id] = charge
         self.by_order[order_id] = charge
         self.unfinished[charge.id] = charge
@@ -328,7 +387,7 @@ class SimService:
             self.db.keys[scoped] = charge.id
             self.fast_keys.keys[scoped] = charge.id
         self._persisted(charge, submit, "api")
-        return charge
+        return charge, True
 
     # -- the driver ----------------------------------------------------------------------------------------
 
@@ -407,7 +466,7 @@ class SimService:
                 raise Unavailable("the wallet host's transaction failed")
 
     def _drive(
-        self, charge: SimCharge, who: str, event: ChargeEvent | None = None
+        self, charge: SimCharge, who: str, event: ChargeEvent | None = None, fresh: bool = False
     ) -> Generator[Any, Any, None]:
         """``ChargeFlow``: from ``event``, or else from the persisted state as ``resume`` does, persist each
         transition (one commit) and then run its command, whose outcome is the next event; until a command
@@ -417,9 +476,13 @@ class SimService:
         this loop, the PSP call) however many transitions came before.
 
         Each commit is guarded by the state the driver last saw, as ``APPLY_TRANSITIONS`` is: a booking sent
-        by an earlier request that was cut may commit meanwhile, and then the answer is the state it left."""
+        by an earlier request that was cut may commit meanwhile, and then the answer is the state it left.
+
+        ``fresh``: this driver made the charge's attempt, so no earlier call of it can have reached the PSP
+        and a definite failure is one (``_attempt``)."""
         commands: tuple[Command, ...] = ()
         seen = charge.state
+        left_behind = False  # a refusal that stands: the attempt is watched once its decline is persisted
         if event is None:
             resumption = resume(seen)
             event, commands = resumption.event, resumption.commands
@@ -480,17 +543,22 @@ class SimService:
                     return
                 commands = self._persisted(charge, chain, who)
                 seen, event, chain = charge.state, None, ()
+                if left_behind:
+                    self._leave(charge)
+                    left_behind = False
             if not commands:
                 return
             command = commands[0]  # the machine asks for one command at a time
             if command is Command.CALL_PSP:
-                outcome, _calls = yield from self.psp.capture(
-                    charge.id, charge.order_id, charge.amount, psp_idempotency_key(charge.id), charge.manual
-                )
+                outcome = yield from self._attempt(charge, who, fresh)
+                fresh = False
+                if outcome is None:
+                    return  # moved on meanwhile: the answer is its state
                 crash = config.service.crash_after_capture_rate
                 if self.faults_on and outcome == "captured" and self.rng.random() < crash:
                     raise Crash("the replica died after the PSP captured")
-                event = PSP_EVENTS[outcome]
+                event = PSP_EVENTS[STANDS.get(outcome, outcome)]
+                left_behind = outcome == "refused"
             elif (
                 command is Command.POST_LEDGER
                 or command is Command.POST_HOLD
@@ -498,7 +566,7 @@ class SimService:
             ):
                 event = None  # resuming from captured, authorized or released: booked as above
             elif command is Command.CAPTURE_AT_PSP:
-                answer = yield from self.psp.capture_authorized(
+                answer = yield from self.psps[charge.psp].capture_authorized(
                     charge.id, charge.captured, psp_capture_key(charge.id)
                 )
                 if answer == "unknown":
@@ -508,7 +576,9 @@ class SimService:
                     raise Crash("the replica died after the PSP captured the authorization")
                 event = PSP_EVENTS[answer]
             elif command is Command.CANCEL_AT_PSP:
-                answer = yield from self.psp.cancel_authorization(charge.id, psp_cancel_key(charge.id))
+                answer = yield from self.psps[charge.psp].cancel_authorization(
+                    charge.id, psp_cancel_key(charge.id)
+                )
                 if answer == "unknown":
                     return  # stay cancel_pending; recovery cancels again, same key
                 event = PSP_EVENTS[answer]
@@ -516,7 +586,8 @@ class SimService:
                 event = AUTOMATIC[command]
             elif command is Command.REFUND_AT_PSP:
                 # a design that takes "failed" to mean "nothing moved" skips the refund
-                refunded = not config.design.compensation or (yield from self.psp.refund(charge.id))
+                psp = self.psps[charge.psp]
+                refunded = not config.design.compensation or (yield from psp.refund(charge.id))
                 if not refunded:
                     return  # stay refund_pending; recovery refunds again with the same key
                 event = E.PSP_REFUNDED
@@ -534,6 +605,127 @@ class SimService:
             else:
                 return  # RESPOND_DECLINED, RESPOND_PENDING, RESPOND_FAILED: the answer is the state
 
+    # -- routing -------------------------------------------------------------------------------------------
+
+    def _route(self, charge: SimCharge) -> None:
+        """A new payment's first PSP (``PspRoutes.first``), persisted with its insert."""
+        now = self.env.now
+        first = self.router.next_psp(self.config.routing.priorities, (), now)
+        assert first is not None  # a first attempt always has somewhere to go
+        charge.psp, charge.tried = first, self._alone[first]
+        if first != self.config.routing.priorities[0]:
+            self.routed.setdefault((first, "direct"), []).append(now)
+        self._note_breaker(first)
+
+    def _attempt(self, charge: SimCharge, who: str, fresh: bool) -> Generator[Any, Any, AttemptEnd | None]:
+        """``call_psp``: the capture at the charge's PSP under its attempt's key, its end fed to that PSP's
+        breaker. A definite failure of a ``fresh`` attempt (one no earlier request may have sent) fails over
+        to the merchant's next PSP, ``psp_failed_over`` persisted with the left attempt before the next is
+        sent; resumed, it is an unknown, as that request's call may have reached the PSP. The last end (a
+        definite failure there: no PSP left to try); None if the charge moved on meanwhile."""
+        while True:
+            psp, started = charge.psp, self.env.now
+            outcome, _calls = yield from self.psps[psp].capture(
+                charge.id, charge.order_id, charge.amount, attempt_id(charge), charge.manual
+            )
+            self._feed(psp, outcome, self.env.now - started)
+            trusted = fresh or self.config.design.resumed_failures_cascade
+            end: AttemptEnd = outcome if trusted or outcome not in DEFINITE else "unknown"
+            one = self._one_end.get((psp, end))
+            if one is None:
+                one = self._one_end[(psp, end)] = ((psp, end),)
+            charge.ends += one  # the first end is the shared tuple itself
+            declined = self.psps[psp].declined.get(charge.id) if end == "declined" else None
+            after = self._next_psp(charge) if may_cascade(end, declined) else None
+            if after is None:
+                return end
+            seen = charge.state
+            chain = self._chain(charge.id, seen, E.PSP_FAILED_OVER)
+            yield self.db.commit()
+            if charge.state is not seen or charge.psp != psp:
+                return None
+            self._leave(charge)
+            charge.psp, charge.tried = after, (*charge.tried, after)
+            self._persisted(charge, chain, who)
+            self.cascades[end] += 1
+            self.routed.setdefault((after, "cascade"), []).append(self.env.now)
+
+    def _next_psp(self, charge: SimCharge) -> str | None:
+        """``PspRoutes.after``: on down the merchant's list past the current PSP, never back up it, skipping
+        PSPs whose breaker is open."""
+        order = self.config.routing.priorities
+        after = self.router.next_psp(order, order[: order.index(charge.psp) + 1], self.env.now)
+        if after is not None:
+            self._note_breaker(after)
+        return after
+
+    def _feed(self, psp: str, end: str, seconds: float) -> None:
+        """An attempt's end to its PSP's breaker, as ``PspRoutes.record`` does: good when the PSP answered
+        (``HEALTHY_ENDS``) in time; a definite failure or an unknown is bad."""
+        self.ends[(psp, end)] += 1
+        self.router.breakers[psp].record(self.env.now, ok=end in HEALTHY_ENDS, seconds=seconds)
+        self._note_breaker(psp)
+
+    def _note_breaker(self, psp: str) -> None:
+        state = self.router.breakers[psp].state
+        if state != self._breakers[psp]:
+            self._breakers[psp] = state
+            self.breaker_log.append((self.env.now, psp, state))
+
+    def _leave(self, charge: SimCharge) -> None:
+        """Watch the attempt the charge leaves behind, failed over or declined after a refusal (persisted with
+        the commit that leaves it): nothing else will ask its PSP about it again."""
+        if not self.config.design.watch_left_attempts:
+            return
+        left = LeftAttempt(attempt_id(charge), charge, charge.psp, self.env.now)
+        self.left[left.id] = self.left_open[left.id] = self.left_at[(left.psp, charge.id)] = left
+        self.wake()
+
+    def settle_left(self, left: LeftAttempt, found: str | None = None) -> Generator[Any, Any, bool]:
+        """The janitor's (or a ``charge.succeeded`` webhook's, ``found="captured"``) look at an attempt a
+        payment left: asked at its PSP, and a late capture found there refunded and booked both ways. False
+        (a 409 to a webhook) while another is at it or a dependency failed: the next sweep goes on."""
+        if left.state in ("clear", "reversed"):
+            return True
+        if left.busy:
+            return False
+        try:
+            with driving(left):
+                yield from self._settle_left(left, found)
+        except (Unavailable, Crash):
+            return False
+        finally:
+            left.touched = self.env.now
+        return left.state in ("clear", "reversed")
+
+    def _settle_left(self, left: LeftAttempt, found: str | None) -> Generator[Any, Any, None]:
+        """Each step persisted before the next, as a compensation's: a capture found at the left PSP, then
+        refunded there, then its capture and reversal posted together under the attempt's key, so a retry
+        resumes where the last one stopped and the merchant's balance never shows the capture alone."""
+        psp, charge = self.psps[left.psp], left.charge
+        if left.state == "watching":
+            known = found is not None
+            if found is None:
+                found = yield from psp.lookup(charge.id)
+            if found == "unknown":
+                return  # the PSP did not answer: the next sweep asks again
+            yield self.db.commit()
+            left.state = "found" if found == "captured" else "clear"
+            left.found_by = "webhook" if known else "janitor"
+        if left.state == "found":
+            if not (yield from psp.refund(charge.id)):
+                return
+            yield self.db.commit()
+            left.state = "refunded"
+        if left.state == "refunded":
+            reversal = compensation_of(left.id, charge.merchant, charge.amount)
+            postings = [HostPosting(CAPTURE, left.id, charge.merchant, capture_booked(charge.amount))]
+            postings.append(host_posting(reversal))
+            yield self.post(postings)
+            self.answered(postings)
+            left.state = "reversed"
+        self.left_open.pop(left.id, None)
+
     # -- recovery and webhooks ----------------------------------------------------------------------------
 
     def recover(self, charge: SimCharge) -> Generator[Any, Any, None]:
@@ -547,21 +739,32 @@ class SimService:
         if charge.state not in AWAITING_PSP:
             yield from self._drive(charge, "janitor")
             return
-        found = yield from self.psp.lookup(charge.id)
+        found = yield from self.psps[charge.psp].lookup(charge.id)
         for event in after_lookup(charge.state, None if found == "not_found" else found):
             yield from self._drive(charge, "janitor", event)
 
-    def waits_for_psp(self, payment_id: str) -> bool:
-        """Whether a ``charge.*`` event about this charge would be news: it is ours, and still waiting."""
+    def waits_for_psp(self, payment_id: str, psp: str = "stripe") -> bool:
+        """Whether a ``charge.*`` event from ``psp`` about this charge would be news: it is ours, and still
+        waiting for that PSP; or that PSP has an attempt the charge left, still watched."""
         charge = self.payments.get(payment_id)
-        return charge is not None and charge.state in AWAITING_PSP
+        if charge is None:
+            return False
+        if charge.psp == psp and charge.state in AWAITING_PSP:
+            return True
+        left = self.left_at.get((psp, payment_id)) if self.left_at else None
+        return left is not None and left.state == "watching"
 
-    def webhook(self, payment_id: str, outcome: str) -> Generator[Any, Any, bool]:
-        """A ``charge.succeeded`` or ``charge.failed`` event: applied to a charge still waiting to hear from
-        the PSP. False (a 409) while its own request is live, so the PSP delivers it again."""
-        if not self.waits_for_psp(payment_id):
+    def webhook(self, payment_id: str, outcome: str, psp: str = "stripe") -> Generator[Any, Any, bool]:
+        """A ``charge.succeeded`` or ``charge.failed`` event from ``psp``: applied to a charge still waiting
+        to hear from that PSP, or news of a late success at an attempt the charge left. False (a 409) while
+        its own request is live, so the PSP delivers it again."""
+        if not self.waits_for_psp(payment_id, psp):
             return True  # not ours, or already known: acknowledged, nothing to do
         charge = self.payments[payment_id]
+        if charge.psp != psp or charge.state not in AWAITING_PSP:
+            if outcome != "captured":
+                return True  # a left attempt that did not capture: the watch's lookup says so too
+            return (yield from self.settle_left(self.left_at[(psp, payment_id)], "captured"))
         if charge.busy:
             return False
         try:

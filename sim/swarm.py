@@ -6,6 +6,7 @@ and then a quiet phase in which every charge must finish; any violation names it
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 
 from sim.config import SimConfig
 
@@ -93,9 +94,9 @@ def swarm_config(seed: int, charges: int = 500) -> SimConfig:
             "duplicate_s": rate(1.0, chance=0.4),
         }
     )
-    # Manual captures, drawn last: in some worlds a share of the orders only authorize, and their merchants
-    # capture (in full or in part), cancel, or let them expire 7 simulated days later.
-    return world.with_(
+    # Manual captures: in some worlds a share of the orders only authorize, and their merchants capture (in
+    # full or in part), cancel, or let them expire 7 simulated days later.
+    world = world.with_(
         load={
             "manual_share": rate(0.6, chance=0.4),
             "cancel_share": round(draw.uniform(0.0, 0.3), 3),
@@ -105,3 +106,43 @@ def swarm_config(seed: int, charges: int = 500) -> SimConfig:
             "capture_after_s": round(draw.uniform(0.05, 5.0), 3),
         }
     )
+    return _routing(world, draw, rate, windows)
+
+
+def _routing(
+    world: SimConfig,
+    draw: random.Random,
+    rate: Callable[..., float],
+    windows: Callable[[int, float], tuple[tuple[float, float], ...]],
+) -> SimConfig:
+    """Routing, drawn last so the worlds above stay what they were: in half the worlds a second PSP, either
+    first; in some, PSPs refusing connections for a while, or answering a refusal to captures they make
+    later, with or without a PSP to fail over to; breakers of any sensitivity."""
+    second = draw.random() < 0.5
+    priorities = draw.choice((("stripe", "braintree"), ("braintree", "stripe"))) if second else ("stripe",)
+    world = world.with_(
+        routing={
+            "priorities": priorities,
+            "breaker_threshold": draw.randrange(1, 10),
+            "breaker_open_s": round(draw.uniform(0.2, 10.0), 3),
+            "breaker_slow_s": round(draw.uniform(0.05, 3.0), 3),
+        }
+    )
+    faults = {}
+    for name in ("psp", "braintree"):
+        faults[name] = {
+            "unreachable": windows(2, 3.0) if draw.random() < 0.5 else (),
+            "late_success_rate": rate(0.1, chance=0.4),
+            "late_success_s": round(draw.uniform(0.01, 5.0), 3),
+        }
+    faults["braintree"] |= {  # Braintree's other behaviour, as Stripe's is drawn above
+        "latency_s": round(draw.uniform(0.005, 0.2), 4),
+        "decline_rate": rate(0.4, chance=0.9),
+        "error_rate": rate(0.5),
+        "lost_reply_rate": rate(0.4),
+        "refund_refusal_rate": rate(0.3),
+        "external_refund_rate": world.psp.external_refund_rate and rate(0.05),
+        "outages": windows(2, 2.0),
+        "sdk_retries": draw.randrange(0, 4),
+    }
+    return world.with_(**faults)

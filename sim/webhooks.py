@@ -26,8 +26,8 @@ from sim.service import SimService
 #: deliveries of one event before the PSP gives up on it
 ATTEMPTS = 8
 
-#: (due, order of sending, charge id or refund key, outcome, delay it waited, attempt)
-Delivery = tuple[float, int, str, str, float, int]
+#: (due, order of sending, charge id or refund key, outcome, delay it waited, attempt, the PSP sending it)
+Delivery = tuple[float, int, str, str, float, int, str]
 
 
 class WebhookDeliveries:
@@ -46,19 +46,19 @@ class WebhookDeliveries:
         self.sent = itertools.count()
         self.alarm_at = math.inf
 
-    def announce(self, target: str, outcome: str) -> None:
-        """The PSP's hook: ``(charge id, "captured" | "declined")`` or ``(refund key, "refunded")``."""
+    def announce(self, target: str, outcome: str, psp: str = "stripe") -> None:
+        """A PSP's hook: ``(charge id, "captured" | "declined")`` or ``(refund key, "refunded")``."""
         faulty = self.service.faults_on
         if faulty and self.rng.random() < self.c.drop_rate:
             self.counts["dropped"] += 1
             return
         copies = 2 if faulty and self.rng.random() < self.c.duplicate_rate else 1
         for _ in range(copies):
-            self._send(self.c.delay_s + self.rng.random() * self.c.reorder_s, target, outcome, 1)
+            self._send(self.c.delay_s + self.rng.random() * self.c.reorder_s, target, outcome, 1, psp)
 
-    def _send(self, delay: float, target: str, outcome: str, attempt: int) -> None:
+    def _send(self, delay: float, target: str, outcome: str, attempt: int, psp: str) -> None:
         due = self.env.now + delay
-        heapq.heappush(self.queue, (due, next(self.sent), target, outcome, delay, attempt))
+        heapq.heappush(self.queue, (due, next(self.sent), target, outcome, delay, attempt, psp))
         if due < self.alarm_at:
             self._set_alarm(due)
 
@@ -72,21 +72,23 @@ class WebhookDeliveries:
         self.alarm_at = math.inf
         queue, now = self.queue, self.env.now
         while queue:
-            due, _, target, outcome, delay, attempt = queue[0]
-            news = outcome == "refunded" or self.service.waits_for_psp(target)
+            due, _, target, outcome, delay, attempt, psp = queue[0]
+            news = outcome == "refunded" or self.service.waits_for_psp(target, psp)
             if news and due > now:
                 self._set_alarm(due)
                 return
             heapq.heappop(queue)
             self.counts["delivered"] += 1
             if news:
-                self.env.process(self._handle(delay, target, outcome, attempt))
+                self.env.process(self._handle(delay, target, outcome, attempt, psp))
 
-    def _handle(self, delay: float, target: str, outcome: str, attempt: int) -> Generator[Any, Any, None]:
+    def _handle(
+        self, delay: float, target: str, outcome: str, attempt: int, psp: str
+    ) -> Generator[Any, Any, None]:
         if outcome == "refunded":
-            delivered = yield from self.refunds.webhook(target)
+            delivered = yield from self.refunds.webhook(target, psp)
         else:
-            delivered = yield from self.service.webhook(target, outcome)
+            delivered = yield from self.service.webhook(target, outcome, psp)
         if not delivered and attempt < ATTEMPTS:  # a 409: the PSP tries again, waiting twice as long
             self.counts["retried"] += 1
-            self._send(2 * delay, target, outcome, attempt + 1)
+            self._send(2 * delay, target, outcome, attempt + 1, psp)

@@ -1,7 +1,7 @@
 """The simulated components around the service: the PSP, the fast key store, the database and the ledger.
 
 Each is a plain object over one SimPy environment and one seeded random source; they keep the facts the
-invariants are checked against (what the PSP captured and refunded, what the ledger booked), and fail the
+invariants are checked against (what each PSP captured and refunded, what the ledger booked), and fail the
 way the real ones do.
 """
 
@@ -21,7 +21,11 @@ from ledger.postings import Posting, capture_posting, fee_for, hold_posting, ref
 from payray.money import Money
 from sim.config import SimConfig
 
-Outcome = Literal["captured", "declined", "unknown", "authorized"]
+Outcome = Literal["captured", "declined", "unknown", "authorized", "not_sent", "refused"]
+#: the answers to a capture that say for certain nothing was captured: ``payray.routing``'s definite failures
+DEFINITE = frozenset({"not_sent", "refused"})
+#: how long a refused connection takes to say so
+CONNECT_S = 0.001
 #: what the PSP answers about an authorization it is asked to capture or cancel
 AuthOutcome = Literal["captured", "canceled", "unknown"]
 FEE_BPS = 290
@@ -58,10 +62,14 @@ class PspAuthorization:
 
 
 class SimPsp:
-    """Captures by idempotency key (when keys are honoured), declines, 5xx, lost replies and outages."""
+    """One PSP: captures by idempotency key (when keys are honoured), declines, 5xx, lost replies, outages,
+    refused connections and late successes. Charges are known by our charge id (its metadata): a payment
+    makes at most one attempt at each PSP."""
 
-    def __init__(self, env: simpy.Environment, rng: random.Random, config: SimConfig) -> None:
-        self.env, self.rng, self.c = env, rng, config.psp
+    def __init__(
+        self, env: simpy.Environment, rng: random.Random, config: SimConfig, name: str = "stripe"
+    ) -> None:
+        self.env, self.rng, self.c, self.name = env, rng, config.psp_of(name), name
         self.honour_keys = config.design.psp_idempotency_key
         self.by_key: dict[str, int] = {}
         self.captures: list[PspCapture] = []
@@ -78,6 +86,9 @@ class SimPsp:
         self.authorizations: dict[str, list[PspAuthorization]] = {}
         self.auth_keys: set[str] = set()
         self.cancel_keys: set[str] = set()
+        #: captures answered with a refusal and made later, by key until made; and how many were made
+        self.late_keys: set[str] = set()
+        self.late = 0
         self.faults_on = True
         #: webhook hooks: called with (charge id, "captured" | "declined" | "authorized") or (refund key,
         #: "refunded")
@@ -95,20 +106,27 @@ class SimPsp:
         Each call acts at the PSP as it arrives and is answered a latency later, so a caller cancelled while
         it waits (its client hung up) leaves behind whatever the PSP did: a capture nobody heard of.
         ``manual`` (``capture_method=manual``): authorize only, answering ``authorized``."""
-        calls = 0
+        calls, unsure = 0, False
         for _ in range(self.c.sdk_retries + 1):
             calls += 1
             outcome = self._capture_call(payment_id, order_id, amount, key, manual)
-            yield self.env.timeout(self._latency())
-            if outcome is not None:
-                return outcome, calls
-        return "unknown", calls
+            yield self.env.timeout(CONNECT_S if outcome == "not_sent" else self._latency())
+            unsure = unsure or outcome is None
+            if outcome is not None and outcome != "not_sent":  # the SDK retries a refused connection
+                return ("unknown" if unsure and outcome == "refused" else outcome), calls
+        return ("unknown" if unsure else "not_sent"), calls
+
+    def unreachable(self) -> bool:
+        """Whether the PSP refuses connections now."""
+        return self.faults_on and in_window(self.env.now, self.c.unreachable)
 
     def _capture_call(
         self, payment_id: str, order_id: int, amount: int, key: str, manual: bool = False
     ) -> Outcome | None:
         """What one call does at the PSP, and its answer: None when none comes back (an outage, a 5xx, or a
-        reply lost after the PSP acted)."""
+        reply lost after the PSP acted); ``not_sent`` when the connection was refused."""
+        if self.c.unreachable and self.unreachable():
+            return "not_sent"
         if self.faults_on and (
             in_window(self.env.now, self.c.outages) or self.rng.random() < self.c.error_rate
         ):
@@ -119,6 +137,10 @@ class SimPsp:
             return "authorized"  # the same key replays the same answer
         if self.honour_keys and payment_id in self.declined:
             return "declined"
+        if self.honour_keys and key in self.late_keys:
+            return "refused"  # the same key replays the same answer, until the late capture lands
+        if not manual and self._late(payment_id, order_id, amount, key):
+            return "refused"
         lost = self.faults_on and self.rng.random() < self.c.lost_reply_rate
         if self.rng.random() < self.c.decline_rate:
             self.declined[payment_id] = "card_declined"
@@ -133,10 +155,33 @@ class SimPsp:
         self._record(payment_id, order_id, amount, key)
         return None if lost else "captured"
 
+    def _late(self, payment_id: str, order_id: int, amount: int, key: str) -> bool:
+        """Whether this capture is answered with a refusal and made anyway, a while later: a late success,
+        which the service must not forget because the answer said nothing moved."""
+        rate = self.c.late_success_rate
+        if not (rate and self.faults_on and self.rng.random() < rate):
+            return False
+        self.late_keys.add(key)
+        self.env.process(self._capture_late(payment_id, order_id, amount, key))
+        return True
+
+    def _capture_late(
+        self, payment_id: str, order_id: int, amount: int, key: str
+    ) -> Generator[simpy.Event, Any, None]:
+        """The capture a refusal hid, up to ``late_success_s`` later, announced by webhook like any other."""
+        yield self.env.timeout(self.rng.uniform(0.0, self.c.late_success_s))
+        self.late_keys.discard(key)
+        if self.honour_keys and key in self.by_key:
+            return  # a later call under the same key captured already
+        self.late += 1
+        self._record(payment_id, order_id, amount, key, by_hand=False)
+
     def _fails(self) -> bool:
-        """Whether a call fails before doing anything: an outage, or a 5xx."""
+        """Whether a call fails before doing anything: an outage, a refused connection, or a 5xx."""
         return self.faults_on and (
-            in_window(self.env.now, self.c.outages) or self.rng.random() < self.c.error_rate
+            in_window(self.env.now, self.c.outages)
+            or in_window(self.env.now, self.c.unreachable)
+            or self.rng.random() < self.c.error_rate
         )
 
     def _status(self, auth: PspAuthorization) -> str:
@@ -217,13 +262,15 @@ class SimPsp:
             return None
         return "canceled"
 
-    def _record(self, payment_id: str, order_id: int, amount: int, key: str) -> None:
+    def _record(self, payment_id: str, order_id: int, amount: int, key: str, by_hand: bool = True) -> None:
+        """A capture made; ``by_hand``: someone may refund it from the dashboard (not a late success's, which
+        payray gives back itself)."""
         index = len(self.captures)
         self.captures.append(PspCapture(payment_id, order_id, amount, self.env.now))
         self.by_key[key] = index
         self.by_payment.setdefault(payment_id, []).append(index)
         self._announce(payment_id, "captured")
-        if self.rng.random() < self.c.external_refund_rate:
+        if by_hand and self.rng.random() < self.c.external_refund_rate:
             self.env.process(self._refund_from_dashboard(payment_id, amount // 2 or amount))
 
     def _refund_from_dashboard(self, payment_id: str, amount: int) -> Generator[simpy.Event, Any, None]:
@@ -257,9 +304,7 @@ class SimPsp:
         return "unknown"
 
     def _refund_call(self, payment_id: str, amount: int, key: str) -> Literal["refunded", "failed"] | None:
-        if self.faults_on and (
-            in_window(self.env.now, self.c.outages) or self.rng.random() < self.c.error_rate
-        ):
+        if self._fails():
             return None
         if self.honour_keys and key in self.refund_keys:
             return "refunded"
@@ -285,7 +330,7 @@ class SimPsp:
     ) -> Generator[simpy.Event, Any, Outcome | Literal["not_found", "canceled"]]:
         """The janitor's search by our charge id (Stripe's search by metadata)."""
         yield self.env.timeout(self._latency())
-        if self.faults_on and in_window(self.env.now, self.c.outages):
+        if self.faults_on and (in_window(self.env.now, self.c.outages) or self.unreachable()):
             return "unknown"
         if payment_id in self.by_payment:
             return "captured"
@@ -296,11 +341,9 @@ class SimPsp:
         return "not_found"
 
     def refund(self, payment_id: str) -> Generator[simpy.Event, Any, bool]:
-        """Refund every capture of the charge (a compensation); False when the PSP did not answer."""
-        answered = not (
-            self.faults_on
-            and (in_window(self.env.now, self.c.outages) or self.rng.random() < self.c.error_rate)
-        )
+        """Refund every capture of the charge (a compensation, or a late success given back); False when the
+        PSP did not answer."""
+        answered = not self._fails()
         if answered:
             for index in self.by_payment.get(payment_id, []):
                 self.captures[index].refunded = True

@@ -20,6 +20,8 @@ from typing import Any, Literal, TypeVar
 
 import braintree
 from braintree.exceptions import (
+    InvalidChallengeError,
+    InvalidSignatureError,
     NotFoundError,
 )
 
@@ -33,6 +35,8 @@ from psp.braintree.mapping import (
     SEARCH_BATCH,
     SETTLED_AT_MARGIN,
     VOIDABLE_STATUSES,
+    BraintreeNotification,
+    InvalidWebhook,
     Refusal,
     amount_of,
     capture_of,
@@ -41,6 +45,7 @@ from psp.braintree.mapping import (
     decimal_amount,
     never_sent,
     newest_first,
+    notification_of,
     raise_if_ours,
     refund_of,
     refusal_of,
@@ -384,6 +389,17 @@ class BraintreePsp:
         except Exception:
             return False
         return True
+
+    def parse_webhook(self, signature: str, payload: str) -> BraintreeNotification:
+        """A webhook Braintree signed with this merchant's keys, as the SDK verifies it; raises
+        ``InvalidWebhook`` for one it did not sign (or that is not a notification at all)."""
+        try:
+            notification = self._gateway.webhook_notification.parse(signature, payload)
+        except (InvalidSignatureError, InvalidChallengeError, ValueError, KeyError, TypeError) as exc:
+            raise InvalidWebhook(
+                f"not a notification this merchant's keys signed: {type(exc).__name__}"
+            ) from exc
+        return notification_of(notification)
 
     async def aclose(self) -> None:
         await self._call(self._config.close)

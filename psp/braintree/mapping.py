@@ -27,6 +27,7 @@ from psp.port import (
     PspCapture,
     PspChargeResult,
     PspConfigurationError,
+    PspError,
     PspRefund,
 )
 
@@ -311,6 +312,60 @@ def void_refund_of(sale: Any) -> PspRefund:
     """A sale voided after capture, as the full refund it stands for (referenced by the sale's id)."""
     return PspRefund(
         refund_id=None, psp_reference=str(sale.id), amount=amount_of(sale) or 0, status="succeeded"
+    )
+
+
+# -- webhooks (pure) ------
+
+
+class InvalidWebhook(PspError):
+    """A webhook Braintree did not sign with our keys, or that is no notification."""
+
+
+@dataclass(frozen=True)
+class BraintreeNotification:
+    """What payray reads of a verified notification: its kind and the sale or dispute it is about."""
+
+    kind: str
+    timestamp: datetime | None
+    transaction_id: str | None
+    order_id: str | None  # payray's payment id, on a sale payray made
+    status: str | None
+    amount: int | None
+    currency: str | None
+    dispute_id: str | None = None
+    dispute_reason: str | None = None
+
+
+def notification_of(notification: Any) -> BraintreeNotification:
+    """The notification's subject: a transaction, or a dispute and the transaction it disputes."""
+    kind = str(getattr(notification, "kind", "") or "")
+    stamp = getattr(notification, "timestamp", None)
+    dispute = getattr(notification, "dispute", None)
+    if dispute is not None:
+        sale = getattr(dispute, "transaction", None)
+        currency = str(getattr(dispute, "currency_iso_code", "") or "usd").lower()
+        raw = getattr(dispute, "amount_disputed", None) or getattr(dispute, "amount", None)
+        return BraintreeNotification(
+            kind,
+            stamp,
+            getattr(sale, "id", None),
+            getattr(sale, "order_id", None),
+            getattr(dispute, "status", None),
+            None if raw is None else minor_amount(raw, currency),
+            currency,
+            dispute_id=getattr(dispute, "id", None),
+            dispute_reason=getattr(dispute, "reason", None),
+        )
+    txn = getattr(notification, "transaction", None)
+    return BraintreeNotification(
+        kind,
+        stamp,
+        getattr(txn, "id", None),
+        getattr(txn, "order_id", None),
+        getattr(txn, "status", None),
+        amount_of(txn) if txn is not None else None,
+        currency_of(txn) if txn is not None else None,
     )
 
 

@@ -86,6 +86,7 @@ from serve_app.wire.render import (
     refund_object,
 )
 from serve_app.wire.schemas import (
+    BraintreeNotificationForm,
     ChargeCapture,
     ChargeCreate,
     ChargeUpdate,
@@ -637,6 +638,18 @@ class PaymentApi:
         answer = await self.parts.webhooks.receive(
             await read_body(request), request.headers.get("stripe-signature")
         )
+        return json_response(200, dumps(answer))
+
+    @api.post(
+        "/v1/webhooks/braintree",
+        **operation(o.WebhookReceipt, auth=None, body=BraintreeNotificationForm),
+    )
+    async def braintree_webhook(self, request: Request) -> Response:
+        """Braintree's notifications, authenticated by their ``bt_signature``."""
+        await self._build()
+        content_type = request.headers.get("content-type")
+        form = parse_body(BraintreeNotificationForm, await read_body(request), content_type)
+        answer = await self.parts.braintree_webhooks.receive(form.bt_signature, form.bt_payload)
         return json_response(200, dumps(answer))
 
     # -- admin -----------------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ OPS_ROUTES = frozenset({
 CHARGES = "POST /v1/charges"
 #: The route groups the ops page shows (``ops`` is counted in /metrics only).
 TRAFFIC_GROUPS = ("charges", "webhooks", "api")
-PSP_WEBHOOKS = "POST /v1/webhooks/psp"
+PSP_WEBHOOKS = frozenset({"POST /v1/webhooks/psp", "POST /v1/webhooks/braintree"})
 
 
 def route_group(route: str) -> str:
@@ -28,7 +28,7 @@ def route_group(route: str) -> str:
     ``api`` (everything else merchants send)."""
     if route == CHARGES:
         return "charges"
-    if route == PSP_WEBHOOKS:
+    if route in PSP_WEBHOOKS:
         return "webhooks"
     return "ops" if route in OPS_ROUTES else "api"
 

@@ -134,10 +134,13 @@ class Book:
 
 @dataclass(frozen=True)
 class Run:
-    """Next: run the command a persisted transition asked for."""
+    """Next: run the command a persisted transition asked for. ``fresh``: a PSP call this driver makes for
+    the first time under its key (just submitted, or just failed over), so a refused connection proves the
+    PSP never saw the attempt; a resumed or retried call may follow one that reached it."""
 
     charge: Charge
     command: Command
+    fresh: bool = False
 
 
 #: What the driver does next; a ``Reply`` ends the drive.
@@ -224,8 +227,10 @@ class ChargeFlow:
     async def start(self, charge: Charge) -> Reply:
         """Drive a freshly inserted charge (already ``psp_pending``) to its answer."""
         async with self.outcomes.driving(charge.id):
-            reply = await self._drive(Run(charge, Command.CALL_PSP))
-        self.outcomes.saw(reply.charge.id, reply.charge.state)
+            reply = await self._drive(Run(charge, Command.CALL_PSP, fresh=True))
+        if reply.charge.psp_idempotency_key == charge.psp_idempotency_key:
+            # not one that failed over: a success at a PSP it left would be news (``late_success``)
+            self.outcomes.saw(reply.charge.id, reply.charge.state)
         return reply
 
     async def settle(self, charge: Charge) -> Reply:
@@ -319,6 +324,8 @@ class ChargeFlow:
                 todo = await self._book(todo)
             elif todo.command in AUTOMATIC:
                 todo = advance(todo.charge, AUTOMATIC[todo.command])
+            elif todo.command is Command.CALL_PSP:
+                todo = await self._call_psp(todo.charge, fresh=todo.fresh)
             else:
                 todo = await self._handlers[todo.command](todo.charge)
         return todo
@@ -371,15 +378,17 @@ class ChargeFlow:
         if persisted.response is not None:
             return Reply(persisted.response.status, persisted.response.body, stored)
         (command,) = persisted.commands  # the machine asks for one command at a time
-        return Run(stored, command)
+        return Run(stored, command, fresh=persisted.chain[-1].event is ChargeEvent.PSP_FAILED_OVER)
 
     def _psp(self, charge: Charge) -> PaymentServiceProvider:
         """The PSP of the charge's current attempt: everything about a payment goes where it was made."""
         return self.psps.adapter(charge.psp)
 
-    async def _call_psp(self, charge: Charge) -> Next:
+    async def _call_psp(self, charge: Charge, fresh: bool = False) -> Next:
         """Ask the attempt's PSP to charge; its answer feeds that PSP's breaker, and a definite failure
-        another PSP could turn into a success goes on to the merchant's next PSP (``payray.routing``)."""
+        another PSP could turn into a success goes on to the merchant's next PSP (``payray.routing``). A
+        refused connection is definite only on a ``fresh`` call: a retry's may follow a call that captured.
+        A decline or a refusal is the PSP's own word under the attempt's key, replayed on a retry."""
         started = self.psps.clock()
         result = await self._psp(charge).capture(
             payment_id=charge.id,
@@ -394,7 +403,7 @@ class ChargeFlow:
         )
         end = attempt_end(result.status, result.refusal)
         self.psps.record(charge.psp, end, self.psps.clock() - started)
-        if may_cascade(end, result.failure_code):
+        if (fresh or end != "not_sent") and may_cascade(end, result.failure_code):
             failover = await self._failover(charge, result)
             if failover is not None:
                 return failover

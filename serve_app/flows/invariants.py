@@ -1,7 +1,9 @@
 """The invariants of DESIGN.md, checked live against Postgres, the wallet actors and every PSP.
 
 A payment may have tried more than one PSP, so the PSPs' captures and refunds are read together: a payment
-captured at two PSPs is a double capture as surely as one captured twice at one.
+captured at two PSPs is a double capture as surely as one captured twice at one, until the late success is
+found (``serve_app/flows/late_success.py``). A found one is booked under its own id, so it counts as that id's
+capture, and it must have been given back.
 
 Used by ``GET /v1/admin/invariants`` and so by ``payray verify``, the load tests and every integration test.
 The ledger's own checks (``ledger.invariants``) are synchronous SQL; they run on a worker thread.
@@ -46,6 +48,11 @@ SELECT d.reference, t.external_ref
 """
 
 
+#: Captures at a PSP a payment had left, by the PSP's reference: their own id, and whether they were given
+#: back.
+LATE_SUCCESSES = "SELECT psp_reference, id, state FROM late_successes"
+
+
 #: Each confirmed intent beside the state of its latest charge, which the intent follows.
 INTENTS_AND_CHARGES = """
 SELECT i.id, i.state, p.state FROM payment_intents i JOIN payments p ON p.id = i.charge_id
@@ -65,6 +72,7 @@ def _ledger_facts(database_url: str) -> dict[str, Any]:
             "learned_refunds": dict(conn.execute(REFUNDS_BY_PSP_REFERENCE).fetchall()),
             "named": {ref for row in conn.execute(NAMED_BY_RECONCILIATION).fetchall() for ref in row if ref},
             "intents": conn.execute(INTENTS_AND_CHARGES).fetchall(),
+            "late": {row[0]: (row[1], row[2]) for row in conn.execute(LATE_SUCCESSES).fetchall()},
         }
 
 
@@ -89,8 +97,11 @@ async def check_invariants(
     database_url: str, psps: Mapping[str, PaymentServiceProvider], wallets: WalletDirectory
 ) -> dict[str, Any]:
     captures, at_psp = await _at_psps(psps)
-    psp_captures = Counter(payment_id for payment_id, _ in captures)
     facts = await asyncio.to_thread(_ledger_facts, database_url)
+    late: dict[str, tuple[str, str]] = facts["late"]
+    captures = [(late[ref][0] if ref in late else payment_id, ref) for payment_id, ref in captures]
+    psp_captures = Counter(payment_id for payment_id, _ in captures)
+    not_given_back = sorted(late_id for late_id, state in late.values() if state != "reversed")
     learned: dict[str, str] = facts["learned_refunds"]
     # ours by the id they carry, or by the PSP's id for those learned from a webhook; others are not payray's
     psp_refunds = {
@@ -159,6 +170,12 @@ async def check_invariants(
             "named_by_reconciliation": len(every) - len(psp_differences),
             "unfinished_payments": len(unfinished),
             "unfinished_refunds": len(in_flight),
+        },
+        "late_successes_given_back": {
+            "ok": not not_given_back,
+            "found": len(late),
+            "not_given_back": len(not_given_back),
+            "examples": not_given_back[:10],
         },
         "intents_follow_charges": {
             "ok": not astray,

@@ -6,7 +6,8 @@ updates. A sweep takes every charge, refund, payout and dispute that has sat in 
 than ``grace_s`` (longer than any live request waits) and runs the same flow code on it: a charge that
 never heard from the PSP is looked up there by its metadata, never captured again; every other step is
 idempotent (ledger postings keyed on the object's id, PSP calls with keys derived from it), so a sweep racing
-a live request, or another sweep, changes nothing twice.
+a live request, or another sweep, changes nothing twice. The sweep also looks for late successes at the PSPs
+payments failed over from (``late_success``).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from payray.charge import AUTHORIZATION_DAYS, RESTING_STATES, TERMINAL_STATES
 from payray.errors import ClientError
 from serve_app.flows.charge import ChargeFlow
 from serve_app.flows.dispute import DisputeBooking
+from serve_app.flows.late_success import LateSuccesses
 from serve_app.flows.payout import PayoutFlow
 from serve_app.flows.refund import RefundFlow
 from serve_app.stores import charges as charges_db
@@ -57,7 +59,9 @@ class Recovery:
         refund_flow: RefundFlow,
         payout_flow: PayoutFlow,
         booking: DisputeBooking,
+        late: LateSuccesses | None = None,
     ) -> None:
+        self._late = late
         self._pool = pool
         self._charges = charges
         self._refunds = refund_flow
@@ -85,6 +89,8 @@ class Recovery:
             await self._one("disputes", seen, self._dispute(dispute))
         for payout in stuck_payouts:
             await self._one("payouts", seen, self._payout(payout))
+        if self._late is not None:
+            seen.update(await self._late.sweep(grace_s, limit))
         if seen:
             log.info("recovery sweep", extra={"counts": dict(seen)})
         return dict(seen)

@@ -36,6 +36,7 @@ from psp.stripe_adapter import PAYMENT_ID_KEY
 from serve_app.flows import dispute as disputes
 from serve_app.flows.charge import ChargeFlow
 from serve_app.flows.dispute import DisputeBooking
+from serve_app.flows.late_success import LateSuccesses, is_late
 from serve_app.flows.refund import RefundFlow
 from serve_app.stores import charges, refunds
 from serve_app.stores import webhooks as events
@@ -97,8 +98,10 @@ class WebhookReceiver:
         refund_flow: RefundFlow,
         booking: DisputeBooking,
         secrets: tuple[str, ...],
+        late: LateSuccesses | None = None,
     ) -> None:
         self._pool = pool
+        self._late = late
         self._psp = psp
         self._charges = charges
         self._refunds = refund_flow
@@ -139,7 +142,7 @@ class WebhookReceiver:
             return False
         async with self._pool.connection() as conn:
             payment = await self._payment(conn, charge)
-            if payment is None:
+            if payment is None or is_late(payment, "stripe"):
                 return False
             confirmed, waiting = await refunds.refunds_confirmed(conn, payment.id)
         return waiting or int(charge.get("amount_refunded") or 0) != confirmed
@@ -169,6 +172,18 @@ class WebhookReceiver:
         payment = await self._payment(conn, obj)
         if payment is None:
             return "ignored: not a payray charge", []
+        if type_ == "charge.succeeded" and self._late is not None and is_late(payment, "stripe"):
+            late = await self._late.record(
+                conn,
+                payment,
+                "stripe",
+                psp_reference=str(obj.get("payment_intent") or obj["id"]),
+                amount=int(obj.get("amount_captured") or obj["amount"]),
+                currency=str(obj["currency"]),
+                found_as="captured" if obj.get("captured", True) else "authorized",
+                found_by="webhook",
+            )
+            return f"{late.id}: late success of {payment.id} at stripe", [lambda: self._late_reverse(late)]
         if payment.state == ChargeState.PSP_PENDING:
             raise NotYet(f"{payment.id} is still waiting for the PSP's answer; deliver again later.")
         if payment.state != ChargeState.UNKNOWN:
@@ -186,12 +201,18 @@ class WebhookReceiver:
             lambda: self._charges.finish(persisted)
         ]
 
+    async def _late_reverse(self, late: Any) -> bool:
+        assert self._late is not None
+        return await self._late.reverse(late)
+
     async def _charge_refunded(
         self, conn: AsyncConnection[Any], obj: dict[str, Any], psp_refunds: list[Any]
     ) -> tuple[str, list[FollowUp]]:
         payment = await self._payment(conn, obj)
         if payment is None:
             return "ignored: not a payray charge", []
+        if is_late(payment, "stripe"):
+            return f"no change: the refund of a late success of {payment.id}, booked with it", []
         await charges.lock_charge(conn, payment.id)  # one refund bookkeeper per charge at a time
         effects: list[str] = []
         follow_ups: list[FollowUp] = []

@@ -247,6 +247,13 @@ class CustomerUpdate(CustomerFields):
     """Only the fields sent change; ``metadata[k]=`` removes the key ``k``, ``metadata=`` all of them."""
 
 
+class BraintreeNotificationForm(StrictBody):
+    """Braintree's webhook: a form of the signature and the base64 XML notification it signs."""
+
+    bt_signature: Annotated[StrictStr, Field(min_length=1, max_length=10_000)]
+    bt_payload: Annotated[StrictStr, Field(min_length=1, max_length=1_000_000)]
+
+
 class RecoverySweep(StrictBody):
     grace_s: Annotated[float, Field(ge=0, le=86_400)] | None = None
 

@@ -176,3 +176,14 @@ def test_a_payment_at_a_psp_not_configured_is_a_setup_error_not_an_outcome() -> 
 
     with pytest.raises(PspConfigurationError, match="braintree"):
         PspRoutes.only(FakePsp()).adapter("braintree")
+
+
+def test_a_refused_connection_on_a_retried_attempt_never_fails_over() -> None:
+    """The first call may have captured before its answer was lost: only that PSP can say (recovery)."""
+    stripe, braintree = FakePsp(capture_answers=["unknown", "not_sent"]), FakePsp(prefix="bt")
+    charges, store, _ = flow(routes(stripe, braintree))
+    charge = store.add(new_charge())
+    assert run(charges.start(charge)).status == 202
+    assert run(charges.resume(store.rows[charge.id])).status == 202
+    assert store.rows[charge.id].state == "unknown" and store.rows[charge.id].psp == "stripe"
+    assert braintree.capture_keys == [] and store.ended == []
