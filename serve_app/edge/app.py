@@ -54,6 +54,7 @@ from serve_app.flows.reconciliation import discrepancy_object, run_object
 from serve_app.flows.update import update_charge, update_refund
 from serve_app.flows.webhook_endpoints import webhook_endpoint_object
 from serve_app.parts import Parts
+from serve_app.stores import attempts as attempts_db
 from serve_app.stores import charges as db
 from serve_app.stores import customers as customers_db
 from serve_app.stores import events as events_db
@@ -688,6 +689,13 @@ class PaymentApi:
             routing = await routing_db.set_routing(conn, merchant_id, psps)
         self.parts.psps.forget(merchant_id)
         return json_response(200, dumps(routing))
+
+    @api.get("/v1/admin/payments/{payment_id}/attempts", **operation(o.PaymentAttemptList, auth=ADMIN_KEY))
+    async def payment_attempts(self, payment_id: str, request: Request) -> Response:
+        """The PSPs a payment tried, each with its key and that PSP's reference, the current one last."""
+        await self._admin(request)
+        async with self.parts.pool.connection() as conn:
+            return json_response(200, dumps(await attempts_db.attempts_of(conn, payment_id)))
 
     @api.get("/v1/admin/ledger/trial_balance", **operation(o.Report, auth=ADMIN_KEY))
     async def trial_balance(self, request: Request) -> Response:

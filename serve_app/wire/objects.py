@@ -261,6 +261,23 @@ class PspRouting(ApiObject):
     updated: int | None
 
 
+class PaymentAttempt(ApiObject):
+    object: Literal["payment_attempt"]
+    psp: str
+    #: the key the attempt was sent to its PSP under (its id)
+    idempotency_key: str
+    psp_reference: str | None
+    #: whether the payment is at this attempt's PSP now; an earlier one ended as ``ended`` says
+    current: bool
+    ended: str | None
+    failure_code: str | None
+
+
+class PaymentAttemptList(ApiObject):
+    object: Literal["list"]
+    data: list[PaymentAttempt]
+
+
 class WebhookReceipt(ApiObject):
     received: bool
     id: str

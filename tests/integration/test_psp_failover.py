@@ -79,6 +79,13 @@ def test_a_retryable_decline_at_stripe_fails_over_and_the_refund_follows_the_pay
     (psp, key), ended = attempts(api_database_url, payment_id)
     assert psp == "braintree" and key.endswith("-braintree")
     assert ended == [("stripe", "declined", "processing_error")]
+    shown = admin.get(f"/v1/admin/payments/{payment_id}/attempts")
+    assert shown.status_code == 200, shown.text
+    assert [(a["psp"], a["current"], a["ended"]) for a in shown.json()["data"]] == [
+        ("stripe", False, "declined"),
+        ("braintree", True, None),
+    ]
+    assert admin.get("/v1/admin/payments/ch_missing/attempts").status_code == 404
     found = at_braintree(stack, payment_id)
     assert found is not None and found.status == "captured" and found.amount == 2500
 
