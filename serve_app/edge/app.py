@@ -687,7 +687,7 @@ class PaymentApi:
             raise InvalidRequest(f"{missing[0]} is not set up on this service", param="psps")
         async with self.parts.pool.connection() as conn:
             routing = await routing_db.set_routing(conn, merchant_id, psps)
-        self.parts.psps.forget(merchant_id)
+        self.parts.psps.forget()
         return json_response(200, dumps(routing))
 
     @api.get("/v1/admin/payments/{payment_id}/attempts", **operation(o.PaymentAttemptList, auth=ADMIN_KEY))

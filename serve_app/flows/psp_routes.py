@@ -1,13 +1,15 @@
 """The PSPs one process reaches, by name, and the routing of merchants' payments among them.
 
-A merchant's priority list comes from Postgres (``merchant_psp_routing``) and is kept here for a few seconds,
-so routing costs a new payment no query; the circuit breakers (``payray.routing.Router``) are this process's
+Merchants' priority lists come from Postgres (``merchant_psp_routing``: only the merchants that set one) and
+are read whole every few seconds, so routing costs a new payment no query however many merchants pay; the
+circuit breakers (``payray.routing.Router``) are this process's
 own: each replica learns a PSP's health from the answers it gets. A PSP a merchant lists but this service has
 no credentials for is skipped, and a merchant whose list leaves nothing routes to the first PSP configured.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
@@ -18,11 +20,12 @@ from payray.routing import HEALTHY_ENDS, PSPS, AttemptEnd, Router
 from psp.port import PaymentServiceProvider, PspConfigurationError
 from serve_app.stores import routing as routing_db
 
-#: How long a merchant's PSP list is used before it is read again: a change made through another replica
-#: reaches this one within it.
+#: How long the merchants' PSP lists are used before they are read again: a change made through another
+#: replica reaches this one within it.
 ROUTING_TTL_S = 5.0
 
-Priorities = Callable[[str], Awaitable[Sequence[str]]]
+#: Reads every merchant's list that differs from the default (Stripe alone).
+ReadRoutings = Callable[[], Awaitable[Mapping[str, Sequence[str]]]]
 
 
 class PspRoutes:
@@ -31,7 +34,7 @@ class PspRoutes:
     def __init__(
         self,
         adapters: Mapping[str, PaymentServiceProvider],
-        priorities: Priorities | None = None,
+        read: ReadRoutings | None = None,
         *,
         router: Router | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -41,9 +44,11 @@ class PspRoutes:
         self.adapters = dict(adapters)
         self.router = router or Router()
         self.clock = clock
-        self._read = priorities
+        self._read = read
         self._ttl_s = ttl_s
-        self._cached: dict[str, tuple[float, tuple[str, ...]]] = {}
+        self._routings: Mapping[str, Sequence[str]] = {}
+        self._expires = float("-inf")
+        self._reading: asyncio.Lock | None = None
 
     @classmethod
     def only(cls, psp: PaymentServiceProvider, name: str = "stripe") -> PspRoutes:
@@ -56,9 +61,9 @@ class PspRoutes:
     ) -> PspRoutes:
         """Merchants' lists read from the service's database."""
 
-        async def read(merchant_id: str) -> Sequence[str]:
+        async def read() -> Mapping[str, Sequence[str]]:
             async with pool.connection() as conn:
-                return await routing_db.priorities_of(conn, merchant_id)
+                return await routing_db.all_routings(conn)
 
         return cls(adapters, read)
 
@@ -74,18 +79,27 @@ class PspRoutes:
 
     async def priorities(self, merchant_id: str) -> tuple[str, ...]:
         """The merchant's PSPs in order, those configured here only."""
-        now = self.clock()
-        cached = self._cached.get(merchant_id)
-        if cached is None or now >= cached[0]:
-            listed = tuple(await self._read(merchant_id)) if self._read is not None else PSPS
-            cached = (now + self._ttl_s, listed)
-            self._cached[merchant_id] = cached
-        usable = tuple(p for p in cached[1] if p in self.adapters)
+        if self._read is None:
+            listed: Sequence[str] = PSPS
+        else:
+            if self.clock() >= self._expires:
+                await self._refresh(self._read)
+            listed = self._routings.get(merchant_id, routing_db.DEFAULT_ROUTING)
+        usable = tuple(p for p in listed if p in self.adapters)
         return usable or (next(p for p in PSPS if p in self.adapters),)
 
-    def forget(self, merchant_id: str) -> None:
-        """Read the merchant's list again on its next payment (it was just changed here)."""
-        self._cached.pop(merchant_id, None)
+    async def _refresh(self, read: ReadRoutings) -> None:
+        """Read the lists again, once however many payments are waiting for them."""
+        self._reading = self._reading or asyncio.Lock()
+        async with self._reading:
+            if self.clock() < self._expires:
+                return  # another payment read them meanwhile
+            self._routings = dict(await read())
+            self._expires = self.clock() + self._ttl_s
+
+    def forget(self) -> None:
+        """Read the lists again for the next payment (one was just changed here)."""
+        self._expires = float("-inf")
 
     async def first(self, merchant_id: str) -> str:
         """Where a new payment of the merchant goes: its first PSP whose breaker lets it through."""

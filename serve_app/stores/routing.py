@@ -50,10 +50,11 @@ def _routing_object(merchant_id: str, psps: list[str], updated: Any) -> dict[str
     }
 
 
-PRIORITIES_OF = "SELECT psps FROM merchant_psp_routing WHERE merchant_id = %s"
+ALL_ROUTINGS = "SELECT merchant_id, psps FROM merchant_psp_routing"
 
 
-async def priorities_of(conn: AsyncConnection[Any], merchant_id: str) -> tuple[str, ...]:
-    """The merchant's PSPs in the order its new payments try them (``DEFAULT_ROUTING`` without a list)."""
-    row = await (await conn.execute(PRIORITIES_OF, (merchant_id,))).fetchone()
-    return tuple(row[0]) if row is not None else DEFAULT_ROUTING
+async def all_routings(conn: AsyncConnection[Any]) -> dict[str, tuple[str, ...]]:
+    """Every merchant's PSPs that were set, in the order its new payments try them (the others route by
+    ``DEFAULT_ROUTING``)."""
+    rows = await (await conn.execute(ALL_ROUTINGS)).fetchall()
+    return {str(merchant): tuple(psps) for merchant, psps in rows}

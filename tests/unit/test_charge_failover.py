@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Coroutine, Sequence
+from collections.abc import Coroutine, Mapping, Sequence
 from typing import Any, TypeVar
 
 import pytest
@@ -35,10 +35,10 @@ class Clock:
 def routes(
     stripe: FakePsp, braintree: FakePsp, order: Sequence[str] = BOTH, clock: Clock | None = None
 ) -> PspRoutes:
-    async def priorities(merchant_id: str) -> Sequence[str]:
-        return order
+    async def routings() -> Mapping[str, Sequence[str]]:
+        return {"m_1": order}
 
-    return PspRoutes({"stripe": stripe, "braintree": braintree}, priorities, clock=clock or Clock())
+    return PspRoutes({"stripe": stripe, "braintree": braintree}, routings, clock=clock or Clock())
 
 
 def flow(psps: PspRoutes) -> tuple[ChargeFlow, FakeCharges, FakeWallets]:
@@ -151,24 +151,24 @@ def test_a_refund_goes_to_the_psp_its_charge_was_made_at() -> None:
     assert stripe.refund_keys == [] and braintree.refund_keys == [refund.psp_idempotency_key]
 
 
-def test_routing_skips_psps_not_configured_and_reads_a_merchants_list_again_after_its_ttl() -> None:
-    clock, reads = Clock(), []
+def test_routing_skips_psps_not_configured_and_reads_the_lists_again_after_their_ttl() -> None:
+    clock, reads = Clock(), [0]
 
-    async def priorities(merchant_id: str) -> Sequence[str]:
-        reads.append(merchant_id)
-        return ("braintree", "stripe") if len(reads) == 1 else ("stripe",)
+    async def routings() -> Mapping[str, Sequence[str]]:
+        reads[0] += 1
+        return {"m_1": ("braintree", "stripe")} if reads[0] == 1 else {"m_2": ("braintree",)}
 
-    only_stripe = PspRoutes({"stripe": FakePsp()}, priorities, clock=clock)
+    only_stripe = PspRoutes({"stripe": FakePsp()}, routings, clock=clock)
     assert run(only_stripe.first("m_1")) == "stripe" and run(only_stripe.after("m_1", "stripe")) is None
-    both = PspRoutes({"stripe": FakePsp(), "braintree": FakePsp()}, priorities, clock=clock)
-    reads.clear()
-    assert run(both.first("m_1")) == "braintree" and run(both.first("m_1")) == "braintree"
-    assert reads == ["m_1"]  # read once within the TTL
+    both = PspRoutes({"stripe": FakePsp(), "braintree": FakePsp()}, routings, clock=clock)
+    reads[0] = 0
+    assert run(both.first("m_1")) == "braintree" and run(both.first("m_9")) == "stripe"  # no list: Stripe
+    assert run(both.first("m_1")) == "braintree" and reads == [1]  # read once within the TTL, for everyone
     clock.now += 5.0
-    assert run(both.first("m_1")) == "stripe"
-    both.forget("m_1")
+    assert run(both.first("m_1")) == "stripe" and run(both.first("m_2")) == "braintree" and reads == [2]
+    both.forget()
     run(both.first("m_1"))
-    assert len(reads) == 3
+    assert reads == [3]
 
 
 def test_a_payment_at_a_psp_not_configured_is_a_setup_error_not_an_outcome() -> None:
