@@ -68,13 +68,14 @@ def _seed_ledger(url: str, day: date, count: int, prefix: str) -> None:
     """Payments and refunds by COPY; their capture and refund postings through the ledger's own function."""
     with psycopg.connect(url, autocommit=True) as conn, conn.cursor() as cur:
         with cur.copy(
-            "COPY payments (id, merchant_id, amount, currency, payment_method, state, idempotency_key, "
+            "COPY payments (id, merchant_id, amount, currency, fee, payment_method, state, idempotency_key, "
             "psp_idempotency_key, psp_reference, ledger_transaction_id) FROM STDIN"
         ) as copy:
             for c in synthetic_day(day, count, prefix):
                 merchant = MERCHANTS[c.index % len(MERCHANTS)]
+                fee = fee_for(Money(c.amount, c.currency), FEE_BPS).amount
                 copy.write_row(
-                    (c.payment_id, merchant, c.amount, c.currency, "pm_card_visa", "succeeded",
+                    (c.payment_id, merchant, c.amount, c.currency, fee, "pm_card_visa", "succeeded",
                      c.payment_id, f"psp:{c.payment_id}", c.payment_intent_id, None)
                 )  # fmt: skip
         with cur.copy(

@@ -76,7 +76,7 @@ def _parser() -> argparse.ArgumentParser:
 
     reconcile = commands.add_parser(
         "recon",
-        help="reconcile one UTC day with the PSP's settlement report and print its discrepancies; "
+        help="reconcile one UTC day with each PSP's settlement report and print its discrepancies; "
         "exit 1 if the run failed or found any",
     )
     reconcile.add_argument(
@@ -483,10 +483,21 @@ def _reconcile(settings: Settings, args: argparse.Namespace) -> int:
         f"{run['psp_rows']} PSP rows, {run['ledger_rows']} ledger rows, {run['matched']} matched, "
         f"{sum(counts.values())} discrepancies, {run['resolved_late']} earlier ones matched late"
     )
+    by_psp = run.get("by_psp") or {}
+    if len(by_psp) > 1:
+        for name, part in by_psp.items():
+            console.print(
+                f"  {name}: {part['psp_rows']} PSP rows, {part['ledger_rows']} ledger rows, "
+                f"{part['matched']} matched, {part['voided']} voided, "
+                f"{sum(part['discrepancies'].values())} discrepancies"
+            )
     if found["data"]:
-        table = Table("id", "kind", "category", "reference", "status", "detail")
+        table = Table("id", "psp", "kind", "category", "reference", "status", "detail")
         for d in found["data"]:
-            table.add_row(d["id"], d["kind"], d["category"], d["reference"], d["status"], d["detail"])
+            table.add_row(
+                d["id"], d.get("psp_name") or "", d["kind"], d["category"], d["reference"], d["status"],
+                d["detail"],
+            )  # fmt: skip
         console.print(table)
     if found["has_more"]:
         console.print(f"… more at GET /v1/reconciliation/discrepancies?run={run['id']}")

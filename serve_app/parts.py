@@ -201,7 +201,8 @@ class Parts:
 
     @cached_property
     def reconciliation(self) -> Reconciliation:
-        return Reconciliation(self.pool, self.psp)
+        """Every PSP configured here: each one's report against the ledger rows of its payments."""
+        return Reconciliation(self.pool, self.psps.adapters)
 
     # -- services: the API's requests, behind the idempotency layers ----------------------------------------
 

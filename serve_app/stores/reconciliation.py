@@ -13,10 +13,10 @@ from payray.errors import InvalidRequest, NotFound
 RUN_COLUMNS = (
     "id, run_date, status, attempts, psp_report, psp_rows, ledger_rows, matched, missing_at_psp, "
     "missing_in_ledger, amount_mismatch, currency_mismatch, resolved_late, settled, error, started_at, "
-    "finished_at"
+    "finished_at, by_psp"
 )
 DISCREPANCY_COLUMNS = (
-    "id, run_id, run_date, kind, category, reference, psp_balance_transaction, psp_gross, psp_fee, "
+    "id, run_id, run_date, psp, kind, category, reference, psp_balance_transaction, psp_gross, psp_fee, "
     "psp_currency, psp_created, report_line, ledger_transaction_id, ledger_amount, ledger_currency, "
     "ledger_posting_date, detail, status, resolution, note, resolved_by_run, resolved_at, created_at"
 )

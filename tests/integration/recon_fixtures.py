@@ -1,8 +1,9 @@
 """A ledger day built by hand and a settlement report written to match it, for the reconciliation tests.
 
 ``LedgerDay`` books captures, refunds and disputes through the ledger's own posting function, with the PSP
-references a real charge would have; ``report_csv`` writes the PSP's report of the same rows, in the columns
-and major-unit amounts the PSP sends, so a test changes one side and sees exactly that difference.
+references a real charge would have, at the PSP each charge names; ``report_csv`` writes a PSP's report of
+the same rows, in the columns and major-unit amounts the PSP sends, so a test changes one side and sees
+exactly that difference.
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ class Row:
     currency: str
     created: datetime
     charge: str = ""
+    #: the PSP whose report has this row: its payment's
+    psp: str = "stripe"
 
     def line(self) -> dict[str, str]:
         is_charge = self.category == "charge"
@@ -100,20 +103,23 @@ class LedgerDay:
             (self.merchant, hash_api_key(new_api_key())),
         )
 
-    def charge(self, amount: int, currency: str = "usd", psp_reference: str | None = None) -> Row:
-        """A captured charge; ``psp_reference`` names a real PaymentIntent at the PSP (made up when None)."""
+    def charge(
+        self, amount: int, currency: str = "usd", psp_reference: str | None = None, psp: str = "stripe"
+    ) -> Row:
+        """A captured charge at ``psp``; ``psp_reference`` names a real PaymentIntent (or sale) there, made up
+        when None."""
         n = uuid.uuid4().hex[:12]
         payment_id, pi, ch = f"py_{n}", psp_reference or f"pi_{n}", f"ch_{n}"
         money = Money(amount, currency)
         fee = fee_for(money, FEE_BPS)
         self.conn.execute(
             """INSERT INTO payments (id, merchant_id, amount, currency, fee, payment_method, state,
-                                     idempotency_key, psp_idempotency_key, psp_reference)
-               VALUES (%s, %s, %s, %s, %s, 'pm_card_visa', 'succeeded', %s, %s, %s)""",
-            (payment_id, self.merchant, amount, currency, fee.amount, n, f"psp-{n}", pi),
+                                     idempotency_key, psp_idempotency_key, psp_reference, psp)
+               VALUES (%s, %s, %s, %s, %s, 'pm_card_visa', 'succeeded', %s, %s, %s, %s)""",
+            (payment_id, self.merchant, amount, currency, fee.amount, n, f"psp-{n}", pi, psp),
         )
         self._post(capture_posting(payment_id, self.merchant, money, fee, posting_date=self.day))
-        return self._row(f"txn_c{n}", "charge", pi, amount, psp_fee(amount), currency, ch)
+        return self._row(f"txn_c{n}", "charge", pi, amount, psp_fee(amount), currency, ch, psp)
 
     def refund(self, charge: Row, amount: int, psp_reference: str | None = None) -> Row:
         n = uuid.uuid4().hex[:12]
@@ -129,7 +135,16 @@ class LedgerDay:
              f"psp-{n}", psp_refund),
         )  # fmt: skip
         self._post(refund_posting(refund_id, self.merchant, money, fee, posting_date=self.day))
-        return self._row(f"txn_r{n}", "refund", psp_refund, -amount, 0, charge.currency, charge.charge)
+        return self._row(
+            f"txn_r{n}", "refund", psp_refund, -amount, 0, charge.currency, charge.charge, charge.psp
+        )
+
+    def void(self, charge: Row) -> None:
+        """The whole charge refunded before it settled, as Braintree does it: by voiding the sale, so the
+        refund's PSP reference is the sale's own and the PSP reports neither (no report row)."""
+        self.refund(charge, charge.gross, psp_reference=charge.reference)
+        self.rows.pop()
+        self.rows.remove(charge)
 
     def compensation(self, charge: Row) -> Row:
         """The whole charge given back because the ledger failed: booked under the payment's own reference,
@@ -146,7 +161,9 @@ class LedgerDay:
         self._post(
             refund_posting(f"compensation-{payment_id}", self.merchant, money, fee, posting_date=self.day)
         )
-        return self._row(f"txn_p{n}", "refund", psp_refund, -charge.gross, 0, charge.currency, charge.charge)
+        return self._row(
+            f"txn_p{n}", "refund", psp_refund, -charge.gross, 0, charge.currency, charge.charge, charge.psp
+        )
 
     def dispute(self, charge: Row, amount: int, psp_reference: str | None = None) -> Row:
         n = uuid.uuid4().hex[:12]
@@ -158,11 +175,27 @@ class LedgerDay:
         )
         money = Money(amount, charge.currency)
         self._post(dispute_hold_posting(dispute_id, self.merchant, money, posting_date=self.day))
-        return self._row(f"txn_d{n}", "dispute", psp_dispute, -amount, 0, charge.currency, charge.charge)
+        return self._row(
+            f"txn_d{n}", "dispute", psp_dispute, -amount, 0, charge.currency, charge.charge, charge.psp
+        )
 
-    def _row(self, bt: str, category: str, ref: str, gross: int, fee: int, currency: str, charge: str) -> Row:
+    def rows_at(self, psp: str) -> list[Row]:
+        """What ``psp``'s report of the day holds."""
+        return [row for row in self.rows if row.psp == psp]
+
+    def _row(
+        self,
+        bt: str,
+        category: str,
+        ref: str,
+        gross: int,
+        fee: int,
+        currency: str,
+        charge: str,
+        psp: str = "stripe",
+    ) -> Row:
         at = datetime.combine(self.day, time(12)) + timedelta(seconds=len(self.rows))
-        self.rows.append(Row(bt, category, ref, gross, fee, currency, at, charge))
+        self.rows.append(Row(bt, category, ref, gross, fee, currency, at, charge, psp))
         return self.rows[-1]
 
     def _charge_of(self, charge: Row) -> str:

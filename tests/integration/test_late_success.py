@@ -134,6 +134,21 @@ def test_a_late_capture_at_stripe_is_found_by_its_webhook_refunded_and_booked_bo
     assert refunded["latest_charge"]["amount_refunded"] == 1800
     assert merchant.available() == before  # the late capture and its refund net to nothing
 
+    # reconciliation matches both movements with Stripe's report rows: neither is a difference
+    now = datetime.now(UTC)
+    if 60 <= now.hour * 3600 + now.minute * 60 + now.second < 86_340:  # the rows and the run share a day
+        run = admin.post("/v1/reconciliation/runs", json={"date": now.date().isoformat()}).json()
+        assert run["status"] == "succeeded", run
+        with psycopg.connect(api_database_url) as conn:
+            (refund_reference,) = conn.execute(
+                "SELECT psp_refund_reference FROM late_successes WHERE id = %s", (late_id,)
+            ).fetchone() or (None,)
+            filed = conn.execute(
+                "SELECT reference FROM recon_discrepancies WHERE run_id = %s", (run["id"],)
+            ).fetchall()
+        assert refund_reference is not None
+        assert not {intent, refund_reference} & {row[0] for row in filed}
+
 
 @pytest.mark.usefixtures("no_webhooks")
 def test_the_recovery_sweep_finds_a_late_capture_no_webhook_told_of(
