@@ -51,6 +51,12 @@ class Merchant:
         return next((b["amount"] for b in balance["available"] if b["currency"] == currency), 0)
 
 
+def route(admin: httpx.Client, merchant: Merchant, *psps: str) -> None:
+    """Set the merchant's PSPs, in the order its new payments try them."""
+    answer = admin.post(f"/v1/admin/merchants/{merchant.id}/routing", json={"psps": list(psps)})
+    assert answer.status_code == 200, answer.text
+
+
 @pytest.fixture(scope="session")
 def stack(
     ray_cluster: None, postgres_server_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory

@@ -4,7 +4,6 @@ invariants hold across both PSPs."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -18,14 +17,10 @@ from ops.stack import EMULATOR_API_KEY, StackInfo
 from psp.braintree.transport import environment_of
 from psp.emulator.braintree import notifications, xml_codec
 from psp.emulator.braintree.credentials import DEFAULT_MERCHANT_ID, DEFAULT_PRIVATE_KEY, DEFAULT_PUBLIC_KEY
-from tests.integration.stack_fixtures import Merchant
+from tests.integration.polling import until
+from tests.integration.stack_fixtures import Merchant, route
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("invariants_hold")]
-
-
-def route(admin: httpx.Client, merchant: Merchant, *psps: str) -> None:
-    answer = admin.post(f"/v1/admin/merchants/{merchant.id}/routing", json={"psps": list(psps)})
-    assert answer.status_code == 200, answer.text
 
 
 def failed_over(
@@ -54,15 +49,6 @@ def ledger_movements(database_url: str, late_id: str) -> list[str]:
             "SELECT kind FROM ledger_transactions WHERE external_ref = %s ORDER BY kind", (late_id,)
         ).fetchall()
     return [row[0] for row in rows]
-
-
-def until(check: Callable[[], Any], timeout_s: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        found = check()
-        if found or time.monotonic() > deadline:
-            return found
-        time.sleep(0.2)
 
 
 def stripe_late_capture(stack: StackInfo, merchant: Merchant, payment_id: str, amount: int) -> str:
@@ -119,8 +105,10 @@ def test_a_late_capture_at_stripe_is_found_by_its_webhook_refunded_and_booked_bo
     payment_id = failed_over(admin, merchant, faults, "stripe", "braintree")
     before = merchant.available()
     intent = stripe_late_capture(stack, merchant, payment_id, 1800)
-    rows = until(lambda: [r for r in late_rows(api_database_url, payment_id) if r[2] == "reversed"])
-    assert rows, late_rows(api_database_url, payment_id)
+    rows = until(
+        lambda: [r for r in late_rows(api_database_url, payment_id) if r[2] == "reversed"],
+        what="the late success given back",
+    )
     ((late_id, psp, _, found_by, amount),) = rows
     assert (psp, found_by, amount) == ("stripe", "webhook", 1800)
     assert ledger_movements(api_database_url, late_id) == ["capture", "refund"]
@@ -243,7 +231,7 @@ def test_a_braintree_dispute_opens_the_payments_dispute(
     def dispute() -> Any:
         return merchant.client.get("/v1/disputes").json()["data"]
 
-    disputes = until(dispute)
+    disputes = until(dispute, what="the dispute")
     assert [(d["charge"], d["amount"], d["status"]) for d in disputes] == [
         (charged.json()["id"], 1200, "needs_response")
     ]

@@ -15,14 +15,9 @@ from ops.stack import StackInfo
 from psp.braintree.adapter import BraintreePsp
 from psp.emulator.braintree.credentials import DEFAULT_MERCHANT_ID, DEFAULT_PRIVATE_KEY, DEFAULT_PUBLIC_KEY
 from psp.port import PspChargeResult
-from tests.integration.stack_fixtures import Merchant
+from tests.integration.stack_fixtures import Merchant, route
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("invariants_hold")]
-
-
-def route(admin: httpx.Client, merchant: Merchant, *psps: str) -> None:
-    answer = admin.post(f"/v1/admin/merchants/{merchant.id}/routing", json={"psps": list(psps)})
-    assert answer.status_code == 200, answer.text
 
 
 def at_braintree(stack: StackInfo, payment_id: str) -> PspChargeResult | None:
