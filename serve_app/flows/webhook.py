@@ -184,6 +184,8 @@ class WebhookReceiver:
                 found_by="webhook",
             )
             return f"{late.id}: late success of {payment.id} at stripe", [lambda: self._late_reverse(late)]
+        if payment.psp != "stripe":  # news of an attempt it left: only its current PSP's word counts
+            return f"no change: {payment.id} is at {payment.psp} now", []
         if payment.state == ChargeState.PSP_PENDING:
             raise NotYet(f"{payment.id} is still waiting for the PSP's answer; deliver again later.")
         if payment.state != ChargeState.UNKNOWN:

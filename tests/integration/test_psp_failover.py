@@ -4,6 +4,8 @@ the next PSP after a definite failure only, and everything about a payment at th
 from __future__ import annotations
 
 import asyncio
+import json
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -14,8 +16,9 @@ import pytest
 from ops.stack import StackInfo
 from psp.braintree.adapter import BraintreePsp
 from psp.emulator.braintree.credentials import DEFAULT_MERCHANT_ID, DEFAULT_PRIVATE_KEY, DEFAULT_PUBLIC_KEY
+from psp.emulator.webhooks import sign
 from psp.port import PspChargeResult
-from tests.integration.stack_fixtures import Merchant, route
+from tests.integration.stack_fixtures import WEBHOOK_SECRETS, Merchant, route
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("invariants_hold")]
 
@@ -135,3 +138,42 @@ def test_a_timeout_at_stripe_never_fails_over_and_is_resolved_there(
     (psp, _), ended = attempts(api_database_url, payment_id)
     assert (psp, ended) == ("stripe", [])
     assert at_braintree(stack, payment_id) is None
+
+
+def test_the_word_of_a_psp_a_payment_left_never_decides_it_and_its_unknown_is_resolved_where_it_is(
+    admin: httpx.Client,
+    merchant: Merchant,
+    stack: StackInfo,
+    api_database_url: str,
+    faults: Callable[..., None],
+) -> None:
+    route(admin, merchant, "stripe", "braintree")
+    faults(psp="stripe", decline_rate=1.0, decline_code="processing_error")
+    faults(psp="braintree", timeout_after_capture_rate=1.0, hold_ms=5_000)  # captured, answered too late
+    pending = merchant.charge(key="left-" + merchant.id, amount=1500)
+    assert pending.status_code == 202, pending.text
+    payment_id = pending.json()["id"]
+    assert attempts(api_database_url, payment_id)[0][0] == "braintree"
+
+    # Stripe's (late, or replayed) word on the attempt the payment left: a decline, which must not decide it
+    failed = {"id": "ch_left_" + payment_id, "object": "charge", "amount": 1500, "currency": "usd",
+              "status": "failed", "captured": False, "payment_intent": "pi_left_" + payment_id,
+              "failure_code": "processing_error", "metadata": {"payray_payment_id": payment_id}}  # fmt: skip
+    body = json.dumps({"id": f"evt_left_{payment_id}", "object": "event", "type": "charge.failed",
+                       "created": int(time.time()), "data": {"object": failed}}).encode()  # fmt: skip
+    signature = sign(WEBHOOK_SECRETS[0], body, int(time.time()))
+    told = httpx.post(
+        f"{stack.base_url}/v1/webhooks/psp",
+        content=body,
+        headers={"Content-Type": "application/json", "Stripe-Signature": signature},
+        timeout=30,
+    )
+    assert told.status_code == 200 and "at braintree now" in told.json()["effect"], told.text
+
+    faults()
+    swept = admin.post("/v1/admin/recovery/sweep", json={"grace_s": 0})
+    assert swept.status_code == 200, swept.text
+    replayed = merchant.charge(key="left-" + merchant.id, amount=1500)
+    assert replayed.status_code == 200 and replayed.json()["status"] == "succeeded", replayed.text
+    found = at_braintree(stack, payment_id)
+    assert found is not None and found.status == "captured"
