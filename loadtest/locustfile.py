@@ -9,10 +9,16 @@ its balance. Payray options (each also an environment variable):
 
     --shape steady|ramp|spike      PAYRAY_LOAD_SHAPE      how users come and go over --run-time
     --merchants N                  PAYRAY_LOAD_MERCHANTS  merchants created for the run (users share them)
-    --psp-faults PROFILE           PAYRAY_PSP_FAULTS      none, latency, flaky, timeouts, chaos
+    --psp-faults PROFILE           PAYRAY_PSP_FAULTS      none, latency, flaky, timeouts, chaos,
+                                                          stripe_outage, stripe_outage_reset
     --charge-weight / --balance-weight                    the mix of tasks
     --replay-share, --refund-share, --client-timeout, --max-retries, --max-fail-ratio
     --request-log FILE             PAYRAY_LOAD_REQUEST_LOG  every request as a JSON line (``payray chaos``)
+    --charge-report FILE           PAYRAY_LOAD_CHARGE_REPORT  charges by PSP and outcome, as JSON
+
+An outage profile routes the run's merchants over both PSPs (through the admin API, as they are created) and
+takes one PSP down for a window placed when the run starts. At the end the run logs its charges by PSP (read
+from each answer's ``psp_reference``), before, during and after the window.
 
 The admin key (to create merchants) and the emulator's URL come from ``--admin-key`` / ``--psp-url`` or
 from the ``stack.json`` that ``payray up`` leaves under ``PAYRAY_HOME``. Loopback hosts only; runs are
@@ -28,6 +34,8 @@ import logging
 import random
 import time
 import uuid
+from collections import Counter
+from pathlib import Path
 from typing import IO, Any
 
 import gevent.pool
@@ -37,7 +45,7 @@ from locust.env import Environment
 from locust.runners import MasterRunner
 
 from loadtest.options import DEFAULT_RUN_TIME_S, add_arguments, check_options
-from loadtest.profiles import PROFILES
+from loadtest.profiles import PROFILES, FaultProfile, phase, psp_of
 from loadtest.shapes import SHAPES
 from payray.settings import running_stack
 
@@ -57,8 +65,13 @@ RETRYABLE = (0, 409, 429, 500, 502, 503, 504)
 REFUND_ANSWERS = (200, 202)
 
 _merchant_keys: list[str] = []
+_merchant_ids: list[str] = []
 _next_merchant = itertools.count()
 _request_log: list[IO[str]] = []
+#: The outage window of this run in unix seconds, once placed at its start (empty: none).
+_outage_window: list[tuple[float, float]] = []
+#: Charges by (phase, outcome): the PSP that made a succeeded one, else declined (and why), pending or failed.
+_charges: Counter[tuple[str, str]] = Counter()
 
 
 @events.init_command_line_parser.add_listener
@@ -96,18 +109,22 @@ def _on_init(environment: Environment, **_: Any) -> None:
     MerchantBackend.connection_timeout = options.client_timeout
     if not isinstance(environment.runner, MasterRunner):  # a master runs no users
         try:
-            _merchant_keys[:] = _create_merchants(options)
+            created = _create_merchants(options)
+            _merchant_ids[:] = [merchant_id for merchant_id, _ in created]
+            _merchant_keys[:] = [key for _, key in created]
+            _route_merchants(options, PROFILES[options.psp_faults], _merchant_ids)
         except requests.RequestException as exc:
             log.error("cannot create the run's merchants at %s (is the stack up?): %s", options.host, exc)
             raise SystemExit(2) from None
 
 
-def _create_merchants(options: Any) -> list[str]:
-    """The run's merchants, created through the API before the clock starts (each opens its wallet)."""
+def _create_merchants(options: Any) -> list[tuple[str, str]]:
+    """The run's merchants (id, API key), created through the API before the clock starts (each opens its
+    wallet)."""
     admin = {"Authorization": f"Bearer {options.admin_key}"}
     run = uuid.uuid4().hex[:6]
 
-    def create(i: int) -> str | requests.RequestException:
+    def create(i: int) -> tuple[str, str] | requests.RequestException:
         try:
             response = requests.post(
                 f"{options.host}/v1/merchants", json={"name": f"load-{run}-{i}"}, headers=admin, timeout=120
@@ -115,21 +132,47 @@ def _create_merchants(options: Any) -> list[str]:
             response.raise_for_status()
         except requests.RequestException as exc:  # returned, not raised: gevent would print each one
             return exc
-        return str(response.json()["api_key"])
+        merchant = response.json()
+        return str(merchant["id"]), str(merchant["api_key"])
 
     created = list(gevent.pool.Pool(8).imap(create, range(options.merchants)))
     for outcome in created:
         if isinstance(outcome, requests.RequestException):
             raise outcome
-    return [str(key) for key in created]
+    return [outcome for outcome in created if not isinstance(outcome, requests.RequestException)]
+
+
+def _route_merchants(options: Any, profile: FaultProfile, merchant_ids: list[str]) -> None:
+    """Give the run's merchants the profile's PSP order before the clock starts, so the outage finds them
+    routed over both PSPs."""
+    if profile.routing is None:
+        return
+    admin = {"Authorization": f"Bearer {options.admin_key}"}
+    for merchant_id in merchant_ids:
+        requests.post(
+            f"{options.host}/v1/admin/merchants/{merchant_id}/routing",
+            json={"psps": list(profile.routing)},
+            headers=admin,
+            timeout=60,
+        ).raise_for_status()
 
 
 @events.test_start.add_listener
 def _on_test_start(environment: Environment, **_: Any) -> None:
     options = _options(environment)
+    profile = PROFILES[options.psp_faults]
+    started_at = time.time()
     if options.psp_url:
-        faults = PROFILES[options.psp_faults].faults
-        requests.post(f"{options.psp_url}/_emulator/faults", json=faults, timeout=10).raise_for_status()
+        for faults in profile.fault_settings(started_at, float(options.run_time)):
+            requests.post(f"{options.psp_url}/_emulator/faults", json=faults, timeout=10).raise_for_status()
+    if profile.outage is not None:
+        _outage_window[:] = [profile.outage.window(started_at, float(options.run_time))]
+        start, end = _outage_window[0]
+        log.info(
+            "%s down (%s) from %.1f s to %.1f s of the run; merchants route %s",
+            profile.outage.psp, profile.outage.mode, start - started_at, end - started_at,
+            " > ".join(profile.routing or ()),
+        )  # fmt: skip
     log.info("%d merchants, PSP faults %r", len(_merchant_keys), options.psp_faults)
 
 
@@ -138,6 +181,31 @@ def _on_test_stop(environment: Environment, **_: Any) -> None:
     options = _options(environment)
     if options.psp_url and options.psp_faults != "none":
         requests.delete(f"{options.psp_url}/_emulator/faults", timeout=10).raise_for_status()
+    _report_charges(options)
+
+
+def _report_charges(options: Any) -> None:
+    """The run's charges by phase and outcome, logged and (``--charge-report``) written as JSON: where the
+    PSP's outage sent them is what an outage run is about."""
+    by_phase: dict[str, dict[str, int]] = {}
+    for (when, outcome), count in sorted(_charges.items()):
+        by_phase.setdefault(when, {})[outcome] = count
+    for when, outcomes in by_phase.items():
+        log.info("charges %s: %s", when, ", ".join(f"{k} {v}" for k, v in sorted(outcomes.items())))
+    if options.charge_report:
+        profile = PROFILES[options.psp_faults]
+        outage = None
+        if profile.outage is not None and _outage_window:
+            start, end = _outage_window[0]
+            outage = {"psp": profile.outage.psp, "mode": profile.outage.mode, "start": start, "end": end}
+        report = {
+            "profile": options.psp_faults,
+            "routing": list(profile.routing) if profile.routing else None,
+            "outage": outage,
+            "merchants": list(_merchant_ids),
+            "charges": by_phase,
+        }
+        Path(options.charge_report).write_text(json.dumps(report, indent=2))
 
 
 @events.quitting.add_listener
@@ -185,7 +253,9 @@ class MerchantBackend(FastHttpUser):
             "payment_method": random.choice(PAYMENT_METHODS),
             "description": "load test",
         }
+        sent = time.time()
         key, status, payload = self._post_until_known("/v1/charges", body, (200, 202, 402))
+        _count_charge(sent, status, payload)
         if status in SETTLED and random.random() < self.options.replay_share:
             self._replay(key, body, status, payload)
         if status == 200 and random.random() < self.options.refund_share:
@@ -234,6 +304,18 @@ class MerchantBackend(FastHttpUser):
                 response.failure("replay without Idempotent-Replayed: true")
             else:
                 response.success()
+
+
+def _count_charge(sent: float, status: int, payload: bytes) -> None:
+    """One charge's final answer, by when it was first sent: the PSP that made it if it succeeded, the
+    reason if it was declined (a PSP that does not take the currency declines too)."""
+    outcome = {202: "pending", 402: "declined"}.get(status, "failed")
+    with contextlib.suppress(ValueError, AttributeError, KeyError, TypeError):
+        if status == 200:
+            outcome = psp_of(json.loads(payload).get("psp_reference")) or "succeeded"
+        elif status == 402:
+            outcome = f"declined {json.loads(payload)['error']['decline_code']}"
+    _charges[(phase(sent, _outage_window[0] if _outage_window else None), outcome)] += 1
 
 
 def _log_request(name: str, key: str, sent: float, status: int, ok: bool, text: str) -> None:

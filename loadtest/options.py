@@ -40,6 +40,12 @@ def add_arguments(parser: Any) -> None:
         env_var="PAYRAY_LOAD_REQUEST_LOG",
         help="append every request (times, status, key, the object it made) to this file as JSON lines",
     )
+    group.add_argument(
+        "--charge-report",
+        default=None,
+        env_var="PAYRAY_LOAD_CHARGE_REPORT",
+        help="write the charges by PSP and outcome, the merchants and the outage window to this JSON file",
+    )
 
 
 def is_loopback(url: str) -> bool:
