@@ -17,6 +17,7 @@ recovery resolves by asking the PSP.
     psp_pending --psp_declined--> declined              [respond_declined]      (terminal)
     psp_pending --psp_unknown--> unknown                [respond_pending]
     psp_pending --psp_failed_over--> psp_pending        [call_psp]   (the next PSP, under its own key)
+    unknown --psp_failed_over--> psp_pending            [call_psp]   (its PSP's search found nothing)
     unknown --psp_retry--> psp_pending                  [call_psp]   (same PSP idempotency key)
     unknown --psp_captured|psp_declined--> ...          (a webhook or lookup answered first)
     unknown --psp_not_found--> failed                   [respond_failed]        (terminal)
@@ -30,7 +31,8 @@ recovery resolves by asking the PSP.
 A payment fails over to its merchant's next PSP only after a definite failure at the one it tried (the
 request never left, the PSP refused it, or a decline another acquirer may approve: ``payray.routing``); the
 attempt that ended is recorded with the transition, so each PSP sees a payment at most once, under a key of
-its own. An unknown outcome never fails over: it is resolved at its own PSP.
+its own. An unknown outcome never fails over until it is resolved at its own PSP: when recovery's search
+there finds nothing, the PSP never took the payment, and it goes on to the next PSP rather than failing.
 
 A charge created with ``capture=false`` (or confirmed by a PaymentIntent with ``capture_method=manual``) is
 only authorized at the PSP. The authorization is a hold: booked in the ledger with the transitions it
@@ -124,6 +126,7 @@ TRANSITIONS: dict[tuple[ChargeState, ChargeEvent], tuple[ChargeState, tuple[Comm
     (S.UNKNOWN, E.PSP_CAPTURED): (S.CAPTURED, (C.POST_LEDGER,)),
     (S.UNKNOWN, E.PSP_DECLINED): (S.DECLINED, (C.RESPOND_DECLINED,)),
     (S.UNKNOWN, E.PSP_NOT_FOUND): (S.FAILED, (C.RESPOND_FAILED,)),
+    (S.UNKNOWN, E.PSP_FAILED_OVER): (S.PSP_PENDING, (C.CALL_PSP,)),
     (S.CAPTURED, E.LEDGER_POSTED): (S.POSTED, (C.RESPOND_SUCCEEDED,)),
     (S.CAPTURED, E.LEDGER_FAILED): (S.REFUND_PENDING, (C.REFUND_AT_PSP,)),
     (S.POSTED, E.RESPONDED): (S.SUCCEEDED, ()),

@@ -136,6 +136,10 @@ class PaymentServiceProvider(Protocol):
         """Whether the PSP answers an authenticated request now."""
         ...
 
+    def takes(self, currency: str) -> bool:
+        """Whether this account can charge in ``currency`` at all (routing skips a PSP that cannot)."""
+        ...
+
     def settlement_report(self, day: date, columns: Sequence[str]) -> SettlementReport:
         """The PSP's itemized balance-change report for one UTC day, with ``columns`` in that order."""
         ...

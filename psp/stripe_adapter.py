@@ -463,6 +463,10 @@ class StripePsp:
                 return
             params = {**params, "starting_after": page.data[-1].id}
 
+    def takes(self, currency: str) -> bool:
+        """Stripe settles every currency payray supports into the account's balance."""
+        return True
+
     async def ping(self) -> bool:
         try:
             await self._client.v1.payment_intents.list_async({"limit": 1})

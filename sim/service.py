@@ -740,8 +740,29 @@ class SimService:
             yield from self._drive(charge, "janitor")
             return
         found = yield from self.psps[charge.psp].lookup(charge.id)
+        if found == "not_found" and (yield from self._fail_over_not_found(charge)):
+            yield from self._drive(charge, "janitor", fresh=True)
+            return
         for event in after_lookup(charge.state, None if found == "not_found" else found):
             yield from self._drive(charge, "janitor", event)
+
+    def _fail_over_not_found(self, charge: SimCharge) -> Generator[Any, Any, bool]:
+        """``ChargeFlow.recover``: the charge's PSP never took it, so it goes on to the merchant's next PSP
+        (the attempt it leaves persisted and watched) rather than failing; False when there is none."""
+        after = self._next_psp(charge)
+        if after is None:
+            return False
+        psp, seen = charge.psp, charge.state
+        chain = self._chain(charge.id, seen, E.PSP_FAILED_OVER)
+        yield self.db.commit()
+        if charge.state is not seen or charge.psp != psp:
+            return False
+        self._leave(charge)
+        charge.psp, charge.tried = after, (*charge.tried, after)
+        self._persisted(charge, chain, "janitor")
+        self.cascades["not_found"] += 1
+        self.routed.setdefault((after, "cascade"), []).append(self.env.now)
+        return True
 
     def waits_for_psp(self, payment_id: str, psp: str = "stripe") -> bool:
         """Whether a ``charge.*`` event from ``psp`` about this charge would be news: it is ours, and still

@@ -378,6 +378,10 @@ class BraintreePsp:
     async def _collect(self, *criteria: Any) -> list[Any]:
         return [txn async for txn in self._search(*criteria)]
 
+    def takes(self, currency: str) -> bool:
+        """Braintree charges a currency only through a merchant account that settles it."""
+        return currency.lower() in self._accounts
+
     async def ping(self) -> bool:
         """An authenticated find of a transaction that does not exist: a 404 is Braintree answering."""
         try:

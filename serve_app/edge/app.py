@@ -690,6 +690,12 @@ class PaymentApi:
         self.parts.psps.forget()
         return json_response(200, dumps(routing))
 
+    @api.get("/v1/admin/psps", **operation(o.PspHealthList, auth=ADMIN_KEY))
+    async def psp_health(self, request: Request) -> Response:
+        """The PSPs this service reaches and the circuit breaker of each, as the replica answering sees it."""
+        await self._admin(request)
+        return json_response(200, dumps({"object": "list", "data": self.parts.psps.breakers()}))
+
     @api.get("/v1/admin/payments/{payment_id}/attempts", **operation(o.PaymentAttemptList, auth=ADMIN_KEY))
     async def payment_attempts(self, payment_id: str, request: Request) -> Response:
         """The PSPs a payment tried, each with its key and that PSP's reference, the current one last."""

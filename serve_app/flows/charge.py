@@ -57,7 +57,7 @@ from payray.fingerprint import request_fingerprint
 from payray.ids import new_id
 from payray.money import Money
 from payray.routing import attempt_end, may_cascade
-from psp.port import PaymentServiceProvider, PspChargeResult
+from psp.port import PaymentServiceProvider
 from serve_app.flows.idempotent import PENDING, Answer, IdempotentRequests, Operation
 from serve_app.flows.psp_routes import PspRoutes
 from serve_app.flows.recent import RecentOutcomes
@@ -279,10 +279,13 @@ class ChargeFlow:
     async def recover(self, charge: Charge) -> Reply:
         """Finish a charge nobody drives any more (recovery). One that never heard the PSP's answer asks the
         PSP, by the charge id in the intent's metadata, what happened, rather than capturing again: found
-        captured or declined, it goes on from there; not found, it failed. Every other state resumes."""
+        captured or declined, it goes on from there; not found, it goes on to the merchant's next PSP, or
+        failed when there is none. Every other state resumes."""
         if charge.state not in AWAITING_PSP:
             return await self.resume(charge)
         found = await self._psp(charge).lookup(payment_id=charge.id)
+        if found is None and (failover := await self._failover(charge, "not_found")) is not None:
+            return await self._drive(failover)
         fields: dict[str, Any] = {}
         detail = {"source": "recovery"}
         if found is not None:
@@ -402,9 +405,9 @@ class ChargeFlow:
             capture_method="manual" if charge.capture_method == "manual" else "automatic",
         )
         end = attempt_end(result.status, result.refusal)
-        self.psps.record(charge.psp, end, self.psps.clock() - started)
+        self.psps.record(charge.psp, charge.currency, end, self.psps.clock() - started)
         if (fresh or end != "not_sent") and may_cascade(end, result.failure_code):
-            failover = await self._failover(charge, result)
+            failover = await self._failover(charge, end, result.psp_reference, result.failure_code)
             if failover is not None:
                 return failover
         fields = {
@@ -415,22 +418,26 @@ class ChargeFlow:
         detail = {"psp_status": result.status, "detail": result.detail} if result.detail else {}
         return heard(charge, PSP_EVENTS[result.status], fields, detail)
 
-    async def _failover(self, charge: Charge, result: PspChargeResult) -> Persist | None:
-        """The payment's next attempt, at the merchant's next PSP, with the one that ended recorded; None
-        when there is no PSP left to try (the failure then stands)."""
-        following = await self.psps.after(charge.merchant_id, charge.psp)
+    async def _failover(
+        self,
+        charge: Charge,
+        end: str,
+        psp_reference: str | None = None,
+        failure_code: str | None = None,
+    ) -> Persist | None:
+        """The payment's next attempt, at the merchant's next PSP, with the one that ended (``end``: a
+        definite failure, or ``not_found`` by recovery's search) recorded; None when there is no PSP left
+        to try (the failure then stands)."""
+        following = await self.psps.after(charge.merchant_id, charge.psp, charge.currency)
         if following is None:
             return None
-        end = attempt_end(result.status, result.refusal)
-        ended = EndedAttempt(
-            charge.psp_idempotency_key, charge.psp, result.psp_reference, end, result.failure_code
-        )
+        ended = EndedAttempt(charge.psp_idempotency_key, charge.psp, psp_reference, end, failure_code)
         log.warning(
             "payment fails over",
             extra={"payment_id": charge.id, "from": charge.psp, "to": following, "end": end},
         )
         fields = {"psp": following, "psp_idempotency_key": attempt_key(charge.id, following)}
-        detail = {"from_psp": charge.psp, "ended": end, "failure_code": result.failure_code}
+        detail = {"from_psp": charge.psp, "ended": end, "failure_code": failure_code}
         return Persist(charge, [step(charge.state, ChargeEvent.PSP_FAILED_OVER)], fields, detail, ended)
 
     def _capture_posting(self, charge: Charge) -> Posting:
@@ -647,9 +654,9 @@ class ChargeService:
             psp=psp,
         )
 
-    async def route(self, merchant_id: str) -> str:
+    async def route(self, merchant_id: str, currency: str) -> str:
         """The PSP a new payment of the merchant goes to."""
-        return await self._flow.psps.first(merchant_id)
+        return await self._flow.psps.first(merchant_id, currency)
 
     async def insert(self, conn: AsyncConnection[Any], charge: Charge, fingerprint: bytes) -> Charge | None:
         """Insert a ``fresh_charge`` and claim its key in one statement; None if the key was taken."""
@@ -669,7 +676,7 @@ class ChargeService:
             metadata=body.metadata,
             customer=body.customer,
             capture_method="automatic" if body.capture else "manual",
-            psp=await self.route(merchant_id),
+            psp=await self.route(merchant_id, body.currency),
         )
 
         async def create(conn: AsyncConnection[Any]) -> Charge | None:

@@ -175,7 +175,7 @@ class IntentService:
             customer=intent.customer,
             capture_method=intent.capture_method,
             payment_intent_id=intent.id,
-            psp=await self._charges.route(intent.merchant_id),
+            psp=await self._charges.route(intent.merchant_id, intent.amount.currency),
         )
         inserted = await self._charges.insert(conn, charge, fingerprint)
         assert inserted is not None, "the charge's own key is new"

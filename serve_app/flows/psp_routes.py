@@ -101,24 +101,51 @@ class PspRoutes:
         """Read the lists again for the next payment (one was just changed here)."""
         self._expires = float("-inf")
 
-    async def first(self, merchant_id: str) -> str:
-        """Where a new payment of the merchant goes: its first PSP whose breaker lets it through."""
-        chosen = self.router.next_psp(await self.priorities(merchant_id), (), self.clock())
+    async def first(self, merchant_id: str, currency: str) -> str:
+        """Where a new payment of the merchant goes: its first PSP that takes the currency and whose breaker
+        lets it through (the first on its list when none takes it: that PSP's refusal is the answer)."""
+        order = await self._taking(merchant_id, currency)
+        chosen = self.router.next_psp(order, (), self.clock())
         assert chosen is not None, "a first attempt always has a PSP"
         return chosen
 
-    async def after(self, merchant_id: str, current: str) -> str | None:
+    async def after(self, merchant_id: str, current: str, currency: str) -> str | None:
         """Where a payment goes after a definite failure at ``current``: on down the merchant's list, never
-        back up it (so no PSP sees one payment twice), skipping PSPs whose breaker is open. None: nowhere."""
+        back up it (so no PSP sees one payment twice), skipping PSPs that do not take the currency or whose
+        breaker is open. None: nowhere."""
         order = await self.priorities(merchant_id)
         tried = order[: order.index(current) + 1] if current in order else (current,)
-        return self.router.next_psp(order, tried, self.clock())
+        usable = [p for p in order if p in tried or self.adapters[p].takes(currency)]
+        return self.router.next_psp(usable, tried, self.clock())
 
-    def record(self, psp: str, end: AttemptEnd, seconds: float) -> None:
-        """Feed ``psp``'s breaker with how an attempt there ended and how long it took."""
-        if psp in self.router.breakers:
+    async def _taking(self, merchant_id: str, currency: str) -> tuple[str, ...]:
+        order = await self.priorities(merchant_id)
+        return tuple(p for p in order if self.adapters[p].takes(currency)) or order[:1]
+
+    def record(self, psp: str, currency: str, end: AttemptEnd, seconds: float) -> None:
+        """Feed ``psp``'s breaker with how an attempt there ended and how long it took; not one the PSP was
+        never asked (a currency it does not take says nothing of its health)."""
+        if psp in self.router.breakers and self.adapters[psp].takes(currency):
             self.router.breakers[psp].record(self.clock(), ok=end in HEALTHY_ENDS, seconds=seconds)
 
     def health(self) -> Mapping[str, str]:
         """Each configured PSP's breaker: closed, open or half_open."""
         return {name: state for name, state in self.router.health().items() if name in self.adapters}
+
+    def breakers(self) -> list[dict[str, Any]]:
+        """Each configured PSP's breaker as the admin API shows it."""
+        now = self.clock()
+        shown = []
+        for name in self.adapters:
+            breaker = self.router.breakers[name]
+            reopens = breaker.opened_at + breaker.open_s - now if breaker.state == "open" else 0.0
+            shown.append(
+                {
+                    "object": "psp_health",
+                    "psp": name,
+                    "breaker": breaker.state,
+                    "bad_in_a_row": breaker.bad_in_a_row,
+                    "reopens_in_s": round(max(0.0, reopens), 3),
+                }
+            )
+        return shown

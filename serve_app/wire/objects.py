@@ -261,6 +261,22 @@ class PspRouting(ApiObject):
     updated: int | None
 
 
+class PspHealth(ApiObject):
+    object: Literal["psp_health"]
+    psp: str
+    #: this replica's circuit breaker: ``closed`` (new payments go there), ``open`` or ``half_open``
+    breaker: str
+    #: bad answers in a row while closed
+    bad_in_a_row: int
+    #: seconds until an open breaker lets a probe through (0 when not open)
+    reopens_in_s: float
+
+
+class PspHealthList(ApiObject):
+    object: Literal["list"]
+    data: list[PspHealth]
+
+
 class PaymentAttempt(ApiObject):
     object: Literal["payment_attempt"]
     psp: str

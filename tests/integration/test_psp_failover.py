@@ -84,6 +84,9 @@ def test_a_retryable_decline_at_stripe_fails_over_and_the_refund_follows_the_pay
         ("braintree", True, None),
     ]
     assert admin.get("/v1/admin/payments/ch_missing/attempts").status_code == 404
+    health = admin.get("/v1/admin/psps")
+    assert health.status_code == 200, health.text
+    assert {p["psp"]: p["breaker"] for p in health.json()["data"]}.keys() == {"stripe", "braintree"}
     found = at_braintree(stack, payment_id)
     assert found is not None and found.status == "captured" and found.amount == 2500
 

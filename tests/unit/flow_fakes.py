@@ -221,6 +221,7 @@ class FakePsp:
     refund_keys: list[str] = field(default_factory=list)
     #: how its references start (``pi`` as Stripe's PaymentIntents)
     prefix: str = "pi"
+    currencies: frozenset[str] = frozenset({"usd", "eur", "jpy"})
     refund_references: list[str] = field(default_factory=list)
 
     async def capture(
@@ -250,6 +251,9 @@ class FakePsp:
 
     async def lookup(self, *, payment_id: str) -> PspChargeResult | None:
         return self.found.get(payment_id)
+
+    def takes(self, currency: str) -> bool:
+        return currency.lower() in self.currencies
 
     async def aclose(self) -> None:
         return None

@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 import pytest
 
 from payray.charge import attempt_key
+from payray.money import Money
 from serve_app.flows.charge import ChargeFlow, Reply
 from serve_app.flows.psp_routes import PspRoutes
 from serve_app.flows.refund import RefundFlow
@@ -122,12 +123,12 @@ def test_the_breaker_routes_new_payments_away_and_a_probe_brings_them_back() -> 
         charge = store.add(new_charge(f"ch_{n}"))
         assert run(charges.start(charge)).status == 200
     assert psps.health()["stripe"] == "open"
-    assert run(psps.first("m_1")) == "braintree"  # while open, new payments skip Stripe
+    assert run(psps.first("m_1", "usd")) == "braintree"  # while open, new payments skip Stripe
     clock.now += psps.router.breakers["stripe"].open_s
-    assert run(psps.first("m_1")) == "stripe"  # the probe
+    assert run(psps.first("m_1", "usd")) == "stripe"  # the probe
     probe = store.add(new_charge("ch_probe").evolve(psp="stripe"))
     assert run(charges.start(probe)).status == 200 and store.rows[probe.id].psp == "stripe"
-    assert psps.health()["stripe"] == "closed" and run(psps.first("m_1")) == "stripe"
+    assert psps.health()["stripe"] == "closed" and run(psps.first("m_1", "usd")) == "stripe"
 
 
 def test_a_compensation_refunds_at_the_psp_that_captured() -> None:
@@ -159,15 +160,26 @@ def test_routing_skips_psps_not_configured_and_reads_the_lists_again_after_their
         return {"m_1": ("braintree", "stripe")} if reads[0] == 1 else {"m_2": ("braintree",)}
 
     only_stripe = PspRoutes({"stripe": FakePsp()}, routings, clock=clock)
-    assert run(only_stripe.first("m_1")) == "stripe" and run(only_stripe.after("m_1", "stripe")) is None
+    assert (
+        run(only_stripe.first("m_1", "usd")) == "stripe"
+        and run(only_stripe.after("m_1", "stripe", "usd")) is None
+    )
     both = PspRoutes({"stripe": FakePsp(), "braintree": FakePsp()}, routings, clock=clock)
     reads[0] = 0
-    assert run(both.first("m_1")) == "braintree" and run(both.first("m_9")) == "stripe"  # no list: Stripe
-    assert run(both.first("m_1")) == "braintree" and reads == [1]  # read once within the TTL, for everyone
+    assert (
+        run(both.first("m_1", "usd")) == "braintree" and run(both.first("m_9", "usd")) == "stripe"
+    )  # no list: Stripe
+    assert run(both.first("m_1", "usd")) == "braintree" and reads == [
+        1
+    ]  # read once within the TTL, for everyone
     clock.now += 5.0
-    assert run(both.first("m_1")) == "stripe" and run(both.first("m_2")) == "braintree" and reads == [2]
+    assert (
+        run(both.first("m_1", "usd")) == "stripe"
+        and run(both.first("m_2", "usd")) == "braintree"
+        and reads == [2]
+    )
     both.forget()
-    run(both.first("m_1"))
+    run(both.first("m_1", "usd"))
     assert reads == [3]
 
 
@@ -187,3 +199,37 @@ def test_a_refused_connection_on_a_retried_attempt_never_fails_over() -> None:
     assert run(charges.resume(store.rows[charge.id])).status == 202
     assert store.rows[charge.id].state == "unknown" and store.rows[charge.id].psp == "stripe"
     assert braintree.capture_keys == [] and store.ended == []
+
+
+def test_a_psp_that_does_not_take_the_currency_is_skipped_and_its_breaker_left_alone() -> None:
+    stripe, braintree = FakePsp(), FakePsp(prefix="bt", currencies=frozenset({"usd"}))
+    psps = routes(stripe, braintree, order=("braintree", "stripe"))
+    assert run(psps.first("m_1", "eur")) == "stripe" and run(psps.first("m_1", "usd")) == "braintree"
+    assert run(psps.after("m_1", "braintree", "eur")) == "stripe"
+    only = routes(stripe, braintree, order=("braintree",))
+    assert run(only.first("m_1", "eur")) == "braintree"  # nowhere else: its refusal is the answer
+    charges, store, _ = flow(only)
+    for n in range(6):
+        charge = store.add(new_charge(f"ch_eur_{n}").evolve(amount=Money(1000, "eur"), psp="braintree"))
+        braintree.capture_answers.append("refused")
+        assert run(charges.start(charge)).status == 402
+    assert only.health()["braintree"] == "closed"  # a currency it does not take says nothing of its health
+
+
+def test_recovery_that_finds_nothing_at_the_psp_goes_on_to_the_next_and_a_lone_psp_fails() -> None:
+    stripe, braintree = FakePsp(capture_answers=["unknown"]), FakePsp(prefix="bt")
+    charges, store, wallets = flow(routes(stripe, braintree))
+    charge = store.add(new_charge())
+    assert run(charges.start(charge)).status == 202
+    recovered = run(charges.recover(store.rows[charge.id]))
+    assert recovered.status == 200 and store.rows[charge.id].psp == "braintree"
+    assert [(a.psp, a.ended) for a in store.ended] == [("stripe", "not_found")]
+    assert store.events(charge.id)[:2] == ["psp_unknown", "psp_failed_over"]
+    assert wallets.kinds() == [("capture", charge.id)]
+
+    alone = FakePsp(capture_answers=["unknown"])
+    charges, store, _ = flow(routes(alone, FakePsp(prefix="bt"), order=("stripe",)))
+    charge = store.add(new_charge())
+    run(charges.start(charge))
+    assert run(charges.recover(store.rows[charge.id])).status == 402
+    assert store.rows[charge.id].state == "failed" and store.ended == []

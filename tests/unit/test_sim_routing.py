@@ -75,10 +75,10 @@ def test_the_outage_run_reports_its_failover() -> None:
     assert set(routing["cascades"]) == {"not_sent"}
 
 
-def test_timeouts_after_capture_never_cascade_and_are_resolved_at_stripe() -> None:
+def test_timeouts_after_capture_are_resolved_at_stripe_before_any_cascade() -> None:
     """Replies lost after Stripe captured, with failover on: each payment whose attempt ended unknown stays
-    at Stripe (same key, or recovery's lookup there); only refused connections fail over; no payment is
-    captured twice."""
+    at Stripe (same key, or recovery's lookup there) unless that lookup found nothing there; only refused
+    connections fail over straight away; no payment is captured twice."""
     resolved = cascaded = 0
     for seed in (1, 2, 3):
         simulation = _run("timeout_after_capture_failover", seed, 1_500)
@@ -86,15 +86,21 @@ def test_timeouts_after_capture_never_cascade_and_are_resolved_at_stripe() -> No
         for payment in simulation.service.payments.values():
             psps = [psp for psp, _ in payment.ends]
             for i, (psp, end) in enumerate(payment.ends):
-                if end == "unknown":
-                    assert set(psps[i:]) == {psp} and payment.psp == psp, payment.ends  # never cascaded
+                if end == "unknown" and (set(psps[i:]) != {psp} or payment.psp != psp):
+                    # it left only because recovery's search there found nothing: nothing stayed captured
+                    held = [c for c in simulation.psps[psp].captures if c.order_id == payment.order_id]
+                    assert all(c.refunded for c in held), payment.ends
                 if i and psps[i] != psps[i - 1]:
-                    assert payment.ends[i - 1][1] in DEFINITE, payment.ends
+                    assert payment.ends[i - 1][1] in {*DEFINITE, "unknown"}, payment.ends
                     cascaded += 1
-            if ("stripe", "unknown") in payment.ends and payment.state.value == "succeeded":
+            if (
+                ("stripe", "unknown") in payment.ends
+                and payment.state.value == "succeeded"
+                and payment.psp == "stripe"
+            ):
                 assert payment.id in stripe.by_payment
                 resolved += 1
-        assert set(simulation.service.cascades) <= DEFINITE
+        assert set(simulation.service.cascades) <= {*DEFINITE, "not_found"}
         assert max(_held_across_psps(simulation).values()) == 1
         orders = Counter(c.order_id for p in simulation.psps.values() for c in p.captures if not c.refunded)
         assert max(orders.values()) == 1  # zero double charges
