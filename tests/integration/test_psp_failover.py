@@ -180,3 +180,29 @@ def test_the_word_of_a_psp_a_payment_left_never_decides_it_and_its_unknown_is_re
     assert replayed.status_code == 200 and replayed.json()["status"] == "succeeded", replayed.text
     found = at_braintree(stack, payment_id)
     assert found is not None and found.status == "captured"
+
+
+def test_a_payment_stripe_never_took_goes_on_to_braintree_once_recovery_finds_nothing_there(
+    admin: httpx.Client,
+    merchant: Merchant,
+    stack: StackInfo,
+    api_database_url: str,
+    faults: Callable[..., None],
+) -> None:
+    route(admin, merchant, "stripe", "braintree")
+    faults(psp="stripe", error_rate=1.0, error_status=503)  # answered 503 before anything happened
+    pending = merchant.charge(key="never-took-" + merchant.id, amount=2100)
+    assert pending.status_code == 202, pending.text  # a 503 is unknown: no failover yet
+    payment_id = pending.json()["id"]
+    (psp, _), ended = attempts(api_database_url, payment_id)
+    assert (psp, ended) == ("stripe", [])
+
+    faults()
+    swept = admin.post("/v1/admin/recovery/sweep", json={"grace_s": 0})
+    assert swept.status_code == 200, swept.text
+    replayed = merchant.charge(key="never-took-" + merchant.id, amount=2100)
+    assert replayed.status_code == 200 and replayed.json()["status"] == "succeeded", replayed.text
+    (psp, _), ended = attempts(api_database_url, payment_id)
+    assert (psp, ended) == ("braintree", [("stripe", "not_found", None)])
+    found = at_braintree(stack, payment_id)
+    assert found is not None and found.status == "captured" and found.amount == 2100
