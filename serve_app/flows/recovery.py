@@ -59,7 +59,7 @@ class Recovery:
         refund_flow: RefundFlow,
         payout_flow: PayoutFlow,
         booking: DisputeBooking,
-        late: LateSuccesses | None = None,
+        late: LateSuccesses,
     ) -> None:
         self._late = late
         self._pool = pool
@@ -89,8 +89,7 @@ class Recovery:
             await self._one("disputes", seen, self._dispute(dispute))
         for payout in stuck_payouts:
             await self._one("payouts", seen, self._payout(payout))
-        if self._late is not None:
-            seen.update(await self._late.sweep(grace_s, limit))
+        seen.update(await self._late.sweep(grace_s, limit))
         if seen:
             log.info("recovery sweep", extra={"counts": dict(seen)})
         return dict(seen)

@@ -98,7 +98,7 @@ class WebhookReceiver:
         refund_flow: RefundFlow,
         booking: DisputeBooking,
         secrets: tuple[str, ...],
-        late: LateSuccesses | None = None,
+        late: LateSuccesses,
     ) -> None:
         self._pool = pool
         self._late = late
@@ -172,7 +172,7 @@ class WebhookReceiver:
         payment = await self._payment(conn, obj)
         if payment is None:
             return "ignored: not a payray charge", []
-        if type_ == "charge.succeeded" and self._late is not None and is_late(payment, "stripe"):
+        if type_ == "charge.succeeded" and is_late(payment, "stripe"):
             late = await self._late.record(
                 conn,
                 payment,
@@ -183,7 +183,7 @@ class WebhookReceiver:
                 found_as="captured" if obj.get("captured", True) else "authorized",
                 found_by="webhook",
             )
-            return f"{late.id}: late success of {payment.id} at stripe", [lambda: self._late_reverse(late)]
+            return f"{late.id}: late success of {payment.id} at stripe", [lambda: self._late.reverse(late)]
         if payment.psp != "stripe":  # news of an attempt it left: only its current PSP's word counts
             return f"no change: {payment.id} is at {payment.psp} now", []
         if payment.state == ChargeState.PSP_PENDING:
@@ -202,10 +202,6 @@ class WebhookReceiver:
         return f"{payment.id} {payment.state} -> {persisted.chain[-1].target.value}", [
             lambda: self._charges.finish(persisted)
         ]
-
-    async def _late_reverse(self, late: Any) -> bool:
-        assert self._late is not None
-        return await self._late.reverse(late)
 
     async def _charge_refunded(
         self, conn: AsyncConnection[Any], obj: dict[str, Any], psp_refunds: list[Any]
