@@ -78,10 +78,14 @@ _ENDS: dict[str, AttemptEnd] = {
 }
 
 
-def may_cascade(end: AttemptEnd, decline_code: str | None = None) -> bool:
+def may_cascade(end: AttemptEnd, decline_code: str | None = None, *, first_call: bool = True) -> bool:
     """Whether a payment may try the next PSP after an attempt that ended so: only after a definite failure
-    that another PSP could turn into a success (the module's docstring says why)."""
-    if end in ("not_sent", "refused"):
+    that another PSP could turn into a success (the module's docstring says why). A refused connection is
+    definite only on the attempt's ``first_call``: a retry may follow a call that reached the PSP and
+    captured, while a refusal or a decline is the PSP's own word, replayed under the attempt's key."""
+    if end == "not_sent":
+        return first_call
+    if end == "refused":
         return True
     if end == "declined":
         return decline_code in RETRYABLE_ELSEWHERE

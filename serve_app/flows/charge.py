@@ -389,9 +389,8 @@ class ChargeFlow:
 
     async def _call_psp(self, charge: Charge, fresh: bool = False) -> Next:
         """Ask the attempt's PSP to charge; its answer feeds that PSP's breaker, and a definite failure
-        another PSP could turn into a success goes on to the merchant's next PSP (``payray.routing``). A
-        refused connection is definite only on a ``fresh`` call: a retry's may follow a call that captured.
-        A decline or a refusal is the PSP's own word under the attempt's key, replayed on a retry."""
+        another PSP could turn into a success goes on to the merchant's next PSP (``payray.routing``; a
+        ``fresh`` call is the attempt's first)."""
         started = self.psps.clock()
         result = await self._psp(charge).capture(
             payment_id=charge.id,
@@ -406,7 +405,7 @@ class ChargeFlow:
         )
         end = attempt_end(result.status, result.refusal)
         self.psps.record(charge.psp, charge.currency, end, self.psps.clock() - started)
-        if (fresh or end != "not_sent") and may_cascade(end, result.failure_code):
+        if may_cascade(end, result.failure_code, first_call=fresh):
             failover = await self._failover(charge, end, result.psp_reference, result.failure_code)
             if failover is not None:
                 return failover

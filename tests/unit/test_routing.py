@@ -30,6 +30,7 @@ HARD_DECLINES = (
 
 def test_only_a_definite_failure_cascades() -> None:
     assert may_cascade("not_sent") and may_cascade("refused")
+    assert not may_cascade("not_sent", first_call=False) and may_cascade("refused", first_call=False)
     for end in ("captured", "authorized", "unknown"):
         assert not may_cascade(end), end  # an unknown may have captured: resolved at its own PSP
     for code in HARD_DECLINES:
