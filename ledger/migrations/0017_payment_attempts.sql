@@ -15,14 +15,3 @@ CREATE TABLE payment_attempts (
     created_at      timestamptz NOT NULL DEFAULT now(),
     UNIQUE (payment_id, psp)
 );
-CREATE INDEX payment_attempts_by_reference ON payment_attempts (psp, psp_reference)
-    WHERE psp_reference IS NOT NULL;
-
--- Every attempt, the current one included, as reconciliation and the invariant checks read them.
-CREATE VIEW all_payment_attempts AS
-    SELECT psp_idempotency_key AS idempotency_key, id AS payment_id, merchant_id, psp, psp_reference,
-           true AS current
-    FROM payments
-    UNION ALL
-    SELECT a.idempotency_key, a.payment_id, p.merchant_id, a.psp, a.psp_reference, false
-    FROM payment_attempts a JOIN payments p ON p.id = a.payment_id;
